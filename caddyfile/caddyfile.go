@@ -1,0 +1,62 @@
+// Package caddyfile registers flyedge's Caddyfile global option `fly` and
+// its HTTP handler directives, and places the directives in Caddy's
+// directive order so a Caddyfile needs no `order` line.
+//
+// Order, and why:
+//
+//   - force_https runs before redir: a plain-HTTP request for an app
+//     whose port forces HTTPS is redirected before anything else looks
+//     at it, as on Fly.io, where the redirect happens at the edge.
+//   - fly_headers runs before reverse_proxy: it is the last step before
+//     the request is proxied, after every handler that rewrites or
+//     answers the request itself (respond, rewrite, ...), so the headers
+//     reflect the request that really leaves for the app.
+package caddyfile
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/flyedge/caddy-flyedge/flyhandlers"
+	"github.com/flyedge/caddy-flyedge/routing"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("fly", parseFly)
+	httpcaddyfile.RegisterHandlerDirective("force_https", parseForceHTTPS)
+	httpcaddyfile.RegisterDirectiveOrder("force_https", httpcaddyfile.Before, "redir")
+	httpcaddyfile.RegisterHandlerDirective("fly_headers", parseFlyHeaders)
+	httpcaddyfile.RegisterDirectiveOrder("fly_headers", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// parseFly sets up the fly app from the global option; repeated `fly`
+// blocks are merged.
+func parseFly(d *caddyfile.Dispenser, existingVal any) (any, error) {
+	app := new(routing.App)
+	if existing, ok := existingVal.(httpcaddyfile.App); ok {
+		if err := json.Unmarshal(existing.Value, app); err != nil {
+			return nil, fmt.Errorf("merging fly options: %w", err)
+		}
+	}
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "fly", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+func parseForceHTTPS(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	f := new(flyhandlers.ForceHTTPS)
+	err := f.UnmarshalCaddyfile(h.Dispenser)
+	return f, err
+}
+
+func parseFlyHeaders(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	fh := new(flyhandlers.Headers)
+	err := fh.UnmarshalCaddyfile(h.Dispenser)
+	return fh, err
+}

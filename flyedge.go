@@ -1,0 +1,15 @@
+// Package flyedge is a set of Caddy modules that give Caddy the public
+// network services of Fly.io's edge proxy. Importing this package
+// registers every flyedge module and the Caddyfile syntax:
+//
+//	xcaddy build --with github.com/flyedge/caddy-flyedge
+package flyedge
+
+import (
+	// the fly app, machine selection and upstreams
+	_ "github.com/flyedge/caddy-flyedge/routing"
+	// HTTP handlers
+	_ "github.com/flyedge/caddy-flyedge/flyhandlers"
+	// Caddyfile global option and directives
+	_ "github.com/flyedge/caddy-flyedge/caddyfile"
+)

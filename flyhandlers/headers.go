@@ -1,0 +1,189 @@
+package flyhandlers
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/flyedge/caddy-flyedge/routing"
+)
+
+func init() {
+	caddy.RegisterModule(new(Headers))
+}
+
+// Headers is Fly.io's http handler for requests on their way to an app. It
+// resolves the app (by Host) and its service (by the edge port the
+// request arrived on) from the fly app's registry, then sets on the
+// request:
+//
+//   - Fly-Client-IP: the client address as the server sees it (the peer,
+//     or the client a trusted proxy names; see the server's
+//     trusted_proxies)
+//   - X-Forwarded-For: the client address appended to what trusted
+//     proxies sent; from an untrusted peer the incoming value is dropped
+//     (reverse_proxy completes this header the same way)
+//   - X-Forwarded-Proto: http or https; X-Forwarded-SSL: on or off
+//   - X-Forwarded-Port: as the client sent it, else the edge port
+//   - Fly-Forwarded-Port: the edge port the client connected to, always
+//   - Fly-Region: the edge's region
+//
+// The edge is the authority for Fly-Client-IP, X-Forwarded-Proto,
+// X-Forwarded-SSL, Fly-Forwarded-Port and Fly-Region: client values are
+// overwritten. Any other incoming Fly-* header from an untrusted peer is
+// removed, except the routing requests Fly-Prefer-Region,
+// Fly-Prefer-Instance-Id and Fly-Force-Instance-Id.
+//
+// A request for a host no app answers to, or for a port the app has no
+// service on, is answered 404 and never reaches an app (default deny).
+// When the `fly` selection policy finds no machine for the request, the
+// client gets an answer it can read: 404 for a Fly-Force-Instance-Id that
+// is no machine of the app, 503 for a machine that cannot take requests.
+//
+// The app's name is available as {http.vars.fly.app}.
+type Headers struct {
+	app    *routing.App
+	region string
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Headers) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.fly_headers",
+		New: func() caddy.Module { return new(Headers) },
+	}
+}
+
+// Provision finds the fly app.
+func (h *Headers) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	app, err := ctx.App("fly")
+	if err != nil {
+		return fmt.Errorf("loading fly app: %w", err)
+	}
+	h.app = app.(*routing.App)
+	h.region = h.app.EdgeRegion()
+	return nil
+}
+
+// Canonical forms of the header names, computed once.
+var (
+	hdrFlyClientIP      = http.CanonicalHeaderKey("Fly-Client-IP")
+	hdrFlyForwardedPort = http.CanonicalHeaderKey("Fly-Forwarded-Port")
+	hdrFlyRegion        = http.CanonicalHeaderKey("Fly-Region")
+	hdrXFF              = http.CanonicalHeaderKey("X-Forwarded-For")
+	hdrXFProto          = http.CanonicalHeaderKey("X-Forwarded-Proto")
+	hdrXFSSL            = http.CanonicalHeaderKey("X-Forwarded-SSL")
+	hdrXFPort           = http.CanonicalHeaderKey("X-Forwarded-Port")
+	hdrXFHost           = http.CanonicalHeaderKey("X-Forwarded-Host")
+	hdrPreferredUnavail = http.CanonicalHeaderKey(routing.HeaderPreferredUnavailable)
+	clientFlyHeaders    = map[string]bool{
+		http.CanonicalHeaderKey(routing.HeaderForceInstance):  true,
+		http.CanonicalHeaderKey(routing.HeaderPreferInstance): true,
+		http.CanonicalHeaderKey(routing.HeaderPreferRegion):   true,
+	}
+)
+
+// ServeHTTP sets the Fly headers and passes the request on.
+func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	rt, err := h.app.RouteForRequest(r)
+	if err != nil {
+		if c := h.logger.Check(zapcore.DebugLevel, "request denied"); c != nil {
+			c.Write(zap.String("hostname", r.Host), zap.Error(err))
+		}
+		return deny(w, http.StatusNotFound, err.Error())
+	}
+
+	trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
+	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	hdr := r.Header
+	if !trusted {
+		for k := range hdr {
+			if len(k) > 4 && k[:4] == "Fly-" && !clientFlyHeaders[k] {
+				delete(hdr, k)
+			}
+		}
+		delete(hdr, hdrXFF)
+		delete(hdr, hdrXFHost)
+	}
+	delete(hdr, hdrPreferredUnavail)
+
+	port := strconv.Itoa(routing.LocalPort(r))
+	proto, ssl := "http", "off"
+	if r.TLS != nil {
+		proto, ssl = "https", "on"
+	}
+	hdr[hdrFlyClientIP] = []string{clientIP}
+	if !trusted {
+		hdr[hdrXFF] = []string{clientIP}
+	}
+	hdr[hdrXFProto] = []string{proto}
+	hdr[hdrXFSSL] = []string{ssl}
+	if len(hdr[hdrXFPort]) == 0 || hdr[hdrXFPort][0] == "" {
+		hdr[hdrXFPort] = []string{port}
+	}
+	hdr[hdrFlyForwardedPort] = []string{port}
+	hdr[hdrFlyRegion] = []string{h.region}
+
+	err = next.ServeHTTP(w, r)
+	if err == nil {
+		return nil
+	}
+	outcome, failed := routing.Unroutable(r)
+	if !failed {
+		return err
+	}
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode != http.StatusServiceUnavailable {
+		return err
+	}
+	switch outcome {
+	case routing.ForcedUnknown:
+		return deny(w, http.StatusNotFound, fmt.Sprintf("%s: %q is not a machine of app %s",
+			routing.HeaderForceInstance, r.Header.Get(routing.HeaderForceInstance), rt.App))
+	case routing.ForcedUnavailable:
+		return deny(w, http.StatusServiceUnavailable, fmt.Sprintf("%s: machine %s of app %s cannot take requests now",
+			routing.HeaderForceInstance, r.Header.Get(routing.HeaderForceInstance), rt.App))
+	default:
+		return deny(w, http.StatusServiceUnavailable, fmt.Sprintf("no machine of app %s can take requests now", rt.App))
+	}
+}
+
+// deny answers the client with a short plain-text reason.
+func deny(w http.ResponseWriter, status int, msg string) error {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, err := w.Write([]byte(strings.TrimSpace(msg) + "\n"))
+	return err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	fly_headers
+func (h *Headers) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(0) {
+		return d.Errf("unrecognized fly_headers option '%s'", d.Val())
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Headers)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Headers)(nil)
+	_ caddyfile.Unmarshaler       = (*Headers)(nil)
+)

@@ -1,0 +1,294 @@
+package routing
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// UnmarshalCaddyfile sets up the fly app from Caddyfile tokens; repeated
+// blocks add to what earlier ones set. Syntax:
+//
+//	fly {
+//		region <code>
+//		base_domain <domain>
+//		add_region <code> <country> <continent> <latitude> <longitude> [<city>]
+//		app <name> {
+//			hostnames <hostname...>
+//			machine <id> <region> <address> [started|stopped]
+//			service <internal_port> {
+//				port <port> [<handler...>] [{
+//					force_https
+//					alpn <protocol...>
+//					tls_versions <TLSv1.2|TLSv1.3...>
+//					default_self_signed
+//					proxy_proto_version <v1|v2>
+//				}]
+//				concurrency <requests|connections> <soft_limit> <hard_limit>
+//				h2_backend
+//				check <tcp|http> [<path>] [{
+//					interval <duration>
+//					timeout <duration>
+//				}]
+//			}
+//		}
+//	}
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "region":
+			if a.Region != "" {
+				return d.Err("region already specified")
+			}
+			if !d.AllArgs(&a.Region) {
+				return d.ArgErr()
+			}
+		case "base_domain":
+			if a.BaseDomain != "" {
+				return d.Err("base_domain already specified")
+			}
+			if !d.AllArgs(&a.BaseDomain) {
+				return d.ArgErr()
+			}
+		case "add_region":
+			args := d.RemainingArgs()
+			if len(args) != 5 && len(args) != 6 {
+				return d.ArgErr()
+			}
+			lat, err := strconv.ParseFloat(args[3], 64)
+			if err != nil {
+				return d.Errf("add_region %s: latitude %q: %v", args[0], args[3], err)
+			}
+			lon, err := strconv.ParseFloat(args[4], 64)
+			if err != nil {
+				return d.Errf("add_region %s: longitude %q: %v", args[0], args[4], err)
+			}
+			r := Region{Country: args[1], Continent: args[2], Latitude: lat, Longitude: lon}
+			if len(args) == 6 {
+				r.City = args[5]
+			}
+			if a.Regions == nil {
+				a.Regions = make(map[string]Region)
+			}
+			if _, ok := a.Regions[args[0]]; ok {
+				return d.Errf("add_region %s already specified", args[0])
+			}
+			a.Regions[args[0]] = r
+		case "app":
+			var name string
+			if !d.Args(&name) {
+				return d.ArgErr()
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if a.Apps == nil {
+				a.Apps = make(map[string]*Application)
+			}
+			if _, ok := a.Apps[name]; ok {
+				return d.Errf("app %s already specified", name)
+			}
+			app := new(Application)
+			if err := app.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+			a.Apps[name] = app
+		default:
+			return d.Errf("unrecognized fly option '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+func (app *Application) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "hostnames":
+			hosts := d.RemainingArgs()
+			if len(hosts) == 0 {
+				return d.ArgErr()
+			}
+			app.Hostnames = append(app.Hostnames, hosts...)
+		case "machine":
+			args := d.RemainingArgs()
+			if len(args) != 3 && len(args) != 4 {
+				return d.ArgErr()
+			}
+			m := &Machine{ID: args[0], Region: args[1], Address: args[2]}
+			if len(args) == 4 {
+				m.State = args[3]
+			}
+			app.Machines = append(app.Machines, m)
+		case "service":
+			var port string
+			if !d.Args(&port) {
+				return d.ArgErr()
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			ip, err := strconv.Atoi(port)
+			if err != nil {
+				return d.Errf("service: internal port %q: not a number", port)
+			}
+			s := &Service{InternalPort: ip}
+			if err := s.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+			app.Services = append(app.Services, s)
+		default:
+			return d.Errf("unrecognized fly app option '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+func (s *Service) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "port":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(args[0])
+			if err != nil {
+				return d.Errf("port %q: not a number", args[0])
+			}
+			p := &Port{Port: n, Handlers: args[1:]}
+			if err := p.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+			s.Ports = append(s.Ports, p)
+		case "concurrency":
+			if s.Concurrency != nil {
+				return d.Err("concurrency already specified")
+			}
+			var typ, soft, hard string
+			if !d.AllArgs(&typ, &soft, &hard) {
+				return d.ArgErr()
+			}
+			c := &Concurrency{Type: typ}
+			var err error
+			if c.SoftLimit, err = strconv.Atoi(soft); err != nil {
+				return d.Errf("concurrency: soft_limit %q: not a number", soft)
+			}
+			if c.HardLimit, err = strconv.Atoi(hard); err != nil {
+				return d.Errf("concurrency: hard_limit %q: not a number", hard)
+			}
+			s.Concurrency = c
+		case "h2_backend":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if s.HTTPOptions != nil {
+				return d.Err("h2_backend already specified")
+			}
+			s.HTTPOptions = &HTTPOptions{H2Backend: true}
+		case "check":
+			args := d.RemainingArgs()
+			if len(args) != 1 && len(args) != 2 {
+				return d.ArgErr()
+			}
+			c := &Check{Type: args[0]}
+			if len(args) == 2 {
+				c.Path = args[1]
+			}
+			for n := d.Nesting(); d.NextBlock(n); {
+				var dst *caddy.Duration
+				switch d.Val() {
+				case "interval":
+					dst = &c.Interval
+				case "timeout":
+					dst = &c.Timeout
+				default:
+					return d.Errf("unrecognized check option '%s'", d.Val())
+				}
+				if *dst != 0 {
+					return d.Errf("%s already specified", d.Val())
+				}
+				var v string
+				if !d.AllArgs(&v) {
+					return d.ArgErr()
+				}
+				dur, err := caddy.ParseDuration(v)
+				if err != nil {
+					return d.Errf("%s %q: %v", d.Val(), v, err)
+				}
+				*dst = caddy.Duration(dur)
+			}
+			s.Checks = append(s.Checks, c)
+		default:
+			return d.Errf("unrecognized fly service option '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+func (p *Port) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		switch opt {
+		case "force_https", "default_self_signed":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if opt == "force_https" {
+				if p.ForceHTTPS {
+					return d.Err("force_https already specified")
+				}
+				p.ForceHTTPS = true
+				continue
+			}
+			if p.TLSOptions == nil {
+				p.TLSOptions = new(TLSOptions)
+			}
+			if p.TLSOptions.DefaultSelfSigned {
+				return d.Err("default_self_signed already specified")
+			}
+			p.TLSOptions.DefaultSelfSigned = true
+		case "alpn", "tls_versions":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			if p.TLSOptions == nil {
+				p.TLSOptions = new(TLSOptions)
+			}
+			dst := &p.TLSOptions.ALPN
+			if opt == "tls_versions" {
+				dst = &p.TLSOptions.Versions
+			}
+			if *dst != nil {
+				return d.Errf("%s already specified", opt)
+			}
+			*dst = args
+		case "proxy_proto_version":
+			if p.ProxyProtoOptions != nil {
+				return d.Err("proxy_proto_version already specified")
+			}
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			p.ProxyProtoOptions = &ProxyProtoOptions{Version: strings.ToLower(v)}
+		default:
+			return d.Errf("unrecognized fly port option '%s'", opt)
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.App             = (*App)(nil)
+	_ caddy.Provisioner     = (*App)(nil)
+	_ caddy.CleanerUpper    = (*App)(nil)
+	_ caddyfile.Unmarshaler = (*App)(nil)
+)

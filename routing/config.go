@@ -1,0 +1,286 @@
+package routing
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Application is one Fly-style app: a name, the hostnames it answers to,
+// its public services and the machines that run it. It mirrors what
+// fly.toml's [[services]] and [http_service] sections describe.
+type Application struct {
+	// Hostnames the app answers to besides <name>.<base_domain>.
+	Hostnames []string `json:"hostnames,omitempty"`
+
+	// Services the app exposes on the edge.
+	Services []*Service `json:"services,omitempty"`
+
+	// Machines that run the app.
+	Machines []*Machine `json:"machines,omitempty"`
+}
+
+// Service is one public service of an app: connections arriving on one of
+// its ports are handled by the port's handlers and proxied to
+// machine.address:internal_port.
+type Service struct {
+	// The port the app listens on inside each machine. Required.
+	InternalPort int `json:"internal_port,omitempty"`
+
+	// Transport protocol. Only "tcp" is supported.
+	// Default: tcp
+	Protocol string `json:"protocol,omitempty"`
+
+	// The edge ports of the service and their handlers.
+	Ports []*Port `json:"ports,omitempty"`
+
+	// Per-machine concurrency limits, counted in requests for HTTP
+	// services and in connections otherwise.
+	Concurrency *Concurrency `json:"concurrency,omitempty"`
+
+	// Options for the HTTP handler of this service.
+	HTTPOptions *HTTPOptions `json:"http_options,omitempty"`
+
+	// Active health checks of the service on every machine, like
+	// fly.toml's [[services.tcp_checks]] and [[services.http_checks]].
+	// A machine that fails one receives no new traffic for the service
+	// until it passes again.
+	Checks []*Check `json:"checks,omitempty"`
+}
+
+// Port is one edge port of a service.
+type Port struct {
+	// The port number on the edge. Required.
+	Port int `json:"port,omitempty"`
+
+	// Handlers applied to connections in order: any of "http", "tls",
+	// "pg_tls", "proxy_proto". None means TCP pass-through.
+	Handlers []string `json:"handlers,omitempty"`
+
+	// Redirect plain-HTTP requests to HTTPS with 301. Only valid on a
+	// port whose handlers include "http".
+	ForceHTTPS bool `json:"force_https,omitempty"`
+
+	// TLS options of a port with the "tls" handler.
+	TLSOptions *TLSOptions `json:"tls_options,omitempty"`
+
+	// PROXY protocol options of a port with the "proxy_proto" handler.
+	ProxyProtoOptions *ProxyProtoOptions `json:"proxy_proto_options,omitempty"`
+}
+
+// TLSOptions are fly.toml's tls_options.
+type TLSOptions struct {
+	// ALPN protocols offered, e.g. ["h2", "http/1.1"].
+	ALPN []string `json:"alpn,omitempty"`
+
+	// TLS versions accepted: "TLSv1.2", "TLSv1.3".
+	Versions []string `json:"versions,omitempty"`
+
+	// Answer clients without SNI, or with a name the edge has no
+	// certificate for, with a self-signed certificate.
+	DefaultSelfSigned bool `json:"default_self_signed,omitempty"`
+}
+
+// ProxyProtoOptions are fly.toml's proxy_proto_options.
+type ProxyProtoOptions struct {
+	// PROXY protocol version: "v1" or "v2".
+	// Default: v1
+	Version string `json:"version,omitempty"`
+}
+
+// Concurrency limits the load on each machine, like fly.toml's
+// services.concurrency.
+type Concurrency struct {
+	// "requests" or "connections".
+	// Default: requests for HTTP services, connections otherwise
+	Type string `json:"type,omitempty"`
+
+	// Above this load a machine is used only when no machine in any
+	// region is below its soft limit.
+	SoftLimit int `json:"soft_limit,omitempty"`
+
+	// At this load a machine receives nothing more.
+	HardLimit int `json:"hard_limit,omitempty"`
+}
+
+// HTTPOptions are fly.toml's http_service.http_options.
+type HTTPOptions struct {
+	// Speak HTTP/2 cleartext (h2c) to the machines instead of HTTP/1.1.
+	// It takes effect where the service's requests are proxied by a
+	// reverse_proxy whose transport allows h2c (see the README).
+	H2Backend bool `json:"h2_backend,omitempty"`
+}
+
+// Check is an active health check run by the edge against every machine
+// of a service.
+type Check struct {
+	// "tcp" (connect) or "http" (GET path, expect 2xx or 3xx).
+	Type string `json:"type,omitempty"`
+
+	// Time between checks.
+	// Default: 10s
+	Interval caddy.Duration `json:"interval,omitempty"`
+
+	// How long one check may take.
+	// Default: 2s
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// Path of an http check.
+	// Default: /
+	Path string `json:"path,omitempty"`
+}
+
+// Machine is one instance of an app.
+type Machine struct {
+	// 14 lower-case hexadecimal characters, as Fly.io's machine IDs.
+	ID string `json:"id,omitempty"`
+
+	// Region code the machine runs in; must be in the region catalog.
+	Region string `json:"region,omitempty"`
+
+	// Host name or IP address the machine is reachable on from the edge.
+	Address string `json:"address,omitempty"`
+
+	// "started" machines receive traffic; "stopped" ones do not.
+	// Default: started
+	State string `json:"state,omitempty"`
+}
+
+var (
+	appNameRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	machineIDRE = regexp.MustCompile(`^[0-9a-f]{14}$`)
+	hostnameRE  = regexp.MustCompile(`^([a-z0-9*]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
+)
+
+var validHandlers = map[string]bool{"http": true, "tls": true, "pg_tls": true, "proxy_proto": true}
+
+// validate checks an app's config; catalog is the effective region catalog.
+func (a *Application) validate(name string, catalog map[string]Region) error {
+	if !appNameRE.MatchString(name) {
+		return fmt.Errorf("apps: %q: name must be a DNS label (lower-case letters, digits and '-')", name)
+	}
+	for i, h := range a.Hostnames {
+		if !hostnameRE.MatchString(h) || len(h) > 253 {
+			return fmt.Errorf("apps.%s.hostnames[%d]: %q is not a valid lower-case host name", name, i, h)
+		}
+	}
+	edgePorts := map[int]bool{}
+	for si, s := range a.Services {
+		field := fmt.Sprintf("apps.%s.services[%d]", name, si)
+		if err := s.validate(field, edgePorts); err != nil {
+			return err
+		}
+	}
+	for mi, m := range a.Machines {
+		field := fmt.Sprintf("apps.%s.machines[%d]", name, mi)
+		if err := m.validate(field, catalog); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Service) validate(field string, edgePorts map[int]bool) error {
+	if s.InternalPort < 1 || s.InternalPort > 65535 {
+		return fmt.Errorf("%s.internal_port: %d is not a port number (1-65535)", field, s.InternalPort)
+	}
+	if s.Protocol != "" && s.Protocol != "tcp" {
+		return fmt.Errorf("%s.protocol: %q is not supported (only tcp)", field, s.Protocol)
+	}
+	if len(s.Ports) == 0 {
+		return fmt.Errorf("%s.ports: a service needs at least one port", field)
+	}
+	for pi, p := range s.Ports {
+		pf := fmt.Sprintf("%s.ports[%d]", field, pi)
+		if p.Port < 1 || p.Port > 65535 {
+			return fmt.Errorf("%s.port: %d is not a port number (1-65535)", pf, p.Port)
+		}
+		if edgePorts[p.Port] {
+			return fmt.Errorf("%s.port: %d is already used by another service of this app", pf, p.Port)
+		}
+		edgePorts[p.Port] = true
+		seen := map[string]bool{}
+		for _, h := range p.Handlers {
+			if !validHandlers[h] {
+				return fmt.Errorf("%s.handlers: unknown handler %q (want http, tls, pg_tls or proxy_proto)", pf, h)
+			}
+			if seen[h] {
+				return fmt.Errorf("%s.handlers: handler %q listed twice", pf, h)
+			}
+			seen[h] = true
+		}
+		if p.ForceHTTPS && !seen["http"] {
+			return fmt.Errorf("%s.force_https: port %d has handlers %v; force_https needs the http handler", pf, p.Port, p.Handlers)
+		}
+		if p.ProxyProtoOptions != nil {
+			if v := p.ProxyProtoOptions.Version; v != "" && v != "v1" && v != "v2" {
+				return fmt.Errorf("%s.proxy_proto_options.version: %q (want v1 or v2)", pf, v)
+			}
+		}
+		if p.TLSOptions != nil {
+			for _, v := range p.TLSOptions.Versions {
+				if v != "TLSv1.2" && v != "TLSv1.3" {
+					return fmt.Errorf("%s.tls_options.versions: %q (want TLSv1.2 or TLSv1.3)", pf, v)
+				}
+			}
+		}
+	}
+	if c := s.Concurrency; c != nil {
+		if c.Type != "" && c.Type != "requests" && c.Type != "connections" {
+			return fmt.Errorf("%s.concurrency.type: %q (want requests or connections)", field, c.Type)
+		}
+		if c.SoftLimit < 0 || c.HardLimit < 0 {
+			return fmt.Errorf("%s.concurrency: limits must not be negative", field)
+		}
+		if c.HardLimit > 0 && c.SoftLimit > c.HardLimit {
+			return fmt.Errorf("%s.concurrency.soft_limit: %d is above hard_limit %d", field, c.SoftLimit, c.HardLimit)
+		}
+	}
+	for ci, c := range s.Checks {
+		cf := fmt.Sprintf("%s.checks[%d]", field, ci)
+		if c.Type != "tcp" && c.Type != "http" {
+			return fmt.Errorf("%s.type: %q (want tcp or http)", cf, c.Type)
+		}
+		if c.Interval < 0 || c.Timeout < 0 {
+			return fmt.Errorf("%s: interval and timeout must not be negative", cf)
+		}
+		if c.Path != "" && (c.Type != "http" || !strings.HasPrefix(c.Path, "/")) {
+			return fmt.Errorf("%s.path: %q: only http checks take a path, and it must start with /", cf, c.Path)
+		}
+	}
+	return nil
+}
+
+func (m *Machine) validate(field string, catalog map[string]Region) error {
+	if !machineIDRE.MatchString(m.ID) {
+		return fmt.Errorf("%s.id: %q must be 14 lower-case hexadecimal characters", field, m.ID)
+	}
+	if _, ok := catalog[m.Region]; !ok {
+		return fmt.Errorf("%s.region: %q (machine %s) is not in the region catalog", field, m.Region, m.ID)
+	}
+	if m.Address == "" {
+		return fmt.Errorf("%s.address: machine %s has no address", field, m.ID)
+	}
+	if _, err := netip.ParseAddr(m.Address); err != nil && !hostnameRE.MatchString(strings.ToLower(m.Address)) {
+		return fmt.Errorf("%s.address: %q (machine %s) is neither an IP address nor a host name", field, m.Address, m.ID)
+	}
+	switch m.State {
+	case "", "started", "stopped":
+	default:
+		return fmt.Errorf("%s.state: %q (machine %s) must be started or stopped", field, m.State, m.ID)
+	}
+	return nil
+}
+
+// hasHandler tells whether the port runs handler h.
+func (p *Port) hasHandler(h string) bool {
+	for _, x := range p.Handlers {
+		if x == h {
+			return true
+		}
+	}
+	return false
+}
