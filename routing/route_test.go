@@ -1,0 +1,243 @@
+package routing
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+// demoApp is an edge in iad with machines in iad (2), ord, lhr, fra and syd.
+func demoApp(t *testing.T) *App {
+	t.Helper()
+	a := &App{
+		Region:     "iad",
+		BaseDomain: "edge.test",
+		Apps: map[string]*Application{
+			"web": {
+				Hostnames: []string{"www.example.com", "*.wild.example.com"},
+				Services: []*Service{{
+					InternalPort: 8080,
+					Ports: []*Port{
+						{Port: 80, Handlers: []string{"http"}, ForceHTTPS: true},
+						{Port: 443, Handlers: []string{"tls", "http"}},
+					},
+				}},
+				Machines: []*Machine{
+					{ID: "000000000000a1", Region: "iad", Address: "10.0.0.1"},
+					{ID: "000000000000a2", Region: "iad", Address: "10.0.0.2"},
+					{ID: "000000000000b1", Region: "ord", Address: "10.0.1.1"},
+					{ID: "000000000000c1", Region: "lhr", Address: "10.0.2.1"},
+					{ID: "000000000000d1", Region: "fra", Address: "10.0.3.1"},
+					{ID: "000000000000e1", Region: "syd", Address: "10.0.4.1"},
+					{ID: "000000000000f1", Region: "gru", Address: "10.0.5.1", State: "stopped"},
+				},
+			},
+		},
+	}
+	if err := provision(t, a); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestRouteLookup(t *testing.T) {
+	a := demoApp(t)
+	for _, tc := range []struct {
+		host string
+		port int
+		err  error
+	}{
+		{"web.edge.test", 443, nil},
+		{"www.example.com", 80, nil},
+		{"x.wild.example.com", 443, nil},
+		{"wild.example.com", 443, ErrNoApp},
+		{"other.edge.test", 443, ErrNoApp},
+		{"web.edge.test", 8443, ErrNoService},
+	} {
+		rt, err := a.Route(tc.host, tc.port)
+		if !errors.Is(err, tc.err) {
+			t.Errorf("Route(%q, %d): error %v, want %v", tc.host, tc.port, err, tc.err)
+			continue
+		}
+		if err == nil && (rt.App != "web" || rt.Port.Port != tc.port || rt.HTTPSPort != 443) {
+			t.Errorf("Route(%q, %d) = app %s port %d https %d", tc.host, tc.port, rt.App, rt.Port.Port, rt.HTTPSPort)
+		}
+	}
+}
+
+func TestSelect(t *testing.T) {
+	a := demoApp(t)
+	rt, err := a.Route("web.edge.test", 443)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := func(id string) int { return rt.MachineIndex(id) }
+	for _, tc := range []struct {
+		name    string
+		pref    Preference
+		down    []string
+		load    map[string]int
+		want    []string // any of these
+		outcome Outcome
+	}{
+		{name: "edge region first", want: []string{"000000000000a1", "000000000000a2"}},
+		{name: "least loaded in the edge region", load: map[string]int{"000000000000a1": 5}, want: []string{"000000000000a2"}},
+		{name: "nearest region when the edge region is down", down: []string{"000000000000a1", "000000000000a2"}, want: []string{"000000000000b1"}},
+		{name: "then the next nearest", down: []string{"000000000000a1", "000000000000a2", "000000000000b1"}, want: []string{"000000000000c1"}},
+		{name: "prefer region", pref: Preference{PreferRegions: "lhr"}, want: []string{"000000000000c1"}},
+		{name: "prefer region list, first usable wins", pref: Preference{PreferRegions: "cdg, lhr,iad"}, down: []string{"000000000000c1"}, want: []string{"000000000000a1", "000000000000a2"}},
+		{name: "prefer country", pref: Preference{PreferRegions: "de"}, want: []string{"000000000000d1"}},
+		{name: "prefer continent, nearest in it", pref: Preference{PreferRegions: "eu"}, want: []string{"000000000000c1"}},
+		{name: "prefer continent oc", pref: Preference{PreferRegions: "OC"}, want: []string{"000000000000e1"}},
+		{name: "prefer country us skips down iad", pref: Preference{PreferRegions: "us"}, down: []string{"000000000000a1", "000000000000a2"}, want: []string{"000000000000b1"}},
+		{name: "prefer region with no machine falls back to nearest", pref: Preference{PreferRegions: "nrt,jp"}, want: []string{"000000000000a1", "000000000000a2"}},
+		{name: "stopped machine is never chosen", pref: Preference{PreferRegions: "gru,sa"}, want: []string{"000000000000a1", "000000000000a2"}},
+		{name: "prefer instance", pref: Preference{PreferInstance: "000000000000e1"}, want: []string{"000000000000e1"}},
+		{name: "prefer instance down", pref: Preference{PreferInstance: "000000000000e1"}, down: []string{"000000000000e1"}, want: []string{"000000000000a1", "000000000000a2"}, outcome: PreferredUnavailable},
+		{name: "prefer instance unknown", pref: Preference{PreferInstance: "ffffffffffffff", PreferRegions: "lhr"}, want: []string{"000000000000c1"}, outcome: PreferredUnavailable},
+		{name: "prefer stopped instance", pref: Preference{PreferInstance: "000000000000f1"}, want: []string{"000000000000a1", "000000000000a2"}, outcome: PreferredUnavailable},
+		{name: "force instance", pref: Preference{ForceInstance: "000000000000d1", PreferRegions: "lhr"}, want: []string{"000000000000d1"}},
+		{name: "force instance down", pref: Preference{ForceInstance: "000000000000d1"}, down: []string{"000000000000d1"}, outcome: ForcedUnavailable},
+		{name: "force stopped instance", pref: Preference{ForceInstance: "000000000000f1"}, outcome: ForcedUnavailable},
+		{name: "force unknown instance", pref: Preference{ForceInstance: "ffffffffffffff"}, outcome: ForcedUnknown},
+		{name: "everything down", down: []string{"000000000000a1", "000000000000a2", "000000000000b1", "000000000000c1", "000000000000d1", "000000000000e1"}, outcome: NoneAvailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := pool{down: map[int]bool{}, load: map[int]int{}}
+			for _, id := range tc.down {
+				p.down[idx(id)] = true
+			}
+			for id, l := range tc.load {
+				p.load[idx(id)] = l
+			}
+			for range 20 { // ties are broken at random: every draw must be allowed
+				i, outcome := Select(rt, p, tc.pref)
+				if outcome != tc.outcome {
+					t.Fatalf("outcome %d, want %d", outcome, tc.outcome)
+				}
+				if len(tc.want) == 0 {
+					if i != -1 {
+						t.Fatalf("chose %s, want none", rt.MachineID(i))
+					}
+					return
+				}
+				if i < 0 {
+					t.Fatalf("chose none, want one of %v", tc.want)
+				}
+				if got := rt.MachineID(i); !strings.Contains(strings.Join(tc.want, " "), got) {
+					t.Fatalf("chose %s (%s), want one of %v", got, rt.MachineRegion(i), tc.want)
+				}
+			}
+		})
+	}
+}
+
+func TestSelectSpreadsLoad(t *testing.T) {
+	a := demoApp(t)
+	rt, _ := a.Route("web.edge.test", 443)
+	seen := map[string]int{}
+	for range 200 {
+		i, _ := Select(rt, pool{}, Preference{})
+		seen[rt.MachineID(i)]++
+	}
+	if len(seen) != 2 || seen["000000000000a1"] < 50 || seen["000000000000a2"] < 50 {
+		t.Fatalf("equal machines in the edge region should share the load, got %v", seen)
+	}
+}
+
+func TestSelectSoftLimit(t *testing.T) {
+	a := demoApp(t)
+	a.Apps["web"].Services[0].Concurrency = &Concurrency{SoftLimit: 3, HardLimit: 10}
+	if err := provision(t, a); err != nil {
+		t.Fatal(err)
+	}
+	rt, _ := a.Route("web.edge.test", 443)
+	p := pool{load: map[int]int{rt.MachineIndex("000000000000a1"): 3, rt.MachineIndex("000000000000a2"): 4}}
+	if i, _ := Select(rt, p, Preference{}); rt.MachineID(i) != "000000000000b1" {
+		t.Fatalf("machines at the soft limit in iad: want ord's machine, got %s", rt.MachineID(i))
+	}
+	for i := range rt.NumMachines() {
+		p.load[i] = 5
+	}
+	if i, _ := Select(rt, p, Preference{}); rt.MachineRegion(i) != "iad" {
+		t.Fatalf("every machine over the soft limit: want the nearest (iad), got %s", rt.MachineRegion(i))
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	machine := func(id, region string) *Machine { return &Machine{ID: id, Region: region, Address: "127.0.0.1"} }
+	svc := func(ports ...*Port) []*Service { return []*Service{{InternalPort: 8080, Ports: ports}} }
+	for _, tc := range []struct {
+		name string
+		app  *App
+		want string
+	}{
+		{"unknown edge region", &App{Region: "xyz"}, `region: "xyz" is not in the region catalog`},
+		{"unknown machine region", &App{Apps: map[string]*Application{"a": {Machines: []*Machine{machine("00000000000001", "mars")}}}},
+			`apps.a.machines[0].region: "mars" (machine 00000000000001) is not in the region catalog`},
+		{"bad machine id", &App{Apps: map[string]*Application{"a": {Machines: []*Machine{machine("1234", "iad")}}}},
+			`apps.a.machines[0].id: "1234" must be 14 lower-case hexadecimal characters`},
+		{"duplicate machine id in an app", &App{Apps: map[string]*Application{"a": {Machines: []*Machine{machine("00000000000001", "iad"), machine("00000000000001", "lhr")}}}},
+			`apps.a.machines: id 00000000000001 is already used by a machine of app a`},
+		{"bad port", &App{Apps: map[string]*Application{"a": {Services: svc(&Port{Port: 70000, Handlers: []string{"http"}})}}},
+			`apps.a.services[0].ports[0].port: 70000 is not a port number (1-65535)`},
+		{"bad internal port", &App{Apps: map[string]*Application{"a": {Services: []*Service{{InternalPort: 0, Ports: []*Port{{Port: 80}}}}}}},
+			`apps.a.services[0].internal_port: 0 is not a port number (1-65535)`},
+		{"port used twice", &App{Apps: map[string]*Application{"a": {Services: svc(&Port{Port: 80, Handlers: []string{"http"}}, &Port{Port: 80})}}},
+			`apps.a.services[0].ports[1].port: 80 is already used by another service of this app`},
+		{"force_https without http", &App{Apps: map[string]*Application{"a": {Services: svc(&Port{Port: 5000, Handlers: []string{"tls"}, ForceHTTPS: true})}}},
+			`apps.a.services[0].ports[0].force_https: port 5000 has handlers [tls]; force_https needs the http handler`},
+		{"unknown handler", &App{Apps: map[string]*Application{"a": {Services: svc(&Port{Port: 80, Handlers: []string{"https"}})}}},
+			`apps.a.services[0].ports[0].handlers: unknown handler "https"`},
+		{"bad app name", &App{Apps: map[string]*Application{"My_App": {}}}, `apps: "My_App": name must be a DNS label`},
+		{"hostname taken", &App{Apps: map[string]*Application{"a": {Hostnames: []string{"x.com"}}, "b": {Hostnames: []string{"x.com"}}}},
+			`is already a host name of app`},
+		{"bad catalog entry", &App{Regions: map[string]Region{"xyz": {Country: "usa", Continent: "na"}}}, `regions: xyz: country "usa"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := provision(t, tc.app)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestDuplicateMachineAcrossApps(t *testing.T) {
+	m := func() []*Machine { return []*Machine{{ID: "00000000000001", Region: "iad", Address: "127.0.0.1"}} }
+	err := provision(t, &App{Apps: map[string]*Application{"a": {Machines: m()}, "b": {Machines: m()}}})
+	if err == nil || !strings.Contains(err.Error(), "id 00000000000001 is already used by a machine of app") {
+		t.Fatalf("error %v, want a duplicate machine id error", err)
+	}
+}
+
+func TestCatalog(t *testing.T) {
+	if len(builtinRegions) < 35 {
+		t.Fatalf("catalog has %d regions", len(builtinRegions))
+	}
+	for code, r := range builtinRegions {
+		if err := r.validate(code); err != nil {
+			t.Error(err)
+		}
+	}
+	// Distances a user can check on a map.
+	for _, tc := range []struct {
+		a, b     string
+		min, max float64
+	}{
+		{"iad", "ord", 900, 1000},
+		{"iad", "lhr", 5800, 6000},
+		{"lhr", "cdg", 330, 360},
+		{"syd", "nrt", 7700, 7900},
+	} {
+		if d := distanceKm(builtinRegions[tc.a], builtinRegions[tc.b]); d < tc.min || d > tc.max {
+			t.Errorf("distance %s-%s = %.0f km, want %.0f-%.0f", tc.a, tc.b, d, tc.min, tc.max)
+		}
+	}
+	// An added region is usable by machines and as the edge region.
+	a := &App{Region: "zzz", Regions: map[string]Region{"zzz": {City: "Test", Country: "nz", Continent: "oc", Latitude: -41.3, Longitude: 174.8}},
+		Apps: map[string]*Application{"a": {Machines: []*Machine{{ID: "00000000000001", Region: "zzz", Address: "127.0.0.1"}}}}}
+	if err := provision(t, a); err != nil {
+		t.Fatal(err)
+	}
+}
