@@ -69,13 +69,14 @@ echo "bench/http.sh: building $REPO/cmd/caddy" >&2
 "$TMP/caddy" adapt --config "$CADDYFILE" --adapter caddyfile >/dev/null
 
 # ---------- run the harness ----------
-export NETNS
 # Not exec'd, so the trap removes the binary afterwards; run.sh stops its
 # own processes on exit and on Ctrl-C.
+WRAP=()
+[[ $NETNS == 1 ]] && WRAP=(unshare -n bash -c 'ip link set lo up && exec "$@"' netns)
 set +e
 CADDY="$TMP/caddy" \
 EXTRA_CADDY="$TMP/caddy" EXTRA_CADDYFILE="$CADDYFILE" EXTRA_NAME=flyedge \
 EXTRA_HTTP_PORT=8084 EXTRA_HTTPS_PORT=8444 \
-  $( ((NETNS == 1)) && echo unshare -n ) bash -c '((NETNS == 1)) && { ip link set lo up || exit 2; }; exec "$0"' "$RUNSH"
+  "${WRAP[@]}" "$RUNSH"
 rc=$?
 exit $rc

@@ -1,0 +1,5 @@
+//go:build !race
+
+package flyedge_test
+
+const raceEnabled = false
