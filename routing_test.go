@@ -1,0 +1,160 @@
+package flyedge_test
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+)
+
+func TestRouting(t *testing.T) {
+	e := startEdge(t, "", "")
+	url := "https://web.edge.test:" + e.httpsPort + "/"
+	for _, tc := range []struct {
+		name    string
+		hdr     map[string]string
+		regions []string // acceptable machine regions
+		machine string   // or an exact machine
+	}{
+		{name: "nearest is the edge region", regions: []string{"iad"}},
+		{name: "prefer region", hdr: map[string]string{"Fly-Prefer-Region": "lhr"}, regions: []string{"lhr"}},
+		{name: "prefer region list", hdr: map[string]string{"Fly-Prefer-Region": "nrt,syd,lhr"}, regions: []string{"syd"}},
+		{name: "prefer country", hdr: map[string]string{"Fly-Prefer-Region": "gb"}, regions: []string{"lhr"}},
+		{name: "prefer continent", hdr: map[string]string{"Fly-Prefer-Region": "oc"}, regions: []string{"syd"}},
+		{name: "issue example iad,ord,us,na", hdr: map[string]string{"Fly-Prefer-Region": "iad,ord,us,na"}, regions: []string{"iad"}},
+		{name: "prefer region nobody runs in", hdr: map[string]string{"Fly-Prefer-Region": "nrt"}, regions: []string{"iad"}},
+		{name: "prefer instance", hdr: map[string]string{"Fly-Prefer-Instance-Id": "00000000000c01"}, machine: "00000000000c01"},
+		{name: "force instance", hdr: map[string]string{"Fly-Force-Instance-Id": "00000000000d01", "Fly-Prefer-Region": "iad"}, machine: "00000000000d01"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, c := range []*http.Client{e.h1, e.h2} {
+				for range 4 {
+					resp, body, s := get(t, c, url, tc.hdr)
+					if s == nil {
+						t.Fatalf("status %d body %q", resp.StatusCode, body)
+					}
+					if tc.machine != "" && s.Machine != tc.machine {
+						t.Fatalf("machine %s (%s), want %s", s.Machine, s.Region, tc.machine)
+					}
+					if tc.regions != nil && !strings.Contains(strings.Join(tc.regions, " "), s.Region) {
+						t.Fatalf("machine %s in %s, want a machine in %v", s.Machine, s.Region, tc.regions)
+					}
+					if got := s.Header.Get("Fly-Preferred-Instance-Unavailable"); got != "" {
+						t.Fatalf("Fly-Preferred-Instance-Unavailable: %q on a request that got its machine", got)
+					}
+				}
+			}
+		})
+	}
+
+	t.Run("both iad machines share the load", func(t *testing.T) {
+		seen := map[string]bool{}
+		for range 40 {
+			if _, _, s := get(t, e.h1, url, nil); s != nil {
+				seen[s.Machine] = true
+			}
+		}
+		if !seen["00000000000a01"] || !seen["00000000000a02"] || len(seen) != 2 {
+			t.Fatalf("machines used: %v", seen)
+		}
+	})
+
+	t.Run("force unknown instance", func(t *testing.T) {
+		for _, c := range []*http.Client{e.h1, e.h2} {
+			resp, body, s := get(t, c, url, map[string]string{"Fly-Force-Instance-Id": "0123456789abcd"})
+			if s != nil || resp.StatusCode != http.StatusNotFound || !strings.Contains(body, `"0123456789abcd" is not a machine of app web`) {
+				t.Fatalf("status %d body %q machine %v", resp.StatusCode, body, s)
+			}
+		}
+	})
+}
+
+// TestRoutingUnhealthy takes machines down and checks that active
+// (service checks) and passive (reverse_proxy) health steer selection.
+func TestRoutingUnhealthy(t *testing.T) {
+	t.Run("active checks", func(t *testing.T) {
+		e := startEdge(t, "check tcp {\n interval 100ms\n timeout 100ms\n }", "")
+		url := "https://web.edge.test:" + e.httpsPort + "/"
+		lhr := "00000000000c01"
+		e.machines[lhr].Close()
+		waitFor(t, "the edge to mark the lhr machine unhealthy", func() bool {
+			resp, _, _ := get(t, e.h1, url, map[string]string{"Fly-Force-Instance-Id": lhr})
+			return resp.StatusCode == http.StatusServiceUnavailable
+		})
+
+		resp, body, s := get(t, e.h2, url, map[string]string{"Fly-Force-Instance-Id": lhr})
+		if s != nil || resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "machine "+lhr+" of app web cannot take requests") {
+			t.Fatalf("forced unhealthy machine: status %d body %q machine %v", resp.StatusCode, body, s)
+		}
+		_, body, s = get(t, e.h2, url, map[string]string{"Fly-Prefer-Instance-Id": lhr})
+		if s == nil || s.Region != "iad" {
+			t.Fatalf("preferred unhealthy machine: want the normal choice (iad), got %s", body)
+		}
+		if got := s.Header.Get("Fly-Preferred-Instance-Unavailable"); got != lhr {
+			t.Fatalf("the app got Fly-Preferred-Instance-Unavailable %q, want %q", got, lhr)
+		}
+		_, body, s = get(t, e.h1, url, map[string]string{"Fly-Prefer-Region": "lhr,eu,syd"})
+		if s == nil || s.Region != "syd" {
+			t.Fatalf("preferred region without a healthy machine: want the next entry (syd), got %s", body)
+		}
+
+		// the edge region going down moves traffic to the nearest region
+		e.machines["00000000000a01"].Close()
+		e.machines["00000000000a02"].Close()
+		waitFor(t, "traffic to move to ord", func() bool {
+			_, _, s := get(t, e.h1, url, nil)
+			return s != nil && s.Region == "ord"
+		})
+		for range 5 {
+			if _, body, s := get(t, e.h1, url, nil); s == nil || s.Region != "ord" {
+				t.Fatalf("iad down: want ord, the nearest region, got %s", body)
+			}
+		}
+	})
+
+	t.Run("passive checks", func(t *testing.T) {
+		e := startEdge(t, "", "fail_duration 1m\n lb_retries 2")
+		url := "https://web.edge.test:" + e.httpsPort + "/"
+		syd := "00000000000d01"
+		e.machines[syd].Close()
+		// the first attempt fails to connect, counts a failure, and the
+		// retry takes the normal choice
+		_, body, s := get(t, e.h1, url, map[string]string{"Fly-Prefer-Instance-Id": syd})
+		if s == nil || s.Region != "iad" {
+			t.Fatalf("preferred dead machine: want a retry to iad, got %s", body)
+		}
+		if got := s.Header.Get("Fly-Preferred-Instance-Unavailable"); got != syd {
+			t.Fatalf("the app got Fly-Preferred-Instance-Unavailable %q, want %q", got, syd)
+		}
+		resp, body, s := get(t, e.h1, url, map[string]string{"Fly-Force-Instance-Id": syd})
+		if s != nil || resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, syd) {
+			t.Fatalf("forced machine marked down by passive checks: status %d body %q", resp.StatusCode, body)
+		}
+	})
+}
+
+func TestConfigErrors(t *testing.T) {
+	requireCaddy(t)
+	base := `{
+	admin ` + adminAddr + `
+	persist_config off
+	fly {
+		%s
+	}
+}`
+	for _, tc := range []struct{ name, fly, want string }{
+		{"unknown edge region", "region zzz", `region: "zzz" is not in the region catalog`},
+		{"unknown machine region", "app a {\n machine 00000000000001 mars 127.0.0.1\n }", `apps.a.machines[0].region: "mars" (machine 00000000000001) is not in the region catalog`},
+		{"duplicate machine id", "app a {\n machine 00000000000001 iad 127.0.0.1\n }\n app b {\n machine 00000000000001 lhr 127.0.0.2\n }", `id 00000000000001 is already used by a machine of app`},
+		{"bad port", "app a {\n service 8080 {\n port 99999 http\n }\n }", `apps.a.services[0].ports[0].port: 99999 is not a port number`},
+		{"port not a number", "app a {\n service 8080 {\n port http http\n }\n }", `port "http": not a number`},
+		{"force_https without http", "app a {\n service 8080 {\n port 5432 tls {\n force_https\n }\n }\n }", `force_https: port 5432 has handlers [tls]; force_https needs the http handler`},
+		{"unknown option", "colour blue", `unrecognized fly option 'colour'`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := load(t, strings.Replace(base, "%s", tc.fly, 1), "caddyfile")
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "400") {
+				t.Fatalf("load error %v, want 400 containing %q", err, tc.want)
+			}
+		})
+	}
+}
