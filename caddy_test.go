@@ -167,6 +167,11 @@ func requireCaddy(t *testing.T) {
 	}
 }
 
+// adminClient opens a connection per call: Caddy may restart its admin
+// server when it loads a config, and a POST is not retried on a stale
+// keep-alive connection.
+var adminClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
+
 // load posts a config to the shared Caddy; it returns the admin API's
 // error for a config Caddy refuses.
 func load(t *testing.T, config, adapter string) error {
@@ -177,7 +182,7 @@ func load(t *testing.T, config, adapter string) error {
 	}
 	req, _ := http.NewRequest(http.MethodPost, "http://"+adminAddr+"/load", strings.NewReader(config))
 	req.Header.Set("Content-Type", ct)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := adminClient.Do(req)
 	if err != nil {
 		t.Fatalf("loading config: %v", err)
 	}

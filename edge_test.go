@@ -116,6 +116,7 @@ http://:%[1]s, https://:%[2]s {
 	reverse_proxy {
 		dynamic fly
 		lb_policy fly
+		transport fly
 		%[6]s
 	}
 }
@@ -318,4 +319,30 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 	}
 	t.Fatalf("timed out waiting for %s", what)
+}
+
+func TestH2CBackend(t *testing.T) {
+	e := startEdge(t, "h2_backend", "")
+	for _, tc := range []struct {
+		name, url string
+		client    *http.Client
+	}{
+		{"http/1.1 client", "http://web.edge.test:" + e.httpPort + "/", e.h1},
+		{"https http/1.1 client", "https://web.edge.test:" + e.httpsPort + "/", e.h1},
+		{"h2 client", "https://web.edge.test:" + e.httpsPort + "/", e.h2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, body, s := get(t, tc.client, tc.url, nil)
+			if s == nil || s.Proto != "HTTP/2.0" {
+				t.Fatalf("an app with h2_backend should receive h2c, got %s", body)
+			}
+			if s.Header.Get("Fly-Region") != "iad" {
+				t.Fatalf("headers missing over h2c: %v", s.Header)
+			}
+		})
+	}
+	// the other app of the same route still gets HTTP/1.1
+	if _, body, s := get(t, e.h2, "https://secure.edge.test:"+e.httpsPort+"/", nil); s == nil || s.Proto != "HTTP/1.1" {
+		t.Fatalf("app without h2_backend: %s", body)
+	}
 }
