@@ -201,17 +201,18 @@ func (s *Service) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				c.Path = args[1]
 			}
 			for n := d.Nesting(); d.NextBlock(n); {
+				opt := d.Val()
 				var dst *caddy.Duration
-				switch d.Val() {
+				switch opt {
 				case "interval":
 					dst = &c.Interval
 				case "timeout":
 					dst = &c.Timeout
 				default:
-					return d.Errf("unrecognized check option '%s'", d.Val())
+					return d.Errf("unrecognized check option '%s'", opt)
 				}
 				if *dst != 0 {
-					return d.Errf("%s already specified", d.Val())
+					return d.Errf("%s already specified", opt)
 				}
 				var v string
 				if !d.AllArgs(&v) {
@@ -219,7 +220,7 @@ func (s *Service) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				dur, err := caddy.ParseDuration(v)
 				if err != nil {
-					return d.Errf("%s %q: %v", d.Val(), v, err)
+					return d.Errf("%s %q: %v", opt, v, err)
 				}
 				*dst = caddy.Duration(dur)
 			}

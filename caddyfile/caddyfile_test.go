@@ -1,0 +1,69 @@
+package caddyfile_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	_ "github.com/flyedge/caddy-flyedge"
+)
+
+// TestAdapt checks testdata/*.caddyfiletest: a Caddyfile, a line of
+// dashes, and the JSON it must adapt to.
+func TestAdapt(t *testing.T) {
+	files, err := filepath.Glob("testdata/*.caddyfiletest")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no test files: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in, want, ok := strings.Cut(string(data), "----------")
+			if !ok {
+				t.Fatal("no ---------- separator")
+			}
+			if !caddytest.CompareAdapt(t, f, strings.TrimSpace(in)+"\n", "caddyfile", strings.TrimSpace(want)) {
+				t.Fail()
+			}
+		})
+	}
+}
+
+// TestAdaptErrors checks that wrong Caddyfile input fails with a message
+// that names the option and the line.
+func TestAdaptErrors(t *testing.T) {
+	for _, tc := range []struct{ name, in, want string }{
+		{"unknown fly option", "{\n fly {\n colour blue\n }\n}", "unrecognized fly option 'colour', at Caddyfile:3"},
+		{"region twice", "{\n fly {\n region iad\n region lhr\n }\n}", "region already specified, at Caddyfile:4"},
+		{"region without value", "{\n fly {\n region\n }\n}", "wrong argument count"},
+		{"region across blocks", "{\n fly {\n region iad\n }\n fly {\n region lhr\n }\n}", "region already specified"},
+		{"app twice", "{\n fly {\n app a\n app a\n }\n}", "app a already specified"},
+		{"machine args", "{\n fly {\n app a {\n machine 00000000000001 iad\n }\n }\n}", "wrong argument count"},
+		{"unknown app option", "{\n fly {\n app a {\n replicas 3\n }\n }\n}", "unrecognized fly app option 'replicas'"},
+		{"service port not a number", "{\n fly {\n app a {\n service http {\n }\n }\n }\n}", `service: internal port "http": not a number`},
+		{"unknown port option", "{\n fly {\n app a {\n service 80 {\n port 80 http {\n hsts\n }\n }\n }\n }\n}", "unrecognized fly port option 'hsts'"},
+		{"force_https twice", "{\n fly {\n app a {\n service 80 {\n port 80 http {\n force_https\n force_https\n }\n }\n }\n }\n}", "force_https already specified"},
+		{"concurrency args", "{\n fly {\n app a {\n service 80 {\n concurrency requests 20\n }\n }\n }\n}", "wrong argument count"},
+		{"check option", "{\n fly {\n app a {\n service 80 {\n check tcp {\n retries 3\n }\n }\n }\n }\n}", "unrecognized check option 'retries'"},
+		{"check duration", "{\n fly {\n app a {\n service 80 {\n check tcp {\n interval soon\n }\n }\n }\n }\n}", `interval "soon"`},
+		{"add_region latitude", "{\n fly {\n add_region zrh ch eu north 8.5\n }\n}", `add_region zrh: latitude "north"`},
+		{"force_https args", ":80 {\n force_https always\n}", "wrong argument count"},
+		{"fly_headers block", ":80 {\n fly_headers {\n region lhr\n }\n}", "unrecognized fly_headers option 'region'"},
+		{"lb_policy fly option", ":80 {\n reverse_proxy {\n dynamic fly\n lb_policy fly {\n sticky\n }\n }\n}", "unrecognized fly policy option 'sticky'"},
+		{"dynamic fly args", ":80 {\n reverse_proxy {\n dynamic fly web\n }\n}", "wrong argument count"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(tc.in), nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
