@@ -1,0 +1,107 @@
+package flyedge_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestExamplesAgree checks that caddy.json.example is Caddyfile.example
+// in JSON.
+func TestExamplesAgree(t *testing.T) {
+	requireCaddy(t)
+	out, err := exec.Command(caddyBin, "adapt", "--config", "Caddyfile.example").Output()
+	if err != nil {
+		t.Fatalf("adapting Caddyfile.example: %v", err)
+	}
+	raw, err := os.ReadFile("caddy.json.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fromCaddyfile, fromJSON any
+	if err := json.Unmarshal(out, &fromCaddyfile); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &fromJSON); err != nil {
+		t.Fatalf("caddy.json.example: %v", err)
+	}
+	if !reflect.DeepEqual(fromCaddyfile, fromJSON) {
+		t.Fatalf("caddy.json.example differs from the adapted Caddyfile.example; regenerate it with\n\tcaddy adapt --config Caddyfile.example --pretty")
+	}
+}
+
+// TestExamplesRun runs each example config as it is, in its own Caddy,
+// and uses the demo the way the README shows.
+func TestExamplesRun(t *testing.T) {
+	requireCaddy(t)
+	for _, cfg := range []string{"Caddyfile.example", "caddy.json.example"} {
+		t.Run(cfg, func(t *testing.T) {
+			home := t.TempDir()
+			var log logBuf
+			p := exec.Command(caddyBin, "run", "--config", cfg)
+			p.Env = caddyEnv(home)
+			p.Stdout, p.Stderr = &log, &log
+			if err := p.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan struct{})
+			go func() { p.Wait(); close(exited) }()
+			defer func() {
+				p.Process.Signal(os.Interrupt) // an error when it already exited
+				select {
+				case <-exited:
+				case <-time.After(15 * time.Second):
+					p.Process.Kill()
+					<-exited
+				}
+				if strings.Contains(log.String(), "WARNING: DATA RACE") {
+					t.Errorf("data race:\n%s", log.String())
+				}
+			}()
+			roots := caddyRoots(t, home)
+			c := newClient(roots, true)
+			url := "https://hello.flyedge.localhost:8443/"
+			var body string
+			for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+				select {
+				case <-exited:
+					t.Fatalf("caddy exited:\n%s", log.String())
+				default:
+				}
+				if resp, err := c.Get(url); err == nil {
+					b := make([]byte, 512)
+					n, _ := resp.Body.Read(b)
+					resp.Body.Close()
+					body = string(b[:n])
+					if resp.StatusCode == http.StatusOK {
+						break
+					}
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the demo did not answer on %s (last body %q):\n%s", url, body, log.String())
+				}
+			}
+			if !strings.Contains(body, " in iad ") {
+				t.Errorf("nearest machine: %q, want one in iad", body)
+			}
+			for _, tc := range []struct{ prefer, want string }{
+				{"lhr", "machine 9185e0ea6c3d28 in lhr"},
+				{"au,eu", "machine e784079b449483 in syd"},
+			} {
+				resp, b, _ := get(t, c, url, map[string]string{"Fly-Prefer-Region": tc.prefer})
+				if resp.StatusCode != http.StatusOK || !strings.Contains(b, tc.want) {
+					t.Errorf("Fly-Prefer-Region: %s: %d %q, want %q", tc.prefer, resp.StatusCode, b, tc.want)
+				}
+			}
+			resp, _, _ := get(t, c, "http://hello.flyedge.localhost:8080/docs?page=2", nil)
+			if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "https://hello.flyedge.localhost:8443/docs?page=2" {
+				t.Errorf("force_https: %d Location %q", resp.StatusCode, resp.Header.Get("Location"))
+			}
+		})
+	}
+}
