@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -117,22 +116,25 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	delete(hdr, hdrPreferredUnavail)
 
-	port := strconv.Itoa(routing.LocalPort(r))
 	proto, ssl := "http", "off"
 	if r.TLS != nil {
 		proto, ssl = "https", "on"
 	}
-	hdr[hdrFlyClientIP] = []string{clientIP}
+	// one allocation for every value; each is its own 1-cap slice, so an
+	// append by a later handler copies instead of overwriting a neighbour
+	vals := [...]string{clientIP, clientIP, proto, ssl, rt.PortString, rt.PortString, h.region}
+	v := vals[:]
+	hdr[hdrFlyClientIP] = v[0:1:1]
 	if !trusted {
-		hdr[hdrXFF] = []string{clientIP}
+		hdr[hdrXFF] = v[1:2:2]
 	}
-	hdr[hdrXFProto] = []string{proto}
-	hdr[hdrXFSSL] = []string{ssl}
-	if len(hdr[hdrXFPort]) == 0 || hdr[hdrXFPort][0] == "" {
-		hdr[hdrXFPort] = []string{port}
+	hdr[hdrXFProto] = v[2:3:3]
+	hdr[hdrXFSSL] = v[3:4:4]
+	if xp := hdr[hdrXFPort]; len(xp) == 0 || xp[0] == "" {
+		hdr[hdrXFPort] = v[4:5:5]
 	}
-	hdr[hdrFlyForwardedPort] = []string{port}
-	hdr[hdrFlyRegion] = []string{h.region}
+	hdr[hdrFlyForwardedPort] = v[5:6:6]
+	hdr[hdrFlyRegion] = v[6:7:7]
 
 	err = next.ServeHTTP(w, r)
 	if err == nil {

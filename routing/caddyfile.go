@@ -31,6 +31,7 @@ import (
 //				check <tcp|http> [<path>] [{
 //					interval <duration>
 //					timeout <duration>
+//					grace_period <duration>
 //				}]
 //			}
 //		}
@@ -208,6 +209,8 @@ func (s *Service) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					dst = &c.Interval
 				case "timeout":
 					dst = &c.Timeout
+				case "grace_period":
+					dst = &c.GracePeriod
 				default:
 					return d.Errf("unrecognized check option '%s'", opt)
 				}

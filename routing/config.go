@@ -128,6 +128,12 @@ type Check struct {
 	// Default: 2s
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
+	// How long to wait after the config is loaded (or the machine
+	// registered) before the first check; until then the machine counts
+	// as healthy.
+	// Default: 1s
+	GracePeriod caddy.Duration `json:"grace_period,omitempty"`
+
 	// Path of an http check.
 	// Default: /
 	Path string `json:"path,omitempty"`
@@ -244,8 +250,8 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 		if c.Type != "tcp" && c.Type != "http" {
 			return fmt.Errorf("%s.type: %q (want tcp or http)", cf, c.Type)
 		}
-		if c.Interval < 0 || c.Timeout < 0 {
-			return fmt.Errorf("%s: interval and timeout must not be negative", cf)
+		if c.Interval < 0 || c.Timeout < 0 || c.GracePeriod < 0 {
+			return fmt.Errorf("%s: interval, timeout and grace_period must not be negative", cf)
 		}
 		if c.Path != "" && (c.Type != "http" || !strings.HasPrefix(c.Path, "/")) {
 			return fmt.Errorf("%s.path: %q: only http checks take a path, and it must start with /", cf, c.Path)
@@ -273,14 +279,4 @@ func (m *Machine) validate(field string, catalog map[string]Region) error {
 		return fmt.Errorf("%s.state: %q (machine %s) must be started or stopped", field, m.State, m.ID)
 	}
 	return nil
-}
-
-// hasHandler tells whether the port runs handler h.
-func (p *Port) hasHandler(h string) bool {
-	for _, x := range p.Handlers {
-		if x == h {
-			return true
-		}
-	}
-	return false
 }

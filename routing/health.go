@@ -103,6 +103,15 @@ func (hc *healthChecker) run(ctx context.Context, app string, m *machine, c *Che
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		Transport:     &http.Transport{DisableKeepAlives: true},
 	}
+	grace := time.Duration(c.GracePeriod)
+	if grace <= 0 {
+		grace = time.Second
+	}
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(grace):
+	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {

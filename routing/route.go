@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -20,6 +21,9 @@ type Route struct {
 	// Service is the service the port belongs to.
 	Service *Service
 
+	// PortString is Port.Port in decimal.
+	PortString string
+
 	// HTTPSPort is the app's port that runs the tls and http handlers,
 	// where force_https sends plain-HTTP requests; 0 when there is none.
 	HTTPSPort int
@@ -30,21 +34,8 @@ type Route struct {
 // String returns the app name, so {http.vars.fly.route} reads well.
 func (rt *Route) String() string { return rt.App }
 
-// Dials returns the dial addresses (host:internal_port) of the route's
-// machines, in the order Select-style functions index them.
-func (rt *Route) Dials() []string {
-	d := make([]string, len(rt.machines))
-	for i, m := range rt.machines {
-		d[i] = m.dial
-	}
-	return d
-}
-
 // NumMachines returns how many machines the route has.
 func (rt *Route) NumMachines() int { return len(rt.machines) }
-
-// Dial returns the dial address of machine i.
-func (rt *Route) Dial(i int) string { return rt.machines[i].dial }
 
 // MachineID returns the ID of machine i.
 func (rt *Route) MachineID(i int) string { return rt.machines[i].id }
@@ -69,10 +60,10 @@ func (rt *Route) MachineIndex(id string) int {
 }
 
 func newRoute(app string, p *Port, se *serviceEntry, services []*Service) *Route {
-	rt := &Route{App: app, Port: p, Service: se.config, serviceEntry: se}
+	rt := &Route{App: app, Port: p, PortString: strconv.Itoa(p.Port), Service: se.config, serviceEntry: se}
 	for _, s := range services {
 		for _, q := range s.Ports {
-			if q.hasHandler("tls") && q.hasHandler("http") && (rt.HTTPSPort == 0 || q.Port == 443) {
+			if slices.Contains(q.Handlers, "tls") && slices.Contains(q.Handlers, "http") && (rt.HTTPSPort == 0 || q.Port == 443) {
 				rt.HTTPSPort = q.Port
 			}
 		}
