@@ -201,6 +201,7 @@ type registry struct {
 	apps     map[string]*appEntry
 	hosts    map[string]*appEntry
 	machines map[string]*appEntry
+	ports    map[int][]*Route // every app's route on an edge port
 }
 
 type appEntry struct {
@@ -217,6 +218,7 @@ type serviceEntry struct {
 	config    *Service
 	machines  []*machine // nearest first
 	byID      map[string]int
+	byDial    map[string]int
 	tiers     [][]int            // machine indexes of equal distance, nearest first
 	groups    map[string][][]int // tiers of the machines in a region, country or continent
 	softLimit int
@@ -240,6 +242,7 @@ func (a *App) build(apps map[string]*Application) (*registry, error) {
 		apps:     make(map[string]*appEntry, len(apps)),
 		hosts:    make(map[string]*appEntry, len(apps)),
 		machines: make(map[string]*appEntry),
+		ports:    make(map[int][]*Route),
 	}
 	for name, cfg := range apps {
 		if cfg == nil {
@@ -265,7 +268,9 @@ func (a *App) build(apps map[string]*Application) (*registry, error) {
 			se := a.newServiceEntry(name, s, cfg.Machines)
 			e.services = append(e.services, se)
 			for _, p := range s.Ports {
-				e.routes[p.Port] = newRoute(name, p, se, cfg.Services)
+				rt := newRoute(name, p, se, cfg.Services)
+				e.routes[p.Port] = rt
+				reg.ports[p.Port] = append(reg.ports[p.Port], rt)
 			}
 		}
 		reg.apps[name] = e
@@ -284,9 +289,16 @@ type machine struct {
 }
 
 // available tells whether the edge's own view allows traffic to m: it is
-// started and has not failed its latest active health check.
+// started, has not failed its latest active health check, and no
+// connection attempt failed within the fail duration.
 func (m *machine) available() bool {
-	return !m.stopped && (m.health == nil || m.health.healthy.Load())
+	if m.stopped || !m.health.healthy.Load() {
+		return false
+	}
+	if fu := m.health.failedUntil.Load(); fu != 0 && now().UnixNano() < fu {
+		return false
+	}
+	return true
 }
 
 func (a *App) newServiceEntry(app string, s *Service, machines []*Machine) *serviceEntry {
@@ -299,9 +311,7 @@ func (a *App) newServiceEntry(app string, s *Service, machines []*Machine) *serv
 			km:      distanceKm(a.edge, a.catalog[m.Region]),
 			stopped: m.State == "stopped",
 		}
-		if len(s.Checks) > 0 {
-			mm.health = a.health.state(mm.id, mm.dial)
-		}
+		mm.health = a.health.state(mm.id, mm.dial)
 		se.machines = append(se.machines, mm)
 	}
 	se.index(a.catalog)

@@ -13,12 +13,20 @@ import (
 	"go.uber.org/zap"
 )
 
-// machineHealth is the outcome of the latest active health check of one
-// machine's service. It lives in a UsagePool keyed by machine and dial
-// address, so a config reload keeps what the checks found.
+// machineHealth is what the edge knows of one machine's service: the
+// outcome of the latest active health check, until when a failed
+// connection attempt keeps it out of selection (layer 4 only: HTTP uses
+// Caddy's passive health checks), and its connections in flight. It lives
+// in a UsagePool keyed by machine and dial address, so a config reload
+// keeps it.
 type machineHealth struct {
-	healthy atomic.Bool
+	healthy     atomic.Bool
+	failedUntil atomic.Int64 // unix nanoseconds; 0 when it has not failed
+	conns       atomic.Int64
 }
+
+// now is the clock of passive health; tests replace it.
+var now = time.Now
 
 // Destruct implements caddy.Destructor.
 func (*machineHealth) Destruct() error { return nil }

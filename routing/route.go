@@ -79,9 +79,11 @@ func (se *serviceEntry) index(catalog map[string]Region) {
 		return cmp.Or(cmp.Compare(a.km, b.km), strings.Compare(a.region, b.region), strings.Compare(a.id, b.id))
 	})
 	se.byID = make(map[string]int, len(se.machines))
+	se.byDial = make(map[string]int, len(se.machines))
 	se.groups = make(map[string][][]int)
 	for i, m := range se.machines {
 		se.byID[m.id] = i
+		se.byDial[m.dial] = i
 		if i == 0 || m.km != se.machines[i-1].km {
 			se.tiers = append(se.tiers, nil)
 		}

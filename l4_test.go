@@ -1,0 +1,201 @@
+package flyedge_test
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// l4Machines are the machines of the layer 4 test app.
+var l4Machines = []testMachine{
+	{"00000000000f01", "iad", "127.0.53.1"},
+	{"00000000000f02", "ord", "127.0.53.2"},
+	{"00000000000f03", "lhr", "127.0.53.3"},
+}
+
+// startSinks serves each machine with the sink protocol: read everything
+// the client sends until it half-closes, then answer
+// "<machine id> <sha256 of what it read>\n" followed by n bytes of the
+// stream seeded with the machine ID, and close.
+func startSinks(t *testing.T, port string, reply int64, ms ...testMachine) map[string]net.Listener {
+	t.Helper()
+	lns := map[string]net.Listener{}
+	for _, m := range ms {
+		ln, err := net.Listen("tcp", net.JoinHostPort(m.ip, port))
+		if err != nil {
+			t.Fatalf("machine %s: %v", m.id, err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		lns[m.id] = ln
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					h := sha256.New()
+					if _, err := io.Copy(h, c); err != nil {
+						return
+					}
+					fmt.Fprintf(c, "%s %x\n", m.id, h.Sum(nil))
+					io.CopyN(c, stream(m.id), reply)
+				}()
+			}
+		}()
+	}
+	return lns
+}
+
+// stream is a deterministic byte stream.
+func stream(seed string) io.Reader {
+	var s [32]byte
+	copy(s[:], seed)
+	return rand.NewChaCha8(s)
+}
+
+// l4Config is an edge with the app tcpapp: one service, pass-through on
+// the edge port, and a layer4 server that proxies with fly_proxy.
+func l4Config(edgePort, machinePort string) string {
+	var ms []string
+	for _, m := range l4Machines {
+		ms = append(ms, fmt.Sprintf("machine %s %s %s", m.id, m.region, m.ip))
+	}
+	return fmt.Sprintf(`{
+	admin %s
+	persist_config off
+	fly {
+		region iad
+		app tcpapp {
+			service %s {
+				port %s
+			}
+			%s
+		}
+	}
+	layer4 {
+		:%s {
+			route {
+				fly_proxy {
+					dial_timeout 1s
+				}
+			}
+		}
+	}
+}
+`, adminAddr, machinePort, edgePort, strings.Join(ms, "\n\t\t\t"), edgePort)
+}
+
+// exchange sends n bytes of stream(seed) through addr, half-closes, and
+// returns the machine's answer line and a hash of the rest.
+func exchange(t *testing.T, addr string, n int64, seed string) (id, gotHash string, replyHash string, replyLen int64) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	sent := make(chan error, 1)
+	go func() {
+		_, err := io.CopyN(c, stream(seed), n)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		sent <- err
+	}()
+	r := bufio.NewReaderSize(c, 64*1024)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the machine's answer: %v", err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatalf("sending: %v", err)
+	}
+	h := sha256.New()
+	replyLen, err = io.Copy(h, r)
+	if err != nil {
+		t.Fatalf("reading the reply: %v", err)
+	}
+	f := strings.Fields(line)
+	if len(f) != 2 {
+		t.Fatalf("answer %q", line)
+	}
+	return f[0], f[1], hex.EncodeToString(h.Sum(nil)), replyLen
+}
+
+func hashOf(r io.Reader, n int64) string {
+	h := sha256.New()
+	io.CopyN(h, r, n)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func TestPassThrough(t *testing.T) {
+	requireCaddy(t)
+	edgePort, machinePort := freePort(), freePort()
+	const reply = 64 << 20
+	startSinks(t, machinePort, reply, l4Machines...)
+	mustLoad(t, l4Config(edgePort, machinePort))
+	addr := "127.0.0.1:" + edgePort
+
+	t.Run("1 GiB up, 64 MiB down, half-close", func(t *testing.T) {
+		const n = 1 << 30
+		id, got, replyHash, replyLen := exchange(t, addr, n, "client")
+		if id != "00000000000f01" {
+			t.Errorf("machine %s, want the iad machine", id)
+		}
+		if want := hashOf(stream("client"), n); got != want {
+			t.Fatalf("the machine received different bytes: sha256 %s, want %s", got, want)
+		}
+		if replyLen != reply || replyHash != hashOf(stream(id), reply) {
+			t.Fatalf("the client received %d different bytes", replyLen)
+		}
+	})
+
+	t.Run("empty connection", func(t *testing.T) {
+		_, got, _, replyLen := exchange(t, addr, 0, "x")
+		if got != hashOf(stream("x"), 0) || replyLen != reply {
+			t.Fatalf("hash %s, reply %d bytes", got, replyLen)
+		}
+	})
+}
+
+func TestPassThroughFailover(t *testing.T) {
+	requireCaddy(t)
+	edgePort, machinePort := freePort(), freePort()
+	lns := startSinks(t, machinePort, 10, l4Machines...)
+	mustLoad(t, l4Config(edgePort, machinePort))
+	addr := "127.0.0.1:" + edgePort
+
+	if id, _, _, _ := exchange(t, addr, 100, "a"); id != "00000000000f01" {
+		t.Fatalf("machine %s, want iad's", id)
+	}
+	lns["00000000000f01"].Close() // iad dies
+	for i := range 5 {
+		if id, _, _, _ := exchange(t, addr, 100, "b"); id != "00000000000f02" {
+			t.Fatalf("connection %d after iad died: machine %s, want ord's (the next nearest)", i, id)
+		}
+	}
+	lns["00000000000f02"].Close() // ord dies too
+	if id, _, _, _ := exchange(t, addr, 100, "c"); id != "00000000000f03" {
+		t.Fatalf("after ord died: machine %s, want lhr's", id)
+	}
+	lns["00000000000f03"].Close() // nothing left: the edge closes the connection
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); err == nil || n != 0 {
+		t.Fatalf("with every machine down the connection should be closed, read %d, %v", n, err)
+	}
+}

@@ -1,0 +1,121 @@
+package routing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/mholt/caddy-l4/layer4"
+	"github.com/mholt/caddy-l4/modules/l4tls"
+)
+
+// connRouteVarKey is the connection variable that caches its route.
+const connRouteVarKey = "fly.route"
+
+// ConnAppVarKey is the connection variable (placeholder
+// {l4.vars.fly.app}... see the README) that holds the app's name.
+const ConnAppVarKey = "fly.app"
+
+// RouteForConn returns the route of a layer 4 connection: the app that
+// answers to the TLS server name the edge terminated (when a tls handler
+// ran before), else the only app with a service on the edge port the
+// connection arrived on. The answer is cached in the connection's
+// variables.
+func (a *App) RouteForConn(cx *layer4.Connection) (*Route, error) {
+	if rt, ok := cx.GetVar(connRouteVarKey).(*Route); ok {
+		return rt, nil
+	}
+	port := 0
+	if ap, err := netip.ParseAddrPort(cx.LocalAddr().String()); err == nil {
+		port = int(ap.Port())
+	}
+	var rt *Route
+	var err error
+	if sni := serverName(cx); sni != "" {
+		rt, err = a.Route(sni, port)
+	} else {
+		rt, err = a.routeByPort(port)
+	}
+	if err != nil {
+		return nil, err
+	}
+	cx.SetVar(connRouteVarKey, rt)
+	cx.SetVar(ConnAppVarKey, rt.App)
+	return rt, nil
+}
+
+// routeByPort returns the route of the only app with a service on port.
+func (a *App) routeByPort(port int) (*Route, error) {
+	routes := a.reg.Load().ports[port]
+	switch len(routes) {
+	case 0:
+		return nil, fmt.Errorf("%w: no app has a service on port %d", ErrNoApp, port)
+	case 1:
+		return routes[0], nil
+	default:
+		return nil, fmt.Errorf("%w: %d apps have a service on port %d and the connection names none (no TLS server name)", ErrNoApp, len(routes), port)
+	}
+}
+
+// serverName returns the server name of the last TLS handshake the edge
+// terminated on cx, lower case, or "".
+func serverName(cx *layer4.Connection) string {
+	if chis := l4tls.GetClientHelloInfos(cx); len(chis) > 0 {
+		return strings.ToLower(strings.TrimSuffix(chis[len(chis)-1].ServerName, "."))
+	}
+	return ""
+}
+
+// connPool is the edge's own view of a route's machines for layer 4:
+// every machine the edge's health allows is usable, and its load is its
+// connections in flight.
+type connPool struct{ rt *Route }
+
+func (p connPool) Usable(i int) bool {
+	m := p.rt.machines[i]
+	if c := p.rt.Service.Concurrency; c != nil && c.HardLimit > 0 && m.health.conns.Load() >= int64(c.HardLimit) {
+		return false
+	}
+	return true
+}
+
+func (p connPool) Load(i int) int { return int(p.rt.machines[i].health.conns.Load()) }
+
+// ErrNoMachine means that no machine of the app could be reached.
+var ErrNoMachine = errors.New("no machine of the app can be reached")
+
+// DialMachine connects to a machine of the route for one connection:
+// the nearest healthy one (as Select chooses without client preferences);
+// when a dial fails, the machine is left out of selection for
+// failDuration and the next choice is tried, up to tries machines. The
+// returned release func must be called when the connection ends; it
+// keeps the machine's count of connections in flight.
+func (rt *Route) DialMachine(ctx context.Context, dialer *net.Dialer, tries int, failDuration time.Duration) (net.Conn, int, func(), error) {
+	var lastErr error
+	for range max(tries, 1) {
+		i, _ := Select(rt, connPool{rt}, Preference{})
+		if i < 0 {
+			break
+		}
+		m := rt.machines[i]
+		m.health.conns.Add(1)
+		conn, err := dialer.DialContext(ctx, "tcp", m.dial)
+		if err == nil {
+			return conn, i, func() { m.health.conns.Add(-1) }, nil
+		}
+		m.health.conns.Add(-1)
+		m.health.failedUntil.Store(now().Add(failDuration).UnixNano())
+		lastErr = fmt.Errorf("machine %s (%s): %w", m.id, m.dial, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if lastErr == nil {
+		return nil, -1, nil, fmt.Errorf("app %s: %w", rt.App, ErrNoMachine)
+	}
+	return nil, -1, nil, fmt.Errorf("app %s: %w: %w", rt.App, ErrNoMachine, lastErr)
+}

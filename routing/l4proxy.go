@@ -1,0 +1,231 @@
+package routing
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/mholt/caddy-l4/layer4"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+func init() {
+	caddy.RegisterModule(new(FlyProxy))
+}
+
+// FlyProxy is a terminal layer4 handler that proxies a connection to a
+// machine of its app: the app is found by the TLS server name (when a tls
+// handler terminated TLS before) or by the edge port, and the machine is
+// the nearest healthy one, spreading connections among the machines of a
+// region. A machine that refuses the connection is left out for
+// fail_duration and the next nearest is tried, so the client sees no
+// error while any machine of the app can be reached.
+//
+// Bytes are relayed untouched in both directions, half-close included.
+// When the client's connection is plain TCP (no TLS terminated), the
+// relay is zero-copy: once the bytes the edge read ahead are sent, the
+// kernel moves data between the two sockets (splice on Linux).
+//
+//	layer4 {
+//		:5000 {
+//			route {
+//				fly_proxy
+//			}
+//		}
+//	}
+type FlyProxy struct {
+	// How long to wait for a machine to accept the connection.
+	// Default: 3s
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+
+	// How long a machine that refused a connection is left out.
+	// Default: 10s
+	FailDuration caddy.Duration `json:"fail_duration,omitempty"`
+
+	// How many machines to try for one connection.
+	// Default: 3
+	MaxAttempts int `json:"max_attempts,omitempty"`
+
+	app    *App
+	dialer *net.Dialer
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (*FlyProxy) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "layer4.handlers.fly_proxy",
+		New: func() caddy.Module { return new(FlyProxy) },
+	}
+}
+
+// Provision finds the fly app and fills defaults.
+func (p *FlyProxy) Provision(ctx caddy.Context) error {
+	p.logger = ctx.Logger()
+	app, err := ctx.App("fly")
+	if err != nil {
+		return fmt.Errorf("loading fly app: %w", err)
+	}
+	p.app = app.(*App)
+	if p.DialTimeout == 0 {
+		p.DialTimeout = caddy.Duration(3 * time.Second)
+	}
+	if p.FailDuration == 0 {
+		p.FailDuration = caddy.Duration(10 * time.Second)
+	}
+	if p.MaxAttempts == 0 {
+		p.MaxAttempts = 3
+	}
+	p.dialer = &net.Dialer{Timeout: time.Duration(p.DialTimeout)}
+	return nil
+}
+
+// Validate checks the options.
+func (p *FlyProxy) Validate() error {
+	if p.DialTimeout < 0 || p.FailDuration < 0 || p.MaxAttempts < 0 {
+		return errors.New("dial_timeout, fail_duration and max_attempts must not be negative")
+	}
+	return nil
+}
+
+// Handle proxies the connection to a machine of its app.
+func (p *FlyProxy) Handle(cx *layer4.Connection, _ layer4.Handler) error {
+	rt, err := p.app.RouteForConn(cx)
+	if err != nil {
+		if c := p.logger.Check(zapcore.DebugLevel, "connection denied"); c != nil {
+			c.Write(zap.String("remote", cx.RemoteAddr().String()), zap.String("local", cx.LocalAddr().String()), zap.Error(err))
+		}
+		return err
+	}
+	up, i, release, err := rt.DialMachine(cx.Context, p.dialer, p.MaxAttempts, time.Duration(p.FailDuration))
+	if err != nil {
+		return err
+	}
+	defer release()
+	defer up.Close()
+	if c := p.logger.Check(zapcore.DebugLevel, "machine selected"); c != nil {
+		c.Write(zap.String("app", rt.App), zap.String("machine", rt.machines[i].id), zap.String("region", rt.machines[i].region))
+	}
+	return Relay(cx, up)
+}
+
+// bufPool holds the buffers of relays that cannot splice.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}
+
+// Relay copies bytes between the client connection cx and the machine
+// connection up until both directions ended, passing each half-close on.
+// The bytes cx has read ahead (prefetched while matching) go first; after
+// them, if cx is a plain TCP connection, the copy runs between the two
+// sockets so that the kernel can splice.
+func Relay(cx *layer4.Connection, up net.Conn) error {
+	if pending := cx.MatchingBytes(); len(pending) > 0 {
+		if _, err := up.Write(pending); err != nil {
+			return err
+		}
+		// consume them from cx's buffer: this read never reaches the socket
+		if _, err := io.ReadFull(cx, make([]byte, len(pending))); err != nil {
+			return err
+		}
+	}
+	var down io.ReadWriter = cx
+	if tc, ok := cx.Conn.(*net.TCPConn); ok {
+		down = tc
+	}
+	errc := make(chan error, 1)
+	go func() {
+		errc <- copyHalf(up, down)
+	}()
+	err := copyHalf(down, up)
+	if err2 := <-errc; err == nil {
+		err = err2
+	}
+	return err
+}
+
+type closeWriter interface{ CloseWrite() error }
+
+// copyHalf copies src to dst until EOF, then half-closes dst.
+func copyHalf(dst io.Writer, src io.Reader) error {
+	var err error
+	_, srcTCP := src.(*net.TCPConn)
+	_, dstTCP := dst.(*net.TCPConn)
+	if srcTCP && dstTCP {
+		_, err = io.Copy(dst, src) // (*net.TCPConn).ReadFrom splices
+	} else {
+		bp := bufPool.Get().(*[]byte)
+		_, err = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+		bufPool.Put(bp)
+	}
+	if cw, ok := dst.(closeWriter); ok {
+		_ = cw.CloseWrite()
+	} else if cx, ok := dst.(*layer4.Connection); ok {
+		if cw, ok := cx.Conn.(closeWriter); ok {
+			_ = cw.CloseWrite()
+		}
+	}
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	fly_proxy {
+//		dial_timeout <duration>
+//		fail_duration <duration>
+//		max_attempts <n>
+//	}
+func (p *FlyProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume handler name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		var v string
+		if !d.AllArgs(&v) {
+			return d.ArgErr()
+		}
+		switch opt {
+		case "dial_timeout", "fail_duration":
+			dst := &p.DialTimeout
+			if opt == "fail_duration" {
+				dst = &p.FailDuration
+			}
+			if *dst != 0 {
+				return d.Errf("%s already specified", opt)
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil {
+				return d.Errf("%s %q: %v", opt, v, err)
+			}
+			*dst = caddy.Duration(dur)
+		case "max_attempts":
+			if p.MaxAttempts != 0 {
+				return d.Err("max_attempts already specified")
+			}
+			n, err := fmt.Sscan(v, &p.MaxAttempts)
+			if err != nil || n != 1 || p.MaxAttempts < 1 {
+				return d.Errf("max_attempts %q: want a positive number", v)
+			}
+		default:
+			return d.Errf("unrecognized fly_proxy option '%s'", opt)
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner     = (*FlyProxy)(nil)
+	_ caddy.Validator       = (*FlyProxy)(nil)
+	_ layer4.NextHandler    = (*FlyProxy)(nil)
+	_ caddyfile.Unmarshaler = (*FlyProxy)(nil)
+)
