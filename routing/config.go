@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -218,6 +219,9 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 			}
 			seen[h] = true
 		}
+		if err := checkHandlerList(p); err != nil {
+			return fmt.Errorf("%s.handlers: %w", pf, err)
+		}
 		if p.ForceHTTPS && !seen["http"] {
 			return fmt.Errorf("%s.force_https: port %d has handlers %v; force_https needs the http handler", pf, p.Port, p.Handlers)
 		}
@@ -279,4 +283,38 @@ func (m *Machine) validate(field string, catalog map[string]Region) error {
 		return fmt.Errorf("%s.state: %q (machine %s) must be started or stopped", field, m.State, m.ID)
 	}
 	return nil
+}
+
+// handlerLists are the handler lists a port may have, as Fly.io accepts
+// them; none means TCP pass-through.
+var handlerLists = [][]string{
+	{},
+	{"http"},
+	{"tls"},
+	{"tls", "http"},
+	{"pg_tls"},
+	{"proxy_proto"},
+	{"tls", "proxy_proto"},
+}
+
+// checkHandlerList refuses a handler list Fly.io does not accept, naming
+// the first handler that no accepted list allows at its place.
+func checkHandlerList(p *Port) error {
+	longest := 0
+	for _, l := range handlerLists {
+		if slices.Equal(l, p.Handlers) {
+			return nil
+		}
+		n := 0
+		for n < len(l) && n < len(p.Handlers) && l[n] == p.Handlers[n] {
+			n++
+		}
+		longest = max(longest, n)
+	}
+	bad := p.Handlers[min(longest, len(p.Handlers)-1)]
+	where := "first"
+	if longest > 0 {
+		where = fmt.Sprintf("after %q", p.Handlers[longest-1])
+	}
+	return fmt.Errorf("port %d: handler %q is not allowed %s (accepted lists: none, [http], [tls], [tls http], [pg_tls], [proxy_proto], [tls proxy_proto])", p.Port, bad, where)
 }

@@ -119,3 +119,17 @@ func (rt *Route) DialMachine(ctx context.Context, dialer *net.Dialer, tries int,
 	}
 	return nil, -1, nil, fmt.Errorf("app %s: %w: %w", rt.App, ErrNoMachine, lastErr)
 }
+
+// preambleVarKey is the connection variable with bytes to send to the
+// machine before anything else (a PROXY protocol header).
+const preambleVarKey = "fly.upstream_preamble"
+
+// SetUpstreamPreamble asks fly_proxy to send b to the machine before the
+// client's bytes; handlers such as proxy_proto use it.
+func SetUpstreamPreamble(cx *layer4.Connection, b []byte) { cx.SetVar(preambleVarKey, b) }
+
+// UpstreamPreamble returns what SetUpstreamPreamble set, or nil.
+func UpstreamPreamble(cx *layer4.Connection) []byte {
+	b, _ := cx.GetVar(preambleVarKey).([]byte)
+	return b
+}

@@ -109,6 +109,11 @@ func (p *FlyProxy) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	}
 	defer release()
 	defer up.Close()
+	if b := UpstreamPreamble(cx); len(b) > 0 {
+		if _, err := up.Write(b); err != nil {
+			return fmt.Errorf("writing to machine %s: %w", rt.machines[i].id, err)
+		}
+	}
 	if c := p.logger.Check(zapcore.DebugLevel, "machine selected"); c != nil {
 		c.Write(zap.String("app", rt.App), zap.String("machine", rt.machines[i].id), zap.String("region", rt.machines[i].region))
 	}

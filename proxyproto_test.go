@@ -1,0 +1,101 @@
+package flyedge_test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+)
+
+// startProxyProtoMachine serves a machine that requires a PROXY protocol
+// header (parsed by go-proxyproto), answers
+// "<version> <source> <destination> <first client line>" and closes.
+func startProxyProtoMachine(t *testing.T, addr string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				r := bufio.NewReader(c)
+				h, err := proxyproto.Read(r)
+				if err != nil {
+					fmt.Fprintf(c, "error %v\n", err)
+					return
+				}
+				line, _ := r.ReadString('\n')
+				fmt.Fprintf(c, "v%d %s %s %s", h.Version, h.SourceAddr, h.DestinationAddr, line)
+			}()
+		}
+	}()
+}
+
+func TestProxyProto(t *testing.T) {
+	requireCaddy(t)
+	v1Port, v2Port, machinePort := freePort(), freePort(), freePort()
+	startProxyProtoMachine(t, "127.0.54.1:"+machinePort)
+	mustLoad(t, fmt.Sprintf(`{
+	admin %s
+	persist_config off
+	fly {
+		app pp {
+			service %s {
+				port %s proxy_proto
+				port %s proxy_proto {
+					proxy_proto_version v2
+				}
+			}
+			machine 00000000000f11 iad 127.0.54.1
+		}
+	}
+	layer4 {
+		:%s :%s {
+			route {
+				proxy_proto
+				fly_proxy
+			}
+		}
+	}
+}
+`, adminAddr, machinePort, v1Port, v2Port, v1Port, v2Port))
+
+	for _, tc := range []struct {
+		name, host, port, version string
+	}{
+		{"v1 ipv4", "127.0.0.1", v1Port, "v1"},
+		{"v2 ipv4", "127.0.0.1", v2Port, "v2"},
+		{"v1 ipv6", "::1", v1Port, "v1"},
+		{"v2 ipv6", "::1", v2Port, "v2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.DialTimeout("tcp", net.JoinHostPort(tc.host, tc.port), 5*time.Second)
+			if err != nil {
+				t.Fatalf("dialing the edge on %s: %v", tc.host, err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			fmt.Fprintf(c, "hello\n")
+			got, err := io.ReadAll(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := fmt.Sprintf("%s %s %s hello\n", tc.version, c.LocalAddr(), c.RemoteAddr())
+			if string(got) != want {
+				t.Fatalf("the machine saw %q, want %q", got, want)
+			}
+		})
+	}
+}
