@@ -29,10 +29,7 @@ func (a *App) RouteForConn(cx *layer4.Connection) (*Route, error) {
 	if rt, ok := cx.GetVar(connRouteVarKey).(*Route); ok {
 		return rt, nil
 	}
-	port := 0
-	if ap, err := netip.ParseAddrPort(cx.LocalAddr().String()); err == nil {
-		port = int(ap.Port())
-	}
+	port := LocalPortOf(cx)
 	var rt *Route
 	var err error
 	if sni := serverName(cx); sni != "" {
@@ -43,8 +40,7 @@ func (a *App) RouteForConn(cx *layer4.Connection) (*Route, error) {
 	if err != nil {
 		return nil, err
 	}
-	cx.SetVar(connRouteVarKey, rt)
-	cx.SetVar(ConnAppVarKey, rt.App)
+	SetConnRoute(cx, rt)
 	return rt, nil
 }
 
@@ -132,4 +128,32 @@ func SetUpstreamPreamble(cx *layer4.Connection, b []byte) { cx.SetVar(preambleVa
 func UpstreamPreamble(cx *layer4.Connection) []byte {
 	b, _ := cx.GetVar(preambleVarKey).([]byte)
 	return b
+}
+
+// SetConnRoute records the route a handler resolved for cx (for example
+// by the TLS server name during a handshake), so that later handlers use
+// the same one.
+func SetConnRoute(cx *layer4.Connection, rt *Route) {
+	cx.SetVar(connRouteVarKey, rt)
+	cx.SetVar(ConnAppVarKey, rt.App)
+}
+
+// RouteForServerName returns the route for a TLS server name on a port:
+// the app that answers to the name, else the only app with a service on
+// the port (a connection to an app's own port needs no name).
+func (a *App) RouteForServerName(name string, port int) (*Route, error) {
+	if name != "" {
+		if rt, err := a.Route(strings.ToLower(strings.TrimSuffix(name, ".")), port); err == nil {
+			return rt, nil
+		}
+	}
+	return a.routeByPort(port)
+}
+
+// LocalPortOf returns the edge port of a layer 4 connection, or 0.
+func LocalPortOf(cx *layer4.Connection) int {
+	if ap, err := netip.ParseAddrPort(cx.LocalAddr().String()); err == nil {
+		return int(ap.Port())
+	}
+	return 0
 }

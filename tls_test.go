@@ -1,0 +1,135 @@
+package flyedge_test
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// tlsConfig is an edge whose app tlsapp has three tls-only ports: defaults,
+// TLS 1.3 + http/1.1 only, and default_self_signed; the tls app issues
+// tlsapp.edge.test from Caddy's internal CA.
+func tlsConfig(p1, p2, p3, machinePort string) string {
+	return fmt.Sprintf(`{
+	"admin": {"listen": %q, "config": {"persist": false}},
+	"apps": {
+		"fly": {"region": "iad", "base_domain": "edge.test", "apps": {
+			"tlsapp": {
+				"services": [{"internal_port": %s, "ports": [
+					{"port": %s, "handlers": ["tls"]},
+					{"port": %s, "handlers": ["tls"], "tls_options": {"versions": ["TLSv1.3"], "alpn": ["http/1.1"]}},
+					{"port": %s, "handlers": ["tls"], "tls_options": {"default_self_signed": true}}
+				]}],
+				"machines": [{"id": "00000000000f21", "region": "iad", "address": "127.0.55.1"}]
+			}
+		}},
+		"tls": {
+			"certificates": {"automate": ["tlsapp.edge.test"]},
+			"automation": {"policies": [{"issuers": [{"module": "internal"}]}]}
+		},
+		"pki": {"certificate_authorities": {"local": {"install_trust": false}}},
+		"layer4": {"servers": {"tls": {
+			"listen": [":%s", ":%s", ":%s"],
+			"routes": [{"handle": [{"handler": "fly_tls"}, {"handler": "fly_proxy"}]}]
+		}}}
+	}
+}`, adminAddr, machinePort, p1, p2, p3, p1, p2, p3)
+}
+
+func TestTLSHandler(t *testing.T) {
+	requireCaddy(t)
+	p1, p2, p3, machinePort := freePort(), freePort(), freePort(), freePort()
+	startMachines(t, machinePort, testMachine{"00000000000f21", "iad", "127.0.55.1"})
+	if err := load(t, tlsConfig(p1, p2, p3, machinePort), "json"); err != nil {
+		t.Fatal(err)
+	}
+	roots := caddyRoots(t, caddyHome)
+
+	// wait until the certificate is issued
+	waitFor(t, "the certificate of tlsapp.edge.test", func() bool {
+		c, err := tls.Dial("tcp", "127.0.0.1:"+p1, &tls.Config{ServerName: "tlsapp.edge.test", RootCAs: roots})
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+
+	t.Run("h2 client: the app receives h2c", func(t *testing.T) {
+		_, body, s := get(t, newClient(roots, true), "https://tlsapp.edge.test:"+p1+"/x", nil)
+		if s == nil || s.Proto != "HTTP/2.0" {
+			t.Fatalf("want the app to receive HTTP/2 cleartext, got %s", body)
+		}
+	})
+	t.Run("http/1.1 client", func(t *testing.T) {
+		_, body, s := get(t, newClient(roots, false), "https://tlsapp.edge.test:"+p1+"/x", nil)
+		if s == nil || s.Proto != "HTTP/1.1" {
+			t.Fatalf("want HTTP/1.1, got %s", body)
+		}
+	})
+	t.Run("alpn option", func(t *testing.T) {
+		c, err := tls.Dial("tcp", "127.0.0.1:"+p2, &tls.Config{ServerName: "tlsapp.edge.test", RootCAs: roots, NextProtos: []string{"h2", "http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if p := c.ConnectionState().NegotiatedProtocol; p != "http/1.1" {
+			t.Fatalf("negotiated %q on a port with alpn [http/1.1]", p)
+		}
+	})
+	t.Run("versions option refuses TLS 1.2", func(t *testing.T) {
+		_, err := tls.Dial("tcp", "127.0.0.1:"+p2, &tls.Config{ServerName: "tlsapp.edge.test", RootCAs: roots, MaxVersion: tls.VersionTLS12})
+		if err == nil {
+			t.Fatal("a TLS 1.2 client was accepted on a TLSv1.3-only port")
+		}
+		c, err := tls.Dial("tcp", "127.0.0.1:"+p2, &tls.Config{ServerName: "tlsapp.edge.test", RootCAs: roots})
+		if err != nil {
+			t.Fatalf("TLS 1.3 client: %v", err)
+		}
+		if v := c.ConnectionState().Version; v != tls.VersionTLS13 {
+			t.Fatalf("version %x", v)
+		}
+		c.Close()
+		c, err = tls.Dial("tcp", "127.0.0.1:"+p1, &tls.Config{ServerName: "tlsapp.edge.test", RootCAs: roots, MaxVersion: tls.VersionTLS12})
+		if err != nil {
+			t.Fatalf("TLS 1.2 on a port with the default versions: %v", err)
+		}
+		c.Close()
+	})
+	t.Run("default_self_signed", func(t *testing.T) {
+		for _, tc := range []struct{ name, sni, wantCN string }{
+			{"no SNI", "", "flyedge self-signed"},
+			{"unknown name", "nobody.example", "flyedge self-signed"},
+			{"the app's name", "tlsapp.edge.test", ""},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				c, err := tls.Dial("tcp", "127.0.0.1:"+p3, &tls.Config{ServerName: tc.sni, InsecureSkipVerify: true})
+				if err != nil {
+					t.Fatalf("handshake: %v", err)
+				}
+				defer c.Close()
+				leaf := c.ConnectionState().PeerCertificates[0]
+				if tc.wantCN != "" && leaf.Subject.CommonName != tc.wantCN {
+					t.Fatalf("certificate %q, want the self-signed one", leaf.Subject.CommonName)
+				}
+				if tc.wantCN == "" && !slices.Contains(leaf.DNSNames, "tlsapp.edge.test") {
+					t.Fatalf("certificate for %v, want the app's", leaf.DNSNames)
+				}
+				// the connection still reaches the app
+				fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+				b, _ := io.ReadAll(c)
+				if !strings.Contains(string(b), "00000000000f21") {
+					t.Fatalf("no answer from the machine: %q", b)
+				}
+			})
+		}
+	})
+	t.Run("without default_self_signed no SNI fails", func(t *testing.T) {
+		if c, err := tls.Dial("tcp", "127.0.0.1:"+p1, &tls.Config{InsecureSkipVerify: true}); err == nil {
+			c.Close()
+			t.Fatal("a client without SNI completed a handshake on a port without default_self_signed")
+		}
+	})
+}
