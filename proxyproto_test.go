@@ -2,9 +2,11 @@ package flyedge_test
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -97,5 +99,63 @@ func TestProxyProto(t *testing.T) {
 				t.Fatalf("the machine saw %q, want %q", got, want)
 			}
 		})
+	}
+}
+
+// TestTLSProxyProtoAndMismatch: a ["tls", "proxy_proto"] port, and a
+// layer4 route that does not run what the app's port lists.
+func TestTLSProxyProtoAndMismatch(t *testing.T) {
+	requireCaddy(t)
+	tlsPP, wrongRoute, machinePort := freePort(), freePort(), freePort()
+	startProxyProtoMachine(t, "127.0.54.2:"+machinePort)
+	cfg := fmt.Sprintf(`{
+	"admin": {"listen": %q, "config": {"persist": false}},
+	"apps": {
+		"fly": {"base_domain": "edge.test", "apps": {"tpp": {
+			"services": [{"internal_port": %s, "ports": [
+				{"port": %s, "handlers": ["tls", "proxy_proto"]},
+				{"port": %s, "handlers": ["tls"]}
+			]}],
+			"machines": [{"id": "00000000000f12", "region": "iad", "address": "127.0.54.2"}]
+		}}},
+		"tls": {"certificates": {"automate": ["tpp.edge.test"]}, "automation": {"policies": [{"issuers": [{"module": "internal"}]}]}},
+		"pki": {"certificate_authorities": {"local": {"install_trust": false}}},
+		"layer4": {"servers": {
+			"tpp": {"listen": [":%s"], "routes": [{"handle": [{"handler": "fly_tls"}, {"handler": "proxy_proto", "version": "v2"}, {"handler": "fly_proxy"}]}]},
+			"wrong": {"listen": [":%s"], "routes": [{"handle": [{"handler": "proxy_proto"}, {"handler": "fly_proxy"}]}]}
+		}}
+	}
+}`, adminAddr, machinePort, tlsPP, wrongRoute, tlsPP, wrongRoute)
+	if err := load(t, cfg, "json"); err != nil {
+		t.Fatal(err)
+	}
+	roots := caddyRoots(t, caddyHome)
+	var c *tls.Conn
+	waitFor(t, "the certificate of tpp.edge.test", func() bool {
+		var err error
+		c, err = tls.Dial("tcp", "127.0.0.1:"+tlsPP, &tls.Config{ServerName: "tpp.edge.test", RootCAs: roots})
+		return err == nil
+	})
+	defer c.Close()
+	fmt.Fprintf(c, "hello\n")
+	got, _ := io.ReadAll(c)
+	want := fmt.Sprintf("v2 %s %s hello\n", c.LocalAddr(), c.RemoteAddr())
+	if string(got) != want {
+		t.Fatalf("the machine saw %q, want %q", got, want)
+	}
+
+	// port listed as ["tls"], but the route sends plaintext with a PROXY header
+	raw, err := net.DialTimeout("tcp", "127.0.0.1:"+wrongRoute, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(raw, "hello\n")
+	if b, _ := io.ReadAll(raw); len(b) != 0 {
+		t.Fatalf("a route that does not match the port's handlers reached the machine: %q", b)
+	}
+	if !strings.Contains(caddyLog.String(), "fix the route to match") {
+		t.Fatal("the mismatch was not logged")
 	}
 }

@@ -40,19 +40,21 @@ func init() {
 //   - alpn: the protocols offered; default h2, http/1.1. When the client
 //     picks h2, the app receives the HTTP/2 frames in cleartext (h2c), as
 //     Fly.io forwards them.
+//
 //   - versions: TLSv1.2 and/or TLSv1.3; default both.
+//
 //   - default_self_signed: a client without SNI, or with a name the edge
 //     has no certificate for, gets a self-signed certificate instead of a
 //     failed handshake.
 //
-//	layer4 {
-//		:5000 {
-//			route {
-//				fly_tls
-//				fly_proxy
-//			}
-//		}
-//	}
+//     layer4 {
+//     :5000 {
+//     route {
+//     fly_tls
+//     fly_proxy
+//     }
+//     }
+//     }
 type TLS struct {
 	// How long the client may take to complete the handshake.
 	// Default: 10s
@@ -134,6 +136,7 @@ func (t *TLS) Handle(cx *layer4.Connection, next layer4.Handler) error {
 		return err
 	}
 	routing.SetConnRoute(cx, rt)
+	routing.MarkTLSTerminated(cx)
 	if c := t.logger.Check(zapcore.DebugLevel, "terminated TLS"); c != nil {
 		st := tlsConn.ConnectionState()
 		c.Write(zap.String("app", rt.App), zap.String("hostname", st.ServerName), zap.String("alpn", st.NegotiatedProtocol))

@@ -157,3 +157,32 @@ func LocalPortOf(cx *layer4.Connection) int {
 	}
 	return 0
 }
+
+// tlsVarKey is the connection variable a TLS-terminating handler sets.
+const tlsVarKey = "fly.tls_terminated"
+
+// MarkTLSTerminated records that a handler terminated TLS on cx.
+func MarkTLSTerminated(cx *layer4.Connection) { cx.SetVar(tlsVarKey, true) }
+
+// pgTLSVarKey is the connection variable the pg_tls handler sets.
+const pgTLSVarKey = "fly.pg_tls"
+
+// MarkPGTLS records that the pg_tls handler handled cx.
+func MarkPGTLS(cx *layer4.Connection) { cx.SetVar(pgTLSVarKey, true) }
+
+// checkHandlers tells whether the handlers that ran on cx are the ones
+// the app's port lists, so that a layer4 route that does not match the
+// fly config never passes a connection the wrong way (for example
+// plaintext to a port that promises TLS termination).
+func (rt *Route) checkHandlers(cx *layer4.Connection) error {
+	if rt.wantHTTP {
+		return fmt.Errorf("app %s port %d: handlers %v: the port is served by the HTTP server, not by fly_proxy", rt.App, rt.Port.Port, rt.Port.Handlers)
+	}
+	gotTLS := cx.GetVar(tlsVarKey) == true || len(l4tls.GetClientHelloInfos(cx)) > 0
+	gotPP := len(UpstreamPreamble(cx)) > 0
+	gotPG := cx.GetVar(pgTLSVarKey) == true
+	if gotTLS != rt.wantTLS || gotPP != rt.wantProxyProto || gotPG != rt.wantPGTLS {
+		return fmt.Errorf("app %s port %d: handlers %v, but the layer4 route ran tls=%t proxy_proto=%t pg_tls=%t; fix the route to match", rt.App, rt.Port.Port, rt.Port.Handlers, gotTLS, gotPP, gotPG)
+	}
+	return nil
+}

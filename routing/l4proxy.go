@@ -27,6 +27,12 @@ func init() {
 // fail_duration and the next nearest is tried, so the client sees no
 // error while any machine of the app can be reached.
 //
+// The handlers that ran before it must be the ones the app's port lists
+// in the fly config (fly_tls for "tls", proxy_proto for "proxy_proto",
+// pg_tls for "pg_tls"); otherwise the connection is refused and the
+// mismatch logged, so plaintext never reaches a port that promises TLS.
+// A connection for no app is closed (default deny).
+//
 // Bytes are relayed untouched in both directions, half-close included.
 // When the client's connection is plain TCP (no TLS terminated), the
 // relay is zero-copy: once the bytes the edge read ahead are sent, the
@@ -98,10 +104,14 @@ func (p *FlyProxy) Validate() error {
 func (p *FlyProxy) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	rt, err := p.app.RouteForConn(cx)
 	if err != nil {
+		// default deny: close quietly, as for any port nobody serves
 		if c := p.logger.Check(zapcore.DebugLevel, "connection denied"); c != nil {
 			c.Write(zap.String("remote", cx.RemoteAddr().String()), zap.String("local", cx.LocalAddr().String()), zap.Error(err))
 		}
-		return err
+		return nil
+	}
+	if err := rt.checkHandlers(cx); err != nil {
+		return err // a config mistake: caddy-l4 logs it as an error
 	}
 	up, i, release, err := rt.DialMachine(cx.Context, p.dialer, p.MaxAttempts, time.Duration(p.FailDuration))
 	if err != nil {

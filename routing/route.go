@@ -24,6 +24,9 @@ type Route struct {
 	// PortString is Port.Port in decimal.
 	PortString string
 
+	// Handler flags of the port, for the layer 4 handlers' checks.
+	wantTLS, wantProxyProto, wantPGTLS, wantHTTP bool
+
 	// HTTPSPort is the app's port that runs the tls and http handlers,
 	// where force_https sends plain-HTTP requests; 0 when there is none.
 	HTTPSPort int
@@ -60,7 +63,12 @@ func (rt *Route) MachineIndex(id string) int {
 }
 
 func newRoute(app string, p *Port, se *serviceEntry, services []*Service) *Route {
-	rt := &Route{App: app, Port: p, PortString: strconv.Itoa(p.Port), Service: se.config, serviceEntry: se}
+	rt := &Route{App: app, Port: p, PortString: strconv.Itoa(p.Port), Service: se.config, serviceEntry: se,
+		wantTLS:        slices.Contains(p.Handlers, "tls"),
+		wantProxyProto: slices.Contains(p.Handlers, "proxy_proto"),
+		wantPGTLS:      slices.Contains(p.Handlers, "pg_tls"),
+		wantHTTP:       slices.Contains(p.Handlers, "http"),
+	}
 	for _, s := range services {
 		for _, q := range s.Ports {
 			if slices.Contains(q.Handlers, "tls") && slices.Contains(q.Handlers, "http") && (rt.HTTPSPort == 0 || q.Port == 443) {
