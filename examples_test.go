@@ -1,7 +1,11 @@
 package flyedge_test
 
 import (
+	"bufio"
+	"crypto/tls"
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -98,6 +102,25 @@ func TestExamplesRun(t *testing.T) {
 					t.Errorf("Fly-Prefer-Region: %s: %d %q, want %q", tc.prefer, resp.StatusCode, b, tc.want)
 				}
 			}
+			// the TCP app: pass-through on 9000, TLS on 9443 (ALPN "echo")
+			raw, err := net.DialTimeout("tcp", "127.0.0.1:9000", 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc, err := tls.Dial("tcp", "127.0.0.1:9443", &tls.Config{ServerName: "echo.flyedge.localhost", RootCAs: roots, NextProtos: []string{"echo"}})
+			if err != nil {
+				t.Fatalf("TLS to the echo app: %v", err)
+			}
+			for _, conn := range []net.Conn{raw, tc} {
+				conn.SetDeadline(time.Now().Add(10 * time.Second))
+				fmt.Fprintf(conn, "hello\n")
+				line, err := bufio.NewReader(conn).ReadString('\n')
+				if err != nil || line != "hello\n" {
+					t.Errorf("echo through %s: %q, %v", conn.RemoteAddr(), line, err)
+				}
+				conn.Close()
+			}
+
 			resp, _, _ := get(t, c, "http://hello.flyedge.localhost:8080/docs?page=2", nil)
 			if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "https://hello.flyedge.localhost:8443/docs?page=2" {
 				t.Errorf("force_https: %d Location %q", resp.StatusCode, resp.Header.Get("Location"))

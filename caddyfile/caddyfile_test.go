@@ -57,6 +57,10 @@ func TestAdaptErrors(t *testing.T) {
 		{"force_https args", ":80 {\n force_https always\n}", "wrong argument count"},
 		{"fly_headers block", ":80 {\n fly_headers {\n region lhr\n }\n}", "unrecognized fly_headers option 'region'"},
 		{"lb_policy fly option", ":80 {\n reverse_proxy {\n dynamic fly\n lb_policy fly {\n sticky\n }\n }\n}", "unrecognized fly policy option 'sticky'"},
+		{"fly_proxy option", "{\n layer4 {\n :5000 {\n route {\n fly_proxy {\n retries 3\n }\n }\n }\n }\n}", "unrecognized fly_proxy option 'retries'"},
+		{"fly_proxy max_attempts", "{\n layer4 {\n :5000 {\n route {\n fly_proxy {\n max_attempts 0\n }\n }\n }\n }\n}", `max_attempts "0": want a positive number`},
+		{"proxy_proto version", "{\n layer4 {\n :5000 {\n route {\n proxy_proto v3\n fly_proxy\n }\n }\n }\n}", `proxy_proto: "v3": want v1 or v2`},
+		{"fly_tls option", "{\n layer4 {\n :5000 {\n route {\n fly_tls {\n alpn h2\n }\n }\n }\n }\n}", "unrecognized fly_tls option 'alpn'"},
 		{"dynamic fly args", ":80 {\n reverse_proxy {\n dynamic fly web\n }\n}", "wrong argument count"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
