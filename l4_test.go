@@ -199,3 +199,68 @@ func TestPassThroughFailover(t *testing.T) {
 		t.Fatalf("with every machine down the connection should be closed, read %d, %v", n, err)
 	}
 }
+
+// TestL4SelectionPolicy uses caddy-l4's own proxy with the machines as
+// static upstreams and lb_policy fly: the nearest healthy machine wins,
+// and when the service's check marks it down, the next nearest.
+func TestL4SelectionPolicy(t *testing.T) {
+	requireCaddy(t)
+	edgePort, machinePort := freePort(), freePort()
+	lns := startSinks(t, machinePort, 10, l4Machines...)
+	var ups []string
+	for _, m := range []int{2, 0, 1} { // listed out of distance order on purpose
+		ups = append(ups, net.JoinHostPort(l4Machines[m].ip, machinePort))
+	}
+	mustLoad(t, fmt.Sprintf(`{
+	admin %s
+	persist_config off
+	fly {
+		region iad
+		app tcpapp {
+			service %s {
+				port %s
+				check tcp {
+					interval 100ms
+					timeout 100ms
+					grace_period 10ms
+				}
+			}
+			machine %s %s %s
+			machine %s %s %s
+			machine %s %s %s
+		}
+	}
+	layer4 {
+		:%s {
+			route {
+				proxy %s {
+					lb_policy fly
+				}
+			}
+		}
+	}
+}
+`, adminAddr, machinePort, edgePort,
+		l4Machines[0].id, l4Machines[0].region, l4Machines[0].ip,
+		l4Machines[1].id, l4Machines[1].region, l4Machines[1].ip,
+		l4Machines[2].id, l4Machines[2].region, l4Machines[2].ip,
+		edgePort, strings.Join(ups, " ")))
+	addr := "127.0.0.1:" + edgePort
+	for range 3 {
+		if id, _, _, _ := exchange(t, addr, 10, "a"); id != l4Machines[0].id {
+			t.Fatalf("machine %s, want iad's %s", id, l4Machines[0].id)
+		}
+	}
+	lns[l4Machines[0].id].Close()
+	waitFor(t, "connections to move to ord", func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		c.(*net.TCPConn).CloseWrite()
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		return strings.HasPrefix(line, l4Machines[1].id)
+	})
+}
