@@ -8,8 +8,10 @@ package flyedge
 import (
 	// the fly app, machine selection and upstreams
 	_ "github.com/flyedge/caddy-flyedge/routing"
-	// HTTP handlers
+	// HTTP and layer 4 handlers
 	_ "github.com/flyedge/caddy-flyedge/flyhandlers"
+	// PostgreSQL TLS termination
+	_ "github.com/flyedge/caddy-flyedge/pgtls"
 	// Caddyfile global option and directives
 	_ "github.com/flyedge/caddy-flyedge/caddyfile"
 )

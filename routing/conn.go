@@ -186,3 +186,24 @@ func (rt *Route) checkHandlers(cx *layer4.Connection) error {
 	}
 	return nil
 }
+
+// upstreamWrapperVarKey is the connection variable with a function that
+// fly_proxy applies to the machine connection before relaying.
+const upstreamWrapperVarKey = "fly.upstream_wrapper"
+
+// UpstreamWrapper prepares a new machine connection for a protocol
+// handler (for example pg_tls, which sends the client's startup message
+// and watches the server's first answers); it returns the connection to
+// relay through.
+type UpstreamWrapper func(up net.Conn) (net.Conn, error)
+
+// SetUpstreamWrapper asks fly_proxy to apply w to the machine connection
+// after the preamble is sent.
+func SetUpstreamWrapper(cx *layer4.Connection, w UpstreamWrapper) {
+	cx.SetVar(upstreamWrapperVarKey, w)
+}
+
+func upstreamWrapper(cx *layer4.Connection) UpstreamWrapper {
+	w, _ := cx.GetVar(upstreamWrapperVarKey).(UpstreamWrapper)
+	return w
+}

@@ -126,6 +126,14 @@ func (p *FlyProxy) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 			return fmt.Errorf("writing to machine %s: %w", rt.machines[i].id, err)
 		}
 	}
+	if wrap := upstreamWrapper(cx); wrap != nil {
+		wrapped, err := wrap(up)
+		if err != nil {
+			return fmt.Errorf("machine %s: %w", rt.machines[i].id, err)
+		}
+		defer wrapped.Close()
+		up = wrapped
+	}
 	if c := p.logger.Check(zapcore.DebugLevel, "machine selected"); c != nil {
 		c.Write(zap.String("app", rt.App), zap.String("machine", rt.machines[i].id), zap.String("region", rt.machines[i].region))
 	}

@@ -1,0 +1,362 @@
+package flyedge_test
+
+import (
+	"context"
+	"crypto/md5"
+	"crypto/tls"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+)
+
+const pgAddr = "127.0.0.1:5432"
+
+// requirePostgres fails under CI=true, and skips elsewhere, when the
+// machine's PostgreSQL server does not answer.
+func requirePostgres(t *testing.T) {
+	t.Helper()
+	requireCaddy(t)
+	c, err := net.DialTimeout("tcp", pgAddr, 2*time.Second)
+	if err != nil {
+		msg := fmt.Sprintf("PostgreSQL is not running at %s (start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %v", pgAddr, err)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	c.Close()
+}
+
+// pgEdge is a loaded edge with the app "pg" (machine: the local
+// PostgreSQL server) on a pg_tls port, and "pgdown" whose machine is down.
+type pgEdge struct {
+	port, downPort, plainPort string
+	rootFile                  string
+}
+
+func startPGEdge(t *testing.T) *pgEdge {
+	t.Helper()
+	requirePostgres(t)
+	e := &pgEdge{port: freePort(), downPort: freePort(), plainPort: freePort()}
+	dead := freePort()
+	cfg := fmt.Sprintf(`{
+	"admin": {"listen": %q, "config": {"persist": false}},
+	"apps": {
+		"fly": {"base_domain": "edge.test", "apps": {
+			"pg": {
+				"services": [{"internal_port": 5432, "ports": [{"port": %[2]s, "handlers": ["pg_tls"]}, {"port": %[4]s, "handlers": ["pg_tls"]}]}],
+				"machines": [{"id": "00000000000d01", "region": "iad", "address": "127.0.0.1"}]
+			},
+			"pgdown": {
+				"services": [{"internal_port": %[5]s, "ports": [{"port": %[3]s, "handlers": ["pg_tls"]}]}],
+				"machines": [{"id": "00000000000d02", "region": "iad", "address": "127.0.0.1"}]
+			}
+		}},
+		"tls": {"certificates": {"automate": ["pg.edge.test", "pgdown.edge.test"]}, "automation": {"policies": [{"issuers": [{"module": "internal"}]}]}},
+		"pki": {"certificate_authorities": {"local": {"install_trust": false}}},
+		"layer4": {"servers": {
+			"pg": {"listen": [":%[2]s", ":%[3]s"], "routes": [{"handle": [
+				{"handler": "pg_tls", "handshake_timeout": "500ms", "connection_policies": [{"default_sni": "pg.edge.test"}]},
+				{"handler": "fly_proxy"}
+			]}]},
+			"pgplain": {"listen": [":%[4]s"], "routes": [{"handle": [
+				{"handler": "pg_tls", "allow_plaintext": true},
+				{"handler": "fly_proxy"}
+			]}]}
+		}}
+	}
+}`, adminAddr, e.port, e.downPort, e.plainPort, dead)
+	if err := load(t, cfg, "json"); err != nil {
+		t.Fatal(err)
+	}
+	caddyRoots(t, caddyHome)
+	e.rootFile = filepath.Join(caddyHome, "data", "caddy", "pki", "authorities", "local", "root.crt")
+	// wait for the certificate
+
+	waitFor(t, "the certificate of pg.edge.test", func() bool {
+		c, err := e.connect(context.Background(), "sslmode=verify-full", e.port)
+		if err == nil {
+			c.Close(context.Background())
+		}
+
+		return err == nil
+	})
+	return e
+}
+
+// connect opens a pgx connection to the edge as host pg.edge.test.
+func (e *pgEdge) connect(ctx context.Context, opts, port string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=pg.edge.test port=%s user=postgres dbname=test sslrootcert=%s connect_timeout=5 %s", port, e.rootFile, opts))
+	if err != nil {
+		return nil, err
+	}
+	cfg.LookupFunc = func(context.Context, string) ([]string, error) { return []string{"127.0.0.1"}, nil }
+	// on a cancelled context, send a CancelRequest (as psql's Ctrl-C does)
+	cfg.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: pc, DeadlineDelay: 5 * time.Second}
+	}
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+func TestPGTLS(t *testing.T) {
+	e := startPGEdge(t)
+	ctx := context.Background()
+
+	for _, opts := range []string{"sslmode=require", "sslmode=verify-full", "sslmode=require sslnegotiation=direct", "sslmode=verify-full sslnegotiation=direct"} {
+		t.Run(opts, func(t *testing.T) {
+			c, err := e.connect(ctx, opts, e.port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close(ctx)
+			var ssl bool
+			var n int
+			if err := c.QueryRow(ctx, "select ssl, 41 + 1 from pg_stat_ssl where pid = pg_backend_pid()").Scan(&ssl, &n); err != nil {
+				t.Fatal(err)
+			}
+			if ssl || n != 42 {
+				t.Fatalf("the machine should see a plaintext session (ssl=%v), n=%d", ssl, n)
+			}
+			if !c.PgConn().Conn().(interface{ ConnectionState() tls.ConnectionState }).ConnectionState().HandshakeComplete {
+				t.Fatal("the client is not on TLS")
+			}
+		})
+	}
+
+	t.Run("plaintext is refused", func(t *testing.T) {
+		_, err := e.connect(ctx, "sslmode=disable", e.port)
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "28000" || !strings.Contains(pe.Message, "TLS is required") {
+			t.Fatalf("error %v, want FATAL 28000 TLS is required", err)
+		}
+	})
+	t.Run("plaintext allowed where configured", func(t *testing.T) {
+		c, err := e.connect(ctx, "sslmode=disable", e.plainPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close(ctx)
+	})
+	t.Run("direct TLS without ALPN postgresql is refused", func(t *testing.T) {
+		c, err := tls.Dial("tcp", "127.0.0.1:"+e.port, &tls.Config{ServerName: "pg.edge.test", InsecureSkipVerify: true})
+		if err == nil {
+			c.Close()
+			t.Fatal("a direct TLS handshake without ALPN was accepted")
+		}
+	})
+	t.Run("GSSENCRequest then SSLRequest", func(t *testing.T) {
+		raw, err := net.Dial("tcp", "127.0.0.1:"+e.port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Close()
+		raw.SetDeadline(time.Now().Add(5 * time.Second))
+		raw.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30})
+		var b [1]byte
+		if _, err := io.ReadFull(raw, b[:]); err != nil || b[0] != 'N' {
+			t.Fatalf("GSSENCRequest: %q %v, want N", b, err)
+		}
+		raw.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f})
+		if _, err := io.ReadFull(raw, b[:]); err != nil || b[0] != 'S' {
+			t.Fatalf("SSLRequest after GSSENCRequest: %q %v, want S", b, err)
+		}
+	})
+	t.Run("no machine reachable", func(t *testing.T) {
+		_, err := e.connect(ctx, "sslmode=require", e.downPort)
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "57P03" || !strings.Contains(pe.Message, `no machine of app "pgdown" is reachable`) {
+			t.Fatalf("error %v, want FATAL 57P03 naming the app", err)
+		}
+	})
+}
+
+func TestPGTLSBadClients(t *testing.T) {
+	e := startPGEdge(t)
+	for _, tc := range []struct {
+		name string
+		send []byte
+		want string // in the ErrorResponse; "" for a plain close
+	}{
+		{"oversized startup packet", binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, 20000), 196608), "invalid length of startup packet"},
+		{"short length", []byte{0, 0, 0, 4, 0, 0, 0, 0}, "invalid length of startup packet"},
+		{"protocol 2", []byte{0, 0, 0, 9, 0, 2, 0, 0, 0}, "unsupported frontend protocol 2.0"},
+		{"unterminated parameters", []byte{0, 0, 0, 10, 0, 3, 0, 0, 'a', 'b'}, "malformed startup packet"},
+		{"silent client", nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", "127.0.0.1:"+e.port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c.Write(tc.send)
+			got, err := io.ReadAll(c)
+			if err != nil {
+				t.Fatalf("the edge should close the connection (handshake_timeout 500ms): %v", err)
+			}
+			if tc.want == "" {
+				if len(got) != 0 {
+					t.Fatalf("got %q", got)
+				}
+				return
+			}
+			if len(got) == 0 || got[0] != 'E' || !strings.Contains(string(got), tc.want) || !strings.Contains(string(got), "08P01") {
+				t.Fatalf("got %q, want an ErrorResponse 08P01 with %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestPGTLSCancel(t *testing.T) {
+	e := startPGEdge(t)
+	ctx := context.Background()
+	c, err := e.connect(ctx, "sslmode=require", e.port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	qctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = c.Exec(qctx, "select pg_sleep(30)")
+	took := time.Since(start)
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "57014" {
+		t.Fatalf("error %v, want 57014 query_canceled (the CancelRequest reached the machine)", err)
+	}
+	if took > 2*time.Second {
+		t.Fatalf("the cancel took %v", took)
+	}
+}
+
+func TestPGTLSCopyAndConcurrency(t *testing.T) {
+	e := startPGEdge(t)
+	ctx := context.Background()
+	c, err := e.connect(ctx, "sslmode=require", e.port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+
+	t.Run("100 MB through COPY", func(t *testing.T) {
+		if _, err := c.Exec(ctx, "create temp table big (i int, t text)"); err != nil {
+			t.Fatal(err)
+		}
+		const rows, size = 100_000, 1000
+		src := stream("copy")
+		h := md5.New()
+		var rowsIn [][]any
+		for i := range rows {
+			b := make([]byte, size/2)
+			io.ReadFull(src, b)
+			s := hex.EncodeToString(b)
+			sum := md5.Sum([]byte(s))
+			h.Write([]byte(hex.EncodeToString(sum[:])))
+			rowsIn = append(rowsIn, []any{i, s})
+		}
+		n, err := c.CopyFrom(ctx, pgx.Identifier{"big"}, []string{"i", "t"}, pgx.CopyFromRows(rowsIn))
+		if err != nil || n != rows {
+			t.Fatalf("copied %d rows: %v", n, err)
+		}
+		var total int64
+		var digest string
+		if err := c.QueryRow(ctx, "select sum(length(t)), md5(string_agg(md5(t), '' order by i)) from big").Scan(&total, &digest); err != nil {
+			t.Fatal(err)
+		}
+		if total != rows*size || digest != hex.EncodeToString(h.Sum(nil)) {
+			t.Fatalf("the machine stored %d bytes, digest %s; want %d, %x", total, digest, rows*size, h.Sum(nil))
+		}
+	})
+
+	t.Run("concurrent sessions", func(t *testing.T) {
+		var limit int
+		if err := c.QueryRow(ctx, "select current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int - (select count(*) from pg_stat_activity)::int - 5").Scan(&limit); err != nil {
+			t.Fatal(err)
+		}
+		n := min(200, limit)
+		if n < 50 {
+			t.Fatalf("the server has room for only %d more sessions", n)
+		}
+		var wg sync.WaitGroup
+		pids := make(chan int32, n)
+		errs := make(chan error, n)
+		release := make(chan struct{})
+		for range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s, err := e.connect(ctx, "sslmode=require", e.port)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer s.Close(ctx)
+				var pid int32
+				if err := s.QueryRow(ctx, "select pg_backend_pid()").Scan(&pid); err != nil {
+					errs <- err
+					return
+				}
+				pids <- pid
+				<-release // hold the session until all are open
+			}()
+		}
+		seen := map[int32]bool{}
+		for range n {
+			select {
+			case pid := <-pids:
+				seen[pid] = true
+			case err := <-errs:
+				close(release)
+				t.Fatal(err)
+			case <-time.After(60 * time.Second):
+				close(release)
+				t.Fatalf("%d of %d sessions open after 60s", len(seen), n)
+			}
+		}
+		close(release)
+		wg.Wait()
+		if len(seen) != n {
+			t.Fatalf("%d distinct backends for %d sessions", len(seen), n)
+		}
+		t.Logf("%d sessions open at once through the edge (server max_connections allows %d more)", n, limit)
+	})
+}
+
+func TestPSQL(t *testing.T) {
+	e := startPGEdge(t)
+	psql := requireTool(t, "psql")
+	run := func(conninfo string) (string, error) {
+		cmd := exec.Command(psql, conninfo, "-Atc", "select 'through the edge: ' || (41 + 1)")
+		cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=5")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := run(fmt.Sprintf("host=pg.edge.test hostaddr=127.0.0.1 port=%s user=postgres dbname=test sslmode=require", e.port))
+	if err != nil || strings.TrimSpace(out) != "through the edge: 42" {
+		t.Fatalf("psql sslmode=require: %v\n%s", err, out)
+	}
+	out, err = run(fmt.Sprintf("host=pg.edge.test hostaddr=127.0.0.1 port=%s user=postgres dbname=test sslmode=verify-full sslrootcert=%s", e.port, e.rootFile))
+	if err != nil || strings.TrimSpace(out) != "through the edge: 42" {
+		t.Fatalf("psql sslmode=verify-full: %v\n%s", err, out)
+	}
+	out, err = run(fmt.Sprintf("host=127.0.0.1 port=%s user=postgres dbname=test sslmode=disable", e.port))
+	if err == nil || !strings.Contains(out, "FATAL:  TLS is required") {
+		t.Fatalf("psql sslmode=disable should print the edge's error, got: %v\n%s", err, out)
+	}
+	t.Logf("psql sslmode=disable prints: %s", strings.TrimSpace(out))
+}

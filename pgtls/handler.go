@@ -1,0 +1,451 @@
+// Package pgtls terminates PostgreSQL TLS at the edge.
+package pgtls
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/mholt/caddy-l4/layer4"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/flyedge/caddy-flyedge/routing"
+)
+
+func init() {
+	caddy.RegisterModule(new(Handler))
+}
+
+// Handler terminates PostgreSQL TLS with Caddy-managed certificates, so an
+// app's PostgreSQL server, which speaks plaintext on its machine, is
+// reachable over TLS through the edge (Fly.io's pg_tls handler). It is an
+// intermediary layer4 handler, followed by fly_proxy:
+//
+//   - SSLRequest: answers 'S', completes the TLS handshake with
+//     certificates from Caddy's tls app, and passes the decrypted stream
+//     on: the machine receives an ordinary plaintext StartupMessage.
+//   - Direct TLS (PostgreSQL 17 sslnegotiation=direct): a TLS ClientHello
+//     as the first bytes is accepted when it offers ALPN "postgresql", and
+//     refused otherwise, as PostgreSQL does.
+//   - GSSENCRequest: answered 'N'; the client may go on with SSLRequest.
+//   - A plaintext StartupMessage gets a FATAL ErrorResponse (SQLSTATE
+//     28000) saying TLS is required, unless allow_plaintext is set.
+//   - CancelRequest (plaintext or inside TLS): forwarded to the machine
+//     that serves the session, found by the key the server sent in
+//     BackendKeyData.
+//   - No machine reachable: a FATAL ErrorResponse (57P03) naming the app.
+//     Oversized (over PostgreSQL's 10,000 bytes) or malformed startup
+//     packets: a FATAL ErrorResponse (08P01). Clients that do not finish
+//     the handshake within handshake_timeout are dropped.
+//
+// The app is the one that answers to the TLS server name on the edge
+// port, else the only app with a service on the port.
+//
+//	layer4 {
+//		:5432 {
+//			route {
+//				pg_tls
+//				fly_proxy
+//			}
+//		}
+//	}
+type Handler struct {
+	// How long a client may take from connecting to sending its
+	// StartupMessage (TLS handshake included).
+	// Default: 10s
+	HandshakeTimeout caddy.Duration `json:"handshake_timeout,omitempty"`
+
+	// Let clients connect without TLS (sslmode=disable).
+	// Default: false
+	AllowPlaintext bool `json:"allow_plaintext,omitempty"`
+
+	// TLS versions accepted from clients: "TLSv1.2", "TLSv1.3".
+	// Default: both
+	TLSVersions []string `json:"tls_versions,omitempty"`
+
+	// Caddy TLS connection policies (certificate selection, client
+	// authentication, ...); the first that matches the ClientHello
+	// applies. ALPN is decided by the handler.
+	// Default: one policy with Caddy's defaults
+	ConnectionPolicies caddytls.ConnectionPolicies `json:"connection_policies,omitempty"`
+
+	// Speak TLS to the machine too (SSLRequest, then a TLS handshake).
+	UpstreamTLS *UpstreamTLS `json:"upstream_tls,omitempty"`
+
+	minVersion, maxVersion uint16
+	app                    *routing.App
+	ctx                    caddy.Context
+	dialer                 *net.Dialer
+	logger                 *zap.Logger
+}
+
+// UpstreamTLS configures TLS between the edge and the machine.
+type UpstreamTLS struct {
+	// Server name to verify the machine's certificate against.
+	// Default: the machine's address
+	ServerName string `json:"server_name,omitempty"`
+
+	// Do not verify the machine's certificate (it is still encrypted).
+	InsecureSkipVerify bool `json:"insecure_skip_verify,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "layer4.handlers.pg_tls",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up TLS and finds the fly app.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.ctx = ctx
+	h.logger = ctx.Logger()
+	if h.HandshakeTimeout == 0 {
+		h.HandshakeTimeout = caddy.Duration(10 * time.Second)
+	}
+	h.minVersion, h.maxVersion = tls.VersionTLS12, tls.VersionTLS13
+	if len(h.TLSVersions) > 0 {
+		h.minVersion, h.maxVersion = tls.VersionTLS13, tls.VersionTLS12
+		for _, v := range h.TLSVersions {
+			tv, ok := map[string]uint16{"TLSv1.2": tls.VersionTLS12, "TLSv1.3": tls.VersionTLS13}[v]
+			if !ok {
+				return fmt.Errorf("tls_versions: %q (want TLSv1.2 or TLSv1.3)", v)
+			}
+			h.minVersion, h.maxVersion = min(h.minVersion, tv), max(h.maxVersion, tv)
+		}
+	}
+	if len(h.ConnectionPolicies) == 0 {
+		h.ConnectionPolicies = caddytls.ConnectionPolicies{new(caddytls.ConnectionPolicy)}
+	}
+	if err := h.ConnectionPolicies.Provision(ctx); err != nil {
+		return fmt.Errorf("connection_policies: %w", err)
+	}
+	app, err := ctx.App("fly")
+	if err != nil {
+		return fmt.Errorf("loading fly app: %w", err)
+	}
+	h.app = app.(*routing.App)
+	h.dialer = &net.Dialer{Timeout: 5 * time.Second}
+	return nil
+}
+
+// Validate checks the options.
+func (h *Handler) Validate() error {
+	if h.HandshakeTimeout < 0 {
+		return errors.New("handshake_timeout must not be negative")
+	}
+	return nil
+}
+
+// Handle negotiates the startup phase and passes the session on.
+func (h *Handler) Handle(cx *layer4.Connection, next layer4.Handler) error {
+	if err := cx.SetDeadline(time.Now().Add(time.Duration(h.HandshakeTimeout))); err != nil {
+		return err
+	}
+	port := routing.LocalPortOf(cx)
+	var first [1]byte
+	if _, err := io.ReadFull(cx, first[:]); err != nil {
+		return nil // gone before saying anything
+	}
+	if first[0] == 0x16 { // a TLS record: direct TLS
+		tc, rt, err := h.handshake(&prefixConn{Conn: cx, prefix: first[:]}, port, true)
+		if err != nil {
+			return nil
+		}
+		return h.session(cx, tc, rt, next)
+	}
+	hdr := first[:]
+	for range 3 { // GSSENCRequest, then SSLRequest, then the startup
+		msg, err := readFirstMessage(cx, hdr)
+		hdr = nil
+		if err != nil {
+			return h.refuse(cx, err)
+		}
+		switch msg.kind {
+		case kindGSSENCRequest:
+			if _, err := cx.Write([]byte{'N'}); err != nil {
+				return nil
+			}
+		case kindCancel:
+			return h.cancel(msg)
+		case kindSSLRequest:
+			if _, err := cx.Write([]byte{'S'}); err != nil {
+				return nil
+			}
+			tc, rt, err := h.handshake(cx, port, false)
+			if err != nil {
+				return nil
+			}
+			return h.session(cx, tc, rt, next)
+		case kindStartup:
+			if !h.AllowPlaintext {
+				return writeError(cx, "28000", "TLS is required: connect with sslmode=require (or stricter)")
+			}
+			rt, err := h.app.RouteForServerName("", port)
+			if err != nil {
+				return writeError(cx, "08004", "no app serves this address")
+			}
+			return h.proceed(cx, cx, rt, msg, next)
+		}
+	}
+	return writeError(cx, "08P01", "unexpected startup sequence")
+}
+
+// handshake completes the TLS handshake on conn for the app that answers
+// to the client's server name on port.
+func (h *Handler) handshake(conn net.Conn, port int, direct bool) (*tls.Conn, *routing.Route, error) {
+	base := h.ConnectionPolicies.TLSConfig(h.ctx)
+	var rt *routing.Route
+	cfg := &tls.Config{
+		MinVersion: h.minVersion,
+		MaxVersion: h.maxVersion,
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			if direct && !slices.Contains(hello.SupportedProtos, "postgresql") {
+				return nil, errors.New("direct TLS without ALPN postgresql")
+			}
+			var err error
+			if rt, err = h.app.RouteForServerName(hello.ServerName, port); err != nil {
+				return nil, err
+			}
+			cfg, err := base.GetConfigForClient(hello)
+			if err != nil {
+				return nil, err
+			}
+			cfg = cfg.Clone()
+			cfg.NextProtos = []string{"postgresql"}
+			cfg.MinVersion, cfg.MaxVersion = h.minVersion, h.maxVersion
+			return cfg, nil
+		},
+	}
+	tc := tls.Server(conn, cfg)
+	if err := tc.Handshake(); err != nil {
+		if c := h.logger.Check(zapcore.DebugLevel, "TLS handshake failed"); c != nil {
+			c.Write(zap.String("remote", conn.RemoteAddr().String()), zap.Error(err))
+		}
+		return nil, nil, err
+	}
+	return tc, rt, nil
+}
+
+// session reads the first message inside TLS and proceeds with it.
+func (h *Handler) session(cx *layer4.Connection, tc *tls.Conn, rt *routing.Route, next layer4.Handler) error {
+	msg, err := readFirstMessage(tc, nil)
+	if err != nil {
+		return h.refuse(tc, err)
+	}
+	switch msg.kind {
+	case kindCancel:
+		return h.cancel(msg)
+	case kindStartup:
+		return h.proceed(cx, tc, rt, msg, next)
+	}
+	return writeError(tc, "08P01", "unexpected SSL or GSS request inside TLS")
+}
+
+// proceed passes the session to the next handler (fly_proxy), which sends
+// the startup message to the machine and relays.
+func (h *Handler) proceed(cx *layer4.Connection, client net.Conn, rt *routing.Route, startup firstMessage, next layer4.Handler) error {
+	if err := cx.SetDeadline(time.Time{}); err != nil {
+		return err
+	}
+	out := cx
+	if client != net.Conn(cx) {
+		out = cx.Wrap(client)
+	}
+	routing.SetConnRoute(out, rt)
+	routing.MarkPGTLS(out)
+	routing.SetUpstreamWrapper(out, func(up net.Conn) (net.Conn, error) {
+		if h.UpstreamTLS != nil {
+			var err error
+			if up, err = h.upstreamTLS(up); err != nil {
+				return nil, err
+			}
+		}
+		if _, err := up.Write(startup.raw); err != nil {
+			return nil, err
+		}
+		return &keySniffer{Conn: up}, nil
+	})
+	err := next.Handle(out)
+	if errors.Is(err, routing.ErrNoMachine) {
+		return writeError(client, "57P03", fmt.Sprintf("no machine of app %q is reachable", rt.App))
+	}
+	return err
+}
+
+// upstreamTLS negotiates TLS with the machine's PostgreSQL server.
+func (h *Handler) upstreamTLS(up net.Conn) (net.Conn, error) {
+	if _, err := up.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}); err != nil {
+		return nil, err
+	}
+	var answer [1]byte
+	if _, err := io.ReadFull(up, answer[:]); err != nil {
+		return nil, fmt.Errorf("upstream TLS: %w", err)
+	}
+	if answer[0] != 'S' {
+		return nil, errors.New("upstream TLS: the machine's server does not do TLS")
+	}
+	name := h.UpstreamTLS.ServerName
+	if name == "" {
+		name, _, _ = net.SplitHostPort(up.RemoteAddr().String())
+	}
+	tc := tls.Client(up, &tls.Config{ServerName: name, InsecureSkipVerify: h.UpstreamTLS.InsecureSkipVerify, MinVersion: tls.VersionTLS12})
+	if err := tc.Handshake(); err != nil {
+		return nil, fmt.Errorf("upstream TLS: %w", err)
+	}
+	return tc, nil
+}
+
+// cancel forwards a CancelRequest to the machine of its session.
+func (h *Handler) cancel(msg firstMessage) error {
+	if err := forwardCancel(msg, h.dialer); err != nil {
+		if c := h.logger.Check(zapcore.DebugLevel, "cancel request not delivered"); c != nil {
+			c.Write(zap.Error(err))
+		}
+	}
+	return nil
+}
+
+// refuse answers a bad startup packet with an ErrorResponse.
+func (h *Handler) refuse(c net.Conn, err error) error {
+	if errors.Is(err, errBadLength) || errors.Is(err, errBadProtocol) || errors.Is(err, errBadPacket) {
+		return writeError(c, "08P01", err.Error())
+	}
+	return nil // the client went away or was too slow: just close
+}
+
+// writeError sends a FATAL ErrorResponse, which psql and pgx print, and
+// ends the connection so that the client reads it: the edge half-closes
+// and discards what the client still sends for a moment, as closing with
+// unread bytes would reset the connection and lose the message.
+func writeError(c net.Conn, code, msg string) error {
+	b, err := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: msg}).Encode(nil)
+	if err != nil {
+		return err
+	}
+	if _, err := c.Write(b); err != nil {
+		return nil
+	}
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	} else if cx, ok := c.(*layer4.Connection); ok {
+		if cw, ok := cx.Conn.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	_, _ = io.CopyN(io.Discard, c, 64<<10)
+	return nil
+}
+
+// prefixConn gives back bytes already read before the connection's own.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	pg_tls {
+//		handshake_timeout <duration>
+//		allow_plaintext
+//		tls_versions <TLSv1.2|TLSv1.3...>
+//		connection_policy {
+//			<Caddy TLS connection policy options>
+//		}
+//		upstream_tls [insecure_skip_verify] [server_name <name>]
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume handler name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		switch opt {
+		case "handshake_timeout":
+			if h.HandshakeTimeout != 0 {
+				return d.Err("handshake_timeout already specified")
+			}
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil {
+				return d.Errf("handshake_timeout %q: %v", v, err)
+			}
+			h.HandshakeTimeout = caddy.Duration(dur)
+		case "allow_plaintext":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if h.AllowPlaintext {
+				return d.Err("allow_plaintext already specified")
+			}
+			h.AllowPlaintext = true
+		case "tls_versions":
+			if h.TLSVersions != nil {
+				return d.Err("tls_versions already specified")
+			}
+			h.TLSVersions = d.RemainingArgs()
+			if len(h.TLSVersions) == 0 {
+				return d.ArgErr()
+			}
+		case "connection_policy":
+			cp := new(caddytls.ConnectionPolicy)
+			if err := cp.UnmarshalCaddyfile(d.NewFromNextSegment()); err != nil {
+				return err
+			}
+			h.ConnectionPolicies = append(h.ConnectionPolicies, cp)
+		case "upstream_tls":
+			if h.UpstreamTLS != nil {
+				return d.Err("upstream_tls already specified")
+			}
+			h.UpstreamTLS = new(UpstreamTLS)
+			for d.NextArg() {
+				switch d.Val() {
+				case "insecure_skip_verify":
+					h.UpstreamTLS.InsecureSkipVerify = true
+				case "server_name":
+					if !d.NextArg() {
+						return d.ArgErr()
+					}
+					h.UpstreamTLS.ServerName = d.Val()
+				default:
+					return d.Errf("unrecognized upstream_tls option '%s'", d.Val())
+				}
+			}
+		default:
+			return d.Errf("unrecognized pg_tls option '%s'", opt)
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner     = (*Handler)(nil)
+	_ caddy.Validator       = (*Handler)(nil)
+	_ layer4.NextHandler    = (*Handler)(nil)
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+)
