@@ -44,25 +44,25 @@ func requirePostgres(t *testing.T) {
 // pgEdge is a loaded edge with the app "pg" (machine: the local
 // PostgreSQL server) on a pg_tls port, and "pgdown" whose machine is down.
 type pgEdge struct {
-	port, downPort, plainPort string
+	port, downPort, plainPort, upTLSPort string
 	rootFile                  string
 }
 
 func startPGEdge(t *testing.T) *pgEdge {
 	t.Helper()
 	requirePostgres(t)
-	e := &pgEdge{port: freePort(), downPort: freePort(), plainPort: freePort()}
+	e := &pgEdge{port: freePort(), downPort: freePort(), plainPort: freePort(), upTLSPort: freePort()}
 	dead := freePort()
 	cfg := fmt.Sprintf(`{
 	"admin": {"listen": %q, "config": {"persist": false}},
 	"apps": {
 		"fly": {"base_domain": "edge.test", "apps": {
 			"pg": {
-				"services": [{"internal_port": 5432, "ports": [{"port": %[2]s, "handlers": ["pg_tls"]}, {"port": %[4]s, "handlers": ["pg_tls"]}]}],
+				"services": [{"internal_port": 5432, "ports": [{"port": %[2]s, "handlers": ["pg_tls"]}, {"port": %[4]s, "handlers": ["pg_tls"]}, {"port": %[6]s, "handlers": ["pg_tls"]}]}],
 				"machines": [{"id": "00000000000d01", "region": "iad", "address": "127.0.0.1"}]
 			},
 			"pgdown": {
-				"services": [{"internal_port": %[5]s, "ports": [{"port": %[3]s, "handlers": ["pg_tls"]}]}],
+				"services": [{"internal_port": %[5]s, "ports": [{"port": %[3]s, "handlers": ["pg_tls"]}, {"port": %[2]s, "handlers": ["pg_tls"]}]}],
 				"machines": [{"id": "00000000000d02", "region": "iad", "address": "127.0.0.1"}]
 			}
 		}},
@@ -76,10 +76,14 @@ func startPGEdge(t *testing.T) *pgEdge {
 			"pgplain": {"listen": [":%[4]s"], "routes": [{"handle": [
 				{"handler": "pg_tls", "allow_plaintext": true},
 				{"handler": "fly_proxy"}
+			]}]},
+			"pgup": {"listen": [":%[6]s"], "routes": [{"handle": [
+				{"handler": "pg_tls", "connection_policies": [{"default_sni": "pg.edge.test"}], "upstream_tls": {"insecure_skip_verify": true}},
+				{"handler": "fly_proxy"}
 			]}]}
 		}}
 	}
-}`, adminAddr, e.port, e.downPort, e.plainPort, dead)
+}`, adminAddr, e.port, e.downPort, e.plainPort, dead, e.upTLSPort)
 	if err := load(t, cfg, "json"); err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +104,12 @@ func startPGEdge(t *testing.T) *pgEdge {
 
 // connect opens a pgx connection to the edge as host pg.edge.test.
 func (e *pgEdge) connect(ctx context.Context, opts, port string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=pg.edge.test port=%s user=postgres dbname=test sslrootcert=%s connect_timeout=5 %s", port, e.rootFile, opts))
+	return e.connectHost(ctx, "pg.edge.test", opts, port)
+}
+
+// connectHost opens a pgx connection to the edge as host.
+func (e *pgEdge) connectHost(ctx context.Context, host, opts, port string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s user=postgres dbname=test sslrootcert=%s connect_timeout=5 %s", host, port, e.rootFile, opts))
 	if err != nil {
 		return nil, err
 	}
@@ -137,6 +146,17 @@ func TestPGTLS(t *testing.T) {
 		})
 	}
 
+	t.Run("TLS to the machine too", func(t *testing.T) {
+		c, err := e.connect(ctx, "sslmode=verify-full", e.upTLSPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		var ssl bool
+		if err := c.QueryRow(ctx, "select ssl from pg_stat_ssl where pid = pg_backend_pid()").Scan(&ssl); err != nil || !ssl {
+			t.Fatalf("the machine should see a TLS session with upstream_tls: ssl=%v %v", ssl, err)
+		}
+	})
 	t.Run("plaintext is refused", func(t *testing.T) {
 		_, err := e.connect(ctx, "sslmode=disable", e.port)
 		var pe *pgconn.PgError
@@ -174,6 +194,18 @@ func TestPGTLS(t *testing.T) {
 		if _, err := io.ReadFull(raw, b[:]); err != nil || b[0] != 'S' {
 			t.Fatalf("SSLRequest after GSSENCRequest: %q %v, want S", b, err)
 		}
+	})
+	t.Run("apps sharing a port are told apart by SNI", func(t *testing.T) {
+		_, err := e.connectHost(ctx, "pgdown.edge.test", "sslmode=verify-full", e.port)
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "57P03" || !strings.Contains(pe.Message, `"pgdown"`) {
+			t.Fatalf("SNI pgdown.edge.test on the shared port: %v, want pgdown's 57P03", err)
+		}
+		c, err := e.connectHost(ctx, "pg.edge.test", "sslmode=verify-full", e.port)
+		if err != nil {
+			t.Fatalf("SNI pg.edge.test on the shared port: %v", err)
+		}
+		c.Close(ctx)
 	})
 	t.Run("no machine reachable", func(t *testing.T) {
 		_, err := e.connect(ctx, "sslmode=require", e.downPort)

@@ -39,6 +39,7 @@ func lookupCancelKey(key string) (string, bool) {
 // until ReadyForQuery, recording the BackendKeyData on the way.
 type keySniffer struct {
 	net.Conn
+	addr    string // the machine's address, where cancels go
 	hdr     [5]byte
 	hdrN    int
 	bodyN   int    // body bytes left in the current message
@@ -89,7 +90,7 @@ func (s *keySniffer) follow(b []byte) {
 			s.hdrN = 0
 			if s.inKey && len(s.key) >= 8 {
 				s.keyRecd = string(s.key)
-				registerCancelKey(s.keyRecd, s.Conn.RemoteAddr().String())
+				registerCancelKey(s.keyRecd, s.addr)
 			}
 			s.inKey = false
 		}

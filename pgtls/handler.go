@@ -274,7 +274,7 @@ func (h *Handler) proceed(cx *layer4.Connection, client net.Conn, rt *routing.Ro
 		if _, err := up.Write(startup.raw); err != nil {
 			return nil, err
 		}
-		return &keySniffer{Conn: up}, nil
+		return &keySniffer{Conn: up, addr: up.RemoteAddr().String()}, nil
 	})
 	err := next.Handle(out)
 	if errors.Is(err, routing.ErrNoMachine) {
