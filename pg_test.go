@@ -45,7 +45,7 @@ func requirePostgres(t *testing.T) {
 // PostgreSQL server) on a pg_tls port, and "pgdown" whose machine is down.
 type pgEdge struct {
 	port, downPort, plainPort, upTLSPort string
-	rootFile                  string
+	rootFile                             string
 }
 
 func startPGEdge(t *testing.T) *pgEdge {
