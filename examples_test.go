@@ -121,6 +121,17 @@ func TestExamplesRun(t *testing.T) {
 				conn.Close()
 			}
 
+			// the PostgreSQL app, when this host runs PostgreSQL
+			if pg, err := net.DialTimeout("tcp", pgAddr, time.Second); err == nil {
+				pg.Close()
+				out, err := exec.Command("psql", "host=127.0.0.1 port=5433 user=postgres dbname=test sslmode=require connect_timeout=5", "-Atc", "select 'db ' || (20 + 22)").CombinedOutput()
+				if err != nil || strings.TrimSpace(string(out)) != "db 42" {
+					t.Errorf("psql through the example's pg_tls port: %v\n%s", err, out)
+				}
+			} else if os.Getenv("CI") == "true" {
+				t.Errorf("PostgreSQL is not running at %s: %v", pgAddr, err)
+			}
+
 			resp, _, _ := get(t, c, "http://hello.flyedge.localhost:8080/docs?page=2", nil)
 			if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "https://hello.flyedge.localhost:8443/docs?page=2" {
 				t.Errorf("force_https: %d Location %q", resp.StatusCode, resp.Header.Get("Location"))

@@ -386,6 +386,10 @@ func TestPSQL(t *testing.T) {
 	if err != nil || strings.TrimSpace(out) != "through the edge: 42" {
 		t.Fatalf("psql sslmode=verify-full: %v\n%s", err, out)
 	}
+	out, err = run(fmt.Sprintf("host=127.0.0.1 port=%s user=postgres dbname=test sslmode=require", e.plainPort))
+	if err != nil || strings.TrimSpace(out) != "through the edge: 42" {
+		t.Fatalf("psql by address (no SNI) gets the app's certificate: %v\n%s", err, out)
+	}
 	out, err = run(fmt.Sprintf("host=127.0.0.1 port=%s user=postgres dbname=test sslmode=disable", e.port))
 	if err == nil || !strings.Contains(out, "FATAL:  TLS is required") {
 		t.Fatalf("psql sslmode=disable should print the edge's error, got: %v\n%s", err, out)

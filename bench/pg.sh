@@ -103,8 +103,10 @@ XDG_CONFIG_HOME=$TMP/validate XDG_DATA_HOME=$TMP/validate \
 # ---------- run the harness ----------
 # Not exec'd, so the trap removes the binary afterwards; run.sh stops what it started
 # (by PID; its PostgreSQL with pg_ctl) on exit and on Ctrl-C.
+# CADDY_SRC too: run.sh's default for it, $(command -v caddy), ends it under set -e when
+# no caddy is on PATH, even with CADDY set.
 set +e
-CADDY="$TMP/caddy" EXTRA_CADDY="$TMP/caddy" EXTRA_CONFIG="$CONFIG" EXTRA_NAME=flyedge \
+CADDY="$TMP/caddy" CADDY_SRC="$TMP/caddy" EXTRA_CADDY="$TMP/caddy" EXTRA_CONFIG="$CONFIG" EXTRA_NAME=flyedge \
   EXTRA_SSLMODE=require bash "$HARNESS/run.sh"   # run.sh is read-only, not executable
 rc=$?
 exit $rc

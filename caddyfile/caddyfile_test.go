@@ -61,6 +61,9 @@ func TestAdaptErrors(t *testing.T) {
 		{"fly_proxy max_attempts", "{\n layer4 {\n :5000 {\n route {\n fly_proxy {\n max_attempts 0\n }\n }\n }\n }\n}", `max_attempts "0": want a positive number`},
 		{"proxy_proto version", "{\n layer4 {\n :5000 {\n route {\n proxy_proto v3\n fly_proxy\n }\n }\n }\n}", `proxy_proto: "v3": want v1 or v2`},
 		{"fly_tls option", "{\n layer4 {\n :5000 {\n route {\n fly_tls {\n alpn h2\n }\n }\n }\n }\n}", "unrecognized fly_tls option 'alpn'"},
+		{"pg_tls option", "{\n layer4 {\n :5433 {\n route {\n pg_tls {\n require_ssl\n }\n }\n }\n }\n}", "unrecognized pg_tls option 'require_ssl'"},
+		{"pg_tls twice", "{\n layer4 {\n :5433 {\n route {\n pg_tls {\n allow_plaintext\n allow_plaintext\n }\n }\n }\n }\n}", "allow_plaintext already specified"},
+		{"pg_tls upstream_tls", "{\n layer4 {\n :5433 {\n route {\n pg_tls {\n upstream_tls verify\n }\n }\n }\n }\n}", "unrecognized upstream_tls option 'verify'"},
 		{"dynamic fly args", ":80 {\n reverse_proxy {\n dynamic fly web\n }\n}", "wrong argument count"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

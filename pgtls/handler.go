@@ -222,6 +222,7 @@ func (h *Handler) handshake(conn net.Conn, port int, direct bool) (*tls.Conn, *r
 				return nil, err
 			}
 			cfg = cfg.Clone()
+			rt.WithDefaultServerName(cfg, hello)
 			cfg.NextProtos = []string{"postgresql"}
 			cfg.MinVersion, cfg.MaxVersion = h.minVersion, h.maxVersion
 			return cfg, nil

@@ -268,7 +268,7 @@ func (a *App) build(apps map[string]*Application) (*registry, error) {
 			se := a.newServiceEntry(name, s, cfg.Machines)
 			e.services = append(e.services, se)
 			for _, p := range s.Ports {
-				rt := newRoute(name, p, se, cfg.Services)
+				rt := newRoute(name, name+"."+a.BaseDomain, p, se, cfg.Services)
 				e.routes[p.Port] = rt
 				reg.ports[p.Port] = append(reg.ports[p.Port], rt)
 			}

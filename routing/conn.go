@@ -2,6 +2,7 @@ package routing
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -206,4 +207,19 @@ func SetUpstreamWrapper(cx *layer4.Connection, w UpstreamWrapper) {
 func upstreamWrapper(cx *layer4.Connection) UpstreamWrapper {
 	w, _ := cx.GetVar(upstreamWrapperVarKey).(UpstreamWrapper)
 	return w
+}
+
+// WithDefaultServerName makes a TLS config answer a client that sent no
+// server name with the certificate of the route's app
+// (<app>.<base_domain>), as a client that connects by address expects.
+func (rt *Route) WithDefaultServerName(cfg *tls.Config, hello *tls.ClientHelloInfo) {
+	if hello.ServerName != "" || cfg.GetCertificate == nil {
+		return
+	}
+	getCert, name := cfg.GetCertificate, rt.Hostname
+	cfg.GetCertificate = func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		named := *h
+		named.ServerName = name
+		return getCert(&named)
+	}
 }

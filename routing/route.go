@@ -21,6 +21,10 @@ type Route struct {
 	// Service is the service the port belongs to.
 	Service *Service
 
+	// Hostname is the app's own name, <app>.<base_domain>: the
+	// certificate a TLS client without SNI gets.
+	Hostname string
+
 	// PortString is Port.Port in decimal.
 	PortString string
 
@@ -62,8 +66,8 @@ func (rt *Route) MachineIndex(id string) int {
 	return -1
 }
 
-func newRoute(app string, p *Port, se *serviceEntry, services []*Service) *Route {
-	rt := &Route{App: app, Port: p, PortString: strconv.Itoa(p.Port), Service: se.config, serviceEntry: se,
+func newRoute(app, hostname string, p *Port, se *serviceEntry, services []*Service) *Route {
+	rt := &Route{App: app, Hostname: hostname, Port: p, PortString: strconv.Itoa(p.Port), Service: se.config, serviceEntry: se,
 		wantTLS:        slices.Contains(p.Handlers, "tls"),
 		wantProxyProto: slices.Contains(p.Handlers, "proxy_proto"),
 		wantPGTLS:      slices.Contains(p.Handlers, "pg_tls"),
