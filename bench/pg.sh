@@ -17,7 +17,7 @@
 #
 # Usage (as root: the harness runs PostgreSQL and pgbouncer as user postgres):
 #   bench/pg.sh                                                  (full run, ~10 min)
-#   REPS=1 DURATION=3 WARMUP=1 PAUSE=1 bench/pg.sh               (smoke, ~1.5 min)
+#   REPS=1 DURATION=3 WARMUP=1 PAUSE=1 bench/pg.sh               (smoke, ~1 min)
 #   PATHS="direct_ssl caddy_l4 flyedge" MODES=connect bench/pg.sh
 # Knobs (environment, passed through to run.sh; defaults in brackets, see bench/README.md):
 #   SCALE [10] CLIENTS [16] THREADS [2] DURATION [15] REPS [3] WARMUP [5] PAUSE [2]
