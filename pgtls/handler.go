@@ -337,13 +337,7 @@ func writeError(c net.Conn, code, msg string) error {
 	if _, err := c.Write(b); err != nil {
 		return nil
 	}
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		_ = cw.CloseWrite()
-	} else if cx, ok := c.(*layer4.Connection); ok {
-		if cw, ok := cx.Conn.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		}
-	}
+	routing.CloseWrite(c)
 	_ = c.SetReadDeadline(time.Now().Add(time.Second))
 	_, _ = io.CopyN(io.Discard, c, 64<<10)
 	return nil

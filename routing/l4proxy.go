@@ -176,6 +176,18 @@ func Relay(cx *layer4.Connection, up net.Conn) error {
 
 type closeWriter interface{ CloseWrite() error }
 
+// CloseWrite half-closes w when it can: a TCP or TLS connection, or a
+// layer4 connection around one.
+func CloseWrite(w io.Writer) {
+	if cw, ok := w.(closeWriter); ok {
+		_ = cw.CloseWrite()
+	} else if cx, ok := w.(*layer4.Connection); ok {
+		if cw, ok := cx.Conn.(closeWriter); ok {
+			_ = cw.CloseWrite()
+		}
+	}
+}
+
 // spliceAfter is how many bytes a direction copies through a buffer
 // before it hands over to the kernel: short exchanges cost fewer system
 // calls with read/write, bulk transfers far less CPU with splice.
@@ -216,13 +228,7 @@ func copyHalf(dst io.Writer, src io.Reader, finished *atomic.Int32) error {
 		bufPool.Put(bp)
 	}
 	if finished.Add(1) == 1 {
-		if cw, ok := dst.(closeWriter); ok {
-			_ = cw.CloseWrite()
-		} else if cx, ok := dst.(*layer4.Connection); ok {
-			if cw, ok := cx.Conn.(closeWriter); ok {
-				_ = cw.CloseWrite()
-			}
-		}
+		CloseWrite(dst)
 	}
 	if errors.Is(err, net.ErrClosed) {
 		err = nil
