@@ -153,8 +153,15 @@ func (a *App) RouteForServerName(name string, port int) (*Route, error) {
 
 // LocalPortOf returns the edge port of a layer 4 connection, or 0.
 func LocalPortOf(cx *layer4.Connection) int {
-	if ap, err := netip.ParseAddrPort(cx.LocalAddr().String()); err == nil {
-		return int(ap.Port())
+	switch addr := cx.LocalAddr().(type) {
+	case *net.TCPAddr:
+		return addr.Port
+	case *net.UDPAddr:
+		return addr.Port
+	case net.Addr:
+		if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
+			return int(ap.Port())
+		}
 	}
 	return 0
 }
