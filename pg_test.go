@@ -70,11 +70,11 @@ func startPGEdge(t *testing.T) *pgEdge {
 		"pki": {"certificate_authorities": {"local": {"install_trust": false}}},
 		"layer4": {"servers": {
 			"pg": {"listen": [":%[2]s", ":%[3]s"], "routes": [{"handle": [
-				{"handler": "pg_tls", "handshake_timeout": "500ms", "connection_policies": [{"default_sni": "pg.edge.test"}]},
+				{"handler": "pg_tls", "connection_policies": [{"default_sni": "pg.edge.test"}]},
 				{"handler": "fly_proxy"}
 			]}]},
 			"pgplain": {"listen": [":%[4]s"], "routes": [{"handle": [
-				{"handler": "pg_tls", "allow_plaintext": true},
+				{"handler": "pg_tls", "allow_plaintext": true, "handshake_timeout": "500ms"},
 				{"handler": "fly_proxy"}
 			]}]},
 			"pgup": {"listen": [":%[6]s"], "routes": [{"handle": [
@@ -230,7 +230,7 @@ func TestPGTLSBadClients(t *testing.T) {
 		{"silent client", nil, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := net.Dial("tcp", "127.0.0.1:"+e.port)
+			c, err := net.Dial("tcp", "127.0.0.1:"+e.plainPort)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -239,7 +239,7 @@ func TestPGTLSBadClients(t *testing.T) {
 			c.Write(tc.send)
 			got, err := io.ReadAll(c)
 			if err != nil {
-				t.Fatalf("the edge should close the connection (handshake_timeout 500ms): %v", err)
+				t.Fatalf("the edge should close the connection (handshake_timeout 500ms on this port): %v", err)
 			}
 			if tc.want == "" {
 				if len(got) != 0 {
