@@ -82,8 +82,8 @@ type Handler struct {
 	UpstreamTLS *UpstreamTLS `json:"upstream_tls,omitempty"`
 
 	minVersion, maxVersion uint16
+	base                   *tls.Config // from the connection policies, built once
 	app                    *routing.App
-	ctx                    caddy.Context
 	dialer                 *net.Dialer
 	logger                 *zap.Logger
 }
@@ -108,7 +108,6 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets up TLS and finds the fly app.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	h.ctx = ctx
 	h.logger = ctx.Logger()
 	if h.HandshakeTimeout == 0 {
 		h.HandshakeTimeout = caddy.Duration(10 * time.Second)
@@ -130,6 +129,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.ConnectionPolicies.Provision(ctx); err != nil {
 		return fmt.Errorf("connection_policies: %w", err)
 	}
+	h.base = h.ConnectionPolicies.TLSConfig(ctx)
 	app, err := ctx.App("fly")
 	if err != nil {
 		return fmt.Errorf("loading fly app: %w", err)
@@ -204,7 +204,7 @@ func (h *Handler) Handle(cx *layer4.Connection, next layer4.Handler) error {
 // handshake completes the TLS handshake on conn for the app that answers
 // to the client's server name on port.
 func (h *Handler) handshake(conn net.Conn, port int, direct bool) (*tls.Conn, *routing.Route, error) {
-	base := h.ConnectionPolicies.TLSConfig(h.ctx)
+	base := h.base
 	var rt *routing.Route
 	cfg := &tls.Config{
 		MinVersion: h.minVersion,
