@@ -91,6 +91,7 @@ func TestMain(m *testing.M) {
 	proc := exec.Command(caddyBin, "run", "--config", cfg)
 	proc.Env = caddyEnv(caddyHome)
 	proc.Stdout, proc.Stderr = caddyLog, caddyLog
+	proc.SysProcAttr = dieWithTests()
 	if err := proc.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "starting caddy:", err)
 		return
@@ -109,6 +110,14 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "the Caddy under test reported a data race:\n", caddyLog.String())
 		code = 1
 	}
+}
+
+// dieWithTests makes a child process end when the test binary does, even
+// when it is killed, so no Caddy keeps holding the test ports (Caddy
+// binds with SO_REUSEPORT: a leftover one would silently take
+// connections).
+func dieWithTests() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
 // caddyEnv keeps a Caddy's storage and config out of the user's home.

@@ -50,6 +50,7 @@ func TestExamplesRun(t *testing.T) {
 			p := exec.Command(caddyBin, "run", "--config", cfg)
 			p.Env = caddyEnv(home)
 			p.Stdout, p.Stderr = &log, &log
+			p.SysProcAttr = dieWithTests()
 			if err := p.Start(); err != nil {
 				t.Fatal(err)
 			}

@@ -32,6 +32,7 @@ func startPeer(t *testing.T, name string, args ...string) {
 	var log logBuf
 	p := exec.Command(name, args...)
 	p.Stdout, p.Stderr = &log, &log
+	p.SysProcAttr = dieWithTests()
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
