@@ -105,9 +105,6 @@ func (t *TLS) Validate() error {
 	return nil
 }
 
-// tlsVersions maps Fly's version names to crypto/tls's.
-var tlsVersions = map[string]uint16{"TLSv1.2": tls.VersionTLS12, "TLSv1.3": tls.VersionTLS13}
-
 // Handle terminates TLS and passes the plaintext connection on.
 func (t *TLS) Handle(cx *layer4.Connection, next layer4.Handler) error {
 	port := routing.LocalPortOf(cx)
@@ -148,20 +145,13 @@ func (t *TLS) Handle(cx *layer4.Connection, next layer4.Handler) error {
 func (t *TLS) configFor(rt *routing.Route) *tls.Config {
 	cfg := t.policy.TLSConfig.Clone()
 	cfg.NextProtos = []string{"h2", "http/1.1"}
-	cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS12, tls.VersionTLS13
+	cfg.MinVersion, cfg.MaxVersion = rt.TLSMinVersion, rt.TLSMaxVersion
 	opts := rt.Port.TLSOptions
 	if opts == nil {
 		return cfg
 	}
 	if opts.ALPN != nil {
 		cfg.NextProtos = slices.Clone(opts.ALPN)
-	}
-	if len(opts.Versions) > 0 {
-		cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS13, tls.VersionTLS12
-		for _, v := range opts.Versions {
-			cfg.MinVersion = min(cfg.MinVersion, tlsVersions[v])
-			cfg.MaxVersion = max(cfg.MaxVersion, tlsVersions[v])
-		}
 	}
 	if opts.DefaultSelfSigned {
 		getCert := cfg.GetCertificate

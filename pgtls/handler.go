@@ -112,16 +112,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.HandshakeTimeout == 0 {
 		h.HandshakeTimeout = caddy.Duration(10 * time.Second)
 	}
-	h.minVersion, h.maxVersion = tls.VersionTLS12, tls.VersionTLS13
-	if len(h.TLSVersions) > 0 {
-		h.minVersion, h.maxVersion = tls.VersionTLS13, tls.VersionTLS12
-		for _, v := range h.TLSVersions {
-			tv, ok := map[string]uint16{"TLSv1.2": tls.VersionTLS12, "TLSv1.3": tls.VersionTLS13}[v]
-			if !ok {
-				return fmt.Errorf("tls_versions: %q (want TLSv1.2 or TLSv1.3)", v)
-			}
-			h.minVersion, h.maxVersion = min(h.minVersion, tv), max(h.maxVersion, tv)
-		}
+	var err error
+	if h.minVersion, h.maxVersion, err = routing.TLSVersionRange(h.TLSVersions); err != nil {
+		return fmt.Errorf("tls_versions: %w", err)
 	}
 	if len(h.ConnectionPolicies) == 0 {
 		h.ConnectionPolicies = caddytls.ConnectionPolicies{new(caddytls.ConnectionPolicy)}

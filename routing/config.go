@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -231,10 +232,8 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 			}
 		}
 		if p.TLSOptions != nil {
-			for _, v := range p.TLSOptions.Versions {
-				if v != "TLSv1.2" && v != "TLSv1.3" {
-					return fmt.Errorf("%s.tls_options.versions: %q (want TLSv1.2 or TLSv1.3)", pf, v)
-				}
+			if _, _, err := TLSVersionRange(p.TLSOptions.Versions); err != nil {
+				return fmt.Errorf("%s.tls_options.versions: %w", pf, err)
 			}
 		}
 	}
@@ -317,4 +316,26 @@ func checkHandlerList(p *Port) error {
 		where = fmt.Sprintf("after %q", p.Handlers[longest-1])
 	}
 	return fmt.Errorf("port %d: handler %q is not allowed %s (accepted lists: none, [http], [tls], [tls http], [pg_tls], [proxy_proto], [tls proxy_proto])", p.Port, bad, where)
+}
+
+// TLSVersionRange turns Fly's TLS version names ("TLSv1.2", "TLSv1.3")
+// into the lowest and highest crypto/tls version; none means both.
+func TLSVersionRange(names []string) (lo, hi uint16, err error) {
+	if len(names) == 0 {
+		return tls.VersionTLS12, tls.VersionTLS13, nil
+	}
+	lo, hi = tls.VersionTLS13, tls.VersionTLS12
+	for _, n := range names {
+		var v uint16
+		switch n {
+		case "TLSv1.2":
+			v = tls.VersionTLS12
+		case "TLSv1.3":
+			v = tls.VersionTLS13
+		default:
+			return 0, 0, fmt.Errorf("%q (want TLSv1.2 or TLSv1.3)", n)
+		}
+		lo, hi = min(lo, v), max(hi, v)
+	}
+	return lo, hi, nil
 }

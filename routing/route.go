@@ -31,6 +31,10 @@ type Route struct {
 	// Handler flags of the port, for the layer 4 handlers' checks.
 	wantTLS, wantProxyProto, wantPGTLS, wantHTTP bool
 
+	// TLSMinVersion and TLSMaxVersion are the port's tls_options.versions
+	// as crypto/tls versions.
+	TLSMinVersion, TLSMaxVersion uint16
+
 	// HTTPSPort is the app's port that runs the tls and http handlers,
 	// where force_https sends plain-HTTP requests; 0 when there is none.
 	HTTPSPort int
@@ -73,6 +77,11 @@ func newRoute(app, hostname string, p *Port, se *serviceEntry, services []*Servi
 		wantPGTLS:      slices.Contains(p.Handlers, "pg_tls"),
 		wantHTTP:       slices.Contains(p.Handlers, "http"),
 	}
+	var versions []string
+	if p.TLSOptions != nil {
+		versions = p.TLSOptions.Versions
+	}
+	rt.TLSMinVersion, rt.TLSMaxVersion, _ = TLSVersionRange(versions) // validated before
 	for _, s := range services {
 		for _, q := range s.Ports {
 			if slices.Contains(q.Handlers, "tls") && slices.Contains(q.Handlers, "http") && (rt.HTTPSPort == 0 || q.Port == 443) {
