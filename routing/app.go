@@ -183,15 +183,22 @@ func requestHost(r *http.Request) string {
 
 // LocalPort returns the edge port an HTTP request arrived on, or 0.
 func LocalPort(r *http.Request) int {
-	switch addr := r.Context().Value(http.LocalAddrContextKey).(type) {
+	addr, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	return portOf(addr)
+}
+
+// portOf returns the port of a local address, or 0.
+func portOf(addr net.Addr) int {
+	switch a := addr.(type) {
 	case *net.TCPAddr:
-		return addr.Port
+		return a.Port
 	case *net.UDPAddr:
-		return addr.Port
-	case net.Addr:
-		if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
-			return int(ap.Port())
-		}
+		return a.Port
+	case nil:
+		return 0
+	}
+	if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
+		return int(ap.Port())
 	}
 	return 0
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"strings"
 	"time"
 
@@ -152,19 +151,7 @@ func (a *App) RouteForServerName(name string, port int) (*Route, error) {
 }
 
 // LocalPortOf returns the edge port of a layer 4 connection, or 0.
-func LocalPortOf(cx *layer4.Connection) int {
-	switch addr := cx.LocalAddr().(type) {
-	case *net.TCPAddr:
-		return addr.Port
-	case *net.UDPAddr:
-		return addr.Port
-	case net.Addr:
-		if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
-			return int(ap.Port())
-		}
-	}
-	return 0
-}
+func LocalPortOf(cx *layer4.Connection) int { return portOf(cx.LocalAddr()) }
 
 // tlsVarKey is the connection variable a TLS-terminating handler sets.
 const tlsVarKey = "fly.tls_terminated"
