@@ -2,8 +2,10 @@ package flyhandlers
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -57,8 +59,11 @@ func (f *ForceHTTPS) ServeHTTP(w http.ResponseWriter, r *http.Request, next cadd
 		return next.ServeHTTP(w, r)
 	}
 	host := r.Host
-	if h, _, err := splitHostPort(host); err == nil {
+	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
+		if strings.Contains(h, ":") { // IPv6: keep the brackets
+			host = "[" + h + "]"
+		}
 	}
 	target := "https://" + host
 	if p := rt.HTTPSPort; p != 0 && p != 443 {
@@ -85,18 +90,6 @@ func (f *ForceHTTPS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("unrecognized force_https option '%s'", d.Val())
 	}
 	return nil
-}
-
-// splitHostPort splits host:port, keeping IPv6 brackets.
-func splitHostPort(hostport string) (host, port string, err error) {
-	i := len(hostport) - 1
-	for i >= 0 && hostport[i] != ':' && hostport[i] != ']' {
-		i--
-	}
-	if i < 0 || hostport[i] != ':' {
-		return "", "", fmt.Errorf("no port in %q", hostport)
-	}
-	return hostport[:i], hostport[i+1:], nil
 }
 
 // Interface guards
