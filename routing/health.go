@@ -106,10 +106,13 @@ func (hc *healthChecker) run(ctx context.Context, app string, m *machine, c *Che
 	if timeout <= 0 {
 		timeout = 2 * time.Second
 	}
-	client := &http.Client{
-		Timeout:       timeout,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		Transport:     &http.Transport{DisableKeepAlives: true},
+	var client *http.Client
+	if c.Type == "http" {
+		client = &http.Client{
+			Timeout:       timeout,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			Transport:     &http.Transport{DisableKeepAlives: true},
+		}
 	}
 	grace := time.Duration(c.GracePeriod)
 	if grace <= 0 {
