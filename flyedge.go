@@ -10,6 +10,8 @@ import (
 	_ "github.com/flyedge/caddy-flyedge/routing"
 	// HTTP and layer 4 handlers
 	_ "github.com/flyedge/caddy-flyedge/flyhandlers"
+	// IP assignment, admin API, app matchers, `caddy fly` commands
+	_ "github.com/flyedge/caddy-flyedge/ipalloc"
 	// PostgreSQL TLS termination
 	_ "github.com/flyedge/caddy-flyedge/pgtls"
 	// Caddyfile global option and directives

@@ -23,11 +23,13 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/flyedge/caddy-flyedge/flyhandlers"
+	"github.com/flyedge/caddy-flyedge/ipalloc"
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
 func init() {
 	httpcaddyfile.RegisterGlobalOption("fly", parseFly)
+	httpcaddyfile.RegisterGlobalOption("fly_ips", parseFlyIPs)
 	httpcaddyfile.RegisterHandlerDirective("force_https", parseForceHTTPS)
 	httpcaddyfile.RegisterDirectiveOrder("force_https", httpcaddyfile.Before, "redir")
 	httpcaddyfile.RegisterHandlerDirective("fly_headers", parseFlyHeaders)
@@ -47,6 +49,21 @@ func parseFly(d *caddyfile.Dispenser, existingVal any) (any, error) {
 		return nil, err
 	}
 	return httpcaddyfile.App{Name: "fly", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// parseFlyIPs sets up the fly_ips app from the global option; repeated
+// blocks are merged.
+func parseFlyIPs(d *caddyfile.Dispenser, existingVal any) (any, error) {
+	app := new(ipalloc.App)
+	if existing, ok := existingVal.(httpcaddyfile.App); ok {
+		if err := json.Unmarshal(existing.Value, app); err != nil {
+			return nil, fmt.Errorf("merging fly_ips options: %w", err)
+		}
+	}
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "fly_ips", Value: caddyconfig.JSON(app, nil)}, nil
 }
 
 func parseForceHTTPS(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {

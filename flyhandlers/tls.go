@@ -107,12 +107,11 @@ func (t *TLS) Validate() error {
 
 // Handle terminates TLS and passes the plaintext connection on.
 func (t *TLS) Handle(cx *layer4.Connection, next layer4.Handler) error {
-	port := routing.LocalPortOf(cx)
 	var rt *routing.Route
 	cfg := &tls.Config{
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			var err error
-			rt, err = t.app.RouteForServerName(hello.ServerName, port)
+			rt, err = t.app.RouteForServerName(hello.ServerName, cx.LocalAddr())
 			if err != nil {
 				return nil, err
 			}

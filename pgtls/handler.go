@@ -145,13 +145,12 @@ func (h *Handler) Handle(cx *layer4.Connection, next layer4.Handler) error {
 	if err := cx.SetDeadline(time.Now().Add(time.Duration(h.HandshakeTimeout))); err != nil {
 		return err
 	}
-	port := routing.LocalPortOf(cx)
 	var first [1]byte
 	if _, err := io.ReadFull(cx, first[:]); err != nil {
 		return nil // gone before saying anything
 	}
 	if first[0] == 0x16 { // a TLS record: direct TLS
-		tc, rt, err := h.handshake(&prefixConn{Conn: cx, prefix: first[:]}, port, true)
+		tc, rt, err := h.handshake(&prefixConn{Conn: cx, prefix: first[:]}, true)
 		if err != nil {
 			return nil
 		}
@@ -175,7 +174,7 @@ func (h *Handler) Handle(cx *layer4.Connection, next layer4.Handler) error {
 			if _, err := cx.Write([]byte{'S'}); err != nil {
 				return nil
 			}
-			tc, rt, err := h.handshake(cx, port, false)
+			tc, rt, err := h.handshake(cx, false)
 			if err != nil {
 				return nil
 			}
@@ -184,7 +183,7 @@ func (h *Handler) Handle(cx *layer4.Connection, next layer4.Handler) error {
 			if !h.AllowPlaintext {
 				return writeError(cx, "28000", "TLS is required: connect with sslmode=require (or stricter)")
 			}
-			rt, err := h.app.RouteForServerName("", port)
+			rt, err := h.app.RouteForServerName("", cx.LocalAddr())
 			if err != nil {
 				return writeError(cx, "08004", "no app serves this address")
 			}
@@ -196,7 +195,7 @@ func (h *Handler) Handle(cx *layer4.Connection, next layer4.Handler) error {
 
 // handshake completes the TLS handshake on conn for the app that answers
 // to the client's server name on port.
-func (h *Handler) handshake(conn net.Conn, port int, direct bool) (*tls.Conn, *routing.Route, error) {
+func (h *Handler) handshake(conn net.Conn, direct bool) (*tls.Conn, *routing.Route, error) {
 	base := h.base
 	var rt *routing.Route
 	cfg := &tls.Config{
@@ -207,7 +206,7 @@ func (h *Handler) handshake(conn net.Conn, port int, direct bool) (*tls.Conn, *r
 				return nil, errors.New("direct TLS without ALPN postgresql")
 			}
 			var err error
-			if rt, err = h.app.RouteForServerName(hello.ServerName, port); err != nil {
+			if rt, err = h.app.RouteForServerName(hello.ServerName, conn.LocalAddr()); err != nil {
 				return nil, err
 			}
 			cfg, err := base.GetConfigForClient(hello)

@@ -7,8 +7,10 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
@@ -45,6 +47,7 @@ type App struct {
 	catalog map[string]Region
 	edge    Region
 	reg     atomic.Pointer[registry]
+	book    atomic.Pointer[AddressBook]
 	health  *healthChecker
 	logger  *zap.Logger
 }
@@ -105,8 +108,10 @@ func (a *App) Stop() error {
 
 // Cleanup releases the health state this config held.
 func (a *App) Cleanup() error {
-	if a.health != nil {
-		a.health.release()
+	if reg := a.reg.Load(); reg != nil {
+		for _, slot := range reg.apps {
+			slot.load().health.release()
+		}
 	}
 	return nil
 }
@@ -129,11 +134,85 @@ func (a *App) Route(host string, port int) (*Route, error) {
 	if e == nil {
 		return nil, fmt.Errorf("%w: %q", ErrNoApp, host)
 	}
+	return e.route(port)
+}
+
+func (e *appEntry) route(port int) (*Route, error) {
 	rt := e.routes[port]
 	if rt == nil {
 		return nil, fmt.Errorf("%w: app %s, port %d", ErrNoService, e.name, port)
 	}
 	return rt, nil
+}
+
+// RouteOfApp returns the route of app's service on edge port.
+func (a *App) RouteOfApp(app string, port int) (*Route, error) {
+	slot := a.reg.Load().apps[app]
+	if slot == nil {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownApp, app)
+	}
+	return slot.load().route(port)
+}
+
+// AddressBook tells which app a connection is for from the address it
+// arrived on: the app that holds a dedicated address, or, on a shared
+// address, the app that holds it and answers to the server name (TLS SNI
+// or HTTP Host). The ipalloc package provides it.
+type AddressBook interface {
+	// AppFor returns the app for a connection to local with server name
+	// name (lower case, no trailing dot, "" when the client sent none);
+	// false means that no app gets the connection.
+	AppFor(local netip.Addr, name string) (app string, ok bool)
+}
+
+// SetAddressBook makes the edge route by destination address: from now
+// on a connection reaches an app only if the book says so (default
+// deny), whatever its host name. nil switches back to host-name routing.
+func (a *App) SetAddressBook(b AddressBook) {
+	if b == nil {
+		a.book.Store(nil)
+		return
+	}
+	a.book.Store(&b)
+}
+
+// ErrDenied means that the address book gives the connection to no app.
+var ErrDenied = errors.New("no app is reachable at this address")
+
+// routeFor finds the route of a connection that arrived on local, with
+// the server name the client sent ("" for none). With an address book
+// the address decides; without one the name does, or, for a connection
+// without a name, the port when one app alone has a service on it.
+func (a *App) routeFor(local net.Addr, name string) (*Route, error) {
+	port := portOf(local)
+	if b := a.book.Load(); b != nil {
+		addr := addrOf(local)
+		app, ok := (*b).AppFor(addr, name)
+		if !ok {
+			if name == "" {
+				return nil, fmt.Errorf("%w: %s", ErrDenied, addr)
+			}
+			return nil, fmt.Errorf("%w: %s for %q", ErrDenied, addr, name)
+		}
+		return a.RouteOfApp(app, port)
+	}
+	if name != "" {
+		return a.Route(name, port)
+	}
+	return a.routeByPort(port)
+}
+
+// addrOf returns the IP address of a local address, unmapped.
+func addrOf(addr net.Addr) netip.Addr {
+	switch a := addr.(type) {
+	case *net.TCPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	case nil:
+		return netip.Addr{}
+	}
+	ap, _ := netip.ParseAddrPort(addr.String())
+	return ap.Addr().Unmap()
 }
 
 // routeVarKey is the request variable that caches the route of a request.
@@ -151,7 +230,8 @@ func (a *App) RouteForRequest(r *http.Request) (*Route, error) {
 	if rt, ok := caddyhttp.GetVar(r.Context(), routeVarKey).(*Route); ok {
 		return rt, nil
 	}
-	rt, err := a.Route(requestHost(r), LocalPort(r))
+	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	rt, err := a.routeFor(local, requestHost(r))
 	if err != nil {
 		return nil, err
 	}
@@ -203,19 +283,31 @@ func portOf(addr net.Addr) int {
 	return 0
 }
 
-// registry is an immutable snapshot of the apps and their indexes.
+// registry holds the apps and their indexes. The maps are built once per
+// config; an app's entry (its services, routes and machines) sits behind
+// its own slot, so registering a machine live replaces one app's entry
+// and leaves every other lookup untouched.
 type registry struct {
-	apps     map[string]*appEntry
-	hosts    map[string]*appEntry
-	machines map[string]*appEntry
-	ports    map[int][]*Route // every app's route on an edge port
+	apps  map[string]*appSlot
+	hosts map[string]*appSlot
+	ports map[int][]*appSlot // the apps with a service on an edge port
+
+	mu       sync.Mutex        // serializes SetMachines
+	machines map[string]string // machine ID -> app, guarded by mu
 }
+
+// appSlot holds the current entry of one app.
+type appSlot struct{ cur atomic.Pointer[appEntry] }
+
+func (s *appSlot) load() *appEntry { return s.cur.Load() }
 
 type appEntry struct {
 	name     string
 	config   *Application
+	live     []*Machine // machines registered through SetMachines
 	routes   map[int]*Route
 	services []*serviceEntry
+	health   *healthRefs
 }
 
 // serviceEntry holds the machines of one service, shared by the routes
@@ -234,11 +326,13 @@ type serviceEntry struct {
 // lookupHost finds the app answering to host: an exact name first, then
 // a wildcard for its first label.
 func (reg *registry) lookupHost(host string) *appEntry {
-	if e := reg.hosts[host]; e != nil {
-		return e
+	if s := reg.hosts[host]; s != nil {
+		return s.load()
 	}
 	if i := strings.IndexByte(host, '.'); i > 0 {
-		return reg.hosts["*"+host[i:]]
+		if s := reg.hosts["*"+host[i:]]; s != nil {
+			return s.load()
+		}
 	}
 	return nil
 }
@@ -246,10 +340,10 @@ func (reg *registry) lookupHost(host string) *appEntry {
 // build indexes apps into a registry.
 func (a *App) build(apps map[string]*Application) (*registry, error) {
 	reg := &registry{
-		apps:     make(map[string]*appEntry, len(apps)),
-		hosts:    make(map[string]*appEntry, len(apps)),
-		machines: make(map[string]*appEntry),
-		ports:    make(map[int][]*Route),
+		apps:     make(map[string]*appSlot, len(apps)),
+		hosts:    make(map[string]*appSlot, len(apps)),
+		machines: make(map[string]string),
+		ports:    make(map[int][]*appSlot),
 	}
 	for name, cfg := range apps {
 		if cfg == nil {
@@ -258,31 +352,132 @@ func (a *App) build(apps map[string]*Application) (*registry, error) {
 		if err := cfg.validate(name, a.catalog); err != nil {
 			return nil, err
 		}
-		e := &appEntry{name: name, config: cfg, routes: make(map[int]*Route)}
+		slot := new(appSlot)
 		for _, h := range append([]string{name + "." + a.BaseDomain}, cfg.Hostnames...) {
 			if other := reg.hosts[h]; other != nil {
-				return nil, fmt.Errorf("apps.%s.hostnames: %q is already a host name of app %s", name, h, other.name)
+				return nil, fmt.Errorf("apps.%s.hostnames: %q is already a host name of app %s", name, h, other.load().name)
 			}
-			reg.hosts[h] = e
+			reg.hosts[h] = slot
 		}
 		for _, m := range cfg.Machines {
-			if other := reg.machines[m.ID]; other != nil {
-				return nil, fmt.Errorf("apps.%s.machines: id %s is already used by a machine of app %s", name, m.ID, other.name)
+			if other, ok := reg.machines[m.ID]; ok {
+				return nil, fmt.Errorf("apps.%s.machines: id %s is already used by a machine of app %s", name, m.ID, other)
 			}
-			reg.machines[m.ID] = e
+			reg.machines[m.ID] = name
 		}
 		for _, s := range cfg.Services {
-			se := a.newServiceEntry(name, s, cfg.Machines)
-			e.services = append(e.services, se)
 			for _, p := range s.Ports {
-				rt := newRoute(name, name+"."+a.BaseDomain, p, se, cfg.Services)
-				e.routes[p.Port] = rt
-				reg.ports[p.Port] = append(reg.ports[p.Port], rt)
+				reg.ports[p.Port] = append(reg.ports[p.Port], slot)
 			}
 		}
-		reg.apps[name] = e
+		slot.cur.Store(a.newAppEntry(name, cfg, nil))
+		reg.apps[name] = slot
 	}
 	return reg, nil
+}
+
+// newAppEntry builds the services and routes of an app from its config
+// and its live machines.
+func (a *App) newAppEntry(name string, cfg *Application, live []*Machine) *appEntry {
+	e := &appEntry{name: name, config: cfg, live: live, routes: make(map[int]*Route), health: a.health.refs()}
+	machines := cfg.Machines
+	if len(live) > 0 {
+		machines = append(slices.Clip(machines), live...)
+	}
+	for _, s := range cfg.Services {
+		se := a.newServiceEntry(name, s, machines, e.health)
+		e.services = append(e.services, se)
+		for _, p := range s.Ports {
+			e.routes[p.Port] = newRoute(name, name+"."+a.BaseDomain, p, se, cfg.Services)
+		}
+	}
+	return e
+}
+
+// ErrUnknownApp means that the fly config has no app of that name.
+var ErrUnknownApp = errors.New("unknown app")
+
+// ErrMachineTaken means that another app already has a machine with
+// that ID.
+var ErrMachineTaken = errors.New("machine ID is taken")
+
+// SetMachines replaces the machines of app that were registered at run
+// time (the admin API's machines) with live; the machines of the config
+// stay. Routes of the app see the new machines at once; nothing else is
+// rebuilt. A machine ID the config or another app uses is refused.
+func (a *App) SetMachines(app string, live []*Machine) error {
+	reg := a.reg.Load()
+	slot := reg.apps[app]
+	if slot == nil {
+		return fmt.Errorf("%w: %s", ErrUnknownApp, app)
+	}
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	old := slot.load()
+	mine := make(map[string]bool, len(live))
+	for i, m := range live {
+		if err := m.validate(fmt.Sprintf("machines[%d]", i), a.catalog); err != nil {
+			return err
+		}
+		if mine[m.ID] {
+			return fmt.Errorf("machines[%d].id: %s is listed twice", i, m.ID)
+		}
+		mine[m.ID] = true
+		if other, ok := reg.machines[m.ID]; ok && !(other == app && slices.ContainsFunc(old.live, func(o *Machine) bool { return o.ID == m.ID })) {
+			return fmt.Errorf("%w: machine %s belongs to app %s", ErrMachineTaken, m.ID, other)
+		}
+	}
+	for _, m := range old.live {
+		delete(reg.machines, m.ID)
+	}
+	for _, m := range live {
+		reg.machines[m.ID] = app
+	}
+	e := a.newAppEntry(app, old.config, slices.Clone(live))
+	slot.cur.Store(e)
+	a.health.restart(e)
+	old.health.release()
+	return nil
+}
+
+// CheckMachine tells whether m could be registered as a machine of app:
+// its fields are valid and no other app has a machine with its ID.
+func (a *App) CheckMachine(app string, m *Machine) error {
+	if err := m.validate("machine", a.catalog); err != nil {
+		return err
+	}
+	reg := a.reg.Load()
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	if other, ok := reg.machines[m.ID]; ok && other != app {
+		return fmt.Errorf("%w: machine %s belongs to app %s", ErrMachineTaken, m.ID, other)
+	}
+	return nil
+}
+
+// Machines returns the machines of app: those of the config, then the
+// ones registered at run time.
+func (a *App) Machines(app string) ([]*Machine, error) {
+	slot := a.reg.Load().apps[app]
+	if slot == nil {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownApp, app)
+	}
+	e := slot.load()
+	return append(slices.Clone(e.config.Machines), e.live...), nil
+}
+
+// HasApp tells whether the config has an app of that name.
+func (a *App) HasApp(app string) bool { return a.reg.Load().apps[app] != nil }
+
+// AppNames returns the names of the apps, in no particular order.
+func (a *App) AppNames() []string { return slices.Collect(maps.Keys(a.reg.Load().apps)) }
+
+// AppConfig returns the config of app, or nil.
+func (a *App) AppConfig(app string) *Application {
+	if s := a.reg.Load().apps[app]; s != nil {
+		return s.load().config
+	}
+	return nil
 }
 
 // machine is the runtime form of a Machine for one service.
@@ -308,7 +503,7 @@ func (m *machine) available() bool {
 	return true
 }
 
-func (a *App) newServiceEntry(app string, s *Service, machines []*Machine) *serviceEntry {
+func (a *App) newServiceEntry(app string, s *Service, machines []*Machine, refs *healthRefs) *serviceEntry {
 	se := &serviceEntry{app: app, config: s}
 	for _, m := range machines {
 		mm := &machine{
@@ -318,7 +513,7 @@ func (a *App) newServiceEntry(app string, s *Service, machines []*Machine) *serv
 			km:      distanceKm(a.edge, a.catalog[m.Region]),
 			stopped: m.State == "stopped",
 		}
-		mm.health = a.health.state(mm.id, mm.dial)
+		mm.health = refs.state(mm.id, mm.dial)
 		se.machines = append(se.machines, mm)
 	}
 	se.index(a.catalog)

@@ -29,14 +29,7 @@ func (a *App) RouteForConn(cx *layer4.Connection) (*Route, error) {
 	if rt, ok := cx.GetVar(connRouteVarKey).(*Route); ok {
 		return rt, nil
 	}
-	port := LocalPortOf(cx)
-	var rt *Route
-	var err error
-	if sni := serverName(cx); sni != "" {
-		rt, err = a.Route(sni, port)
-	} else {
-		rt, err = a.routeByPort(port)
-	}
+	rt, err := a.routeFor(cx.LocalAddr(), serverName(cx))
 	if err != nil {
 		return nil, err
 	}
@@ -46,25 +39,33 @@ func (a *App) RouteForConn(cx *layer4.Connection) (*Route, error) {
 
 // routeByPort returns the route of the only app with a service on port.
 func (a *App) routeByPort(port int) (*Route, error) {
-	routes := a.reg.Load().ports[port]
-	switch len(routes) {
+	slots := a.reg.Load().ports[port]
+	switch len(slots) {
 	case 0:
 		return nil, fmt.Errorf("%w: no app has a service on port %d", ErrNoApp, port)
 	case 1:
-		return routes[0], nil
+		return slots[0].load().route(port)
 	default:
-		return nil, fmt.Errorf("%w: %d apps have a service on port %d and the connection names none (no TLS server name)", ErrNoApp, len(routes), port)
+		return nil, fmt.Errorf("%w: %d apps have a service on port %d and the connection names none (no TLS server name)", ErrNoApp, len(slots), port)
 	}
 }
 
 // serverName returns the server name of the last TLS handshake the edge
-// terminated on cx, lower case, or "".
+// terminated on cx, else the one a matcher read from the ClientHello,
+// lower case, or "".
 func serverName(cx *layer4.Connection) string {
 	if chis := l4tls.GetClientHelloInfos(cx); len(chis) > 0 {
 		return strings.ToLower(strings.TrimSuffix(chis[len(chis)-1].ServerName, "."))
 	}
+	if name, _ := cx.GetVar(ServerNameVarKey).(string); name != "" {
+		return name
+	}
 	return ""
 }
+
+// ServerNameVarKey is the connection variable with the TLS server name a
+// matcher read from the ClientHello before any handler ran (lower case).
+const ServerNameVarKey = "fly.server_name"
 
 // connPool is the edge's own view of a route's machines for layer 4:
 // every machine the edge's health allows is usable, and its load is its
@@ -138,16 +139,20 @@ func SetConnRoute(cx *layer4.Connection, rt *Route) {
 	cx.SetVar(ConnAppVarKey, rt.App)
 }
 
-// RouteForServerName returns the route for a TLS server name on a port:
+// RouteForServerName returns the route of a connection that arrived on
+// local and whose TLS handshake names server name. With an address book
+// the address decides (on a shared address, with the name); without one
 // the app that answers to the name, else the only app with a service on
 // the port (a connection to an app's own port needs no name).
-func (a *App) RouteForServerName(name string, port int) (*Route, error) {
-	if name != "" {
-		if rt, err := a.Route(strings.ToLower(strings.TrimSuffix(name, ".")), port); err == nil {
-			return rt, nil
-		}
+func (a *App) RouteForServerName(name string, local net.Addr) (*Route, error) {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	if a.book.Load() != nil || name == "" {
+		return a.routeFor(local, name)
 	}
-	return a.routeByPort(port)
+	if rt, err := a.Route(name, portOf(local)); err == nil {
+		return rt, nil
+	}
+	return a.routeByPort(portOf(local))
 }
 
 // LocalPortOf returns the edge port of a layer 4 connection, or 0.

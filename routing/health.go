@@ -34,50 +34,87 @@ func (*machineHealth) Destruct() error { return nil }
 var healthStates = caddy.NewUsagePool()
 
 // healthChecker runs the active health checks of the services of one
-// config and holds its references into healthStates.
+// config. Each app's checks run under their own context, so registering
+// machines live restarts the checks of that app only.
 type healthChecker struct {
 	logger *zap.Logger
-	keys   []string
+
+	mu     sync.Mutex
+	ctx    context.Context // nil until start
 	cancel context.CancelFunc
+	perApp map[string]context.CancelFunc
 	wg     sync.WaitGroup
 }
 
 func newHealthChecker(logger *zap.Logger) *healthChecker {
-	return &healthChecker{logger: logger}
+	return &healthChecker{logger: logger, perApp: make(map[string]context.CancelFunc)}
 }
+
+// healthRefs are the references of one app entry into healthStates.
+type healthRefs struct {
+	mu   sync.Mutex
+	keys []string
+}
+
+func (hc *healthChecker) refs() *healthRefs { return new(healthRefs) }
 
 // state returns the shared health state of a machine's service, healthy
 // until a check says otherwise.
-func (hc *healthChecker) state(id, dial string) *machineHealth {
+func (r *healthRefs) state(id, dial string) *machineHealth {
 	key := id + "|" + dial
 	v, _, _ := healthStates.LoadOrNew(key, func() (caddy.Destructor, error) {
 		h := new(machineHealth)
 		h.healthy.Store(true)
 		return h, nil
 	})
-	hc.keys = append(hc.keys, key)
+	r.mu.Lock()
+	r.keys = append(r.keys, key)
+	r.mu.Unlock()
 	return v.(*machineHealth)
 }
 
-// release drops this config's references to the health states.
-func (hc *healthChecker) release() {
-	for _, k := range hc.keys {
+// release drops the entry's references to the health states.
+func (r *healthRefs) release() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, k := range r.keys {
 		_, _ = healthStates.Delete(k)
 	}
-	hc.keys = nil
+	r.keys = nil
 }
 
-// start runs one goroutine per check and machine.
+// start runs one goroutine per check and machine of every app.
 func (hc *healthChecker) start(reg *registry) {
-	ctx, cancel := context.WithCancel(context.Background())
-	hc.cancel = cancel
-	for _, e := range reg.apps {
-		for _, se := range e.services {
-			for _, c := range se.config.Checks {
-				for _, m := range se.machines {
-					hc.wg.Add(1)
-					go hc.run(ctx, se.app, m, c)
+	hc.mu.Lock()
+	hc.ctx, hc.cancel = context.WithCancel(context.Background())
+	hc.mu.Unlock()
+	for _, slot := range reg.apps {
+		hc.restart(slot.load())
+	}
+}
+
+// restart replaces the checks of e's app with checks of e's machines.
+func (hc *healthChecker) restart(e *appEntry) {
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	if hc.ctx == nil || hc.ctx.Err() != nil {
+		return
+	}
+	if cancel := hc.perApp[e.name]; cancel != nil {
+		cancel()
+		delete(hc.perApp, e.name)
+	}
+	var ctx context.Context
+	for _, se := range e.services {
+		for _, c := range se.config.Checks {
+			for _, m := range se.machines {
+				if ctx == nil {
+					var cancel context.CancelFunc
+					ctx, cancel = context.WithCancel(hc.ctx)
+					hc.perApp[e.name] = cancel
 				}
+				hc.wg.Add(1)
+				go hc.run(ctx, se.app, m, c)
 			}
 		}
 	}
@@ -85,9 +122,11 @@ func (hc *healthChecker) start(reg *registry) {
 
 // stop ends the checks and waits for them.
 func (hc *healthChecker) stop() {
+	hc.mu.Lock()
 	if hc.cancel != nil {
 		hc.cancel()
 	}
+	hc.mu.Unlock()
 	hc.wg.Wait()
 }
 

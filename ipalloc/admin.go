@@ -1,0 +1,268 @@
+package ipalloc
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/flyedge/caddy-flyedge/routing"
+)
+
+func init() {
+	caddy.RegisterModule(new(adminAPI))
+}
+
+// adminAPI serves /fly/ on Caddy's admin endpoint (never on a public
+// port): addresses, custom host names, machines and egress pairs.
+type adminAPI struct {
+	app *App
+}
+
+// CaddyModule returns the Caddy module information.
+func (*adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.fly",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Provision finds the fly_ips app of the config being loaded; with a fly
+// app and no fly_ips block, it runs one without pools (host names,
+// machines and egress bookkeeping still work).
+func (api *adminAPI) Provision(ctx caddy.Context) error {
+	_, errFly := ctx.AppIfConfigured("fly")
+	_, errIPs := ctx.AppIfConfigured("fly_ips")
+	if errors.Is(errFly, caddy.ErrNotConfigured) && errors.Is(errIPs, caddy.ErrNotConfigured) {
+		return nil
+	}
+	app, err := ctx.App("fly_ips")
+	if err != nil {
+		return err
+	}
+	api.app = app.(*App)
+	return nil
+}
+
+// Routes returns the admin routes.
+func (api *adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: "/fly/", Handler: caddy.AdminHandlerFunc(api.serve)}}
+}
+
+func apiError(status int, format string, args ...any) error {
+	err := fmt.Errorf(format, args...)
+	return caddy.APIError{HTTPStatus: status, Err: err, Message: err.Error()}
+}
+
+func (api *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	if api.app == nil {
+		return apiError(http.StatusNotFound, "this Caddy runs no fly app")
+	}
+	err := api.route(w, r)
+	if err == nil {
+		return nil
+	}
+	var ae caddy.APIError
+	if errors.As(err, &ae) {
+		return err
+	}
+	return caddy.APIError{HTTPStatus: StatusOf(err), Err: err, Message: err.Error()}
+}
+
+// route dispatches on the path:
+//
+//	/fly/ips
+//	/fly/apps/{app}/ips[/{address}]
+//	/fly/apps/{app}/certs[/{hostname}]
+//	/fly/apps/{app}/machines[/{id}[/egress-ips[/{address}]]]
+func (api *adminAPI) route(w http.ResponseWriter, r *http.Request) error {
+	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/fly/"), "/"), "/")
+	a := api.app
+	ctx := r.Context()
+	if len(parts) == 1 && parts[0] == "ips" {
+		if err := methods(r, http.MethodGet); err != nil {
+			return err
+		}
+		ips, err := a.IPs("")
+		return reply(w, http.StatusOK, ips, err)
+	}
+	if len(parts) < 3 || parts[0] != "apps" || parts[1] == "" {
+		return apiError(http.StatusNotFound, "no such endpoint: %s", r.URL.Path)
+	}
+	app, rest := parts[1], parts[2:]
+	switch {
+	case rest[0] == "ips" && len(rest) == 1:
+		switch r.Method {
+		case http.MethodGet:
+			ips, err := a.IPs(app)
+			return reply(w, http.StatusOK, ips, err)
+		case http.MethodPost:
+			var body struct {
+				Type string `json:"type"`
+			}
+			if err := decode(r, &body); err != nil {
+				return err
+			}
+			asg, created, err := a.Allocate(ctx, app, body.Type)
+			return reply(w, createdOr(created), asg, err)
+		}
+		return methods(r, http.MethodGet, http.MethodPost)
+	case rest[0] == "ips" && len(rest) == 2:
+		if err := methods(r, http.MethodDelete); err != nil {
+			return err
+		}
+		return reply(w, http.StatusNoContent, nil, a.Release(ctx, app, rest[1]))
+	case rest[0] == "certs" && len(rest) == 1:
+		switch r.Method {
+		case http.MethodGet:
+			certs, err := a.Certs(app)
+			return reply(w, http.StatusOK, certs, err)
+		case http.MethodPost:
+			var body struct {
+				Hostname string `json:"hostname"`
+			}
+			if err := decode(r, &body); err != nil {
+				return err
+			}
+			c, created, err := a.AddCert(ctx, app, body.Hostname)
+			return reply(w, createdOr(created), c, err)
+		}
+		return methods(r, http.MethodGet, http.MethodPost)
+	case rest[0] == "certs" && len(rest) == 2:
+		if err := methods(r, http.MethodDelete); err != nil {
+			return err
+		}
+		return reply(w, http.StatusNoContent, nil, a.RemoveCert(ctx, app, rest[1]))
+	case rest[0] == "machines" && len(rest) == 1:
+		switch r.Method {
+		case http.MethodGet:
+			ms, err := a.Machines(app)
+			return reply(w, http.StatusOK, ms, err)
+		case http.MethodPost:
+			var m routing.Machine
+			if err := decode(r, &m); err != nil {
+				return err
+			}
+			if m.ID == "" {
+				m.ID = newMachineID()
+			}
+			created, err := a.PutMachine(ctx, app, &m)
+			if err == nil && !created {
+				err = conflict("app %s already has machine %s; update it with PUT", app, m.ID)
+			}
+			return reply(w, http.StatusCreated, m, err)
+		}
+		return methods(r, http.MethodGet, http.MethodPost)
+	case rest[0] == "machines" && len(rest) == 2:
+		id := rest[1]
+		switch r.Method {
+		case http.MethodGet:
+			ms, err := a.Machines(app)
+			if err != nil {
+				return err
+			}
+			for _, m := range ms {
+				if m.ID == id {
+					return reply(w, http.StatusOK, m, nil)
+				}
+			}
+			return notFound("app %s has no machine %s", app, id)
+		case http.MethodPut:
+			var m routing.Machine
+			if err := decode(r, &m); err != nil {
+				return err
+			}
+			if m.ID == "" {
+				m.ID = id
+			}
+			if m.ID != id {
+				return badRequest("id: %q in the body does not match %q in the path", m.ID, id)
+			}
+			created, err := a.PutMachine(ctx, app, &m)
+			return reply(w, createdOr(created), m, err)
+		case http.MethodDelete:
+			return reply(w, http.StatusNoContent, nil, a.RemoveMachine(ctx, app, id))
+		}
+		return methods(r, http.MethodGet, http.MethodPut, http.MethodDelete)
+	case rest[0] == "machines" && len(rest) == 3 && rest[2] == "egress-ips":
+		id := rest[1]
+		switch r.Method {
+		case http.MethodGet:
+			eips, err := a.EgressIPs(app, id)
+			return reply(w, http.StatusOK, eips, err)
+		case http.MethodPost:
+			e, err := a.AllocateEgress(ctx, app, id)
+			return reply(w, http.StatusCreated, e, err)
+		}
+		return methods(r, http.MethodGet, http.MethodPost)
+	case rest[0] == "machines" && len(rest) == 4 && rest[2] == "egress-ips":
+		if err := methods(r, http.MethodDelete); err != nil {
+			return err
+		}
+		return reply(w, http.StatusNoContent, nil, a.ReleaseEgress(ctx, app, rest[1], rest[3]))
+	}
+	return apiError(http.StatusNotFound, "no such endpoint: %s", r.URL.Path)
+}
+
+func createdOr(created bool) int {
+	if created {
+		return http.StatusCreated
+	}
+	return http.StatusOK
+}
+
+// methods refuses a request whose method is not one of allowed.
+func methods(r *http.Request, allowed ...string) error {
+	for _, m := range allowed {
+		if r.Method == m {
+			return nil
+		}
+	}
+	return apiError(http.StatusMethodNotAllowed, "method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allowed, ", "))
+}
+
+// decode reads a JSON body into v, refusing unknown fields.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return badRequest("the request needs a JSON body")
+		}
+		return badRequest("request body: %v", err)
+	}
+	return nil
+}
+
+// reply writes v as JSON with status, or err.
+func reply(w http.ResponseWriter, status int, v any, err error) error {
+	if err != nil {
+		return err
+	}
+	if status == http.StatusNoContent {
+		w.WriteHeader(status)
+		return nil
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(v)
+}
+
+// newMachineID returns a random machine ID in Fly's form.
+func newMachineID() string {
+	var b [7]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Interface guards
+var (
+	_ caddy.AdminRouter = (*adminAPI)(nil)
+	_ caddy.Provisioner = (*adminAPI)(nil)
+)

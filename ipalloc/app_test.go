@@ -1,0 +1,300 @@
+package ipalloc
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+
+	"github.com/flyedge/caddy-flyedge/routing"
+)
+
+var testPools = Pools{
+	V6:       []string{"fd00:fe::/64"},
+	SharedV4: []string{"127.20.0.1"},
+	V4:       []string{"127.30.0.0/29"}, // 6 addresses
+	EgressV4: []string{"127.40.0.0/24"},
+	EgressV6: []string{"fd00:e9::/64"},
+}
+
+// newFly provisions a fly app with n apps named app0, app1, ..., each
+// serving tls+http on 443.
+func newFly(t testing.TB, n int) *routing.App {
+	t.Helper()
+	fly := &routing.App{BaseDomain: "edge.test", Apps: map[string]*routing.Application{}}
+	for i := range n {
+		fly.Apps[fmt.Sprintf("app%d", i)] = &routing.Application{
+			Services: []*routing.Service{{InternalPort: 8080, Ports: []*routing.Port{{Port: 443, Handlers: []string{"tls", "http"}}}}},
+			Machines: []*routing.Machine{{ID: fmt.Sprintf("%014x", i), Region: "iad", Address: "127.0.0.1"}},
+		}
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := fly.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fly.Cleanup() })
+	return fly
+}
+
+// newNode sets up a fly_ips app on the file storage at dir with a store
+// of its own (as a separate Caddy process would have).
+func newNode(t testing.TB, fly *routing.App, dir string, pools Pools) *App {
+	t.Helper()
+	a := &App{Pools: pools}
+	if err := a.setup(context.Background(), fly, &certmagic.FileStorage{Path: dir}, zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	// a store of its own instead of the process-wide one
+	stores.Delete(a.storeKey)
+	st, err := openStore(context.Background(), &certmagic.FileStorage{Path: dir}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.store = st
+	a.storeKey = ""
+	t.Cleanup(func() { st.Destruct() })
+	return a
+}
+
+func TestAllocation(t *testing.T) {
+	ctx := context.Background()
+	a := newNode(t, newFly(t, 3), t.TempDir(), testPools)
+
+	v6, created, err := a.Allocate(ctx, "app0", TypeV6)
+	if err != nil || !created || v6.Address != "fd00:fe::1" || v6.Region != "global" {
+		t.Fatalf("allocate-v6: %+v %v %v", v6, created, err)
+	}
+	s1, created, err := a.Allocate(ctx, "app0", TypeSharedV4)
+	if err != nil || !created || s1.Address != "127.20.0.1" {
+		t.Fatalf("allocate-v4 --shared: %+v %v %v", s1, created, err)
+	}
+	s2, created, err := a.Allocate(ctx, "app0", TypeSharedV4)
+	if err != nil || created || s2 != s1 {
+		t.Fatalf("asking twice for a shared address: %+v %v %v, want the first one again", s2, created, err)
+	}
+	if _, _, err := a.Allocate(ctx, "app1", TypeSharedV4); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for range 6 {
+		v4, _, err := a.Allocate(ctx, "app2", TypeV4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, v4.Address)
+	}
+	if _, _, err := a.Allocate(ctx, "app1", TypeV4); StatusOf(err) != 409 {
+		t.Fatalf("allocating from an exhausted pool: %v (status %d), want 409", err, StatusOf(err))
+	}
+	if _, _, err := a.Allocate(ctx, "nope", TypeV4); StatusOf(err) != 404 {
+		t.Fatalf("unknown app: %v, want 404", err)
+	}
+	if _, _, err := a.Allocate(ctx, "app1", "v5"); StatusOf(err) != 400 {
+		t.Fatalf("bad type: %v, want 400", err)
+	}
+
+	// routing by address
+	for _, tc := range []struct {
+		addr, name, want string
+	}{
+		{"fd00:fe::1", "", "app0"},
+		{"fd00:fe::1", "anything.example", "app0"},
+		{got[0], "", "app2"},
+		{"127.20.0.1", "app0.edge.test", "app0"},
+		{"127.20.0.1", "app1.edge.test", "app1"},
+		{"127.20.0.1", "app2.edge.test", ""}, // app2 holds no shared address
+		{"127.20.0.1", "", ""},
+		{"127.20.0.1", "nobody.edge.test", ""},
+		{"127.0.0.1", "app0.edge.test", ""}, // not an edge address
+	} {
+		app, ok := a.AppFor(netip.MustParseAddr(tc.addr), tc.name)
+		if app != tc.want || ok != (tc.want != "") {
+			t.Errorf("AppFor(%s, %q) = %q, %v; want %q", tc.addr, tc.name, app, ok, tc.want)
+		}
+	}
+
+	// release: only the holder, and a shared address only for that app
+	if err := a.Release(ctx, "app1", got[0]); StatusOf(err) != 404 {
+		t.Errorf("releasing another app's address: %v, want 404", err)
+	}
+	if err := a.Release(ctx, "app0", "127.20.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	if app, _ := a.AppFor(netip.MustParseAddr("127.20.0.1"), "app0.edge.test"); app != "" {
+		t.Errorf("app0 released the shared address but still gets its connections")
+	}
+	if app, _ := a.AppFor(netip.MustParseAddr("127.20.0.1"), "app1.edge.test"); app != "app1" {
+		t.Errorf("app1 lost the shared address when app0 released it")
+	}
+	if err := a.Release(ctx, "app2", got[3]); err != nil {
+		t.Fatal(err)
+	}
+	if v4, _, err := a.Allocate(ctx, "app1", TypeV4); err != nil || v4.Address != got[3] {
+		t.Errorf("after a release the pool hands out %+v, %v; want %s", v4, err, got[3])
+	}
+}
+
+func TestCerts(t *testing.T) {
+	ctx := context.Background()
+	a := newNode(t, newFly(t, 2), t.TempDir(), testPools)
+	if _, _, err := a.Allocate(ctx, "app0", TypeSharedV4); err != nil {
+		t.Fatal(err)
+	}
+	shared := netip.MustParseAddr("127.20.0.1")
+	if app, _ := a.AppFor(shared, "www.example.com"); app != "" {
+		t.Fatal("an unregistered host name got a route")
+	}
+	if a.HostApp("www.example.com") != "" {
+		t.Fatal("an unregistered host name is allowed a certificate")
+	}
+	c, created, err := a.AddCert(ctx, "app0", "WWW.Example.com.")
+	if err != nil || !created || c.Hostname != "www.example.com" {
+		t.Fatalf("certs add: %+v %v %v", c, created, err)
+	}
+	if app, _ := a.AppFor(shared, "www.example.com"); app != "app0" {
+		t.Errorf("registered host name routes to %q", app)
+	}
+	if _, created, err := a.AddCert(ctx, "app0", "www.example.com"); err != nil || created {
+		t.Errorf("adding the same name twice: %v %v", created, err)
+	}
+	if _, _, err := a.AddCert(ctx, "app1", "www.example.com"); StatusOf(err) != 409 {
+		t.Errorf("another app's host name: %v, want 409", err)
+	}
+	if _, _, err := a.AddCert(ctx, "app1", "app0.edge.test"); StatusOf(err) != 409 {
+		t.Errorf("another app's own name: %v, want 409", err)
+	}
+	if _, _, err := a.AddCert(ctx, "app1", "not a name"); StatusOf(err) != 400 {
+		t.Errorf("bad host name: %v, want 400", err)
+	}
+	if _, _, err := a.AddCert(ctx, "app0", "*.apps.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	if app, _ := a.AppFor(shared, "x.apps.example.com"); app != "app0" {
+		t.Errorf("wildcard host name routes to %q", app)
+	}
+	if err := a.RemoveCert(ctx, "app1", "www.example.com"); StatusOf(err) != 404 {
+		t.Errorf("removing another app's name: %v, want 404", err)
+	}
+	if err := a.RemoveCert(ctx, "app0", "www.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	if a.HostApp("www.example.com") != "" {
+		t.Error("a removed host name is still allowed a certificate")
+	}
+}
+
+func TestEgress(t *testing.T) {
+	ctx := context.Background()
+	a := newNode(t, newFly(t, 2), t.TempDir(), testPools)
+	m := fmt.Sprintf("%014x", 0) // app0's machine
+	e, err := a.AllocateEgress(ctx, "app0", m)
+	if err != nil || e.V4 != "127.40.0.1" || e.V6 != "fd00:e9::1" || e.Machine != m {
+		t.Fatalf("egress-ip allocate: %+v %v", e, err)
+	}
+	if _, err := a.AllocateEgress(ctx, "app0", m); StatusOf(err) != 409 {
+		t.Errorf("second pair for one machine: %v, want 409", err)
+	}
+	if _, err := a.AllocateEgress(ctx, "app0", fmt.Sprintf("%014x", 1)); StatusOf(err) != 404 {
+		t.Errorf("another app's machine: %v, want 404", err)
+	}
+	list, err := a.EgressIPs("app0", "")
+	if err != nil || len(list) != 1 || list[0] != e {
+		t.Fatalf("egress-ip list: %+v %v", list, err)
+	}
+	if err := a.ReleaseEgress(ctx, "app0", m, "127.40.0.9"); StatusOf(err) != 404 {
+		t.Errorf("releasing an address the machine does not have: %v, want 404", err)
+	}
+	if err := a.ReleaseEgress(ctx, "app0", m, e.V6); err != nil {
+		t.Fatal(err)
+	}
+	if list, _ := a.EgressIPs("app0", ""); len(list) != 0 {
+		t.Errorf("pair still listed after release: %+v", list)
+	}
+}
+
+// TestTwoNodes: two edges sharing one storage folder, 50 concurrent
+// allocations each, never hand out an address twice, and each sees the
+// other's assignments.
+func TestTwoNodes(t *testing.T) {
+	dir := t.TempDir()
+	fly := newFly(t, 100)
+	pools := Pools{V4: []string{"127.30.0.0/16"}, V6: []string{"fd00:fe::/64"}}
+	nodes := []*App{newNode(t, fly, dir, pools), newNode(t, fly, dir, pools)}
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for n, node := range nodes {
+		for i := range 50 {
+			wg.Go(func() {
+				typ := TypeV4
+				if i%2 == 1 {
+					typ = TypeV6
+				}
+				if _, _, err := node.Allocate(context.Background(), fmt.Sprintf("app%d", n*50+i), typ); err != nil {
+					errs <- err
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		a, _ := nodes[0].IPs("")
+		b, _ := nodes[1].IPs("")
+		if len(a) == 100 && len(b) == 100 {
+			seen := map[string]string{}
+			for _, asg := range a {
+				if other, dup := seen[asg.Address]; dup {
+					t.Fatalf("%s handed out twice: %s and %s", asg.Address, other, asg.App)
+				}
+				seen[asg.Address] = asg.App
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 2 s the nodes see %d and %d of 100 assignments", len(a), len(b))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestReopen: a store opened again (a restarted Caddy) has every change,
+// across compactions.
+func TestReopen(t *testing.T) {
+	old := compactEvery
+	compactEvery = 8
+	t.Cleanup(func() { compactEvery = old })
+	dir := t.TempDir()
+	fly := newFly(t, 40)
+	a := newNode(t, fly, dir, testPools)
+	ctx := context.Background()
+	for i := range 40 {
+		if _, _, err := a.Allocate(ctx, fmt.Sprintf("app%d", i), TypeV6); err != nil {
+			t.Fatal(err)
+		}
+		if i%3 == 0 {
+			if err := a.Release(ctx, fmt.Sprintf("app%d", i), fmt.Sprintf("fd00:fe::%x", i+1)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	want, _ := a.IPs("")
+	b := newNode(t, fly, dir, testPools)
+	got, _ := b.IPs("")
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("reopened state differs:\n got %v\nwant %v", got, want)
+	}
+	if len(want) != 26 {
+		t.Fatalf("%d assignments, want 26", len(want))
+	}
+}

@@ -1,0 +1,139 @@
+package ipalloc
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+)
+
+// seed gives each of the first n apps a dedicated IPv6 address, in one
+// change, and writes a snapshot, as a long-running edge would have.
+func seed(b *testing.B, a *App, n int) {
+	b.Helper()
+	if n == 0 {
+		return
+	}
+	err := a.store.do(context.Background(), func(t *txn) error {
+		for i := range n {
+			if _, _, err := a.allocate(t, fmt.Sprintf("app%d", i), TypeV6); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkAllocate: one dedicated IPv4 allocation, durable on the file
+// storage, with 0, 10,000 and 100,000 existing assignments.
+func BenchmarkAllocate(b *testing.B) {
+	for _, n := range []int{0, 10_000, 100_000} {
+		b.Run(fmt.Sprintf("existing=%d", n), func(b *testing.B) {
+			fly := newFly(b, max(n, 1))
+			a := newNode(b, fly, b.TempDir(), Pools{V6: []string{"fd00:fe::/64"}, V4: []string{"10.0.0.0/8"}})
+			seed(b, a, n)
+			ctx := context.Background()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if _, _, err := a.Allocate(ctx, "app0", TypeV4); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkLoad: opening the state of 100,000 assignments (a snapshot
+// plus a log of changes after it), as a starting Caddy does.
+func BenchmarkLoad(b *testing.B) {
+	const n = 100_000
+	dir := b.TempDir()
+	fly := newFly(b, n)
+	a := newNode(b, fly, dir, Pools{V6: []string{"fd00:fe::/64"}})
+	seed(b, a, n)
+	ctx := context.Background()
+	if err := a.store.storage.Lock(ctx, lockName); err != nil {
+		b.Fatal(err)
+	}
+	if err := a.store.compact(ctx); err != nil {
+		b.Fatal(err)
+	}
+	a.store.storage.Unlock(ctx, lockName)
+	for i := range 500 { // changes since the snapshot
+		if _, _, err := a.Allocate(ctx, fmt.Sprintf("app%d", i), TypeV6); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		st, err := openStore(ctx, &certmagic.FileStorage{Path: dir}, zap.NewNop())
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if len(st.st.records) != n+500 {
+			b.Fatalf("loaded %d records, want %d", len(st.st.records), n+500)
+		}
+		st.Destruct()
+		b.StartTimer()
+	}
+}
+
+// BenchmarkAppFor: finding the app of a connection by its destination
+// address (dedicated) and by address and host name (shared), with 1 and
+// 100,000 apps.
+func BenchmarkAppFor(b *testing.B) {
+	for _, n := range []int{1, 100_000} {
+		fly := newFly(b, n)
+		a := newNode(b, fly, b.TempDir(), Pools{V6: []string{"fd00:fe::/64"}, SharedV4: []string{"127.20.0.1"}})
+		err := a.store.do(context.Background(), func(t *txn) error {
+			for i := range n {
+				for _, typ := range []string{TypeV6, TypeSharedV4} {
+					if _, _, err := a.allocate(t, fmt.Sprintf("app%d", i), typ); err != nil {
+						return err
+					}
+				}
+				if err := a.applyPending(t); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		last := fmt.Sprintf("app%d", n-1)
+		var ded netip.Addr
+		a.store.read(func(st *state) {
+			for addr := range st.apps[last].ips {
+				if addr.Is6() {
+					ded = addr
+				}
+			}
+		})
+		shared := netip.MustParseAddr("127.20.0.1")
+		host := last + ".edge.test"
+		b.Run(fmt.Sprintf("apps=%d/dedicated", n), func(b *testing.B) {
+			for b.Loop() {
+				if app, ok := a.AppFor(ded, ""); !ok || app != last {
+					b.Fatal(app, ok)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("apps=%d/shared", n), func(b *testing.B) {
+			for b.Loop() {
+				if app, ok := a.AppFor(shared, host); !ok || app != last {
+					b.Fatal(app, ok)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,61 @@
+package ipalloc
+
+import (
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// UnmarshalCaddyfile sets up the fly_ips app from Caddyfile tokens;
+// repeated blocks add to what earlier ones set. Syntax:
+//
+//	fly_ips {
+//		v6 <prefix...>
+//		shared_v4 <address...>
+//		v4 <prefix|first-last...>
+//		egress_v4 <prefix|first-last...>
+//		egress_v6 <prefix|first-last...>
+//		auto_allocate on|off
+//	}
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var dst *[]string
+		switch d.Val() {
+		case "v6":
+			dst = &a.V6
+		case "shared_v4":
+			dst = &a.SharedV4
+		case "v4":
+			dst = &a.V4
+		case "egress_v4":
+			dst = &a.EgressV4
+		case "egress_v6":
+			dst = &a.EgressV6
+		case "auto_allocate":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			switch v {
+			case "on":
+				a.AutoAllocate = nil
+			case "off":
+				off := false
+				a.AutoAllocate = &off
+			default:
+				return d.Errf("auto_allocate: %q (want on or off)", v)
+			}
+			continue
+		default:
+			return d.Errf("unknown fly_ips option %q", d.Val())
+		}
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		*dst = append(*dst, args...)
+	}
+	return nil
+}

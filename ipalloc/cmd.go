@@ -1,0 +1,374 @@
+package ipalloc
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+
+	"github.com/flyedge/caddy-flyedge/routing"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "fly",
+		Usage: "ips|certs|machine ... -a <app>",
+		Short: "Manages the addresses, host names and machines of apps on a running flyedge",
+		Long: `
+Manages a running Caddy with flyedge through its admin API, the way
+flyctl manages apps on Fly.io:
+
+  caddy fly ips list -a <app>
+  caddy fly ips allocate-v6 -a <app>
+  caddy fly ips allocate-v4 [--shared] -a <app>
+  caddy fly ips release <address> -a <app>
+  caddy fly certs add|remove <hostname> -a <app>
+  caddy fly certs list -a <app>
+  caddy fly machine list -a <app>
+  caddy fly machine add --region <code> --address <host> [--id <id>] [--state stopped] -a <app>
+  caddy fly machine remove <id> -a <app>
+  caddy fly machine egress-ip allocate <machine-id> -a <app>
+  caddy fly machine egress-ip list -a <app>
+  caddy fly machine egress-ip release <address> -a <app>
+
+The admin endpoint is found as 'caddy reload' finds it: --address, else
+the admin address of --config, else localhost:2019.`,
+		CobraFunc: flyCommand,
+	})
+}
+
+// client talks to the admin API for one command.
+type client struct {
+	address, config, adapter string
+	app                      string
+	jsonOut                  bool
+	out                      io.Writer
+}
+
+func flyCommand(cmd *cobra.Command) {
+	c := &client{out: os.Stdout}
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&c.address, "address", "", "The address of the admin API endpoint")
+	pf.StringVarP(&c.config, "config", "c", "", "Configuration file to find the admin address in")
+	pf.StringVar(&c.adapter, "adapter", "", "Name of config adapter to apply")
+	pf.StringVarP(&c.app, "app", "a", "", "Application name")
+	pf.BoolVarP(&c.jsonOut, "json", "j", false, "Print the API's JSON")
+
+	ips := &cobra.Command{Use: "ips", Short: "Manage the app's addresses"}
+	ips.AddCommand(
+		&cobra.Command{Use: "list", Short: "List the app's addresses (every app's without -a)", Args: cobra.NoArgs,
+			RunE: func(*cobra.Command, []string) error {
+				path := "/fly/ips"
+				if c.app != "" {
+					path = c.appPath("ips")
+				}
+				var out []Assignment
+				if err := c.call(http.MethodGet, path, nil, &out); err != nil {
+					return err
+				}
+				return c.print(out, func(w io.Writer) {
+					fmt.Fprintln(w, "VERSION\tIP\tTYPE\tREGION\tAPP\tCREATED AT")
+					for _, a := range out {
+						version, typ := "v4", "public (dedicated)"
+						switch a.Type {
+						case TypeV6:
+							version = "v6"
+						case TypeSharedV4:
+							typ = "public (shared)"
+						}
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", version, a.Address, typ, a.Region, a.App, a.CreatedAt.Format(time.RFC3339))
+					}
+				})
+			}},
+		&cobra.Command{Use: "allocate-v6", Short: "Allocate a dedicated IPv6 address", Args: cobra.NoArgs,
+			RunE: func(*cobra.Command, []string) error { return c.allocate(TypeV6) }},
+		c.allocateV4(),
+		&cobra.Command{Use: "release <address>", Short: "Release an address of the app", Args: cobra.ExactArgs(1),
+			RunE: func(_ *cobra.Command, args []string) error {
+				if err := c.call(http.MethodDelete, c.appPath("ips", args[0]), nil, nil); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.out, "Released %s from %s\n", args[0], c.app)
+				return nil
+			}},
+	)
+
+	certs := &cobra.Command{Use: "certs", Short: "Manage the app's custom host names"}
+	certs.AddCommand(
+		&cobra.Command{Use: "list", Short: "List the app's custom host names", Args: cobra.NoArgs,
+			RunE: func(*cobra.Command, []string) error {
+				var out []Cert
+				if err := c.call(http.MethodGet, c.appPath("certs"), nil, &out); err != nil {
+					return err
+				}
+				return c.print(out, func(w io.Writer) {
+					fmt.Fprintln(w, "HOST NAME\tADDED")
+					for _, ce := range out {
+						fmt.Fprintf(w, "%s\t%s\n", ce.Hostname, ce.CreatedAt.Format(time.RFC3339))
+					}
+				})
+			}},
+		&cobra.Command{Use: "add <hostname>", Short: "Make the app answer to a host name (and get certificates for it)", Args: cobra.ExactArgs(1),
+			RunE: func(_ *cobra.Command, args []string) error {
+				var out Cert
+				if err := c.call(http.MethodPost, c.appPath("certs"), map[string]string{"hostname": args[0]}, &out); err != nil {
+					return err
+				}
+				return c.print(out, func(w io.Writer) { fmt.Fprintf(w, "%s now answers to %s\n", out.App, out.Hostname) })
+			}},
+		&cobra.Command{Use: "remove <hostname>", Short: "Remove a custom host name of the app", Args: cobra.ExactArgs(1),
+			RunE: func(_ *cobra.Command, args []string) error {
+				if err := c.call(http.MethodDelete, c.appPath("certs", args[0]), nil, nil); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.out, "Removed %s from %s\n", args[0], c.app)
+				return nil
+			}},
+	)
+
+	machine := &cobra.Command{Use: "machine", Aliases: []string{"machines", "m"}, Short: "Manage the app's machines"}
+	machine.AddCommand(
+		&cobra.Command{Use: "list", Short: "List the app's machines", Args: cobra.NoArgs,
+			RunE: func(*cobra.Command, []string) error {
+				var out []routing.Machine
+				if err := c.call(http.MethodGet, c.appPath("machines"), nil, &out); err != nil {
+					return err
+				}
+				return c.print(out, func(w io.Writer) {
+					fmt.Fprintln(w, "ID\tREGION\tADDRESS\tSTATE")
+					for _, m := range out {
+						state := m.State
+						if state == "" {
+							state = "started"
+						}
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", m.ID, m.Region, m.Address, state)
+					}
+				})
+			}},
+		c.machineAdd(),
+		&cobra.Command{Use: "remove <id>", Aliases: []string{"rm", "destroy"}, Short: "Deregister a machine", Args: cobra.ExactArgs(1),
+			RunE: func(_ *cobra.Command, args []string) error {
+				if err := c.call(http.MethodDelete, c.appPath("machines", args[0]), nil, nil); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.out, "Machine %s removed from %s\n", args[0], c.app)
+				return nil
+			}},
+		c.egressCommand(),
+	)
+	cmd.AddCommand(ips, certs, machine)
+}
+
+func (c *client) allocateV4() *cobra.Command {
+	var shared bool
+	cmd := &cobra.Command{Use: "allocate-v4", Short: "Allocate an IPv4 address: dedicated, or --shared", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if shared {
+				return c.allocate(TypeSharedV4)
+			}
+			return c.allocate(TypeV4)
+		}}
+	cmd.Flags().BoolVar(&shared, "shared", false, "Allocate a shared IPv4 address (routed by host name)")
+	return cmd
+}
+
+func (c *client) allocate(typ string) error {
+	var out Assignment
+	if err := c.call(http.MethodPost, c.appPath("ips"), map[string]string{"type": typ}, &out); err != nil {
+		return err
+	}
+	return c.print(out, func(w io.Writer) {
+		fmt.Fprintln(w, "VERSION\tIP\tTYPE\tREGION\tCREATED AT")
+		version, kind := "v4", "public (dedicated)"
+		switch out.Type {
+		case TypeV6:
+			version = "v6"
+		case TypeSharedV4:
+			kind = "public (shared)"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", version, out.Address, kind, out.Region, out.CreatedAt.Format(time.RFC3339))
+	})
+}
+
+func (c *client) machineAdd() *cobra.Command {
+	var m routing.Machine
+	cmd := &cobra.Command{Use: "add", Short: "Register a machine of the app", Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			var out routing.Machine
+			if err := c.call(http.MethodPost, c.appPath("machines"), m, &out); err != nil {
+				return err
+			}
+			return c.print(out, func(w io.Writer) {
+				fmt.Fprintf(w, "Machine %s added to %s (region %s, address %s)\n", out.ID, c.app, out.Region, out.Address)
+			})
+		}}
+	f := cmd.Flags()
+	f.StringVar(&m.ID, "id", "", "Machine ID, 14 hexadecimal characters (default: a random one)")
+	f.StringVarP(&m.Region, "region", "r", "", "Region code of the machine")
+	f.StringVar(&m.Address, "address", "", "Host or IP address the machine is reachable on")
+	f.StringVar(&m.State, "state", "", "started or stopped (default started)")
+	return cmd
+}
+
+func (c *client) egressCommand() *cobra.Command {
+	egress := &cobra.Command{Use: "egress-ip", Short: "Manage static egress addresses of machines"}
+	egress.AddCommand(
+		&cobra.Command{Use: "allocate <machine-id>", Short: "Allocate a static egress pair (IPv4 and IPv6) for a machine", Args: cobra.ExactArgs(1),
+			RunE: func(_ *cobra.Command, args []string) error {
+				var out EgressIP
+				if err := c.call(http.MethodPost, c.appPath("machines", args[0], "egress-ips"), nil, &out); err != nil {
+					return err
+				}
+				return c.print(out, func(w io.Writer) {
+					fmt.Fprintf(w, "Machine %s egress: %s, %s\n", out.Machine, out.V4, out.V6)
+				})
+			}},
+		&cobra.Command{Use: "list", Short: "List the egress pairs of the app's machines", Args: cobra.NoArgs,
+			RunE: func(*cobra.Command, []string) error {
+				out, err := c.egressIPs()
+				if err != nil {
+					return err
+				}
+				return c.print(out, func(w io.Writer) {
+					fmt.Fprintln(w, "MACHINE\tIPV4\tIPV6\tCREATED AT")
+					for _, e := range out {
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", e.Machine, e.V4, e.V6, e.CreatedAt.Format(time.RFC3339))
+					}
+				})
+			}},
+		&cobra.Command{Use: "release <address>", Short: "Release the egress pair an address belongs to", Args: cobra.ExactArgs(1),
+			RunE: func(_ *cobra.Command, args []string) error {
+				out, err := c.egressIPs()
+				if err != nil {
+					return err
+				}
+				for _, e := range out {
+					if e.V4 == args[0] || e.V6 == args[0] {
+						if err := c.call(http.MethodDelete, c.appPath("machines", e.Machine, "egress-ips", args[0]), nil, nil); err != nil {
+							return err
+						}
+						fmt.Fprintf(c.out, "Released egress pair %s, %s of machine %s\n", e.V4, e.V6, e.Machine)
+						return nil
+					}
+				}
+				return fmt.Errorf("no machine of app %s has the egress address %s", c.app, args[0])
+			}},
+	)
+	return egress
+}
+
+// egressIPs lists the egress pairs of every machine of the app.
+func (c *client) egressIPs() ([]EgressIP, error) {
+	var ms []routing.Machine
+	if err := c.call(http.MethodGet, c.appPath("machines"), nil, &ms); err != nil {
+		return nil, err
+	}
+	all := []EgressIP{}
+	for _, m := range ms {
+		var out []EgressIP
+		if err := c.call(http.MethodGet, c.appPath("machines", m.ID, "egress-ips"), nil, &out); err != nil {
+			return nil, err
+		}
+		all = append(all, out...)
+	}
+	return all, nil
+}
+
+func (c *client) appPath(parts ...string) string {
+	p := "/fly/apps/" + url.PathEscape(c.app)
+	for _, s := range parts {
+		p += "/" + url.PathEscape(s)
+	}
+	return p
+}
+
+// print writes v as JSON with --json, else as text.
+func (c *client) print(v any, text func(io.Writer)) error {
+	if c.jsonOut {
+		enc := json.NewEncoder(c.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	text(tw)
+	return tw.Flush()
+}
+
+// call sends a request to the admin API and decodes its answer into out;
+// an error answer becomes an error with the API's message.
+func (c *client) call(method, path string, in, out any) error {
+	if c.app == "" && strings.HasPrefix(path, "/fly/apps/") {
+		return errors.New("an app is needed: -a <app>")
+	}
+	addr, err := caddycmd.DetermineAdminAPIAddress(c.address, nil, c.config, c.adapter)
+	if err != nil {
+		return fmt.Errorf("finding the admin address: %w", err)
+	}
+	na, err := caddy.ParseNetworkAddress(addr)
+	if err != nil || na.PortRangeSize() > 1 {
+		return fmt.Errorf("invalid admin address %s: %v", addr, err)
+	}
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	origin := "http://" + na.JoinHostPort(0)
+	if na.IsUnixNetwork() {
+		origin = "http://127.0.0.1"
+	}
+	req, err := http.NewRequest(method, origin+path, body)
+	if err != nil {
+		return err
+	}
+	if !na.IsUnixNetwork() {
+		req.Header.Set("Origin", origin)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	hc := http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, na.Network, na.JoinHostPort(0))
+		},
+	}}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("reaching the admin API at %s (is Caddy running?): %w", addr, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 400 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return fmt.Errorf("%s (HTTP %d)", e.Error, resp.StatusCode)
+		}
+		return fmt.Errorf("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	if out != nil && len(b) > 0 {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}

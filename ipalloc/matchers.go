@@ -1,0 +1,289 @@
+package ipalloc
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/mholt/caddy-l4/layer4"
+
+	"github.com/flyedge/caddy-flyedge/routing"
+)
+
+func init() {
+	caddy.RegisterModule(new(MatchHTTP))
+	caddy.RegisterModule(new(MatchL4))
+}
+
+// MatchHTTP (`http.matchers.fly_app`) matches requests that reach an
+// app: by the address the connection arrived on (and, on a shared
+// address, the Host), with a service on the edge port. The app's name is
+// then in {http.vars.fly.app}, and later flyedge handlers of the request
+// use the route the matcher found. A list of app names narrows the match
+// to those apps. In JSON it is that list: "fly_app": [] for any app.
+type MatchHTTP struct {
+	Apps []string
+
+	matcherApps
+}
+
+// matcherApps are the apps a matcher works with.
+type matcherApps struct {
+	fly *routing.App
+	ips *App
+}
+
+func provisionApps(ctx caddy.Context) (matcherApps, error) {
+	ips, err := ctx.App("fly_ips")
+	if err != nil {
+		return matcherApps{}, fmt.Errorf("loading the fly_ips app: %w", err)
+	}
+	fly, err := ctx.App("fly")
+	if err != nil {
+		return matcherApps{}, fmt.Errorf("loading the fly app: %w", err)
+	}
+	return matcherApps{fly: fly.(*routing.App), ips: ips.(*App)}, nil
+}
+
+// CaddyModule returns the Caddy module information.
+func (*MatchHTTP) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.matchers.fly_app",
+		New: func() caddy.Module { return new(MatchHTTP) },
+	}
+}
+
+// UnmarshalJSON reads the list of app names.
+func (m *MatchHTTP) UnmarshalJSON(b []byte) error { return json.Unmarshal(b, &m.Apps) }
+
+// MarshalJSON writes the list of app names.
+func (m MatchHTTP) MarshalJSON() ([]byte, error) {
+	if m.Apps == nil {
+		return []byte("[]"), nil
+	}
+	return json.Marshal(m.Apps)
+}
+
+// Provision finds the fly and fly_ips apps.
+func (m *MatchHTTP) Provision(ctx caddy.Context) error {
+	apps, err := provisionApps(ctx)
+	if err != nil {
+		return err
+	}
+	m.matcherApps = apps
+	for _, name := range m.Apps {
+		if !apps.fly.HasApp(name) {
+			return fmt.Errorf("fly_app: %q is not an app of the fly config", name)
+		}
+	}
+	return nil
+}
+
+// Match implements caddyhttp.RequestMatcher.
+func (m *MatchHTTP) Match(r *http.Request) bool {
+	ok, _ := m.MatchWithError(r)
+	return ok
+}
+
+// MatchWithError implements caddyhttp.RequestMatcherWithError.
+func (m *MatchHTTP) MatchWithError(r *http.Request) (bool, error) {
+	rt, err := m.fly.RouteForRequest(r)
+	if err != nil {
+		return false, nil
+	}
+	return len(m.Apps) == 0 || slices.Contains(m.Apps, rt.App), nil
+}
+
+// UnmarshalCaddyfile sets up the matcher from Caddyfile tokens:
+//
+//	fly_app [<app>...]
+func (m *MatchHTTP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	for d.Next() {
+		m.Apps = append(m.Apps, d.RemainingArgs()...)
+		if d.NextBlock(0) {
+			return d.Err("fly_app takes no block")
+		}
+	}
+	return nil
+}
+
+// MatchL4 (`layer4.matchers.fly_app`) matches connections for an app's
+// port that is served at layer 4 (its handlers do not include http): a
+// connection to a dedicated address of the app (nothing is read from
+// it, so server-speaks-first protocols work), or to a shared address
+// with a TLS ClientHello whose server name the app answers to. With
+// handlers, only ports with exactly that handler list match ("none" for
+// pass-through), so each list gets a route with the handlers it needs;
+// with apps, only those apps. Connections for HTTP ports never match: as
+// the http server's listener wrapper, caddy-l4 passes them on to it.
+type MatchL4 struct {
+	// Only ports with this handler list; none matches pass-through ports.
+	Handlers []string `json:"handlers,omitempty"`
+
+	// Only these apps.
+	Apps []string `json:"apps,omitempty"`
+
+	matcherApps
+}
+
+// CaddyModule returns the Caddy module information.
+func (*MatchL4) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "layer4.matchers.fly_app",
+		New: func() caddy.Module { return new(MatchL4) },
+	}
+}
+
+// Provision finds the fly and fly_ips apps.
+func (m *MatchL4) Provision(ctx caddy.Context) error {
+	if slices.Equal(m.Handlers, []string{"none"}) {
+		m.Handlers = []string{}
+	}
+	if m.Handlers != nil && len(m.Handlers) > 0 && slices.Contains(m.Handlers, "http") {
+		return fmt.Errorf("handlers: %v: ports with the http handler are served by the HTTP server, not at layer 4", m.Handlers)
+	}
+	apps, err := provisionApps(ctx)
+	if err != nil {
+		return err
+	}
+	m.matcherApps = apps
+	for _, name := range m.Apps {
+		if !apps.fly.HasApp(name) {
+			return fmt.Errorf("apps: %q is not an app of the fly config", name)
+		}
+	}
+	return nil
+}
+
+// Match implements layer4.ConnMatcher.
+func (m *MatchL4) Match(cx *layer4.Connection) (bool, error) {
+	local := localAddr(cx)
+	switch m.ips.AddressKind(local) {
+	case "":
+		if m.ips.routesByAddress() {
+			return false, nil
+		}
+	case TypeSharedV4:
+		name, err := peekServerName(cx)
+		if err != nil || name == "" {
+			return false, err
+		}
+		cx.SetVar(routing.ServerNameVarKey, name)
+	}
+	rt, err := m.fly.RouteForConn(cx)
+	if err != nil {
+		return false, nil
+	}
+	if slices.Contains(rt.Port.Handlers, "http") {
+		return false, nil
+	}
+	if m.Handlers != nil && !slices.Equal(rt.Port.Handlers, m.Handlers) {
+		return false, nil
+	}
+	return len(m.Apps) == 0 || slices.Contains(m.Apps, rt.App), nil
+}
+
+// UnmarshalCaddyfile sets up the matcher from Caddyfile tokens:
+//
+//	fly_app [<app>...] {
+//		handlers none|<handler>...
+//	}
+func (m *MatchL4) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // matcher name
+	m.Apps = append(m.Apps, d.RemainingArgs()...)
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "handlers":
+			if m.Handlers = d.RemainingArgs(); len(m.Handlers) == 0 {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unknown fly_app option %q", d.Val())
+		}
+	}
+	return nil
+}
+
+// localAddr returns the address a connection arrived on.
+func localAddr(cx net.Conn) netip.Addr {
+	if ta, ok := cx.LocalAddr().(*net.TCPAddr); ok {
+		a, _ := netip.AddrFromSlice(ta.IP)
+		return a.Unmap()
+	}
+	ap, _ := netip.ParseAddrPort(cx.LocalAddr().String())
+	return ap.Addr().Unmap()
+}
+
+// peekServerName reads the TLS ClientHello at the start of cx (caddy-l4
+// replays it to the handlers) and returns its server name, lower case;
+// "" for a connection that does not start with a ClientHello.
+func peekServerName(cx io.Reader) (string, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(cx, hdr[:]); err != nil {
+		return "", err
+	}
+	if hdr[0] != 0x16 { // handshake record
+		return "", nil
+	}
+	n := int(hdr[3])<<8 | int(hdr[4])
+	if n == 0 || n > layer4.MaxMatchingBytes {
+		return "", nil
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(cx, body); err != nil {
+		return "", err
+	}
+	var name string
+	errDone := errors.New("done")
+	conn := &helloConn{data: append(hdr[:], body...)}
+	_ = tls.Server(conn, &tls.Config{GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+		name = h.ServerName
+		return nil, errDone
+	}}).Handshake()
+	return strings.ToLower(strings.TrimSuffix(name, ".")), nil
+}
+
+// helloConn feeds recorded ClientHello bytes to crypto/tls and swallows
+// what it writes back.
+type helloConn struct {
+	net.Conn
+	data []byte
+}
+
+func (c *helloConn) Read(b []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(b, c.data)
+	c.data = c.data[n:]
+	return n, nil
+}
+
+func (c *helloConn) Write(b []byte) (int, error)      { return len(b), nil }
+func (c *helloConn) Close() error                     { return nil }
+func (c *helloConn) SetDeadline(time.Time) error      { return nil }
+func (c *helloConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *helloConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *helloConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (c *helloConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+
+// Interface guards
+var (
+	_ caddyhttp.RequestMatcherWithError = (*MatchHTTP)(nil)
+	_ caddy.Provisioner                 = (*MatchHTTP)(nil)
+	_ caddyfile.Unmarshaler             = (*MatchHTTP)(nil)
+	_ layer4.ConnMatcher                = (*MatchL4)(nil)
+	_ caddy.Provisioner                 = (*MatchL4)(nil)
+	_ caddyfile.Unmarshaler             = (*MatchL4)(nil)
+)

@@ -1,0 +1,404 @@
+package ipalloc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"path"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+)
+
+// Layout in Caddy's storage:
+//
+//	fly/state/snapshot        every record as of a sequence number
+//	fly/state/log/<seq>       one change (puts and deletes) per number
+//
+// A change is durable once its log entry is stored; entries are written
+// one after the other under the storage lock, each in one atomic Store,
+// so a reader that loads entry n+1, n+2, ... until one is missing has a
+// consistent state, lock or no lock. Every compactEvery entries the
+// state is written to the snapshot, and entries older than one more
+// interval are deleted (a node further behind reloads the snapshot).
+const (
+	storagePrefix = "fly/state"
+	snapshotKey   = storagePrefix + "/snapshot"
+	logPrefix     = storagePrefix + "/log"
+	lockName      = "fly_state"
+)
+
+var (
+	compactEvery = uint64(1024)
+	pollInterval = 500 * time.Millisecond
+)
+
+func logKey(seq uint64) string { return fmt.Sprintf("%s/%016d", logPrefix, seq) }
+
+type entry struct {
+	Seq  uint64                     `json:"seq"`
+	Puts map[string]json.RawMessage `json:"puts,omitempty"`
+	Dels []string                   `json:"dels,omitempty"`
+}
+
+type snapshot struct {
+	Seq     uint64                     `json:"seq"`
+	Records map[string]json.RawMessage `json:"records"`
+}
+
+// store keeps the state in memory, in step with Caddy's storage, which
+// several edges may share. It lives in a UsagePool, so config reloads
+// keep it.
+type store struct {
+	storage certmagic.Storage
+	logger  *zap.Logger
+
+	mu      sync.RWMutex // guards st
+	st      *state
+	seq     uint64 // the last entry applied; touched only by the loop
+	snapSeq uint64
+	snapMod time.Time
+
+	reqs chan *request
+	quit chan struct{}
+	done chan struct{}
+
+	// onChange is told which apps' machines changed (nil: all apps).
+	onChange atomic.Pointer[func(apps map[string]bool)]
+}
+
+// request is a change waiting for the committer.
+type request struct {
+	fn   func(*txn) error
+	done chan error
+}
+
+// txn is one change as it is being made: reads see the state before the
+// change, writes are collected and applied only if fn succeeds.
+type txn struct {
+	st      *state
+	now     time.Time
+	puts    map[string]json.RawMessage
+	dels    []string
+	order   []string // keys of puts, in order
+	applied int      // how many of order applyPending applied
+}
+
+func (t *txn) put(key string, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if t.puts == nil {
+		t.puts = make(map[string]json.RawMessage)
+	}
+	if _, ok := t.puts[key]; !ok {
+		t.order = append(t.order, key)
+	}
+	t.puts[key] = raw
+	return nil
+}
+
+func (t *txn) del(key string) { t.dels = append(t.dels, key) }
+
+func openStore(ctx context.Context, storage certmagic.Storage, logger *zap.Logger) (*store, error) {
+	s := &store{
+		storage: storage,
+		logger:  logger,
+		st:      newState(),
+		reqs:    make(chan *request, 1024),
+		quit:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	if _, err := s.catchUp(ctx); err != nil {
+		return nil, fmt.Errorf("loading the IP state from %v: %w", storage, err)
+	}
+	go s.loop()
+	return s, nil
+}
+
+// Destruct stops the store's loop.
+func (s *store) Destruct() error {
+	close(s.quit)
+	<-s.done
+	return nil
+}
+
+// read runs fn with the state read-locked.
+func (s *store) read(fn func(*state)) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	fn(s.st)
+}
+
+// do makes a change: fn runs under the storage lock, on the state as all
+// edges sharing the storage left it; when do returns nil the change is
+// durable.
+func (s *store) do(ctx context.Context, fn func(*txn) error) error {
+	r := &request{fn: fn, done: make(chan error, 1)}
+	select {
+	case s.reqs <- r:
+	case <-s.quit:
+		return errors.New("the IP store is shutting down")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// loop commits requests in batches (one lock and one storage write for
+// all the requests that queued meanwhile) and polls for other edges'
+// changes in between.
+func (s *store) loop() {
+	defer close(s.done)
+	t := time.NewTicker(pollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case r := <-s.reqs:
+			batch := []*request{r}
+		drain:
+			for len(batch) < 1024 {
+				select {
+				case r := <-s.reqs:
+					batch = append(batch, r)
+				default:
+					break drain
+				}
+			}
+			s.commit(batch)
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			changed, err := s.catchUp(ctx)
+			cancel()
+			if err != nil {
+				s.logger.Error("reading IP state changes from storage", zap.Error(err))
+			}
+			s.notify(changed)
+		}
+	}
+}
+
+func (s *store) notify(changed map[string]bool) {
+	if len(changed) == 0 {
+		return
+	}
+	if f := s.onChange.Load(); f != nil {
+		(*f)(changed)
+	}
+}
+
+// commit runs a batch of requests as one change.
+func (s *store) commit(batch []*request) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	fail := func(err error) {
+		for _, r := range batch {
+			r.done <- err
+		}
+	}
+	if err := s.storage.Lock(ctx, lockName); err != nil {
+		fail(fmt.Errorf("taking the storage lock: %w", err))
+		return
+	}
+	defer func() {
+		if err := s.storage.Unlock(context.Background(), lockName); err != nil {
+			s.logger.Error("releasing the storage lock", zap.Error(err))
+		}
+	}()
+	changed, err := s.catchUp(ctx)
+	if err != nil {
+		fail(fmt.Errorf("reading the IP state: %w", err))
+		return
+	}
+	e := &entry{Seq: s.seq + 1, Puts: make(map[string]json.RawMessage)}
+	errs := make([]error, len(batch))
+	now := time.Now().UTC()
+	s.mu.Lock()
+	for i, r := range batch {
+		t := &txn{st: s.st, now: now}
+		if errs[i] = r.fn(t); errs[i] != nil {
+			continue
+		}
+		for _, k := range t.dels {
+			if err := s.st.apply(k, nil, changed); err != nil {
+				errs[i] = err
+			}
+			delete(e.Puts, k)
+			e.Dels = append(e.Dels, k)
+		}
+		for k, v := range t.puts {
+			if err := s.st.apply(k, v, changed); err != nil {
+				errs[i] = err
+			}
+			e.Puts[k] = v
+		}
+	}
+	s.mu.Unlock()
+	if len(e.Puts) > 0 || len(e.Dels) > 0 {
+		if err := s.write(ctx, e); err != nil {
+			s.logger.Error("storing an IP state change; reloading the state", zap.Error(err))
+			for i := range errs {
+				if errs[i] == nil {
+					errs[i] = fmt.Errorf("storing the change: %w", err)
+				}
+			}
+			if err := s.reload(ctx); err != nil {
+				s.logger.Error("reloading the IP state", zap.Error(err))
+			}
+			changed = nil // all apps
+			s.notifyAll()
+		} else {
+			s.seq = e.Seq
+		}
+	}
+	for i, r := range batch {
+		r.done <- errs[i]
+	}
+	s.notify(changed)
+	if s.seq-s.snapSeq >= compactEvery {
+		if err := s.compact(ctx); err != nil {
+			s.logger.Error("compacting the IP state", zap.Error(err))
+		}
+	}
+}
+
+func (s *store) notifyAll() {
+	if f := s.onChange.Load(); f != nil {
+		(*f)(nil)
+	}
+}
+
+func (s *store) write(ctx context.Context, e *entry) error {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	return s.storage.Store(ctx, logKey(e.Seq), b)
+}
+
+// catchUp applies what other edges stored since this one last looked:
+// a newer snapshot if there is one, then every log entry after the last
+// one applied. It returns the apps whose machines changed.
+func (s *store) catchUp(ctx context.Context) (map[string]bool, error) {
+	changed := make(map[string]bool)
+	info, err := s.storage.Stat(ctx, snapshotKey)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, err
+	case !info.Modified.Equal(s.snapMod):
+		snap, err := s.loadSnapshot(ctx)
+		if err != nil {
+			return nil, err
+		}
+		s.snapMod = info.Modified
+		if snap.Seq > s.seq {
+			st := newState()
+			for k, v := range snap.Records {
+				if err := st.apply(k, v, changed); err != nil {
+					return nil, err
+				}
+			}
+			s.mu.Lock()
+			s.st = st
+			s.mu.Unlock()
+			s.seq, s.snapSeq = snap.Seq, snap.Seq
+			s.notifyAll()
+		}
+	}
+	for {
+		b, err := s.storage.Load(ctx, logKey(s.seq+1))
+		if errors.Is(err, fs.ErrNotExist) {
+			return changed, nil
+		}
+		if err != nil {
+			return changed, err
+		}
+		var e entry
+		if err := json.Unmarshal(b, &e); err != nil {
+			return changed, fmt.Errorf("%s: %w", logKey(s.seq+1), err)
+		}
+		s.mu.Lock()
+		for _, k := range e.Dels {
+			err = errors.Join(err, s.st.apply(k, nil, changed))
+		}
+		for k, v := range e.Puts {
+			err = errors.Join(err, s.st.apply(k, v, changed))
+		}
+		s.mu.Unlock()
+		if err != nil {
+			return changed, fmt.Errorf("%s: %w", logKey(s.seq+1), err)
+		}
+		s.seq++
+	}
+}
+
+func (s *store) loadSnapshot(ctx context.Context) (*snapshot, error) {
+	b, err := s.storage.Load(ctx, snapshotKey)
+	if err != nil {
+		return nil, err
+	}
+	var snap snapshot
+	if err := json.Unmarshal(b, &snap); err != nil {
+		return nil, fmt.Errorf("%s: %w", snapshotKey, err)
+	}
+	return &snap, nil
+}
+
+// reload reads the whole state again.
+func (s *store) reload(ctx context.Context) error {
+	s.mu.Lock()
+	s.st = newState()
+	s.mu.Unlock()
+	s.seq, s.snapSeq, s.snapMod = 0, 0, time.Time{}
+	_, err := s.catchUp(ctx)
+	return err
+}
+
+// compact writes the state as a snapshot and deletes the log entries
+// more than one interval older than it. The caller holds the lock.
+func (s *store) compact(ctx context.Context) error {
+	s.mu.RLock()
+	snap := snapshot{Seq: s.seq, Records: maps.Clone(s.st.records)}
+	s.mu.RUnlock()
+	b, err := json.Marshal(snap)
+	if err != nil {
+		return err
+	}
+	if err := s.storage.Store(ctx, snapshotKey, b); err != nil {
+		return err
+	}
+	s.snapSeq = snap.Seq
+	if info, err := s.storage.Stat(ctx, snapshotKey); err == nil {
+		s.snapMod = info.Modified
+	}
+	keys, err := s.storage.List(ctx, logPrefix, false)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		n, err := strconv.ParseUint(path.Base(k), 10, 64)
+		if err != nil || n+compactEvery > snap.Seq {
+			continue
+		}
+		if err := s.storage.Delete(ctx, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
