@@ -215,7 +215,14 @@ func mustLoad(t *testing.T, config string) {
 // caddyRoots returns the root of the Caddy's internal CA.
 func caddyRoots(t *testing.T, home string) *x509.CertPool {
 	t.Helper()
-	path := filepath.Join(home, "data", "caddy", "pki", "authorities", "local", "root.crt")
+	return storageRoots(t, filepath.Join(home, "data", "caddy"))
+}
+
+// storageRoots returns the root of the internal CA in a Caddy storage
+// folder.
+func storageRoots(t *testing.T, storage string) *x509.CertPool {
+	t.Helper()
+	path := filepath.Join(storage, "pki", "authorities", "local", "root.crt")
 	var pem []byte
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if pem, _ = os.ReadFile(path); len(pem) > 0 {

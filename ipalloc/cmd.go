@@ -38,7 +38,7 @@ flyctl manages apps on Fly.io:
   caddy fly certs add|remove <hostname> -a <app>
   caddy fly certs list -a <app>
   caddy fly machine list -a <app>
-  caddy fly machine add --region <code> --address <host> [--id <id>] [--state stopped] -a <app>
+  caddy fly machine add --region <code> --machine-address <host> [--id <id>] [--state stopped] -a <app>
   caddy fly machine remove <id> -a <app>
   caddy fly machine egress-ip allocate <machine-id> -a <app>
   caddy fly machine egress-ip list -a <app>
@@ -218,7 +218,7 @@ func (c *client) machineAdd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&m.ID, "id", "", "Machine ID, 14 hexadecimal characters (default: a random one)")
 	f.StringVarP(&m.Region, "region", "r", "", "Region code of the machine")
-	f.StringVar(&m.Address, "address", "", "Host or IP address the machine is reachable on")
+	f.StringVar(&m.Address, "machine-address", "", "Host or IP address the machine is reachable on")
 	f.StringVar(&m.State, "state", "", "started or stopped (default started)")
 	return cmd
 }

@@ -1,0 +1,487 @@
+package flyedge_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Addresses of the IP assignment tests: 127.0.0.0/8 is all local on
+// Linux, so the edge's "anycast" addresses are loopback ones.
+const (
+	sharedV4 = "127.20.0.1"
+	v4Pool   = "127.30.0.0/24"
+)
+
+// machines of the apps web, other and raw
+var (
+	ipWeb   = testMachine{"0000000000f101", "iad", "127.0.57.1"}
+	ipOther = testMachine{"0000000000f102", "iad", "127.0.57.2"}
+	ipRaw   = testMachine{"0000000000f103", "iad", "127.0.57.3"}
+)
+
+// ipEdge is an edge that routes by destination address: apps web and
+// other (http and tls+http), and raw (TCP pass-through on the same port
+// as the HTTPS of the others), with its own storage folder.
+type ipEdge struct {
+	httpPort, httpsPort, machinePort, rawPort string
+	storage                                   string
+	roots                                     *x509.CertPool
+}
+
+const ipEdgeConfig = `{
+	admin %[1]s
+	persist_config off
+	local_certs
+	skip_install_trust
+	auto_https disable_redirects
+	storage file_system %[2]s
+	fly {
+		region iad
+		base_domain edge.test
+		app web {
+			service %[5]s {
+				port %[3]s http
+				port %[4]s tls http
+			}
+			machine %[7]s iad %[8]s
+		}
+		app other {
+			service %[5]s {
+				port %[3]s http
+				port %[4]s tls http
+			}
+			machine %[9]s iad %[10]s
+		}
+		app raw {
+			service %[6]s {
+				port %[4]s
+			}
+			machine %[11]s iad %[12]s
+		}
+	}
+	fly_ips {
+		v6 ::1/128
+		shared_v4 ` + sharedV4 + `
+		v4 ` + v4Pool + `
+		auto_allocate off
+	}
+	on_demand_tls {
+		permission fly
+	}
+	servers :%[4]s {
+		listener_wrappers {
+			layer4 {
+				@raw fly_app {
+					handlers none
+				}
+				route @raw {
+					fly_proxy
+				}
+			}
+			tls
+		}
+	}
+}
+http://:%[3]s, https://:%[4]s {
+	tls internal {
+		on_demand
+	}
+	@app fly_app
+	handle @app {
+		fly_headers
+		reverse_proxy {
+			dynamic fly
+			lb_policy fly
+			transport fly
+		}
+	}
+	handle {
+		abort
+	}
+}
+`
+
+func startIPEdge(t *testing.T) *ipEdge {
+	t.Helper()
+	requireCaddy(t)
+	e := &ipEdge{httpPort: freePort(), httpsPort: freePort(), machinePort: freePort(), rawPort: freePort(), storage: t.TempDir()}
+	startMachines(t, e.machinePort, ipWeb, ipOther)
+	startSinks(t, e.rawPort, 0, ipRaw)
+	mustLoad(t, fmt.Sprintf(ipEdgeConfig, adminAddr, e.storage, e.httpPort, e.httpsPort, e.machinePort, e.rawPort,
+		ipWeb.id, ipWeb.ip, ipOther.id, ipOther.ip, ipRaw.id, ipRaw.ip))
+	e.roots = storageRoots(t, e.storage)
+	return e
+}
+
+// call sends a request to an admin API and decodes the JSON answer into
+// out (when not nil); it returns the status and the raw body.
+func call(t *testing.T, admin, method, path, body string, out any) (int, string) {
+	t.Helper()
+	var r io.Reader
+	if body != "" {
+		r = strings.NewReader(body)
+	}
+	req, _ := http.NewRequest(method, "http://"+admin+path, r)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := adminClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil && resp.StatusCode < 300 {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %v in %s", method, path, err, b)
+		}
+	}
+	return resp.StatusCode, string(b)
+}
+
+type assignment struct {
+	Address string `json:"address"`
+	Type    string `json:"type"`
+	App     string `json:"app"`
+	Region  string `json:"region"`
+}
+
+// allocate asks the admin API for an address and fails the test unless
+// it is given.
+func allocate(t *testing.T, admin, app, typ string) string {
+	t.Helper()
+	var a assignment
+	status, body := call(t, admin, http.MethodPost, "/fly/apps/"+app+"/ips", `{"type":"`+typ+`"}`, &a)
+	if status != http.StatusCreated && status != http.StatusOK {
+		t.Fatalf("allocating %s for %s: %d %s", typ, app, status, body)
+	}
+	return a.Address
+}
+
+// via returns a client that connects every host name to ip on the URL's
+// port, like curl --resolve <host>:<port>:<ip>, and trusts roots.
+func via(roots *x509.CertPool, ip string) *http.Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			_, port, _ := net.SplitHostPort(addr)
+			return new(net.Dialer).DialContext(ctx, network, net.JoinHostPort(ip, port))
+		},
+		TLSClientConfig:   &tls.Config{RootCAs: roots},
+		ForceAttemptHTTP2: true,
+	}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+// machineOf returns the machine that answered a GET, or an error when
+// the edge gave the request to no app.
+func machineOf(c *http.Client, url string) (string, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var s seen
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		return "", fmt.Errorf("status %d, not a machine's answer: %v", resp.StatusCode, err)
+	}
+	return s.Machine, nil
+}
+
+// TestAddressRouting: a dedicated address goes to its app whatever the
+// host name; a shared address to the app that holds it and answers to
+// the host name; every other connection is closed. On one port, raw TCP
+// on an app's dedicated IPv4 runs beside tls+http on the shared IPv4.
+func TestAddressRouting(t *testing.T) {
+	e := startIPEdge(t)
+	if got := allocate(t, adminAddr, "web", "v6"); got != "::1" {
+		t.Fatalf("allocate-v6 gave %s, want ::1 (the pool's one address)", got)
+	}
+	allocate(t, adminAddr, "web", "shared_v4")
+	allocate(t, adminAddr, "other", "shared_v4")
+	rawV4 := allocate(t, adminAddr, "raw", "v4")
+	if rawV4 != "127.30.0.1" {
+		t.Fatalf("allocate-v4 gave %s, want 127.30.0.1", rawV4)
+	}
+
+	shared := via(e.roots, sharedV4)
+	for _, tc := range []struct {
+		name, url, want string
+	}{
+		{"shared, http, web", "http://web.edge.test:" + e.httpPort + "/", ipWeb.id},
+		{"shared, http, other", "http://other.edge.test:" + e.httpPort + "/", ipOther.id},
+		{"shared, https, web", "https://web.edge.test:" + e.httpsPort + "/", ipWeb.id},
+		{"shared, https, other", "https://other.edge.test:" + e.httpsPort + "/", ipOther.id},
+	} {
+		if got, err := machineOf(shared, tc.url); err != nil || got != tc.want {
+			t.Errorf("%s: machine %q, %v; want %s", tc.name, got, err, tc.want)
+		}
+	}
+	// the dedicated IPv6 address: any host name reaches web
+	v6 := via(e.roots, "::1")
+	if got, err := machineOf(v6, "http://whatever.example:"+e.httpPort+"/"); err != nil || got != ipWeb.id {
+		t.Errorf("dedicated v6: machine %q, %v; want %s", got, err, ipWeb.id)
+	}
+	// default deny
+	for _, tc := range []struct {
+		name string
+		c    *http.Client
+		url  string
+	}{
+		{"unknown host on the shared address", shared, "http://nobody.edge.test:" + e.httpPort + "/"},
+		{"app without the shared address", shared, "http://raw.edge.test:" + e.httpPort + "/"},
+		{"address of no app", via(e.roots, "127.0.0.1"), "http://web.edge.test:" + e.httpPort + "/"},
+		{"free address of the dedicated pool", via(e.roots, "127.30.0.2"), "http://web.edge.test:" + e.httpPort + "/"},
+		{"unknown name over TLS", shared, "https://www.example.com:" + e.httpsPort + "/"},
+	} {
+		if got, err := machineOf(tc.c, tc.url); err == nil {
+			t.Errorf("%s: reached machine %s, want the connection refused", tc.name, got)
+		}
+	}
+	// raw TCP on raw's dedicated v4, on the port the others use for https
+	id, gotHash, _, _ := exchange(t, net.JoinHostPort(rawV4, e.httpsPort), 1<<20, "raw")
+	if id != ipRaw.id || gotHash != hashOf(stream("raw"), 1<<20) {
+		t.Errorf("raw TCP through %s: machine %s, hash %s", rawV4, id, gotHash)
+	}
+	// a layer 4 connection to an address of no app is closed unserved
+	c, err := net.Dial("tcp", net.JoinHostPort("127.30.0.3", e.httpsPort))
+	if err == nil {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write([]byte("hello\r\n\r\n"))
+		c.(*net.TCPConn).CloseWrite()
+		b, _ := io.ReadAll(c)
+		c.Close()
+		if strings.Contains(string(b), ipRaw.id) {
+			t.Errorf("a connection to an unassigned address reached raw's machine")
+		}
+	}
+}
+
+// TestCustomHostname: a host name nobody registered gets no certificate
+// and no route; once added through the certs API, the app answers to it
+// on the shared address with a certificate for it.
+func TestCustomHostname(t *testing.T) {
+	e := startIPEdge(t)
+	allocate(t, adminAddr, "other", "shared_v4")
+	shared := via(e.roots, sharedV4)
+	url := "https://www.other.example:" + e.httpsPort + "/"
+	_, err := machineOf(shared, url)
+	if err == nil || !strings.Contains(err.Error(), "tls") {
+		t.Fatalf("an unregistered host name: %v, want a failed TLS handshake", err)
+	}
+	status, body := call(t, adminAddr, http.MethodPost, "/fly/apps/other/certs", `{"hostname":"www.other.example"}`, nil)
+	if status != http.StatusCreated {
+		t.Fatalf("certs add: %d %s", status, body)
+	}
+	if got, err := machineOf(shared, url); err != nil || got != ipOther.id {
+		t.Fatalf("after certs add: machine %q, %v; want %s", got, err, ipOther.id)
+	}
+	if got, err := machineOf(shared, "http://www.other.example:"+e.httpPort+"/"); err != nil || got != ipOther.id {
+		t.Errorf("plain http after certs add: machine %q, %v", got, err)
+	}
+	if status, _ := call(t, adminAddr, http.MethodDelete, "/fly/apps/other/certs/www.other.example", "", nil); status != http.StatusNoContent {
+		t.Fatalf("certs remove: %d", status)
+	}
+	if got, err := machineOf(via(e.roots, sharedV4), "http://www.other.example:"+e.httpPort+"/"); err == nil {
+		t.Errorf("a removed host name still reaches machine %s", got)
+	}
+}
+
+// TestSwitchToSharedIPv4 follows the reference's switch from a dedicated
+// to a shared IPv4 address (allocate shared, check it with --resolve,
+// move the DNS, release the dedicated one) while a client sends requests
+// all along: none is lost.
+func TestSwitchToSharedIPv4(t *testing.T) {
+	e := startIPEdge(t)
+	dedicated := allocate(t, adminAddr, "web", "v4")
+	url := "http://web.edge.test:" + e.httpPort + "/"
+
+	// the client resolves web.edge.test to the address in dns
+	var dns atomic.Value
+	dns.Store(dedicated)
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		_, port, _ := net.SplitHostPort(addr)
+		return new(net.Dialer).DialContext(ctx, network, net.JoinHostPort(dns.Load().(string), port))
+	}}
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	stop := make(chan struct{})
+	type result struct {
+		sent   int
+		failed []string
+	}
+	done := make(chan result)
+	go func() {
+		var r result
+		for {
+			select {
+			case <-stop:
+				done <- r
+				return
+			default:
+			}
+			r.sent++
+			if got, err := machineOf(client, url); err != nil || got != ipWeb.id {
+				r.failed = append(r.failed, fmt.Sprintf("request %d via %s: machine %q, %v", r.sent, dns.Load(), got, err))
+			}
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+
+	// 1. allocate a shared address
+	shared := allocate(t, adminAddr, "web", "shared_v4")
+	// 3. check the app works through it, like curl --resolve
+	if got, err := machineOf(via(e.roots, shared), url); err != nil || got != ipWeb.id {
+		t.Fatalf("checking the shared address: machine %q, %v", got, err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	// 2./5. the DNS record moves to the shared address; caches clear
+	dns.Store(shared)
+	tr.CloseIdleConnections()
+	time.Sleep(200 * time.Millisecond)
+	// 6. release the dedicated address
+	if status, body := call(t, adminAddr, http.MethodDelete, "/fly/apps/web/ips/"+dedicated, "", nil); status != http.StatusNoContent {
+		t.Fatalf("release: %d %s", status, body)
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	r := <-done
+	if len(r.failed) > 0 || r.sent < 20 {
+		t.Fatalf("%d requests, %d failed: %v", r.sent, len(r.failed), r.failed)
+	}
+	t.Logf("%d requests during the switch, none lost", r.sent)
+	// the released address no longer reaches the app
+	if got, err := machineOf(via(e.roots, dedicated), url); err == nil {
+		t.Errorf("the released address still reaches machine %s", got)
+	}
+}
+
+// TestAdminAPIErrors: the admin API refuses bad calls with the statuses
+// and JSON of the contract, the CLI prints the message and exits
+// non-zero, and /fly/ is not served on the public ports.
+func TestAdminAPIErrors(t *testing.T) {
+	e := startIPEdge(t)
+	allocate(t, adminAddr, "web", "shared_v4")
+	allocate(t, adminAddr, "web", "v6") // the pool's only address
+	for _, tc := range []struct {
+		method, path, body string
+		status             int
+		msg                string
+	}{
+		{"POST", "/fly/apps/web/ips", `{"type":"v5"}`, 400, `type: \"v5\" (want v6, shared_v4 or v4)`},
+		{"POST", "/fly/apps/web/ips", `{"type":`, 400, "request body"},
+		{"POST", "/fly/apps/web/ips", `{"kind":"v6"}`, 400, `unknown field \"kind\"`},
+		{"POST", "/fly/apps/nope/ips", `{"type":"v6"}`, 404, `unknown app \"nope\"`},
+		{"POST", "/fly/apps/other/ips", `{"type":"v6"}`, 409, "the v6 pool is exhausted"},
+		{"DELETE", "/fly/apps/other/ips/::1", "", 404, "app other does not hold ::1"},
+		{"DELETE", "/fly/apps/web/ips/not-an-ip", "", 400, `\"not-an-ip\" is not an IP address`},
+		{"POST", "/fly/apps/other/certs", `{"hostname":"web.edge.test"}`, 409, "hostname web.edge.test is taken by app web"},
+		{"POST", "/fly/apps/other/certs", `{"hostname":"bad host"}`, 400, "is not a valid host name"},
+		{"DELETE", "/fly/apps/other/certs/www.nowhere.example", "", 404, "app other has no host name www.nowhere.example"},
+		{"GET", "/fly/apps/web/machines/00000000000bad", "", 404, "app web has no machine 00000000000bad"},
+		{"POST", "/fly/apps/web/machines", `{"id":"xyz","region":"iad","address":"127.0.0.1"}`, 400, "must be 14 lower-case hexadecimal characters"},
+		{"POST", "/fly/apps/web/machines", `{"region":"zzz","address":"127.0.0.1"}`, 400, `region: \"zzz\"`},
+		{"POST", "/fly/apps/other/machines", `{"id":"` + ipWeb.id + `","region":"iad","address":"127.0.0.1"}`, 409, "belongs to app web"},
+		{"DELETE", "/fly/apps/web/machines/" + ipWeb.id, "", 409, "is defined in the config"},
+		{"POST", "/fly/apps/web/machines/00000000000bad/egress-ips", "", 404, "app web has no machine 00000000000bad"},
+		{"POST", "/fly/apps/web/machines/" + ipWeb.id + "/egress-ips", "", 409, "egress pairs need both an egress_v4 and an egress_v6 pool"},
+		{"PATCH", "/fly/apps/web/ips", "", 405, "method PATCH not allowed"},
+		{"GET", "/fly/nothing", "", 404, "no such endpoint"},
+	} {
+		status, body := call(t, adminAddr, tc.method, tc.path, tc.body, nil)
+		var e struct{ Error string }
+		jerr := json.Unmarshal([]byte(body), &e)
+		if status != tc.status || jerr != nil || !strings.Contains(body, tc.msg) {
+			t.Errorf("%s %s %s: %d %s; want %d with JSON error containing %q", tc.method, tc.path, tc.body, status, body, tc.status, tc.msg)
+		}
+	}
+
+	// the CLI: readable message, non-zero exit
+	out, err := exec.Command(caddyBin, "fly", "ips", "allocate-v6", "-a", "other", "--address", adminAddr).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Error: the v6 pool is exhausted (HTTP 409)") {
+		t.Errorf("CLI on a 409: %v\n%s", err, out)
+	}
+	out, err = exec.Command(caddyBin, "fly", "ips", "list", "-a", "web", "--address", adminAddr).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "v4       127.20.0.1  public (shared)") || !strings.Contains(string(out), "v6       ::1") {
+		t.Errorf("caddy fly ips list: %v\n%s", err, out)
+	}
+
+	// the API is on the admin listener only
+	for _, u := range []string{"http://127.0.0.1:" + e.httpPort + "/fly/ips", "http://" + sharedV4 + ":" + e.httpPort + "/fly/ips"} {
+		resp, err := http.Get(u)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(b), "127.20.0.1") {
+				t.Errorf("%s served the admin API: %s", u, b)
+			}
+		}
+	}
+}
+
+// TestLiveMachines: machines registered through the admin API (and the
+// CLI) take traffic at once, without a config reload, and leave it when
+// deregistered.
+func TestLiveMachines(t *testing.T) {
+	e := startIPEdge(t)
+	allocate(t, adminAddr, "other", "shared_v4")
+	extra := testMachine{"0000000000f1a1", "iad", "127.0.57.11"}
+	startMachines(t, e.machinePort, extra)
+	url := "http://other.edge.test:" + e.httpPort + "/"
+	shared := via(e.roots, sharedV4)
+	out, err := exec.Command(caddyBin, "fly", "machine", "add", "-a", "other", "--id", extra.id, "--region", "iad",
+		"--machine-address", extra.ip, "--address", adminAddr).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Machine "+extra.id+" added to other") {
+		t.Fatalf("caddy fly machine add: %v\n%s", err, out)
+	}
+	status, body := call(t, adminAddr, http.MethodPost, "/fly/apps/other/machines", `{"id":"`+extra.id+`","region":"iad","address":"`+extra.ip+`"}`, nil)
+	if status != http.StatusConflict {
+		t.Errorf("adding a machine twice: %d %s, want 409", status, body)
+	}
+	status, body = call(t, adminAddr, http.MethodPut, "/fly/apps/other/machines/"+ipOther.id, `{"region":"iad","address":"127.0.57.99"}`, nil)
+	if status != http.StatusConflict {
+		t.Errorf("updating a config machine: %d %s, want 409", status, body)
+	}
+	seenExtra := false
+	for range 40 {
+		if got, _ := machineOf(shared, url); got == extra.id {
+			seenExtra = true
+			break
+		}
+	}
+	if !seenExtra {
+		t.Fatalf("the registered machine got no request out of 40")
+	}
+	out, err = exec.Command(caddyBin, "fly", "machine", "list", "-a", "other", "--address", adminAddr).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), extra.id) || !strings.Contains(string(out), ipOther.id) {
+		t.Errorf("caddy fly machine list: %v\n%s", err, out)
+	}
+	// stopped: no traffic
+	status, _ = call(t, adminAddr, http.MethodPut, "/fly/apps/other/machines/"+extra.id, `{"region":"iad","address":"`+extra.ip+`","state":"stopped"}`, nil)
+	if status != http.StatusOK {
+		t.Fatalf("machine update: %d", status)
+	}
+	for range 20 {
+		if got, _ := machineOf(shared, url); got == extra.id {
+			t.Fatal("a stopped machine got a request")
+		}
+	}
+	if status, _ := call(t, adminAddr, http.MethodDelete, "/fly/apps/other/machines/"+extra.id, "", nil); status != http.StatusNoContent {
+		t.Fatalf("machine remove: %d", status)
+	}
+	var ms []map[string]string
+	call(t, adminAddr, http.MethodGet, "/fly/apps/other/machines", "", &ms)
+	if len(ms) != 1 || ms[0]["id"] != ipOther.id {
+		t.Errorf("machines after remove: %v", ms)
+	}
+}
