@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -69,6 +70,13 @@ func TestExamplesRun(t *testing.T) {
 				}
 			}()
 			roots := caddyRoots(t, home)
+			// the demo's admin endpoint is Caddy's default, as for a user
+			fly := func(args ...string) (string, error) {
+				cmd := exec.Command(caddyBin, append([]string{"fly"}, args...)...)
+				cmd.Env = caddyEnv(home)
+				out, err := cmd.CombinedOutput()
+				return string(out), err
+			}
 			c := newClient(roots, true)
 			url := "https://hello.flyedge.localhost:8443/"
 			var body string
@@ -103,8 +111,25 @@ func TestExamplesRun(t *testing.T) {
 					t.Errorf("Fly-Prefer-Region: %s: %d %q, want %q", tc.prefer, resp.StatusCode, b, tc.want)
 				}
 			}
-			// the TCP app: pass-through on 9000, TLS on 9443 (ALPN "echo")
-			raw, err := net.DialTimeout("tcp", "127.0.0.1:9000", 5*time.Second)
+			// hello joined the shared address on its first start
+			if out, err := fly("ips", "list", "-a", "hello"); err != nil || !strings.Contains(out, "127.0.0.1  public (shared)") {
+				t.Errorf("caddy fly ips list -a hello: %v\n%s", err, out)
+			}
+			// the TCP app has no address until it gets one: pass-through on
+			// its dedicated address, TLS (ALPN "echo") on the shared one
+			if c, err := net.DialTimeout("tcp", "127.30.0.1:9000", 5*time.Second); err == nil {
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				fmt.Fprintf(c, "hello\n")
+				if b, _ := io.ReadAll(c); len(b) > 0 {
+					t.Errorf("echo answered on an address it does not hold: %q", b)
+				}
+				c.Close()
+			}
+			echoV4 := allocateWithCLI(t, fly, "echo")
+			if _, err := fly("ips", "allocate-v4", "--shared", "-a", "echo"); err != nil {
+				t.Fatal(err)
+			}
+			raw, err := net.DialTimeout("tcp", echoV4+":9000", 5*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -125,7 +150,8 @@ func TestExamplesRun(t *testing.T) {
 			// the PostgreSQL app, when this host runs PostgreSQL
 			if pg, err := net.DialTimeout("tcp", pgAddr, time.Second); err == nil {
 				pg.Close()
-				out, err := exec.Command("psql", "host=127.0.0.1 port=5433 user=postgres dbname=test sslmode=require connect_timeout=5", "-Atc", "select 'db ' || (20 + 22)").CombinedOutput()
+				dbV4 := allocateWithCLI(t, fly, "db")
+				out, err := exec.Command("psql", "host="+dbV4+" port=5433 user=postgres dbname=test sslmode=require connect_timeout=5", "-Atc", "select 'db ' || (20 + 22)").CombinedOutput()
 				if err != nil || strings.TrimSpace(string(out)) != "db 42" {
 					t.Errorf("psql through the example's pg_tls port: %v\n%s", err, out)
 				}
@@ -139,4 +165,19 @@ func TestExamplesRun(t *testing.T) {
 			}
 		})
 	}
+}
+
+// allocateWithCLI runs caddy fly ips allocate-v4 -a app and returns the
+// address it printed.
+func allocateWithCLI(t *testing.T, fly func(...string) (string, error), app string) string {
+	t.Helper()
+	out, err := fly("ips", "allocate-v4", "-a", app, "--json")
+	if err != nil {
+		t.Fatalf("caddy fly ips allocate-v4 -a %s: %v\n%s", app, err, out)
+	}
+	var a struct{ Address string }
+	if err := json.Unmarshal([]byte(out), &a); err != nil || a.Address == "" {
+		t.Fatalf("caddy fly ips allocate-v4 --json printed %q", out)
+	}
+	return a.Address
 }

@@ -37,7 +37,7 @@ var (
 // as the HTTPS of the others), with its own storage folder.
 type ipEdge struct {
 	httpPort, httpsPort, machinePort, rawPort string
-	storage                                   string
+	storage, domain                           string
 	roots                                     *x509.CertPool
 }
 
@@ -50,7 +50,7 @@ const ipEdgeConfig = `{
 	storage file_system %[2]s
 	fly {
 		region iad
-		base_domain edge.test
+		base_domain %[13]s
 		app web {
 			service %[5]s {
 				port %[3]s http
@@ -83,7 +83,7 @@ const ipEdgeConfig = `{
 	}
 	servers :%[4]s {
 		listener_wrappers {
-			layer4 {
+			fly_layer4 {
 				@raw fly_app {
 					handlers none
 				}
@@ -117,11 +117,14 @@ http://:%[3]s, https://:%[4]s {
 func startIPEdge(t *testing.T) *ipEdge {
 	t.Helper()
 	requireCaddy(t)
-	e := &ipEdge{httpPort: freePort(), httpsPort: freePort(), machinePort: freePort(), rawPort: freePort(), storage: t.TempDir()}
+	// a base domain of its own: Caddy caches certificates across configs,
+	// and each test's storage has its own CA
+	e := &ipEdge{httpPort: freePort(), httpsPort: freePort(), machinePort: freePort(), rawPort: freePort(), storage: t.TempDir(),
+		domain: strings.ToLower(t.Name()) + ".test"}
 	startMachines(t, e.machinePort, ipWeb, ipOther)
 	startSinks(t, e.rawPort, 0, ipRaw)
 	mustLoad(t, fmt.Sprintf(ipEdgeConfig, adminAddr, e.storage, e.httpPort, e.httpsPort, e.machinePort, e.rawPort,
-		ipWeb.id, ipWeb.ip, ipOther.id, ipOther.ip, ipRaw.id, ipRaw.ip))
+		ipWeb.id, ipWeb.ip, ipOther.id, ipOther.ip, ipRaw.id, ipRaw.ip, e.domain))
 	e.roots = storageRoots(t, e.storage)
 	return e
 }
@@ -221,10 +224,10 @@ func TestAddressRouting(t *testing.T) {
 	for _, tc := range []struct {
 		name, url, want string
 	}{
-		{"shared, http, web", "http://web.edge.test:" + e.httpPort + "/", ipWeb.id},
-		{"shared, http, other", "http://other.edge.test:" + e.httpPort + "/", ipOther.id},
-		{"shared, https, web", "https://web.edge.test:" + e.httpsPort + "/", ipWeb.id},
-		{"shared, https, other", "https://other.edge.test:" + e.httpsPort + "/", ipOther.id},
+		{"shared, http, web", "http://web." + e.domain + ":" + e.httpPort + "/", ipWeb.id},
+		{"shared, http, other", "http://other." + e.domain + ":" + e.httpPort + "/", ipOther.id},
+		{"shared, https, web", "https://web." + e.domain + ":" + e.httpsPort + "/", ipWeb.id},
+		{"shared, https, other", "https://other." + e.domain + ":" + e.httpsPort + "/", ipOther.id},
 	} {
 		if got, err := machineOf(shared, tc.url); err != nil || got != tc.want {
 			t.Errorf("%s: machine %q, %v; want %s", tc.name, got, err, tc.want)
@@ -241,10 +244,10 @@ func TestAddressRouting(t *testing.T) {
 		c    *http.Client
 		url  string
 	}{
-		{"unknown host on the shared address", shared, "http://nobody.edge.test:" + e.httpPort + "/"},
-		{"app without the shared address", shared, "http://raw.edge.test:" + e.httpPort + "/"},
-		{"address of no app", via(e.roots, "127.0.0.1"), "http://web.edge.test:" + e.httpPort + "/"},
-		{"free address of the dedicated pool", via(e.roots, "127.30.0.2"), "http://web.edge.test:" + e.httpPort + "/"},
+		{"unknown host on the shared address", shared, "http://nobody." + e.domain + ":" + e.httpPort + "/"},
+		{"app without the shared address", shared, "http://raw." + e.domain + ":" + e.httpPort + "/"},
+		{"address of no app", via(e.roots, "127.0.0.1"), "http://web." + e.domain + ":" + e.httpPort + "/"},
+		{"free address of the dedicated pool", via(e.roots, "127.30.0.2"), "http://web." + e.domain + ":" + e.httpPort + "/"},
 		{"unknown name over TLS", shared, "https://www.example.com:" + e.httpsPort + "/"},
 	} {
 		if got, err := machineOf(tc.c, tc.url); err == nil {
@@ -307,9 +310,9 @@ func TestCustomHostname(t *testing.T) {
 func TestSwitchToSharedIPv4(t *testing.T) {
 	e := startIPEdge(t)
 	dedicated := allocate(t, adminAddr, "web", "v4")
-	url := "http://web.edge.test:" + e.httpPort + "/"
+	url := "http://web." + e.domain + ":" + e.httpPort + "/"
 
-	// the client resolves web.edge.test to the address in dns
+	// the client resolves the app's host name to the address in dns
 	var dns atomic.Value
 	dns.Store(dedicated)
 	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -387,7 +390,7 @@ func TestAdminAPIErrors(t *testing.T) {
 		{"POST", "/fly/apps/other/ips", `{"type":"v6"}`, 409, "the v6 pool is exhausted"},
 		{"DELETE", "/fly/apps/other/ips/::1", "", 404, "app other does not hold ::1"},
 		{"DELETE", "/fly/apps/web/ips/not-an-ip", "", 400, `\"not-an-ip\" is not an IP address`},
-		{"POST", "/fly/apps/other/certs", `{"hostname":"web.edge.test"}`, 409, "hostname web.edge.test is taken by app web"},
+		{"POST", "/fly/apps/other/certs", `{"hostname":"web.` + e.domain + `"}`, 409, "hostname web." + e.domain + " is taken by app web"},
 		{"POST", "/fly/apps/other/certs", `{"hostname":"bad host"}`, 400, "is not a valid host name"},
 		{"DELETE", "/fly/apps/other/certs/www.nowhere.example", "", 404, "app other has no host name www.nowhere.example"},
 		{"GET", "/fly/apps/web/machines/00000000000bad", "", 404, "app web has no machine 00000000000bad"},
@@ -439,7 +442,7 @@ func TestLiveMachines(t *testing.T) {
 	allocate(t, adminAddr, "other", "shared_v4")
 	extra := testMachine{"0000000000f1a1", "iad", "127.0.57.11"}
 	startMachines(t, e.machinePort, extra)
-	url := "http://other.edge.test:" + e.httpPort + "/"
+	url := "http://other." + e.domain + ":" + e.httpPort + "/"
 	shared := via(e.roots, sharedV4)
 	out, err := exec.Command(caddyBin, "fly", "machine", "add", "-a", "other", "--id", extra.id, "--region", "iad",
 		"--machine-address", extra.ip, "--address", adminAddr).CombinedOutput()

@@ -41,6 +41,12 @@ type App struct {
 	// an app's first deploy. Default: true.
 	AutoAllocate *bool `json:"auto_allocate,omitempty"`
 
+	// The edge ports that count as Fly's 80 (http) and 443 (tls, http)
+	// for the automatic shared IPv4 address, for an edge that serves the
+	// web on other ports. Default: 80 and 443.
+	HTTPPort  int `json:"http_port,omitempty"`
+	HTTPSPort int `json:"https_port,omitempty"`
+
 	pools    *pools
 	fly      *routing.App
 	store    *store
@@ -72,6 +78,18 @@ func (a *App) Provision(ctx caddy.Context) error {
 
 func (a *App) setup(ctx context.Context, fly *routing.App, storage certmagic.Storage, logger *zap.Logger) error {
 	a.logger = logger
+	for _, f := range []struct {
+		name string
+		port *int
+		def  int
+	}{{"http_port", &a.HTTPPort, 80}, {"https_port", &a.HTTPSPort, 443}} {
+		if *f.port == 0 {
+			*f.port = f.def
+		}
+		if *f.port < 1 || *f.port > 65535 {
+			return fmt.Errorf("%s: %d is not a port number (1-65535)", f.name, *f.port)
+		}
+	}
 	p, err := a.Pools.parse()
 	if err != nil {
 		return err

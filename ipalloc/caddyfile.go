@@ -1,6 +1,8 @@
 package ipalloc
 
 import (
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
@@ -14,6 +16,8 @@ import (
 //		egress_v4 <prefix|first-last...>
 //		egress_v6 <prefix|first-last...>
 //		auto_allocate on|off
+//		http_port <port>
+//		https_port <port>
 //	}
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // option name
@@ -46,6 +50,22 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.AutoAllocate = &off
 			default:
 				return d.Errf("auto_allocate: %q (want on or off)", v)
+			}
+			continue
+		case "http_port", "https_port":
+			name := d.Val()
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			port, err := strconv.Atoi(v)
+			if err != nil {
+				return d.Errf("%s: %q is not a port number", name, v)
+			}
+			if name == "http_port" {
+				a.HTTPPort = port
+			} else {
+				a.HTTPSPort = port
 			}
 			continue
 		default:

@@ -247,7 +247,7 @@ func (a *App) autoAllocateApp(t *txn, name string) error {
 			return err
 		}
 	}
-	if a.pools.sharedV4 != nil && !have[TypeSharedV4] && !have[TypeV4] && servesHTTPOn80or443(a.fly.AppConfig(name)) {
+	if a.pools.sharedV4 != nil && !have[TypeSharedV4] && !have[TypeV4] && a.servesWeb(a.fly.AppConfig(name)) {
 		if _, _, err := a.allocate(t, name, TypeSharedV4); err != nil {
 			return err
 		}
@@ -271,13 +271,15 @@ func (a *App) applyPending(t *txn) error {
 	return nil
 }
 
-func servesHTTPOn80or443(cfg *routing.Application) bool {
+// servesWeb tells whether an app serves HTTP on port 80 or TLS and HTTP
+// on 443 (or the ports configured in their place).
+func (a *App) servesWeb(cfg *routing.Application) bool {
 	for _, s := range cfg.Services {
 		for _, p := range s.Ports {
-			if p.Port == 80 && slices.Equal(p.Handlers, []string{"http"}) {
+			if p.Port == a.HTTPPort && slices.Equal(p.Handlers, []string{"http"}) {
 				return true
 			}
-			if p.Port == 443 && slices.Equal(p.Handlers, []string{"tls", "http"}) {
+			if p.Port == a.HTTPSPort && slices.Equal(p.Handlers, []string{"tls", "http"}) {
 				return true
 			}
 		}
