@@ -27,9 +27,10 @@ const (
 
 // machines of the apps web, other and raw
 var (
-	ipWeb   = testMachine{"0000000000f101", "iad", "127.0.57.1"}
-	ipOther = testMachine{"0000000000f102", "iad", "127.0.57.2"}
-	ipRaw   = testMachine{"0000000000f103", "iad", "127.0.57.3"}
+	ipWeb    = testMachine{"0000000000f101", "iad", "127.0.57.1"}
+	ipOther  = testMachine{"0000000000f102", "iad", "127.0.57.2"}
+	ipRaw    = testMachine{"0000000000f103", "iad", "127.0.57.3"}
+	ipSecure = testMachine{"0000000000f104", "iad", "127.0.57.4"}
 )
 
 // ipEdge is an edge that routes by destination address: apps web and
@@ -71,6 +72,12 @@ const ipEdgeConfig = `{
 			}
 			machine %[11]s iad %[12]s
 		}
+		app secure {
+			service %[6]s {
+				port %[4]s tls
+			}
+			machine %[14]s iad %[15]s
+		}
 	}
 	fly_ips {
 		v6 ::1/128
@@ -90,6 +97,13 @@ const ipEdgeConfig = `{
 				route @raw {
 					fly_proxy
 				}
+				@tls fly_app {
+					handlers tls
+				}
+				route @tls {
+					fly_tls
+					fly_proxy
+				}
 			}
 			tls
 		}
@@ -101,6 +115,7 @@ http://:%[3]s, https://:%[4]s {
 	}
 	@app fly_app
 	handle @app {
+		header X-Served-App {http.vars.fly.app}
 		fly_headers
 		reverse_proxy {
 			dynamic fly
@@ -122,9 +137,9 @@ func startIPEdge(t *testing.T) *ipEdge {
 	e := &ipEdge{httpPort: freePort(), httpsPort: freePort(), machinePort: freePort(), rawPort: freePort(), storage: t.TempDir(),
 		domain: strings.ToLower(t.Name()) + ".test"}
 	startMachines(t, e.machinePort, ipWeb, ipOther)
-	startSinks(t, e.rawPort, 0, ipRaw)
+	startSinks(t, e.rawPort, 0, ipRaw, ipSecure)
 	mustLoad(t, fmt.Sprintf(ipEdgeConfig, adminAddr, e.storage, e.httpPort, e.httpsPort, e.machinePort, e.rawPort,
-		ipWeb.id, ipWeb.ip, ipOther.id, ipOther.ip, ipRaw.id, ipRaw.ip, e.domain))
+		ipWeb.id, ipWeb.ip, ipOther.id, ipOther.ip, ipRaw.id, ipRaw.ip, e.domain, ipSecure.id, ipSecure.ip))
 	e.roots = storageRoots(t, e.storage)
 	return e
 }
@@ -258,6 +273,27 @@ func TestAddressRouting(t *testing.T) {
 	id, gotHash, _, _ := exchange(t, net.JoinHostPort(rawV4, e.httpsPort), 1<<20, "raw")
 	if id != ipRaw.id || gotHash != hashOf(stream("raw"), 1<<20) {
 		t.Errorf("raw TCP through %s: machine %s, hash %s", rawV4, id, gotHash)
+	}
+	// tls-only on the shared address of the same port: the matcher reads
+	// the server name from the ClientHello, fly_tls terminates
+	allocate(t, adminAddr, "secure", "shared_v4")
+	tc, err := tls.Dial("tcp", net.JoinHostPort(sharedV4, e.httpsPort), &tls.Config{ServerName: "secure." + e.domain, RootCAs: e.roots})
+	if err != nil {
+		t.Fatalf("tls to secure on the shared address: %v", err)
+	}
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	tc.Write([]byte("over tls"))
+	tc.CloseWrite()
+	if b, _ := io.ReadAll(tc); !strings.HasPrefix(string(b), ipSecure.id+" ") {
+		t.Errorf("tls on the shared address: machine answered %q, want %s", b, ipSecure.id)
+	}
+	tc.Close()
+	// the app's name is a placeholder
+	resp, err := shared.Get("https://other." + e.domain + ":" + e.httpsPort + "/")
+	if err != nil || resp.Header.Get("X-Served-App") != "other" {
+		t.Errorf("{http.vars.fly.app}: %v %v", err, resp.Header)
+	} else {
+		resp.Body.Close()
 	}
 	// a layer 4 connection to an address of no app is closed unserved
 	c, err := net.Dial("tcp", net.JoinHostPort("127.30.0.3", e.httpsPort))
@@ -610,6 +646,22 @@ func TestSharedStorage(t *testing.T) {
 		}
 		if time.Since(acked) > 2*time.Second {
 			t.Fatalf("2 s after the storm the nodes see %d and %d of 100 assignments", len(a), len(b))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// a machine registered on one node serves on the other
+	if status, body := call(t, nodes[0].admin, http.MethodPost, "/fly/apps/app7/machines", `{"id":"0000000000a007","region":"fra","address":"127.0.57.70"}`, nil); status != http.StatusCreated {
+		t.Fatalf("machine add: %d %s", status, body)
+	}
+	added := time.Now()
+	for {
+		var ms []map[string]string
+		call(t, nodes[1].admin, http.MethodGet, "/fly/apps/app7/machines", "", &ms)
+		if len(ms) == 1 && ms[0]["id"] == "0000000000a007" && ms[0]["region"] == "fra" {
+			break
+		}
+		if time.Since(added) > 2*time.Second {
+			t.Fatalf("2 s after a machine was added on node 0, node 1 has %v", ms)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
