@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -154,7 +155,7 @@ func (a *App) Cleanup() error {
 }
 
 // syncMachines gives the fly app the run-time machines of apps (nil: of
-// every app).
+// every app); apps whose machines did not change are left alone.
 func (a *App) syncMachines(apps map[string]bool) {
 	if apps == nil {
 		apps = make(map[string]bool)
@@ -166,7 +167,9 @@ func (a *App) syncMachines(apps map[string]bool) {
 			}
 		})
 		for _, name := range a.fly.AppNames() {
-			apps[name] = true
+			if len(a.fly.LiveMachines(name)) > 0 {
+				apps[name] = true
+			}
 		}
 	}
 	for name := range apps {
@@ -181,6 +184,10 @@ func (a *App) syncMachines(apps map[string]bool) {
 				}
 			}
 		})
+		slices.SortFunc(ms, func(x, y *routing.Machine) int { return strings.Compare(x.ID, y.ID) })
+		if slices.EqualFunc(ms, a.fly.LiveMachines(name), func(x, y *routing.Machine) bool { return *x == *y }) {
+			continue
+		}
 		if err := a.fly.SetMachines(name, ms); err != nil {
 			a.logger.Error("registering machines", zap.String("app", name), zap.Error(err))
 		}

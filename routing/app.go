@@ -466,6 +466,14 @@ func (a *App) Machines(app string) ([]*Machine, error) {
 	return append(slices.Clone(e.config.Machines), e.live...), nil
 }
 
+// LiveMachines returns the machines of app registered at run time.
+func (a *App) LiveMachines(app string) []*Machine {
+	if slot := a.reg.Load().apps[app]; slot != nil {
+		return slot.load().live
+	}
+	return nil
+}
+
 // HasApp tells whether the config has an app of that name.
 func (a *App) HasApp(app string) bool { return a.reg.Load().apps[app] != nil }
 
