@@ -150,7 +150,7 @@ func (m *MatchL4) Provision(ctx caddy.Context) error {
 	if slices.Equal(m.Handlers, []string{"none"}) {
 		m.Handlers = []string{}
 	}
-	if m.Handlers != nil && len(m.Handlers) > 0 && slices.Contains(m.Handlers, "http") {
+	if slices.Contains(m.Handlers, "http") {
 		return fmt.Errorf("handlers: %v: ports with the http handler are served by the HTTP server, not at layer 4", m.Handlers)
 	}
 	apps, err := provisionApps(ctx)
