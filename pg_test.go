@@ -396,3 +396,183 @@ func TestPSQL(t *testing.T) {
 	}
 	t.Logf("psql sslmode=disable prints: %s", strings.TrimSpace(out))
 }
+
+// startPgbouncer runs a pgbouncer in transaction pooling mode in front of
+// the local PostgreSQL on a free port, and returns the port. As root it
+// runs as the postgres user (pgbouncer refuses root). Under CI=true a
+// missing pgbouncer fails the test; elsewhere it skips.
+func startPgbouncer(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("pgbouncer")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("pgbouncer is not installed (.ci/run installs it)")
+		}
+		t.Skip("pgbouncer is not installed")
+	}
+	// a folder the postgres user can reach (t.TempDir's parent is 0700)
+	dir, err := os.MkdirTemp("", "flyedge-pgbouncer-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o777)
+	port := freePort()
+	ini := fmt.Sprintf(`[databases]
+* = host=127.0.0.1 port=5432
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = %s
+unix_socket_dir =
+auth_type = trust
+auth_file = %s/users.txt
+admin_users = postgres
+pool_mode = transaction
+max_client_conn = 500
+default_pool_size = 20
+ignore_startup_parameters = extra_float_digits
+logfile = %s/pgbouncer.log
+pidfile = %s/pgbouncer.pid
+`, port, dir, dir, dir)
+	os.WriteFile(filepath.Join(dir, "users.txt"), []byte(`"postgres" ""`+"\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "pgbouncer.ini"), []byte(ini), 0o644)
+	args := []string{filepath.Join(dir, "pgbouncer.ini")}
+	if os.Geteuid() == 0 {
+		args = append([]string{"-u", "postgres"}, args...)
+	}
+	p := exec.Command(bin, args...)
+	var log logBuf
+	p.Stdout, p.Stderr = &log, &log
+	p.SysProcAttr = dieWithTests()
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopProcess(p) })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		c, err := net.Dial("tcp", "127.0.0.1:"+port)
+		if err == nil {
+			c.Close()
+			return port
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
+			t.Fatalf("pgbouncer does not listen on %s:\n%s%s", port, log.String(), b)
+		}
+	}
+}
+
+// TestPGTLS200Sessions: 200 sessions open at once through pg_tls, to an
+// app whose machine is a pgbouncer in front of the PostgreSQL server (the
+// server's own max_connections, 100 here, is below 200), each running a
+// query while all are open; pgbouncer counts 200 clients.
+func TestPGTLS200Sessions(t *testing.T) {
+	requirePostgres(t)
+	bouncer := startPgbouncer(t)
+	port := freePort()
+	cfg := fmt.Sprintf(`{
+	"admin": {"listen": %q, "config": {"persist": false}},
+	"apps": {
+		"fly": {"base_domain": "edge.test", "apps": {
+			"pool": {"services": [{"internal_port": %s, "ports": [{"port": %s, "handlers": ["pg_tls"]}]}],
+				"machines": [{"id": "00000000000d21", "region": "iad", "address": "127.0.0.1"}]}
+		}},
+		"tls": {"certificates": {"automate": ["pool.edge.test"]}, "automation": {"policies": [{"issuers": [{"module": "internal"}]}]}},
+		"pki": {"certificate_authorities": {"local": {"install_trust": false}}},
+		"layer4": {"servers": {"pool": {"listen": [":%[3]s"], "routes": [{"handle": [{"handler": "pg_tls"}, {"handler": "fly_proxy"}]}]}}}
+	}
+}`, adminAddr, bouncer, port)
+	if err := load(t, cfg, "json"); err != nil {
+		t.Fatal(err)
+	}
+	caddyRoots(t, caddyHome)
+	root := filepath.Join(caddyHome, "data", "caddy", "pki", "authorities", "local", "root.crt")
+	connect := func(ctx context.Context, db string) (*pgx.Conn, error) {
+		cfg, err := pgx.ParseConfig(fmt.Sprintf("host=pool.edge.test port=%s user=postgres dbname=%s sslrootcert=%s sslmode=verify-full connect_timeout=10", port, db, root))
+		if err != nil {
+			return nil, err
+		}
+		cfg.LookupFunc = func(context.Context, string) ([]string, error) { return []string{"127.0.0.1"}, nil }
+		cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol // transaction pooling
+		return pgx.ConnectConfig(ctx, cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	waitFor(t, "the certificate of pool.edge.test", func() bool {
+		c, err := connect(ctx, "test")
+		if err == nil {
+			c.Close(ctx)
+		}
+		return err == nil
+	})
+
+	const n = 200
+	var wg sync.WaitGroup
+	opened, ran := make(chan error, n), make(chan error, n)
+	all, done := make(chan struct{}), make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			c, err := connect(ctx, "test")
+			opened <- err
+			if err != nil {
+				return
+			}
+			defer c.Close(ctx)
+			<-all // every session is open
+			var got int
+			err = c.QueryRow(ctx, fmt.Sprintf("select %d + 1", i)).Scan(&got)
+			if err == nil && got != i+1 {
+				err = fmt.Errorf("session %d got %d", i, got)
+			}
+			ran <- err
+			<-done
+		})
+	}
+	for range n {
+		if err := <-opened; err != nil {
+			close(all)
+			close(done)
+			wg.Wait()
+			t.Fatalf("opening a session: %v", err)
+		}
+	}
+	// pgbouncer's own count of clients
+	admin, err := connect(ctx, "pgbouncer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	var clients int
+	rows, err := admin.Query(ctx, "show pools")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		vals, _ := rows.Values()
+		descs := rows.FieldDescriptions()
+		db := ""
+		for j, d := range descs {
+			if d.Name == "database" {
+				db = fmt.Sprint(vals[j])
+			}
+			if (d.Name == "cl_active" || d.Name == "cl_waiting") && db == "test" {
+				var v int
+				fmt.Sscan(fmt.Sprint(vals[j]), &v)
+				clients += v
+			}
+		}
+	}
+	rows.Close()
+	close(all)
+	for range n {
+		if err := <-ran; err != nil {
+			close(done)
+			wg.Wait()
+			t.Fatalf("query while all %d sessions are open: %v", n, err)
+		}
+	}
+	close(done)
+	wg.Wait()
+	if clients != n {
+		t.Errorf("pgbouncer saw %d clients of database test, want %d", clients, n)
+	}
+}
