@@ -131,13 +131,16 @@ http://:%[3]s, https://:%[4]s {
 }
 `
 
+var edgeCount int
+
 func startIPEdge(t *testing.T) *ipEdge {
 	t.Helper()
 	requireCaddy(t)
 	// a base domain of its own: Caddy caches certificates across configs,
-	// and each test's storage has its own CA
+	// and each edge's storage has its own CA
+	edgeCount++
 	e := &ipEdge{httpPort: freePort(), httpsPort: freePort(), machinePort: freePort(), rawPort: freePort(), storage: t.TempDir(),
-		domain: strings.ToLower(t.Name()) + ".test"}
+		domain: fmt.Sprintf("%s-%d.test", strings.ToLower(t.Name()), edgeCount)}
 	startMachines(t, e.machinePort, ipWeb, ipOther)
 	startSinks(t, e.rawPort, 0, ipRaw, ipSecure)
 	mustLoad(t, fmt.Sprintf(ipEdgeConfig, adminAddr, e.storage, e.httpPort, e.httpsPort, e.machinePort, e.rawPort,
@@ -318,25 +321,26 @@ func TestCustomHostname(t *testing.T) {
 	e := startIPEdge(t)
 	allocate(t, adminAddr, "other", "shared_v4")
 	shared := via(e.roots, sharedV4)
-	url := "https://www.other.example:" + e.httpsPort + "/"
+	custom := "shop." + e.domain
+	url := "https://" + custom + ":" + e.httpsPort + "/"
 	_, err := machineOf(shared, url)
 	if err == nil || !strings.Contains(err.Error(), "tls") {
 		t.Fatalf("an unregistered host name: %v, want a failed TLS handshake", err)
 	}
-	status, body := call(t, adminAddr, http.MethodPost, "/fly/apps/other/certs", `{"hostname":"www.other.example"}`, nil)
+	status, body := call(t, adminAddr, http.MethodPost, "/fly/apps/other/certs", `{"hostname":"`+custom+`"}`, nil)
 	if status != http.StatusCreated {
 		t.Fatalf("certs add: %d %s", status, body)
 	}
 	if got, err := machineOf(shared, url); err != nil || got != ipOther.id {
 		t.Fatalf("after certs add: machine %q, %v; want %s", got, err, ipOther.id)
 	}
-	if got, err := machineOf(shared, "http://www.other.example:"+e.httpPort+"/"); err != nil || got != ipOther.id {
+	if got, err := machineOf(shared, "http://"+custom+":"+e.httpPort+"/"); err != nil || got != ipOther.id {
 		t.Errorf("plain http after certs add: machine %q, %v", got, err)
 	}
-	if status, _ := call(t, adminAddr, http.MethodDelete, "/fly/apps/other/certs/www.other.example", "", nil); status != http.StatusNoContent {
+	if status, _ := call(t, adminAddr, http.MethodDelete, "/fly/apps/other/certs/"+custom, "", nil); status != http.StatusNoContent {
 		t.Fatalf("certs remove: %d", status)
 	}
-	if got, err := machineOf(via(e.roots, sharedV4), "http://www.other.example:"+e.httpPort+"/"); err == nil {
+	if got, err := machineOf(via(e.roots, sharedV4), "http://"+custom+":"+e.httpPort+"/"); err == nil {
 		t.Errorf("a removed host name still reaches machine %s", got)
 	}
 }
@@ -898,7 +902,8 @@ func TestEgressIPs(t *testing.T) {
 func TestPGTLSByAddress(t *testing.T) {
 	requirePostgres(t)
 	storage, port := t.TempDir(), freePort()
-	domain := "pgaddr.test"
+	edgeCount++
+	domain := fmt.Sprintf("pgaddr-%d.test", edgeCount) // see startIPEdge
 	cfg := fmt.Sprintf(`{
 	"admin": {"listen": %q, "config": {"persist": false}},
 	"storage": {"module": "file_system", "root": %q},

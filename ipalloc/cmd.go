@@ -82,14 +82,8 @@ func flyCommand(cmd *cobra.Command) {
 				return c.print(out, func(w io.Writer) {
 					fmt.Fprintln(w, "VERSION\tIP\tTYPE\tREGION\tAPP\tCREATED AT")
 					for _, a := range out {
-						version, typ := "v4", "public (dedicated)"
-						switch a.Type {
-						case TypeV6:
-							version = "v6"
-						case TypeSharedV4:
-							typ = "public (shared)"
-						}
-						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", version, a.Address, typ, a.Region, a.App, a.CreatedAt.Format(time.RFC3339))
+						version, kind := describe(a)
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", version, a.Address, kind, a.Region, a.App, a.CreatedAt.Format(time.RFC3339))
 					}
 				})
 			}},
@@ -98,11 +92,7 @@ func flyCommand(cmd *cobra.Command) {
 		c.allocateV4(),
 		&cobra.Command{Use: "release <address>", Short: "Release an address of the app", Args: cobra.ExactArgs(1),
 			RunE: func(_ *cobra.Command, args []string) error {
-				if err := c.call(http.MethodDelete, c.appPath("ips", args[0]), nil, nil); err != nil {
-					return err
-				}
-				fmt.Fprintf(c.out, "Released %s from %s\n", args[0], c.app)
-				return nil
+				return c.remove(c.appPath("ips", args[0]), "Released %s from %s\n", args[0])
 			}},
 	)
 
@@ -131,11 +121,7 @@ func flyCommand(cmd *cobra.Command) {
 			}},
 		&cobra.Command{Use: "remove <hostname>", Short: "Remove a custom host name of the app", Args: cobra.ExactArgs(1),
 			RunE: func(_ *cobra.Command, args []string) error {
-				if err := c.call(http.MethodDelete, c.appPath("certs", args[0]), nil, nil); err != nil {
-					return err
-				}
-				fmt.Fprintf(c.out, "Removed %s from %s\n", args[0], c.app)
-				return nil
+				return c.remove(c.appPath("certs", args[0]), "Removed %s from %s\n", args[0])
 			}},
 	)
 
@@ -161,11 +147,7 @@ func flyCommand(cmd *cobra.Command) {
 		c.machineAdd(),
 		&cobra.Command{Use: "remove <id>", Aliases: []string{"rm", "destroy"}, Short: "Deregister a machine", Args: cobra.ExactArgs(1),
 			RunE: func(_ *cobra.Command, args []string) error {
-				if err := c.call(http.MethodDelete, c.appPath("machines", args[0]), nil, nil); err != nil {
-					return err
-				}
-				fmt.Fprintf(c.out, "Machine %s removed from %s\n", args[0], c.app)
-				return nil
+				return c.remove(c.appPath("machines", args[0]), "Machine %s removed from %s\n", args[0])
 			}},
 		c.egressCommand(),
 	)
@@ -192,15 +174,22 @@ func (c *client) allocate(typ string) error {
 	}
 	return c.print(out, func(w io.Writer) {
 		fmt.Fprintln(w, "VERSION\tIP\tTYPE\tREGION\tCREATED AT")
-		version, kind := "v4", "public (dedicated)"
-		switch out.Type {
-		case TypeV6:
-			version = "v6"
-		case TypeSharedV4:
-			kind = "public (shared)"
-		}
+		version, kind := describe(out)
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", version, out.Address, kind, out.Region, out.CreatedAt.Format(time.RFC3339))
 	})
+}
+
+// describe returns an assignment's IP version and kind as flyctl prints
+// them.
+func describe(a Assignment) (version, kind string) {
+	version, kind = "v4", "public (dedicated)"
+	switch a.Type {
+	case TypeV6:
+		version = "v6"
+	case TypeSharedV4:
+		kind = "public (shared)"
+	}
+	return version, kind
 }
 
 func (c *client) machineAdd() *cobra.Command {
@@ -285,6 +274,15 @@ func (c *client) egressIPs() ([]EgressIP, error) {
 		all = append(all, out...)
 	}
 	return all, nil
+}
+
+// remove sends a DELETE to path and prints done with what and the app.
+func (c *client) remove(path, done, what string) error {
+	if err := c.call(http.MethodDelete, path, nil, nil); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, done, what, c.app)
+	return nil
 }
 
 func (c *client) appPath(parts ...string) string {

@@ -44,7 +44,9 @@ type matcherApps struct {
 	ips *App
 }
 
-func provisionApps(ctx caddy.Context) (matcherApps, error) {
+// provisionApps finds the fly and fly_ips apps and checks that the
+// matcher's app names (config field field) are apps of the fly config.
+func provisionApps(ctx caddy.Context, field string, names []string) (matcherApps, error) {
 	ips, err := ctx.App("fly_ips")
 	if err != nil {
 		return matcherApps{}, fmt.Errorf("loading the fly_ips app: %w", err)
@@ -53,7 +55,13 @@ func provisionApps(ctx caddy.Context) (matcherApps, error) {
 	if err != nil {
 		return matcherApps{}, fmt.Errorf("loading the fly app: %w", err)
 	}
-	return matcherApps{fly: fly.(*routing.App), ips: ips.(*App)}, nil
+	apps := matcherApps{fly: fly.(*routing.App), ips: ips.(*App)}
+	for _, name := range names {
+		if !apps.fly.HasApp(name) {
+			return matcherApps{}, fmt.Errorf("%s: %q is not an app of the fly config", field, name)
+		}
+	}
+	return apps, nil
 }
 
 // CaddyModule returns the Caddy module information.
@@ -77,17 +85,9 @@ func (m MatchHTTP) MarshalJSON() ([]byte, error) {
 
 // Provision finds the fly and fly_ips apps.
 func (m *MatchHTTP) Provision(ctx caddy.Context) error {
-	apps, err := provisionApps(ctx)
-	if err != nil {
-		return err
-	}
+	apps, err := provisionApps(ctx, "fly_app", m.Apps)
 	m.matcherApps = apps
-	for _, name := range m.Apps {
-		if !apps.fly.HasApp(name) {
-			return fmt.Errorf("fly_app: %q is not an app of the fly config", name)
-		}
-	}
-	return nil
+	return err
 }
 
 // Match implements caddyhttp.RequestMatcher.
@@ -153,17 +153,9 @@ func (m *MatchL4) Provision(ctx caddy.Context) error {
 	if slices.Contains(m.Handlers, "http") {
 		return fmt.Errorf("handlers: %v: ports with the http handler are served by the HTTP server, not at layer 4", m.Handlers)
 	}
-	apps, err := provisionApps(ctx)
-	if err != nil {
-		return err
-	}
+	apps, err := provisionApps(ctx, "apps", m.Apps)
 	m.matcherApps = apps
-	for _, name := range m.Apps {
-		if !apps.fly.HasApp(name) {
-			return fmt.Errorf("apps: %q is not an app of the fly config", name)
-		}
-	}
-	return nil
+	return err
 }
 
 // Match implements layer4.ConnMatcher.
