@@ -50,9 +50,24 @@ func (api *adminAPI) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Routes returns the admin routes.
+// Routes returns the admin routes: one pattern per resource (methods
+// are told apart by the handlers, so 405 is JSON too) and a catch-all
+// that answers 404 in JSON.
 func (api *adminAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{Pattern: "/fly/", Handler: caddy.AdminHandlerFunc(api.serve)}}
+	return []caddy.AdminRoute{
+		{Pattern: "/fly/ips", Handler: api.handle(api.allIPs)},
+		{Pattern: "/fly/apps/{app}/ips", Handler: api.handle(api.ips)},
+		{Pattern: "/fly/apps/{app}/ips/{address}", Handler: api.handle(api.ip)},
+		{Pattern: "/fly/apps/{app}/certs", Handler: api.handle(api.certs)},
+		{Pattern: "/fly/apps/{app}/certs/{hostname}", Handler: api.handle(api.cert)},
+		{Pattern: "/fly/apps/{app}/machines", Handler: api.handle(api.machines)},
+		{Pattern: "/fly/apps/{app}/machines/{id}", Handler: api.handle(api.machine)},
+		{Pattern: "/fly/apps/{app}/machines/{id}/egress-ips", Handler: api.handle(api.egressIPs)},
+		{Pattern: "/fly/apps/{app}/machines/{id}/egress-ips/{address}", Handler: api.handle(api.egressIP)},
+		{Pattern: "/fly/", Handler: api.handle(func(_ http.ResponseWriter, r *http.Request) error {
+			return apiError(http.StatusNotFound, "no such endpoint: %s", r.URL.Path)
+		})},
+	}
 }
 
 func apiError(status int, format string, args ...any) error {
@@ -60,154 +75,167 @@ func apiError(status int, format string, args ...any) error {
 	return caddy.APIError{HTTPStatus: status, Err: err, Message: err.Error()}
 }
 
-func (api *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
-	if api.app == nil {
-		return apiError(http.StatusNotFound, "this Caddy runs no fly app")
-	}
-	err := api.route(w, r)
-	if err == nil {
-		return nil
-	}
-	var ae caddy.APIError
-	if errors.As(err, &ae) {
-		return err
-	}
-	return caddy.APIError{HTTPStatus: StatusOf(err), Err: err, Message: err.Error()}
+// handle turns the app's errors into JSON answers with their status.
+func (api *adminAPI) handle(h caddy.AdminHandlerFunc) caddy.AdminHandler {
+	return caddy.AdminHandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if api.app == nil {
+			return apiError(http.StatusNotFound, "this Caddy runs no fly app")
+		}
+		err := h(w, r)
+		if err == nil {
+			return nil
+		}
+		var ae caddy.APIError
+		if errors.As(err, &ae) {
+			return err
+		}
+		return caddy.APIError{HTTPStatus: StatusOf(err), Err: err, Message: err.Error()}
+	})
 }
 
-// route dispatches on the path:
-//
-//	/fly/ips
-//	/fly/apps/{app}/ips[/{address}]
-//	/fly/apps/{app}/certs[/{hostname}]
-//	/fly/apps/{app}/machines[/{id}[/egress-ips[/{address}]]]
-func (api *adminAPI) route(w http.ResponseWriter, r *http.Request) error {
-	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/fly/"), "/"), "/")
-	a := api.app
-	ctx := r.Context()
-	if len(parts) == 1 && parts[0] == "ips" {
-		if err := methods(r, http.MethodGet); err != nil {
-			return err
-		}
-		ips, err := a.IPs("")
+// GET /fly/ips
+func (api *adminAPI) allIPs(w http.ResponseWriter, r *http.Request) error {
+	if err := methods(r, http.MethodGet); err != nil {
+		return err
+	}
+	ips, err := api.app.IPs("")
+	return reply(w, http.StatusOK, ips, err)
+}
+
+// GET, POST /fly/apps/{app}/ips
+func (api *adminAPI) ips(w http.ResponseWriter, r *http.Request) error {
+	app := r.PathValue("app")
+	switch r.Method {
+	case http.MethodGet:
+		ips, err := api.app.IPs(app)
 		return reply(w, http.StatusOK, ips, err)
-	}
-	if len(parts) < 3 || parts[0] != "apps" || parts[1] == "" {
-		return apiError(http.StatusNotFound, "no such endpoint: %s", r.URL.Path)
-	}
-	app, rest := parts[1], parts[2:]
-	switch {
-	case rest[0] == "ips" && len(rest) == 1:
-		switch r.Method {
-		case http.MethodGet:
-			ips, err := a.IPs(app)
-			return reply(w, http.StatusOK, ips, err)
-		case http.MethodPost:
-			var body struct {
-				Type string `json:"type"`
-			}
-			if err := decode(r, &body); err != nil {
-				return err
-			}
-			asg, created, err := a.Allocate(ctx, app, body.Type)
-			return reply(w, createdOr(created), asg, err)
+	case http.MethodPost:
+		var body struct {
+			Type string `json:"type"`
 		}
-		return methods(r, http.MethodGet, http.MethodPost)
-	case rest[0] == "ips" && len(rest) == 2:
-		if err := methods(r, http.MethodDelete); err != nil {
+		if err := decode(r, &body); err != nil {
 			return err
 		}
-		return reply(w, http.StatusNoContent, nil, a.Release(ctx, app, rest[1]))
-	case rest[0] == "certs" && len(rest) == 1:
-		switch r.Method {
-		case http.MethodGet:
-			certs, err := a.Certs(app)
-			return reply(w, http.StatusOK, certs, err)
-		case http.MethodPost:
-			var body struct {
-				Hostname string `json:"hostname"`
-			}
-			if err := decode(r, &body); err != nil {
-				return err
-			}
-			c, created, err := a.AddCert(ctx, app, body.Hostname)
-			return reply(w, createdOr(created), c, err)
-		}
-		return methods(r, http.MethodGet, http.MethodPost)
-	case rest[0] == "certs" && len(rest) == 2:
-		if err := methods(r, http.MethodDelete); err != nil {
-			return err
-		}
-		return reply(w, http.StatusNoContent, nil, a.RemoveCert(ctx, app, rest[1]))
-	case rest[0] == "machines" && len(rest) == 1:
-		switch r.Method {
-		case http.MethodGet:
-			ms, err := a.Machines(app)
-			return reply(w, http.StatusOK, ms, err)
-		case http.MethodPost:
-			var m routing.Machine
-			if err := decode(r, &m); err != nil {
-				return err
-			}
-			if m.ID == "" {
-				m.ID = newMachineID()
-			}
-			created, err := a.PutMachine(ctx, app, &m)
-			if err == nil && !created {
-				err = conflict("app %s already has machine %s; update it with PUT", app, m.ID)
-			}
-			return reply(w, http.StatusCreated, m, err)
-		}
-		return methods(r, http.MethodGet, http.MethodPost)
-	case rest[0] == "machines" && len(rest) == 2:
-		id := rest[1]
-		switch r.Method {
-		case http.MethodGet:
-			ms, err := a.Machines(app)
-			if err != nil {
-				return err
-			}
-			for _, m := range ms {
-				if m.ID == id {
-					return reply(w, http.StatusOK, m, nil)
-				}
-			}
-			return notFound("app %s has no machine %s", app, id)
-		case http.MethodPut:
-			var m routing.Machine
-			if err := decode(r, &m); err != nil {
-				return err
-			}
-			if m.ID == "" {
-				m.ID = id
-			}
-			if m.ID != id {
-				return badRequest("id: %q in the body does not match %q in the path", m.ID, id)
-			}
-			created, err := a.PutMachine(ctx, app, &m)
-			return reply(w, createdOr(created), m, err)
-		case http.MethodDelete:
-			return reply(w, http.StatusNoContent, nil, a.RemoveMachine(ctx, app, id))
-		}
-		return methods(r, http.MethodGet, http.MethodPut, http.MethodDelete)
-	case rest[0] == "machines" && len(rest) == 3 && rest[2] == "egress-ips":
-		id := rest[1]
-		switch r.Method {
-		case http.MethodGet:
-			eips, err := a.EgressIPs(app, id)
-			return reply(w, http.StatusOK, eips, err)
-		case http.MethodPost:
-			e, err := a.AllocateEgress(ctx, app, id)
-			return reply(w, http.StatusCreated, e, err)
-		}
-		return methods(r, http.MethodGet, http.MethodPost)
-	case rest[0] == "machines" && len(rest) == 4 && rest[2] == "egress-ips":
-		if err := methods(r, http.MethodDelete); err != nil {
-			return err
-		}
-		return reply(w, http.StatusNoContent, nil, a.ReleaseEgress(ctx, app, rest[1], rest[3]))
+		asg, created, err := api.app.Allocate(r.Context(), app, body.Type)
+		return reply(w, createdOr(created), asg, err)
 	}
-	return apiError(http.StatusNotFound, "no such endpoint: %s", r.URL.Path)
+	return methods(r, http.MethodGet, http.MethodPost)
+}
+
+// DELETE /fly/apps/{app}/ips/{address}
+func (api *adminAPI) ip(w http.ResponseWriter, r *http.Request) error {
+	if err := methods(r, http.MethodDelete); err != nil {
+		return err
+	}
+	return reply(w, http.StatusNoContent, nil, api.app.Release(r.Context(), r.PathValue("app"), r.PathValue("address")))
+}
+
+// GET, POST /fly/apps/{app}/certs
+func (api *adminAPI) certs(w http.ResponseWriter, r *http.Request) error {
+	app := r.PathValue("app")
+	switch r.Method {
+	case http.MethodGet:
+		certs, err := api.app.Certs(app)
+		return reply(w, http.StatusOK, certs, err)
+	case http.MethodPost:
+		var body struct {
+			Hostname string `json:"hostname"`
+		}
+		if err := decode(r, &body); err != nil {
+			return err
+		}
+		c, created, err := api.app.AddCert(r.Context(), app, body.Hostname)
+		return reply(w, createdOr(created), c, err)
+	}
+	return methods(r, http.MethodGet, http.MethodPost)
+}
+
+// DELETE /fly/apps/{app}/certs/{hostname}
+func (api *adminAPI) cert(w http.ResponseWriter, r *http.Request) error {
+	if err := methods(r, http.MethodDelete); err != nil {
+		return err
+	}
+	return reply(w, http.StatusNoContent, nil, api.app.RemoveCert(r.Context(), r.PathValue("app"), r.PathValue("hostname")))
+}
+
+// GET, POST /fly/apps/{app}/machines
+func (api *adminAPI) machines(w http.ResponseWriter, r *http.Request) error {
+	app := r.PathValue("app")
+	switch r.Method {
+	case http.MethodGet:
+		ms, err := api.app.Machines(app)
+		return reply(w, http.StatusOK, ms, err)
+	case http.MethodPost:
+		var m routing.Machine
+		if err := decode(r, &m); err != nil {
+			return err
+		}
+		if m.ID == "" {
+			m.ID = newMachineID()
+		}
+		created, err := api.app.PutMachine(r.Context(), app, &m)
+		if err == nil && !created {
+			err = conflict("app %s already has machine %s; update it with PUT", app, m.ID)
+		}
+		return reply(w, http.StatusCreated, m, err)
+	}
+	return methods(r, http.MethodGet, http.MethodPost)
+}
+
+// GET, PUT, DELETE /fly/apps/{app}/machines/{id}
+func (api *adminAPI) machine(w http.ResponseWriter, r *http.Request) error {
+	app, id := r.PathValue("app"), r.PathValue("id")
+	switch r.Method {
+	case http.MethodGet:
+		ms, err := api.app.Machines(app)
+		if err != nil {
+			return err
+		}
+		for _, m := range ms {
+			if m.ID == id {
+				return reply(w, http.StatusOK, m, nil)
+			}
+		}
+		return notFound("app %s has no machine %s", app, id)
+	case http.MethodPut:
+		var m routing.Machine
+		if err := decode(r, &m); err != nil {
+			return err
+		}
+		if m.ID == "" {
+			m.ID = id
+		}
+		if m.ID != id {
+			return badRequest("id: %q in the body does not match %q in the path", m.ID, id)
+		}
+		created, err := api.app.PutMachine(r.Context(), app, &m)
+		return reply(w, createdOr(created), m, err)
+	case http.MethodDelete:
+		return reply(w, http.StatusNoContent, nil, api.app.RemoveMachine(r.Context(), app, id))
+	}
+	return methods(r, http.MethodGet, http.MethodPut, http.MethodDelete)
+}
+
+// GET, POST /fly/apps/{app}/machines/{id}/egress-ips
+func (api *adminAPI) egressIPs(w http.ResponseWriter, r *http.Request) error {
+	app, id := r.PathValue("app"), r.PathValue("id")
+	switch r.Method {
+	case http.MethodGet:
+		eips, err := api.app.EgressIPs(app, id)
+		return reply(w, http.StatusOK, eips, err)
+	case http.MethodPost:
+		e, err := api.app.AllocateEgress(r.Context(), app, id)
+		return reply(w, http.StatusCreated, e, err)
+	}
+	return methods(r, http.MethodGet, http.MethodPost)
+}
+
+// DELETE /fly/apps/{app}/machines/{id}/egress-ips/{address}
+func (api *adminAPI) egressIP(w http.ResponseWriter, r *http.Request) error {
+	if err := methods(r, http.MethodDelete); err != nil {
+		return err
+	}
+	return reply(w, http.StatusNoContent, nil, api.app.ReleaseEgress(r.Context(), r.PathValue("app"), r.PathValue("id"), r.PathValue("address")))
 }
 
 func createdOr(created bool) int {

@@ -128,6 +128,7 @@ func (a *App) routesByAddress() bool {
 // them in step with the storage, and gives new apps their automatic
 // addresses.
 func (a *App) Start() error {
+	a.store.start()
 	onChange := func(apps map[string]bool) { a.syncMachines(apps) }
 	a.store.onChange.Store(&onChange)
 	a.syncMachines(nil)

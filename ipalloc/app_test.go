@@ -59,6 +59,7 @@ func newNode(t testing.TB, fly *routing.App, dir string, pools Pools) *App {
 	}
 	a.store = st
 	a.storeKey = ""
+	st.start()
 	t.Cleanup(func() { st.Destruct() })
 	return a
 }

@@ -38,13 +38,17 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "egress_v6":
 			dst = &a.EgressV6
 		case "auto_allocate":
+			if a.AutoAllocate != nil {
+				return d.Err("auto_allocate already specified")
+			}
 			var v string
 			if !d.AllArgs(&v) {
 				return d.ArgErr()
 			}
 			switch v {
 			case "on":
-				a.AutoAllocate = nil
+				on := true
+				a.AutoAllocate = &on
 			case "off":
 				off := false
 				a.AutoAllocate = &off
@@ -62,14 +66,17 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return d.Errf("%s: %q is not a port number", name, v)
 			}
-			if name == "http_port" {
-				a.HTTPPort = port
-			} else {
-				a.HTTPSPort = port
+			dst := &a.HTTPPort
+			if name == "https_port" {
+				dst = &a.HTTPSPort
 			}
+			if *dst != 0 {
+				return d.Errf("%s already specified", name)
+			}
+			*dst = port
 			continue
 		default:
-			return d.Errf("unknown fly_ips option %q", d.Val())
+			return d.Errf("unrecognized fly_ips option '%s'", d.Val())
 		}
 		args := d.RemainingArgs()
 		if len(args) == 0 {

@@ -2,7 +2,6 @@ package ipalloc
 
 import (
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -31,9 +30,12 @@ func init() {
 // address, the Host), with a service on the edge port. The app's name is
 // then in {http.vars.fly.app}, and later flyedge handlers of the request
 // use the route the matcher found. A list of app names narrows the match
-// to those apps. In JSON it is that list: "fly_app": [] for any app.
+// to those apps.
+//
+//	@app fly_app [<app>...]
 type MatchHTTP struct {
-	Apps []string
+	// Only these apps; none means any app.
+	Apps []string `json:"apps,omitempty"`
 
 	matcherApps
 }
@@ -70,17 +72,6 @@ func (*MatchHTTP) CaddyModule() caddy.ModuleInfo {
 		ID:  "http.matchers.fly_app",
 		New: func() caddy.Module { return new(MatchHTTP) },
 	}
-}
-
-// UnmarshalJSON reads the list of app names.
-func (m *MatchHTTP) UnmarshalJSON(b []byte) error { return json.Unmarshal(b, &m.Apps) }
-
-// MarshalJSON writes the list of app names.
-func (m MatchHTTP) MarshalJSON() ([]byte, error) {
-	if m.Apps == nil {
-		return []byte("[]"), nil
-	}
-	return json.Marshal(m.Apps)
 }
 
 // Provision finds the fly and fly_ips apps.
@@ -197,11 +188,14 @@ func (m *MatchL4) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		switch d.Val() {
 		case "handlers":
+			if m.Handlers != nil {
+				return d.Err("handlers already specified")
+			}
 			if m.Handlers = d.RemainingArgs(); len(m.Handlers) == 0 {
 				return d.ArgErr()
 			}
 		default:
-			return d.Errf("unknown fly_app option %q", d.Val())
+			return d.Errf("unrecognized fly_app option '%s'", d.Val())
 		}
 	}
 	return nil

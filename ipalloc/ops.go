@@ -95,6 +95,9 @@ func (a *App) Allocate(ctx context.Context, app, typ string) (asg Assignment, cr
 		asg, created, err = a.allocate(t, app, typ)
 		return err
 	})
+	if err == nil && created {
+		a.logger.Info("address allocated", zap.String("app", app), zap.String("address", asg.Address), zap.String("type", typ))
+	}
 	return asg, created, err
 }
 
@@ -180,7 +183,7 @@ func (a *App) Release(ctx context.Context, app, address string) error {
 		return badRequest("%q is not an IP address", address)
 	}
 	addr = addr.Unmap()
-	return a.store.do(ctx, func(t *txn) error {
+	err = a.store.do(ctx, func(t *txn) error {
 		as := t.st.apps[app]
 		if as == nil || as.ips[addr] == nil {
 			return notFound("app %s does not hold %s", app, addr)
@@ -188,6 +191,10 @@ func (a *App) Release(ctx context.Context, app, address string) error {
 		t.del(ipKey(app, addr))
 		return nil
 	})
+	if err == nil {
+		a.logger.Info("address released", zap.String("app", app), zap.String("address", addr.String()))
+	}
+	return err
 }
 
 // autoAllocate gives every app with public services that has not had it
@@ -209,7 +216,14 @@ func (a *App) autoAllocate(ctx context.Context) error {
 		return nil
 	}
 	slices.Sort(todo)
+	done := 0
+	defer func() {
+		if done > 0 {
+			a.logger.Info("automatic addresses allocated", zap.Int("apps", done))
+		}
+	}()
 	return a.store.do(ctx, func(t *txn) error {
+		done = 0
 		var errs []error
 		for _, name := range todo {
 			if as := t.st.apps[name]; as != nil && as.auto {
@@ -222,6 +236,7 @@ func (a *App) autoAllocate(ctx context.Context) error {
 			if err := t.put(autoKey(name), struct{}{}); err != nil {
 				return err
 			}
+			done++
 		}
 		if len(errs) > 0 {
 			a.logger.Error("automatic allocation left apps without addresses", zap.Errors("errors", errs))
@@ -333,6 +348,9 @@ func (a *App) AddCert(ctx context.Context, app, hostname string) (c Cert, create
 		c, created = Cert{Hostname: host, App: app, CreatedAt: t.now}, true
 		return t.put(certKey(host), c)
 	})
+	if err == nil && created {
+		a.logger.Info("hostname added", zap.String("app", app), zap.String("hostname", host))
+	}
 	return c, created, err
 }
 
@@ -342,13 +360,17 @@ func (a *App) RemoveCert(ctx context.Context, app, hostname string) error {
 		return err
 	}
 	host := strings.ToLower(strings.TrimSuffix(hostname, "."))
-	return a.store.do(ctx, func(t *txn) error {
+	err := a.store.do(ctx, func(t *txn) error {
 		if old := t.st.certs[host]; old == nil || old.App != app {
 			return notFound("app %s has no host name %s", app, host)
 		}
 		t.del(certKey(host))
 		return nil
 	})
+	if err == nil {
+		a.logger.Info("hostname removed", zap.String("app", app), zap.String("hostname", host))
+	}
+	return err
 }
 
 // Machines returns the machines of app: the config's and those
@@ -386,6 +408,13 @@ func (a *App) PutMachine(ctx context.Context, app string, m *routing.Machine) (c
 		}
 		return t.put(machineKey(app, m.ID), m)
 	})
+	if err == nil {
+		msg := "machine updated"
+		if created {
+			msg = "machine registered"
+		}
+		a.logger.Info(msg, zap.String("app", app), zap.String("machine", m.ID), zap.String("region", m.Region), zap.String("address", m.Address))
+	}
 	return created, err
 }
 
@@ -398,7 +427,7 @@ func (a *App) RemoveMachine(ctx context.Context, app, id string) error {
 	if slices.ContainsFunc(a.fly.AppConfig(app).Machines, func(c *routing.Machine) bool { return c.ID == id }) {
 		return conflict("machine %s of app %s is defined in the config; remove it there", id, app)
 	}
-	return a.store.do(ctx, func(t *txn) error {
+	err := a.store.do(ctx, func(t *txn) error {
 		as := t.st.apps[app]
 		if as == nil || as.machines[id] == nil {
 			return notFound("app %s has no machine %s", app, id)
@@ -409,6 +438,10 @@ func (a *App) RemoveMachine(ctx context.Context, app, id string) error {
 		}
 		return nil
 	})
+	if err == nil {
+		a.logger.Info("machine deregistered", zap.String("app", app), zap.String("machine", id))
+	}
+	return err
 }
 
 // hasMachine tells whether app has machine id, in the config or
@@ -469,6 +502,9 @@ func (a *App) AllocateEgress(ctx context.Context, app, id string) (e EgressIP, e
 		e = EgressIP{App: app, Machine: id, V4: v4.String(), V6: v6.String(), CreatedAt: t.now}
 		return t.put(egressKey(app, id), e)
 	})
+	if err == nil {
+		a.logger.Info("egress pair allocated", zap.String("app", app), zap.String("machine", id), zap.String("v4", e.V4), zap.String("v6", e.V6))
+	}
 	return e, err
 }
 
@@ -482,7 +518,7 @@ func (a *App) ReleaseEgress(ctx context.Context, app, id, address string) error 
 	if err != nil {
 		return badRequest("%q is not an IP address", address)
 	}
-	return a.store.do(ctx, func(t *txn) error {
+	err = a.store.do(ctx, func(t *txn) error {
 		if !a.hasMachine(t.st, app, id) {
 			return notFound("app %s has no machine %s", app, id)
 		}
@@ -493,4 +529,8 @@ func (a *App) ReleaseEgress(ctx context.Context, app, id, address string) error 
 		t.del(egressKey(app, id))
 		return nil
 	})
+	if err == nil {
+		a.logger.Info("egress pair released", zap.String("app", app), zap.String("machine", id))
+	}
+	return err
 }

@@ -66,9 +66,10 @@ type store struct {
 	snapSeq uint64
 	snapMod time.Time
 
-	reqs chan *request
-	quit chan struct{}
-	done chan struct{}
+	reqs    chan *request
+	quit    chan struct{}
+	done    chan struct{}
+	started sync.Once
 
 	// onChange is told which apps' machines changed (nil: all apps).
 	onChange atomic.Pointer[func(apps map[string]bool)]
@@ -120,13 +121,22 @@ func openStore(ctx context.Context, storage certmagic.Storage, logger *zap.Logge
 	if _, err := s.catchUp(ctx); err != nil {
 		return nil, fmt.Errorf("loading the IP state from %v: %w", storage, err)
 	}
-	go s.loop()
 	return s, nil
+}
+
+// start starts the loop that commits changes and follows the storage;
+// calls after the first do nothing. (Provision only loads: `caddy
+// validate` provisions without starting.)
+func (s *store) start() {
+	s.started.Do(func() {
+		go s.loop()
+	})
 }
 
 // Destruct stops the store's loop.
 func (s *store) Destruct() error {
 	close(s.quit)
+	s.started.Do(func() { close(s.done) }) // never started
 	<-s.done
 	return nil
 }
@@ -216,7 +226,7 @@ func (s *store) commit(batch []*request) {
 		return
 	}
 	defer func() {
-		if err := s.storage.Unlock(context.Background(), lockName); err != nil {
+		if err := s.storage.Unlock(context.WithoutCancel(ctx), lockName); err != nil {
 			s.logger.Error("releasing the storage lock", zap.Error(err))
 		}
 	}()
@@ -231,7 +241,7 @@ func (s *store) commit(batch []*request) {
 	s.mu.Lock()
 	for i, r := range batch {
 		t := &txn{st: s.st, now: now}
-		if errs[i] = r.fn(t); errs[i] != nil {
+		if errs[i] = runChange(r.fn, t); errs[i] != nil {
 			continue
 		}
 		for _, k := range t.dels {
@@ -275,6 +285,17 @@ func (s *store) commit(batch []*request) {
 			s.logger.Error("compacting the IP state", zap.Error(err))
 		}
 	}
+}
+
+// runChange runs fn, turning a panic into an error so that one bad
+// change fails alone.
+func runChange(fn func(*txn) error, t *txn) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("change panicked: %v", r)
+		}
+	}()
+	return fn(t)
 }
 
 func (s *store) notifyAll() {
