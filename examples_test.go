@@ -133,11 +133,16 @@ func TestExamplesRun(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// echo's pass-through on 8443, the port of hello's HTTPS
+			mixed, err := net.DialTimeout("tcp", echoV4+":8443", 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
 			tc, err := tls.Dial("tcp", "127.0.0.1:9443", &tls.Config{ServerName: "echo.flyedge.localhost", RootCAs: roots, NextProtos: []string{"echo"}})
 			if err != nil {
 				t.Fatalf("TLS to the echo app: %v", err)
 			}
-			for _, conn := range []net.Conn{raw, tc} {
+			for _, conn := range []net.Conn{raw, mixed, tc} {
 				conn.SetDeadline(time.Now().Add(10 * time.Second))
 				fmt.Fprintf(conn, "hello\n")
 				line, err := bufio.NewReader(conn).ReadString('\n')
