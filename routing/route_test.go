@@ -247,3 +247,50 @@ func TestCatalog(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSetMachines: machines registered at run time join the app's routes
+// beside the config's, replace each other, and may not take an ID that is
+// in use.
+func TestSetMachines(t *testing.T) {
+	a := demoApp(t)
+	rt, _ := a.Route("web.edge.test", 443)
+	before := rt.NumMachines()
+	live := []*Machine{{ID: "0000000000aa01", Region: "iad", Address: "10.9.0.1"}}
+	if err := a.SetMachines("web", live); err != nil {
+		t.Fatal(err)
+	}
+	rt, _ = a.Route("web.edge.test", 443)
+	if rt.NumMachines() != before+1 || rt.MachineIndex("0000000000aa01") < 0 {
+		t.Fatalf("after SetMachines the route has %d machines, want %d with the new one", rt.NumMachines(), before+1)
+	}
+	if i, _ := Select(rt, pool{}, Preference{ForceInstance: "0000000000aa01"}); i < 0 || rt.MachineID(i) != "0000000000aa01" {
+		t.Errorf("Fly-Force-Instance-Id of the registered machine selected %d", i)
+	}
+	// replacing the live list drops the old live machine, keeps the config's
+	if err := a.SetMachines("web", []*Machine{{ID: "0000000000aa02", Region: "lhr", Address: "10.9.0.2"}}); err != nil {
+		t.Fatal(err)
+	}
+	rt, _ = a.Route("web.edge.test", 443)
+	if rt.MachineIndex("0000000000aa01") >= 0 || rt.MachineIndex("0000000000aa02") < 0 || rt.MachineIndex("000000000000a1") < 0 {
+		t.Errorf("machines after replacing: %d", rt.NumMachines())
+	}
+	for _, tc := range []struct {
+		name string
+		m    *Machine
+		want error
+	}{
+		{"a config machine's ID", &Machine{ID: "000000000000a1", Region: "iad", Address: "10.9.0.3"}, ErrMachineTaken},
+		{"a bad region", &Machine{ID: "0000000000aa03", Region: "mars", Address: "10.9.0.3"}, nil},
+	} {
+		err := a.SetMachines("web", []*Machine{tc.m})
+		if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
+			t.Errorf("%s: %v, want an error (%v)", tc.name, err, tc.want)
+		}
+	}
+	if err := a.SetMachines("nope", nil); !errors.Is(err, ErrUnknownApp) {
+		t.Errorf("unknown app: %v", err)
+	}
+	if ms, _ := a.Machines("web"); len(ms) != before+1 {
+		t.Errorf("Machines lists %d, want %d", len(ms), before+1)
+	}
+}
