@@ -190,17 +190,31 @@ func (s *store) loop() {
 					break drain
 				}
 			}
-			s.commit(batch)
+			s.safely("committing IP state changes", func() { s.commit(batch) })
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			changed, err := s.catchUp(ctx)
-			cancel()
-			if err != nil {
-				s.logger.Error("reading IP state changes from storage", zap.Error(err))
-			}
-			s.notify(changed)
+			s.safely("reading IP state changes", func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				changed, err := s.catchUp(ctx)
+				if err != nil {
+					s.logger.Error("reading IP state changes from storage", zap.Error(err))
+				}
+				s.notify(changed)
+			})
 		}
 	}
+}
+
+// safely runs fn, logging a panic instead of ending the process; the
+// loop then goes on (a failed commit has answered its requests or will
+// time them out on their contexts).
+func (s *store) safely(what string, fn func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.logger.Error("panic "+what, zap.Any("panic", r), zap.Stack("stack"))
+		}
+	}()
+	fn()
 }
 
 func (s *store) notify(changed map[string]bool) {
