@@ -52,7 +52,6 @@ type App struct {
 	fly      *routing.App
 	store    *store
 	storeKey string
-	hosts    map[string]string // host names from the fly config -> app
 	cursors  map[string]netip.Addr
 	logger   *zap.Logger
 }
@@ -97,13 +96,6 @@ func (a *App) setup(ctx context.Context, fly *routing.App, storage certmagic.Sto
 	}
 	a.pools = p
 	a.fly = fly
-	a.hosts = make(map[string]string)
-	for _, name := range fly.AppNames() {
-		a.hosts[name+"."+fly.BaseDomain] = name
-		for _, h := range fly.AppConfig(name).Hostnames {
-			a.hosts[h] = name
-		}
-	}
 	a.cursors = make(map[string]netip.Addr)
 	a.storeKey = fmt.Sprintf("%T:%v", storage, storage)
 	v, _, err := stores.LoadOrNew(a.storeKey, func() (caddy.Destructor, error) {
@@ -238,7 +230,7 @@ func (a *App) hostApp(st *state, name string) string {
 	if name == "" {
 		return ""
 	}
-	if app := a.hosts[name]; app != "" {
+	if app := a.fly.HostOwner(name); app != "" {
 		return app
 	}
 	if c := st.certs[name]; c != nil {
@@ -246,7 +238,7 @@ func (a *App) hostApp(st *state, name string) string {
 	}
 	if i := strings.IndexByte(name, '.'); i > 0 {
 		wild := "*" + name[i:]
-		if app := a.hosts[wild]; app != "" {
+		if app := a.fly.HostOwner(wild); app != "" {
 			return app
 		}
 		if c := st.certs[wild]; c != nil {

@@ -1,21 +1,18 @@
 package ipalloc
 
 import (
-	"crypto/tls"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/mholt/caddy-l4/layer4"
+	"github.com/mholt/caddy-l4/modules/l4tls"
 
 	"github.com/flyedge/caddy-flyedge/routing"
 )
@@ -116,7 +113,9 @@ func (m *MatchHTTP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // with a TLS ClientHello whose server name the app answers to. With
 // handlers, only ports with exactly that handler list match ("none" for
 // pass-through), so each list gets a route with the handlers it needs;
-// with apps, only those apps. Connections for HTTP ports never match: as
+// with apps, only those apps. (The ClientHello is parsed by caddy-l4's tls
+// matcher, which also sets {l4.tls.server_name}.) Connections for HTTP
+// ports never match: as
 // the http server's listener wrapper, caddy-l4 passes them on to it.
 type MatchL4 struct {
 	// Only ports with this handler list; none matches pass-through ports.
@@ -126,6 +125,7 @@ type MatchL4 struct {
 	Apps []string `json:"apps,omitempty"`
 
 	matcherApps
+	hello l4tls.MatchTLS // reads the ClientHello on shared addresses
 }
 
 // CaddyModule returns the Caddy module information.
@@ -146,7 +146,10 @@ func (m *MatchL4) Provision(ctx caddy.Context) error {
 	}
 	apps, err := provisionApps(ctx, "apps", m.Apps)
 	m.matcherApps = apps
-	return err
+	if err != nil {
+		return err
+	}
+	return m.hello.Provision(ctx)
 }
 
 // Match implements layer4.ConnMatcher.
@@ -158,9 +161,12 @@ func (m *MatchL4) Match(cx *layer4.Connection) (bool, error) {
 			return false, nil
 		}
 	case TypeSharedV4:
-		name, err := peekServerName(cx)
-		if err != nil || name == "" {
+		if ok, err := m.hello.Match(cx); !ok || err != nil {
 			return false, err
+		}
+		name, _ := cx.Replacer().GetString("l4.tls.server_name")
+		if name = strings.ToLower(strings.TrimSuffix(name, ".")); name == "" {
+			return false, nil
 		}
 		cx.SetVar(routing.ServerNameVarKey, name)
 	}
@@ -210,59 +216,6 @@ func localAddr(cx net.Conn) netip.Addr {
 	ap, _ := netip.ParseAddrPort(cx.LocalAddr().String())
 	return ap.Addr().Unmap()
 }
-
-// peekServerName reads the TLS ClientHello at the start of cx (caddy-l4
-// replays it to the handlers) and returns its server name, lower case;
-// "" for a connection that does not start with a ClientHello.
-func peekServerName(cx io.Reader) (string, error) {
-	var hdr [5]byte
-	if _, err := io.ReadFull(cx, hdr[:]); err != nil {
-		return "", err
-	}
-	if hdr[0] != 0x16 { // handshake record
-		return "", nil
-	}
-	n := int(hdr[3])<<8 | int(hdr[4])
-	if n == 0 || n > layer4.MaxMatchingBytes {
-		return "", nil
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(cx, body); err != nil {
-		return "", err
-	}
-	var name string
-	errDone := errors.New("done")
-	conn := &helloConn{data: append(hdr[:], body...)}
-	_ = tls.Server(conn, &tls.Config{GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
-		name = h.ServerName
-		return nil, errDone
-	}}).Handshake()
-	return strings.ToLower(strings.TrimSuffix(name, ".")), nil
-}
-
-// helloConn feeds recorded ClientHello bytes to crypto/tls and swallows
-// what it writes back.
-type helloConn struct {
-	net.Conn
-	data []byte
-}
-
-func (c *helloConn) Read(b []byte) (int, error) {
-	if len(c.data) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(b, c.data)
-	c.data = c.data[n:]
-	return n, nil
-}
-
-func (c *helloConn) Write(b []byte) (int, error)      { return len(b), nil }
-func (c *helloConn) Close() error                     { return nil }
-func (c *helloConn) SetDeadline(time.Time) error      { return nil }
-func (c *helloConn) SetReadDeadline(time.Time) error  { return nil }
-func (c *helloConn) SetWriteDeadline(time.Time) error { return nil }
-func (c *helloConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
-func (c *helloConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
 
 // Interface guards
 var (

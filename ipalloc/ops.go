@@ -331,7 +331,7 @@ func (a *App) AddCert(ctx context.Context, app, hostname string) (c Cert, create
 	if len(host) > 253 || !hostnameRE.MatchString(host) {
 		return Cert{}, false, badRequest("hostname: %q is not a valid host name", hostname)
 	}
-	if owner := a.hosts[host]; owner != "" {
+	if owner := a.fly.HostOwner(host); owner != "" {
 		if owner == app {
 			return Cert{}, false, conflict("%s is already a host name of app %s in the config", host, app)
 		}
@@ -388,7 +388,7 @@ func (a *App) PutMachine(ctx context.Context, app string, m *routing.Machine) (c
 	if err := a.checkApp(app); err != nil {
 		return false, err
 	}
-	if slices.ContainsFunc(a.fly.AppConfig(app).Machines, func(c *routing.Machine) bool { return c.ID == m.ID }) {
+	if a.configMachine(app, m.ID) {
 		return false, conflict("machine %s of app %s is defined in the config; change it there", m.ID, app)
 	}
 	// validate against the fly app's catalog and other apps' machines
@@ -424,7 +424,7 @@ func (a *App) RemoveMachine(ctx context.Context, app, id string) error {
 	if err := a.checkApp(app); err != nil {
 		return err
 	}
-	if slices.ContainsFunc(a.fly.AppConfig(app).Machines, func(c *routing.Machine) bool { return c.ID == id }) {
+	if a.configMachine(app, id) {
 		return conflict("machine %s of app %s is defined in the config; remove it there", id, app)
 	}
 	err := a.store.do(ctx, func(t *txn) error {
@@ -444,10 +444,15 @@ func (a *App) RemoveMachine(ctx context.Context, app, id string) error {
 	return err
 }
 
+// configMachine tells whether machine id of app is defined in the config.
+func (a *App) configMachine(app, id string) bool {
+	return slices.ContainsFunc(a.fly.AppConfig(app).Machines, func(c *routing.Machine) bool { return c.ID == id })
+}
+
 // hasMachine tells whether app has machine id, in the config or
 // registered at run time.
 func (a *App) hasMachine(st *state, app, id string) bool {
-	if slices.ContainsFunc(a.fly.AppConfig(app).Machines, func(c *routing.Machine) bool { return c.ID == id }) {
+	if a.configMachine(app, id) {
 		return true
 	}
 	as := st.apps[app]

@@ -2,7 +2,6 @@ package ipalloc
 
 import (
 	"fmt"
-	"math"
 	"net/netip"
 	"slices"
 	"strings"
@@ -30,7 +29,6 @@ type Pools struct {
 type pool struct {
 	name   string // config field, for messages
 	ranges []addrRange
-	size   uint64 // number of addresses, saturating
 }
 
 // addrRange is an inclusive range of addresses of one family.
@@ -38,25 +36,6 @@ type addrRange struct{ first, last netip.Addr }
 
 func (r addrRange) contains(a netip.Addr) bool {
 	return a.BitLen() == r.first.BitLen() && r.first.Compare(a) <= 0 && a.Compare(r.last) <= 0
-}
-
-// size returns the number of addresses in r, saturating at MaxUint64.
-func (r addrRange) size() uint64 {
-	f, l := r.first.As16(), r.last.As16()
-	var hiF, hiL, loF, loL uint64
-	for i := range 8 {
-		hiF, hiL = hiF<<8|uint64(f[i]), hiL<<8|uint64(l[i])
-		loF, loL = loF<<8|uint64(f[8+i]), loL<<8|uint64(l[8+i])
-	}
-	hi := hiL - hiF
-	if loL < loF {
-		hi-- // borrow
-	}
-	n := loL - loF
-	if hi > 0 || n == math.MaxUint64 {
-		return math.MaxUint64
-	}
-	return n + 1
 }
 
 // pools is the parsed form of Pools.
@@ -101,9 +80,6 @@ func (p *Pools) parse() (*pools, error) {
 				return nil, fmt.Errorf("%s: %q is not %s", field, s, want)
 			}
 			pl.ranges = append(pl.ranges, r)
-			if pl.size += r.size(); pl.size < r.size() {
-				pl.size = math.MaxUint64
-			}
 			if f.single {
 				out.shared[r.first] = true
 			}

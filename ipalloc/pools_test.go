@@ -41,16 +41,19 @@ func TestPoolRanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// a /32 is its one address
+	none := func(netip.Addr) bool { return false }
+	if a, ok := p.egressV4.next(netip.Addr{}, none); !ok || a.String() != "127.40.0.1" {
+		t.Errorf("egress_v4 of one /32 hands out %v, %v", a, ok)
+	}
+	if a, ok := p.egressV4.next(netip.Addr{}, func(netip.Addr) bool { return true }); ok {
+		t.Errorf("a full /32 pool hands out %v", a)
+	}
+	// a /64 starts after its subnet-router anycast address
+	if a, _ := p.v6.next(netip.Addr{}, none); a.String() != "fd00:fe::1" {
+		t.Errorf("v6 pool starts at %v", a)
+	}
 	// /30: network and broadcast left out, so .1 and .2; then the range
-	if got := p.v4.size; got != 4 {
-		t.Errorf("v4 pool size %d, want 4", got)
-	}
-	if got := p.egressV4.size; got != 1 {
-		t.Errorf("egress_v4 pool of one /32 has size %d", got)
-	}
-	if p.v6.size != ^uint64(0) {
-		t.Errorf("a /64 should saturate the size, got %d", p.v6.size)
-	}
 	used := map[netip.Addr]bool{}
 	var got []string
 	cur := netip.Addr{}

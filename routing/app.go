@@ -323,6 +323,16 @@ type serviceEntry struct {
 	softLimit int
 }
 
+// HostOwner returns the app whose config has exactly the host name host
+// (its <app>.<base_domain>, or an entry of its hostnames, "*.x" entries
+// included), or "".
+func (a *App) HostOwner(host string) string {
+	if s := a.reg.Load().hosts[host]; s != nil {
+		return s.load().name
+	}
+	return ""
+}
+
 // lookupHost finds the app answering to host: an exact name first, then
 // a wildcard for its first label.
 func (reg *registry) lookupHost(host string) *appEntry {
