@@ -240,11 +240,14 @@ func storageRoots(t *testing.T, storage string) *x509.CertPool {
 // 127.0.0.1 on the URL's port (like curl --resolve), trusts roots, does
 // not follow redirects, and speaks HTTP/2 over TLS when h2 is set and
 // HTTP/1.1 otherwise.
-func newClient(roots *x509.CertPool, h2 bool) *http.Client {
+func newClient(roots *x509.CertPool, h2 bool) *http.Client { return clientVia(roots, "127.0.0.1", h2) }
+
+// clientVia is newClient connecting to ip instead of 127.0.0.1.
+func clientVia(roots *x509.CertPool, ip string, h2 bool) *http.Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			_, port, _ := net.SplitHostPort(addr)
-			return new(net.Dialer).DialContext(ctx, network, net.JoinHostPort("127.0.0.1", port))
+			return new(net.Dialer).DialContext(ctx, network, net.JoinHostPort(ip, port))
 		},
 		TLSClientConfig:   &tls.Config{RootCAs: roots},
 		ForceAttemptHTTP2: h2,

@@ -196,18 +196,7 @@ func allocate(t *testing.T, admin, app, typ string) string {
 
 // via returns a client that connects every host name to ip on the URL's
 // port, like curl --resolve <host>:<port>:<ip>, and trusts roots.
-func via(roots *x509.CertPool, ip string) *http.Client {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			_, port, _ := net.SplitHostPort(addr)
-			return new(net.Dialer).DialContext(ctx, network, net.JoinHostPort(ip, port))
-		},
-		TLSClientConfig:   &tls.Config{RootCAs: roots},
-		ForceAttemptHTTP2: true,
-	}
-	return &http.Client{Transport: tr, Timeout: 10 * time.Second,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-}
+func via(roots *x509.CertPool, ip string) *http.Client { return clientVia(roots, ip, true) }
 
 // machineOf returns the machine that answered a GET, or an error when
 // the edge gave the request to no app.
@@ -294,11 +283,13 @@ func TestAddressRouting(t *testing.T) {
 	}
 	tc.Close()
 	// the app's name is a placeholder
-	resp, err := shared.Get("https://other." + e.domain + ":" + e.httpsPort + "/")
-	if err != nil || resp.Header.Get("X-Served-App") != "other" {
-		t.Errorf("{http.vars.fly.app}: %v %v", err, resp.Header)
+	if resp, err := shared.Get("https://other." + e.domain + ":" + e.httpsPort + "/"); err != nil {
+		t.Errorf("{http.vars.fly.app}: %v", err)
 	} else {
 		resp.Body.Close()
+		if got := resp.Header.Get("X-Served-App"); got != "other" {
+			t.Errorf("{http.vars.fly.app} is %q, want other", got)
+		}
 	}
 	// a layer 4 connection to an address of no app is closed unserved
 	c, err := net.Dial("tcp", net.JoinHostPort("127.30.0.3", e.httpsPort))
@@ -519,8 +510,8 @@ func TestLiveMachines(t *testing.T) {
 		t.Fatalf("machine update: %d", status)
 	}
 	for range 20 {
-		if got, _ := machineOf(shared, url); got == extra.id {
-			t.Fatal("a stopped machine got a request")
+		if got, err := machineOf(shared, url); err != nil || got != ipOther.id {
+			t.Fatalf("with the registered machine stopped: machine %q, %v; want %s", got, err, ipOther.id)
 		}
 	}
 	if status, _ := call(t, adminAddr, http.MethodDelete, "/fly/apps/other/machines/"+extra.id, "", nil); status != http.StatusNoContent {
@@ -815,7 +806,9 @@ func TestAutoAllocation(t *testing.T) {
 	}
 	mustLoad(t, cfg("on"))
 	var again []assignment
-	call(t, adminAddr, http.MethodGet, "/fly/apps/tcp/ips", "", &again)
+	if status, body := call(t, adminAddr, http.MethodGet, "/fly/apps/tcp/ips", "", &again); status != http.StatusOK {
+		t.Fatalf("GET /fly/apps/tcp/ips: %d %s", status, body)
+	}
 	if len(again) != 0 {
 		t.Errorf("a released automatic address came back on reload: %v", again)
 	}

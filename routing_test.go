@@ -2,6 +2,7 @@ package flyedge_test
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -35,7 +36,7 @@ func TestRouting(t *testing.T) {
 					if tc.machine != "" && s.Machine != tc.machine {
 						t.Fatalf("machine %s (%s), want %s", s.Machine, s.Region, tc.machine)
 					}
-					if tc.regions != nil && !strings.Contains(strings.Join(tc.regions, " "), s.Region) {
+					if tc.regions != nil && !slices.Contains(tc.regions, s.Region) {
 						t.Fatalf("machine %s in %s, want a machine in %v", s.Machine, s.Region, tc.regions)
 					}
 					if got := s.Header.Get("Fly-Preferred-Instance-Unavailable"); got != "" {

@@ -250,15 +250,20 @@ func TestTwoNodes(t *testing.T) {
 	}
 	deadline := time.Now().Add(2 * time.Second)
 	for {
-		a, _ := nodes[0].IPs("")
-		b, _ := nodes[1].IPs("")
+		a, errA := nodes[0].IPs("")
+		b, errB := nodes[1].IPs("")
+		if errA != nil || errB != nil {
+			t.Fatal(errA, errB)
+		}
 		if len(a) == 100 && len(b) == 100 {
-			seen := map[string]string{}
-			for _, asg := range a {
-				if other, dup := seen[asg.Address]; dup {
-					t.Fatalf("%s handed out twice: %s and %s", asg.Address, other, asg.App)
+			for _, list := range [][]Assignment{a, b} {
+				seen := map[string]string{}
+				for _, asg := range list {
+					if other, dup := seen[asg.Address]; dup {
+						t.Fatalf("%s handed out twice: %s and %s", asg.Address, other, asg.App)
+					}
+					seen[asg.Address] = asg.App
 				}
-				seen[asg.Address] = asg.App
 			}
 			break
 		}
