@@ -27,9 +27,9 @@ func init() {
 //   - Fly-Client-IP: the client address as the server sees it (the peer,
 //     or the client a trusted proxy names; see the server's
 //     trusted_proxies)
-//   - X-Forwarded-For: the client address appended to what trusted
-//     proxies sent; from an untrusted peer the incoming value is dropped
-//     (reverse_proxy completes this header the same way)
+//   - X-Forwarded-For: from an untrusted peer, the client address alone
+//     (the incoming value is dropped); from a trusted proxy, its value as
+//     it came (reverse_proxy then appends the peer's address)
 //   - X-Forwarded-Proto: http or https; X-Forwarded-SSL: on or off
 //   - X-Forwarded-Port: as the client sent it, else the edge port
 //   - Fly-Forwarded-Port: the edge port the client connected to, always

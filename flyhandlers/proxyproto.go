@@ -22,8 +22,8 @@ func init() {
 // so the app learns who its client is. It is an intermediary layer4
 // handler: it prepares the header and passes the connection on; the
 // fly_proxy handler that follows sends it before the client's bytes.
-// After a tls handler it describes the TLS connection the edge
-// terminated.
+// After a tls handler the addresses are those of the TLS connection the
+// edge terminated.
 //
 // The version is the handler's own, else the app port's
 // proxy_proto_options, else v1 (text), as on Fly.io.
@@ -55,7 +55,7 @@ func (*ProxyProto) CaddyModule() caddy.ModuleInfo {
 
 // Provision parses the version and finds the fly app.
 func (p *ProxyProto) Provision(ctx caddy.Context) error {
-	v, err := parseProxyProtoVersion(p.Version)
+	v, err := routing.ProxyProtoVersion(p.Version)
 	if err != nil {
 		return fmt.Errorf("version: %w", err)
 	}
@@ -73,9 +73,8 @@ func (p *ProxyProto) Handle(cx *layer4.Connection, next layer4.Handler) error {
 	v := p.version
 	if v == 0 {
 		v = 1
-		if rt, err := p.app.RouteForConn(cx); err == nil && rt.Port.ProxyProtoOptions != nil {
-			v, _ = parseProxyProtoVersion(rt.Port.ProxyProtoOptions.Version)
-			v = max(v, 1)
+		if rt, err := p.app.RouteForConn(cx); err == nil {
+			v = rt.ProxyProtoVersion
 		}
 	}
 	b, err := proxyproto.HeaderProxyFromAddrs(v, cx.RemoteAddr(), cx.LocalAddr()).Format()
@@ -93,7 +92,7 @@ func (p *ProxyProto) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume handler name
 	if d.NextArg() {
 		p.Version = d.Val()
-		if _, err := parseProxyProtoVersion(p.Version); err != nil {
+		if _, err := routing.ProxyProtoVersion(p.Version); err != nil {
 			return d.Errf("proxy_proto: %v", err)
 		}
 	}
@@ -104,19 +103,6 @@ func (p *ProxyProto) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("unrecognized proxy_proto option '%s'", d.Val())
 	}
 	return nil
-}
-
-// parseProxyProtoVersion maps "", "v1", "v2" to 0, 1, 2.
-func parseProxyProtoVersion(s string) (byte, error) {
-	switch s {
-	case "":
-		return 0, nil
-	case "v1":
-		return 1, nil
-	case "v2":
-		return 2, nil
-	}
-	return 0, fmt.Errorf("%q: want v1 or v2", s)
 }
 
 // Interface guards

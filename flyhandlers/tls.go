@@ -32,9 +32,9 @@ func init() {
 // site) and passes the plaintext connection on, typically to fly_proxy.
 // It is an intermediary handler.
 //
-// The app is the one that answers to the client's server name (SNI) on
-// the edge port, else the only app with a service on the port; a
-// connection for neither fails the handshake (default deny). The app
+// The app is found as routing.App.RouteForServerName says (by the
+// address the client connected to and its server name (SNI)); a
+// connection for no app fails the handshake (default deny). The app
 // port's tls_options decide the handshake:
 //
 //   - alpn: the protocols offered; default h2, http/1.1. When the client
@@ -47,14 +47,16 @@ func init() {
 //     has no certificate for, gets a self-signed certificate instead of a
 //     failed handshake.
 //
-//     layer4 {
-//     :5000 {
-//     route {
-//     fly_tls
-//     fly_proxy
-//     }
-//     }
-//     }
+// For example:
+//
+//	layer4 {
+//		:5000 {
+//			route {
+//				fly_tls
+//				fly_proxy
+//			}
+//		}
+//	}
 type TLS struct {
 	// How long the client may take to complete the handshake.
 	// Default: 10s
@@ -140,6 +142,10 @@ func (t *TLS) Handle(cx *layer4.Connection, next layer4.Handler) error {
 	return next.Handle(cx.Wrap(tlsConn))
 }
 
+// acmeTLS1 is the ALPN protocol of ACME's TLS-ALPN-01 challenge, which
+// Caddy's connection policies offer.
+const acmeTLS1 = "acme-tls/1"
+
 // configFor returns the server config for the route's port options.
 func (t *TLS) configFor(rt *routing.Route) *tls.Config {
 	cfg := t.policy.TLSConfig.Clone()
@@ -151,6 +157,10 @@ func (t *TLS) configFor(rt *routing.Route) *tls.Config {
 	}
 	if opts.ALPN != nil {
 		cfg.NextProtos = slices.Clone(opts.ALPN)
+		// keep answering ACME TLS-ALPN challenges for the app's names
+		if slices.Contains(t.policy.TLSConfig.NextProtos, acmeTLS1) && !slices.Contains(cfg.NextProtos, acmeTLS1) {
+			cfg.NextProtos = append(cfg.NextProtos, acmeTLS1)
+		}
 	}
 	if opts.DefaultSelfSigned {
 		getCert := cfg.GetCertificate

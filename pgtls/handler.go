@@ -3,6 +3,7 @@ package pgtls
 
 import (
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -47,8 +48,8 @@ func init() {
 //     packets: a FATAL ErrorResponse (08P01). Clients that do not finish
 //     the handshake within handshake_timeout are dropped.
 //
-// The app is the one that answers to the TLS server name on the edge
-// port, else the only app with a service on the port.
+// The app is found as routing.App.RouteForServerName says (by the address
+// the client connected to and the TLS server name).
 //
 //	layer4 {
 //		:5432 {
@@ -68,8 +69,10 @@ type Handler struct {
 	// Default: false
 	AllowPlaintext bool `json:"allow_plaintext,omitempty"`
 
-	// TLS versions accepted from clients: "TLSv1.2", "TLSv1.3".
-	// Default: both
+	// TLS versions accepted from clients: "TLSv1.2", "TLSv1.3". A
+	// connection policy's protocols may say the same; setting both is an
+	// error.
+	// Default: what the connection policies say (Caddy: TLS 1.2 and 1.3)
 	TLSVersions []string `json:"tls_versions,omitempty"`
 
 	// Caddy TLS connection policies (certificate selection, client
@@ -112,12 +115,19 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.HandshakeTimeout == 0 {
 		h.HandshakeTimeout = caddy.Duration(10 * time.Second)
 	}
-	var err error
-	if h.minVersion, h.maxVersion, err = routing.TLSVersionRange(h.TLSVersions); err != nil {
-		return fmt.Errorf("tls_versions: %w", err)
-	}
 	if len(h.ConnectionPolicies) == 0 {
 		h.ConnectionPolicies = caddytls.ConnectionPolicies{new(caddytls.ConnectionPolicy)}
+	}
+	if len(h.TLSVersions) > 0 {
+		var err error
+		if h.minVersion, h.maxVersion, err = routing.TLSVersionRange(h.TLSVersions); err != nil {
+			return fmt.Errorf("tls_versions: %w", err)
+		}
+		for i, cp := range h.ConnectionPolicies {
+			if cp.ProtocolMin != "" || cp.ProtocolMax != "" {
+				return fmt.Errorf("tls_versions: connection_policies[%d] sets protocols too; set the versions in one place", i)
+			}
+		}
 	}
 	if err := h.ConnectionPolicies.Provision(ctx); err != nil {
 		return fmt.Errorf("connection_policies: %w", err)
@@ -196,11 +206,8 @@ func (h *Handler) Handle(cx *layer4.Connection, next layer4.Handler) error {
 // handshake completes the TLS handshake on conn for the app that answers
 // to the client's server name on port.
 func (h *Handler) handshake(conn net.Conn, direct bool) (*tls.Conn, *routing.Route, error) {
-	base := h.base
 	var rt *routing.Route
 	cfg := &tls.Config{
-		MinVersion: h.minVersion,
-		MaxVersion: h.maxVersion,
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			if direct && !slices.Contains(hello.SupportedProtos, "postgresql") {
 				return nil, errors.New("direct TLS without ALPN postgresql")
@@ -209,14 +216,16 @@ func (h *Handler) handshake(conn net.Conn, direct bool) (*tls.Conn, *routing.Rou
 			if rt, err = h.app.RouteForServerName(hello.ServerName, conn.LocalAddr()); err != nil {
 				return nil, err
 			}
-			cfg, err := base.GetConfigForClient(hello)
+			cfg, err := h.base.GetConfigForClient(hello)
 			if err != nil {
 				return nil, err
 			}
 			cfg = cfg.Clone()
 			rt.WithDefaultServerName(cfg, hello)
 			cfg.NextProtos = []string{"postgresql"}
-			cfg.MinVersion, cfg.MaxVersion = h.minVersion, h.maxVersion
+			if h.minVersion != 0 {
+				cfg.MinVersion, cfg.MaxVersion = h.minVersion, h.maxVersion
+			}
 			return cfg, nil
 		},
 	}
@@ -278,7 +287,7 @@ func (h *Handler) proceed(cx *layer4.Connection, client net.Conn, rt *routing.Ro
 
 // upstreamTLS negotiates TLS with the machine's PostgreSQL server.
 func (h *Handler) upstreamTLS(up net.Conn) (net.Conn, error) {
-	if _, err := up.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}); err != nil {
+	if _, err := up.Write(binary.BigEndian.AppendUint32([]byte{0, 0, 0, 8}, sslRequestCode)); err != nil {
 		return nil, err
 	}
 	var answer [1]byte

@@ -227,8 +227,8 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 			return fmt.Errorf("%s.force_https: port %d has handlers %v; force_https needs the http handler", pf, p.Port, p.Handlers)
 		}
 		if p.ProxyProtoOptions != nil {
-			if v := p.ProxyProtoOptions.Version; v != "" && v != "v1" && v != "v2" {
-				return fmt.Errorf("%s.proxy_proto_options.version: %q (want v1 or v2)", pf, v)
+			if _, err := ProxyProtoVersion(p.ProxyProtoOptions.Version); err != nil {
+				return fmt.Errorf("%s.proxy_proto_options.version: %w", pf, err)
 			}
 		}
 		if p.TLSOptions != nil {
@@ -316,6 +316,20 @@ func checkHandlerList(p *Port) error {
 		where = fmt.Sprintf("after %q", p.Handlers[longest-1])
 	}
 	return fmt.Errorf("port %d: handler %q is not allowed %s (accepted lists: none, [http], [tls], [tls http], [pg_tls], [proxy_proto], [tls proxy_proto])", p.Port, bad, where)
+}
+
+// ProxyProtoVersion maps Fly's PROXY protocol version names "v1" and "v2"
+// to 1 and 2, and "" to 0 (unset).
+func ProxyProtoVersion(name string) (byte, error) {
+	switch name {
+	case "":
+		return 0, nil
+	case "v1":
+		return 1, nil
+	case "v2":
+		return 2, nil
+	}
+	return 0, fmt.Errorf("%q: want v1 or v2", name)
 }
 
 // TLSVersionRange turns Fly's TLS version names ("TLSv1.2", "TLSv1.3")

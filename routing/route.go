@@ -35,6 +35,9 @@ type Route struct {
 	// as crypto/tls versions.
 	TLSMinVersion, TLSMaxVersion uint16
 
+	// ProxyProtoVersion is the port's proxy_proto_options.version: 1 or 2.
+	ProxyProtoVersion byte
+
 	// HTTPSPort is the app's port that runs the tls and http handlers,
 	// where force_https sends plain-HTTP requests; 0 when there is none.
 	HTTPSPort int
@@ -82,6 +85,11 @@ func newRoute(app, hostname string, p *Port, se *serviceEntry, services []*Servi
 		versions = p.TLSOptions.Versions
 	}
 	rt.TLSMinVersion, rt.TLSMaxVersion, _ = TLSVersionRange(versions) // validated before
+	rt.ProxyProtoVersion = 1
+	if o := p.ProxyProtoOptions; o != nil {
+		v, _ := ProxyProtoVersion(o.Version) // validated before
+		rt.ProxyProtoVersion = max(v, 1)
+	}
 	for _, s := range services {
 		for _, q := range s.Ports {
 			if slices.Contains(q.Handlers, "tls") && slices.Contains(q.Handlers, "http") && (rt.HTTPSPort == 0 || q.Port == 443) {
