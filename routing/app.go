@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -389,7 +390,7 @@ func (a *App) build(apps map[string]*Application) (*registry, error) {
 // newAppEntry builds the services and routes of an app from its config
 // and its live machines.
 func (a *App) newAppEntry(name string, cfg *Application, live []*Machine) *appEntry {
-	e := &appEntry{name: name, config: cfg, live: live, routes: make(map[int]*Route), health: a.health.refs()}
+	e := &appEntry{name: name, config: cfg, live: live, routes: make(map[int]*Route), health: new(healthRefs)}
 	machines := cfg.Machines
 	if len(live) > 0 {
 		machines = append(slices.Clip(machines), live...)
@@ -506,16 +507,22 @@ type machine struct {
 	km      float64
 	stopped bool
 	health  *machineHealth
+	checks  []*checkResult // one per check of the service
 }
 
 // available tells whether the edge's own view allows traffic to m: it is
 // started, has not failed its latest active health check, and no
 // connection attempt failed within the fail duration.
 func (m *machine) available() bool {
-	if m.stopped || !m.health.healthy.Load() {
+	if m.stopped {
 		return false
 	}
-	if fu := m.health.failedUntil.Load(); fu != 0 && now().UnixNano() < fu {
+	for _, c := range m.checks {
+		if !c.ok.Load() {
+			return false
+		}
+	}
+	if fu := m.health.failedUntil.Load(); fu != 0 && time.Now().UnixNano() < fu {
 		return false
 	}
 	return true
@@ -532,6 +539,9 @@ func (a *App) newServiceEntry(app string, s *Service, machines []*Machine, refs 
 			stopped: m.State == "stopped",
 		}
 		mm.health = refs.state(mm.id, mm.dial)
+		for _, c := range s.Checks {
+			mm.checks = append(mm.checks, refs.check(mm.id, mm.dial, c))
+		}
 		se.machines = append(se.machines, mm)
 	}
 	se.index(a.catalog)

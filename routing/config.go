@@ -131,8 +131,8 @@ type Check struct {
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
 	// How long to wait after the config is loaded (or the machine
-	// registered) before the first check; until then the machine counts
-	// as healthy.
+	// registered) before the first check; until then a machine the check
+	// has not run on yet counts as passing it (a reload keeps results).
 	// Default: 1s
 	GracePeriod caddy.Duration `json:"grace_period,omitempty"`
 

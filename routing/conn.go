@@ -105,7 +105,7 @@ func (rt *Route) DialMachine(ctx context.Context, dialer *net.Dialer, tries int,
 			return conn, i, func() { m.health.conns.Add(-1) }, nil
 		}
 		m.health.conns.Add(-1)
-		m.health.failedUntil.Store(now().Add(failDuration).UnixNano())
+		m.health.failedUntil.Store(time.Now().Add(failDuration).UnixNano())
 		lastErr = fmt.Errorf("machine %s (%s): %w", m.id, m.dial, err)
 		if ctx.Err() != nil {
 			break

@@ -13,23 +13,28 @@ import (
 	"go.uber.org/zap"
 )
 
-// machineHealth is what the edge knows of one machine's service: the
-// outcome of the latest active health check, until when a failed
-// connection attempt keeps it out of selection (layer 4 only: HTTP uses
-// Caddy's passive health checks), and its connections in flight. It lives
-// in a UsagePool keyed by machine and dial address, so a config reload
-// keeps it.
+// machineHealth is what the edge knows of one machine's service besides
+// its checks: until when a failed connection attempt keeps it out of
+// selection (layer 4 only: HTTP uses Caddy's passive health checks), and
+// its connections in flight. It lives in a UsagePool keyed by machine
+// and dial address, so a config reload keeps it.
 type machineHealth struct {
-	healthy     atomic.Bool
 	failedUntil atomic.Int64 // unix nanoseconds; 0 when it has not failed
 	conns       atomic.Int64
 }
 
-// now is the clock of passive health; tests replace it.
-var now = time.Now
-
 // Destruct implements caddy.Destructor.
 func (*machineHealth) Destruct() error { return nil }
+
+// checkResult is the outcome of the latest run of one active check on
+// one machine: each check of a service keeps its own, so a machine is
+// healthy when all of them pass, and a check removed from the config
+// stops counting. It lives in the UsagePool too (keyed by machine, dial
+// address and check), so a reload keeps it.
+type checkResult struct{ ok atomic.Bool }
+
+// Destruct implements caddy.Destructor.
+func (*checkResult) Destruct() error { return nil }
 
 var healthStates = caddy.NewUsagePool()
 
@@ -56,21 +61,28 @@ type healthRefs struct {
 	keys []string
 }
 
-func (hc *healthChecker) refs() *healthRefs { return new(healthRefs) }
-
-// state returns the shared health state of a machine's service, healthy
-// until a check says otherwise.
+// state returns the shared health state of a machine's service.
 func (r *healthRefs) state(id, dial string) *machineHealth {
-	key := id + "|" + dial
-	v, _, _ := healthStates.LoadOrNew(key, func() (caddy.Destructor, error) {
-		h := new(machineHealth)
-		h.healthy.Store(true)
-		return h, nil
-	})
+	return r.load(id+"|"+dial, func() caddy.Destructor { return new(machineHealth) }).(*machineHealth)
+}
+
+// check returns the shared result of check c on a machine's service,
+// passing until the check says otherwise.
+func (r *healthRefs) check(id, dial string, c *Check) *checkResult {
+	key := id + "|" + dial + "|" + c.Type + " " + c.Path
+	return r.load(key, func() caddy.Destructor {
+		res := new(checkResult)
+		res.ok.Store(true)
+		return res
+	}).(*checkResult)
+}
+
+func (r *healthRefs) load(key string, newState func() caddy.Destructor) caddy.Destructor {
+	v, _, _ := healthStates.LoadOrNew(key, func() (caddy.Destructor, error) { return newState(), nil })
 	r.mu.Lock()
 	r.keys = append(r.keys, key)
 	r.mu.Unlock()
-	return v.(*machineHealth)
+	return v.(caddy.Destructor)
 }
 
 // release drops the entry's references to the health states.
@@ -106,7 +118,7 @@ func (hc *healthChecker) restart(e *appEntry) {
 	}
 	var ctx context.Context
 	for _, se := range e.services {
-		for _, c := range se.config.Checks {
+		for ci, c := range se.config.Checks {
 			for _, m := range se.machines {
 				if ctx == nil {
 					var cancel context.CancelFunc
@@ -114,7 +126,7 @@ func (hc *healthChecker) restart(e *appEntry) {
 					hc.perApp[e.name] = cancel
 				}
 				hc.wg.Add(1)
-				go hc.run(ctx, se.app, m, c)
+				go hc.run(ctx, se.app, m, c, m.checks[ci])
 			}
 		}
 	}
@@ -130,7 +142,7 @@ func (hc *healthChecker) stop() {
 	hc.wg.Wait()
 }
 
-func (hc *healthChecker) run(ctx context.Context, app string, m *machine, c *Check) {
+func (hc *healthChecker) run(ctx context.Context, app string, m *machine, c *Check, res *checkResult) {
 	defer hc.wg.Done()
 	defer func() {
 		if err := recover(); err != nil {
@@ -166,7 +178,7 @@ func (hc *healthChecker) run(ctx context.Context, app string, m *machine, c *Che
 	defer t.Stop()
 	for {
 		err := check(ctx, client, m.dial, c, timeout)
-		if was := m.health.healthy.Swap(err == nil); was != (err == nil) {
+		if was := res.ok.Swap(err == nil); was != (err == nil) {
 			if err != nil {
 				hc.logger.Warn("machine failed health check", zap.String("app", app), zap.String("machine", m.id),
 					zap.String("address", m.dial), zap.String("check", c.Type), zap.Error(err))
