@@ -262,12 +262,6 @@ func requestHost(r *http.Request) string {
 	return host
 }
 
-// LocalPort returns the edge port an HTTP request arrived on, or 0.
-func LocalPort(r *http.Request) int {
-	addr, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-	return portOf(addr)
-}
-
 // portOf returns the port of a local address, or 0.
 func portOf(addr net.Addr) int {
 	switch a := addr.(type) {

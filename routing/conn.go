@@ -155,9 +155,6 @@ func (a *App) RouteForServerName(name string, local net.Addr) (*Route, error) {
 	return a.routeByPort(portOf(local))
 }
 
-// LocalPortOf returns the edge port of a layer 4 connection, or 0.
-func LocalPortOf(cx *layer4.Connection) int { return portOf(cx.LocalAddr()) }
-
 // tlsVarKey is the connection variable a TLS-terminating handler sets.
 const tlsVarKey = "fly.tls_terminated"
 

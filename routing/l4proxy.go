@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -154,7 +155,7 @@ func Relay(cx *layer4.Connection, up net.Conn) error {
 			return err
 		}
 		// consume them from cx's buffer: this read never reaches the socket
-		if _, err := io.ReadFull(cx, make([]byte, len(pending))); err != nil {
+		if _, err := io.CopyN(io.Discard, cx, int64(len(pending))); err != nil {
 			return err
 		}
 	}
@@ -272,10 +273,11 @@ func (p *FlyProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if p.MaxAttempts != 0 {
 				return d.Err("max_attempts already specified")
 			}
-			n, err := fmt.Sscan(v, &p.MaxAttempts)
-			if err != nil || n != 1 || p.MaxAttempts < 1 {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
 				return d.Errf("max_attempts %q: want a positive number", v)
 			}
+			p.MaxAttempts = n
 		default:
 			return d.Errf("unrecognized fly_proxy option '%s'", opt)
 		}

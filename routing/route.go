@@ -119,6 +119,9 @@ func (se *serviceEntry) index(catalog map[string]Region) {
 		se.tiers[len(se.tiers)-1] = append(se.tiers[len(se.tiers)-1], i)
 		r := catalog[m.region]
 		for _, key := range []string{m.region, r.Country, r.Continent} {
+			if key == r.Country && continents[key] {
+				continue // the letters mean the continent (see continents)
+			}
 			tiers := se.groups[key]
 			if n := len(tiers); n == 0 || se.machines[tiers[n-1][0]].km != m.km {
 				tiers = append(tiers, nil)

@@ -295,3 +295,27 @@ func TestSetMachines(t *testing.T) {
 		t.Errorf("Machines lists %d, want %d", len(ms), before+1)
 	}
 }
+
+// TestContinentOverCountry: a two-letter preference that is a continent
+// code means the continent, even when a region's country has the same
+// letters (Namibia is "na").
+func TestContinentOverCountry(t *testing.T) {
+	a := &App{
+		Region:  "jnb",
+		Regions: map[string]Region{"wdh": {City: "Windhoek", Country: "na", Continent: "af", Latitude: -22.56, Longitude: 17.08}},
+		Apps: map[string]*Application{"web": {
+			Services: []*Service{{InternalPort: 8080, Ports: []*Port{{Port: 443, Handlers: []string{"tls", "http"}}}}},
+			Machines: []*Machine{
+				{ID: "000000000000b1", Region: "wdh", Address: "10.0.0.1"}, // nearer to jnb
+				{ID: "000000000000b2", Region: "iad", Address: "10.0.0.2"},
+			},
+		}},
+	}
+	if err := provision(t, a); err != nil {
+		t.Fatal(err)
+	}
+	rt, _ := a.Route("web.localhost", 443)
+	if i, _ := Select(rt, pool{}, Preference{PreferRegions: "na"}); i < 0 || rt.MachineID(i) != "000000000000b2" {
+		t.Errorf("Fly-Prefer-Region: na chose %d, want the machine in North America", i)
+	}
+}
