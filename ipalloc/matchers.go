@@ -2,9 +2,7 @@ package ipalloc
 
 import (
 	"fmt"
-	"net"
 	"net/http"
-	"net/netip"
 	"slices"
 	"strings"
 
@@ -154,7 +152,7 @@ func (m *MatchL4) Provision(ctx caddy.Context) error {
 
 // Match implements layer4.ConnMatcher.
 func (m *MatchL4) Match(cx *layer4.Connection) (bool, error) {
-	local := localAddr(cx)
+	local := routing.AddrOf(cx.LocalAddr())
 	switch m.ips.AddressKind(local) {
 	case "":
 		if m.ips.routesByAddress() {
@@ -205,16 +203,6 @@ func (m *MatchL4) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
-}
-
-// localAddr returns the address a connection arrived on.
-func localAddr(cx net.Conn) netip.Addr {
-	if ta, ok := cx.LocalAddr().(*net.TCPAddr); ok {
-		a, _ := netip.AddrFromSlice(ta.IP)
-		return a.Unmap()
-	}
-	ap, _ := netip.ParseAddrPort(cx.LocalAddr().String())
-	return ap.Addr().Unmap()
 }
 
 // Interface guards

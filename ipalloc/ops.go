@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -302,8 +301,6 @@ func (a *App) servesWeb(cfg *routing.Application) bool {
 	return false
 }
 
-var hostnameRE = regexp.MustCompile(`^(\*|[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$`)
-
 // Certs returns the custom host names of app.
 func (a *App) Certs(app string) ([]Cert, error) {
 	if err := a.checkApp(app); err != nil {
@@ -328,7 +325,7 @@ func (a *App) AddCert(ctx context.Context, app, hostname string) (c Cert, create
 		return Cert{}, false, err
 	}
 	host := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(hostname), "."))
-	if len(host) > 253 || !hostnameRE.MatchString(host) {
+	if !routing.ValidHostname(host, true) || !strings.Contains(host, ".") {
 		return Cert{}, false, badRequest("hostname: %q is not a valid host name", hostname)
 	}
 	if owner := a.fly.HostOwner(host); owner != "" {

@@ -187,7 +187,7 @@ var ErrDenied = errors.New("no app is reachable at this address")
 func (a *App) routeFor(local net.Addr, name string) (*Route, error) {
 	port := portOf(local)
 	if b := a.book.Load(); b != nil {
-		addr := addrOf(local)
+		addr := AddrOf(local)
 		app, ok := (*b).AppFor(addr, name)
 		if !ok {
 			if name == "" {
@@ -203,8 +203,9 @@ func (a *App) routeFor(local net.Addr, name string) (*Route, error) {
 	return a.routeByPort(port)
 }
 
-// addrOf returns the IP address of a local address, unmapped.
-func addrOf(addr net.Addr) netip.Addr {
+// AddrOf returns the IP address of a connection's address, unmapped
+// (an IPv4 client of a dual-stack socket gives its IPv4 address).
+func AddrOf(addr net.Addr) netip.Addr {
 	switch a := addr.(type) {
 	case *net.TCPAddr:
 		ip, _ := netip.AddrFromSlice(a.IP)
@@ -428,8 +429,8 @@ func (a *App) SetMachines(app string, live []*Machine) error {
 			return fmt.Errorf("machines[%d].id: %s is listed twice", i, m.ID)
 		}
 		mine[m.ID] = true
-		if other, ok := reg.machines[m.ID]; ok && !(other == app && slices.ContainsFunc(old.live, func(o *Machine) bool { return o.ID == m.ID })) {
-			return fmt.Errorf("%w: machine %s belongs to app %s", ErrMachineTaken, m.ID, other)
+		if err := reg.checkTaken(app, m.ID, old.live); err != nil {
+			return err
 		}
 	}
 	for _, m := range old.live {
@@ -445,19 +446,32 @@ func (a *App) SetMachines(app string, live []*Machine) error {
 	return nil
 }
 
-// CheckMachine tells whether m could be registered as a machine of app:
-// its fields are valid and no other app has a machine with its ID.
+// CheckMachine tells whether m could be registered as a machine of app
+// (as SetMachines would take it): its fields are valid and its ID is not
+// one of the config's or another app's.
 func (a *App) CheckMachine(app string, m *Machine) error {
 	if err := m.validate("machine", a.catalog); err != nil {
 		return err
 	}
 	reg := a.reg.Load()
+	slot := reg.apps[app]
+	if slot == nil {
+		return fmt.Errorf("%w: %s", ErrUnknownApp, app)
+	}
 	reg.mu.Lock()
 	defer reg.mu.Unlock()
-	if other, ok := reg.machines[m.ID]; ok && other != app {
-		return fmt.Errorf("%w: machine %s belongs to app %s", ErrMachineTaken, m.ID, other)
+	return reg.checkTaken(app, m.ID, slot.load().live)
+}
+
+// checkTaken refuses a machine ID that the config or another app uses;
+// live are app's run-time machines, whose IDs it may register again.
+// The caller holds reg.mu.
+func (reg *registry) checkTaken(app, id string, live []*Machine) error {
+	other, ok := reg.machines[id]
+	if !ok || other == app && slices.ContainsFunc(live, func(o *Machine) bool { return o.ID == id }) {
+		return nil
 	}
-	return nil
+	return fmt.Errorf("%w: machine %s belongs to app %s", ErrMachineTaken, id, other)
 }
 
 // Machines returns the machines of app: those of the config, then the

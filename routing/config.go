@@ -160,10 +160,20 @@ type Machine struct {
 var (
 	appNameRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	machineIDRE = regexp.MustCompile(`^[0-9a-f]{14}$`)
-	hostnameRE  = regexp.MustCompile(`^([a-z0-9*]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
+	hostnameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 )
 
 var validHandlers = map[string]bool{"http": true, "tls": true, "pg_tls": true, "proxy_proto": true}
+
+// ValidHostname tells whether name is a lower-case host name of at most
+// 253 characters; with wildcard, "*." and a host name (a wildcard for
+// the first label, the only form the lookups know) is valid too.
+func ValidHostname(name string, wildcard bool) bool {
+	if rest, ok := strings.CutPrefix(name, "*."); ok && wildcard {
+		name = rest
+	}
+	return len(name) <= 253 && hostnameRE.MatchString(name)
+}
 
 // validate checks an app's config; catalog is the effective region catalog.
 func (a *Application) validate(name string, catalog map[string]Region) error {
@@ -171,7 +181,7 @@ func (a *Application) validate(name string, catalog map[string]Region) error {
 		return fmt.Errorf("apps: %q: name must be a DNS label (lower-case letters, digits and '-')", name)
 	}
 	for i, h := range a.Hostnames {
-		if !hostnameRE.MatchString(h) || len(h) > 253 {
+		if !ValidHostname(h, true) {
 			return fmt.Errorf("apps.%s.hostnames[%d]: %q is not a valid lower-case host name", name, i, h)
 		}
 	}
