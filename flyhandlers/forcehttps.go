@@ -1,7 +1,6 @@
 package flyhandlers
 
 import (
-	"fmt"
 	"net"
 	"net/http"
 	"strconv"
@@ -41,11 +40,11 @@ func (*ForceHTTPS) CaddyModule() caddy.ModuleInfo {
 
 // Provision finds the fly app.
 func (f *ForceHTTPS) Provision(ctx caddy.Context) error {
-	app, err := ctx.App("fly")
+	app, err := routing.FromContext(ctx)
 	if err != nil {
-		return fmt.Errorf("loading fly app: %w", err)
+		return err
 	}
-	f.app = app.(*routing.App)
+	f.app = app
 	return nil
 }
 

@@ -65,11 +65,11 @@ func (*Headers) CaddyModule() caddy.ModuleInfo {
 // Provision finds the fly app.
 func (h *Headers) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	app, err := ctx.App("fly")
+	app, err := routing.FromContext(ctx)
 	if err != nil {
-		return fmt.Errorf("loading fly app: %w", err)
+		return err
 	}
-	h.app = app.(*routing.App)
+	h.app = app
 	h.region = h.app.EdgeRegion()
 	return nil
 }

@@ -60,11 +60,11 @@ func (p *ProxyProto) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("version: %w", err)
 	}
 	p.version = v
-	app, err := ctx.App("fly")
+	app, err := routing.FromContext(ctx)
 	if err != nil {
-		return fmt.Errorf("loading fly app: %w", err)
+		return err
 	}
-	p.app = app.(*routing.App)
+	p.app = app
 	return nil
 }
 

@@ -82,11 +82,11 @@ func (t *TLS) Provision(ctx caddy.Context) error {
 	if t.HandshakeTimeout == 0 {
 		t.HandshakeTimeout = caddy.Duration(10 * time.Second)
 	}
-	app, err := ctx.App("fly")
+	app, err := routing.FromContext(ctx)
 	if err != nil {
-		return fmt.Errorf("loading fly app: %w", err)
+		return err
 	}
-	t.app = app.(*routing.App)
+	t.app = app
 	t.policy = new(caddytls.ConnectionPolicy)
 	if err := (caddytls.ConnectionPolicies{t.policy}).Provision(ctx); err != nil {
 		return fmt.Errorf("setting up TLS: %w", err)

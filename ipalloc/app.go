@@ -69,11 +69,11 @@ var stores = caddy.NewUsagePool()
 // Provision parses the pools, opens the state in Caddy's storage and,
 // when ingress pools are configured, makes the fly app route by address.
 func (a *App) Provision(ctx caddy.Context) error {
-	flyApp, err := ctx.App("fly")
+	fly, err := routing.FromContext(ctx)
 	if err != nil {
-		return fmt.Errorf("loading the fly app: %w", err)
+		return err
 	}
-	return a.setup(ctx, flyApp.(*routing.App), ctx.Storage(), ctx.Logger())
+	return a.setup(ctx, fly, ctx.Storage(), ctx.Logger())
 }
 
 func (a *App) setup(ctx context.Context, fly *routing.App, storage certmagic.Storage, logger *zap.Logger) error {

@@ -48,11 +48,11 @@ func provisionApps(ctx caddy.Context, field string, names []string) (matcherApps
 	if err != nil {
 		return matcherApps{}, fmt.Errorf("loading the fly_ips app: %w", err)
 	}
-	fly, err := ctx.App("fly")
+	fly, err := routing.FromContext(ctx)
 	if err != nil {
-		return matcherApps{}, fmt.Errorf("loading the fly app: %w", err)
+		return matcherApps{}, err
 	}
-	apps := matcherApps{fly: fly.(*routing.App), ips: ips.(*App)}
+	apps := matcherApps{fly: fly, ips: ips.(*App)}
 	for _, name := range names {
 		if !apps.fly.HasApp(name) {
 			return matcherApps{}, fmt.Errorf("%s: %q is not an app of the fly config", field, name)

@@ -133,11 +133,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("connection_policies: %w", err)
 	}
 	h.base = h.ConnectionPolicies.TLSConfig(ctx)
-	app, err := ctx.App("fly")
+	app, err := routing.FromContext(ctx)
 	if err != nil {
-		return fmt.Errorf("loading fly app: %w", err)
+		return err
 	}
-	h.app = app.(*routing.App)
+	h.app = app
 	h.dialer = &net.Dialer{Timeout: 5 * time.Second}
 	return nil
 }

@@ -28,7 +28,7 @@ func init() {
 // module routes with. Lookups by host name, machine ID and region are map
 // lookups: their cost does not grow with the number of apps.
 //
-// Other modules reach it with ctx.App("fly").
+// Other modules reach it with FromContext.
 type App struct {
 	// Region code of this edge (e.g. "iad"); must be in the catalog.
 	// Default: iad
@@ -115,6 +115,16 @@ func (a *App) Cleanup() error {
 		}
 	}
 	return nil
+}
+
+// FromContext returns the fly app of the config being provisioned,
+// loading it if need be.
+func FromContext(ctx caddy.Context) (*App, error) {
+	app, err := ctx.App("fly")
+	if err != nil {
+		return nil, fmt.Errorf("loading the fly app: %w", err)
+	}
+	return app.(*App), nil
 }
 
 // EdgeRegion returns the region code of this edge.

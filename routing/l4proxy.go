@@ -77,11 +77,11 @@ func (*FlyProxy) CaddyModule() caddy.ModuleInfo {
 // Provision finds the fly app and fills defaults.
 func (p *FlyProxy) Provision(ctx caddy.Context) error {
 	p.logger = ctx.Logger()
-	app, err := ctx.App("fly")
+	app, err := FromContext(ctx)
 	if err != nil {
-		return fmt.Errorf("loading fly app: %w", err)
+		return err
 	}
-	p.app = app.(*App)
+	p.app = app
 	if p.DialTimeout == 0 {
 		p.DialTimeout = caddy.Duration(3 * time.Second)
 	}

@@ -1,7 +1,6 @@
 package routing
 
 import (
-	"fmt"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -44,11 +43,11 @@ func (*FlyL4Selection) CaddyModule() caddy.ModuleInfo {
 
 // Provision finds the fly app.
 func (s *FlyL4Selection) Provision(ctx caddy.Context) error {
-	app, err := ctx.App("fly")
+	app, err := FromContext(ctx)
 	if err != nil {
-		return fmt.Errorf("loading fly app: %w", err)
+		return err
 	}
-	s.app = app.(*App)
+	s.app = app
 	return nil
 }
 

@@ -1,7 +1,6 @@
 package routing
 
 import (
-	"fmt"
 	"net/http"
 
 	"github.com/caddyserver/caddy/v2"
@@ -42,11 +41,11 @@ func (*FlyUpstreams) CaddyModule() caddy.ModuleInfo {
 
 // Provision finds the fly app.
 func (u *FlyUpstreams) Provision(ctx caddy.Context) error {
-	app, err := ctx.App("fly")
+	app, err := FromContext(ctx)
 	if err != nil {
-		return fmt.Errorf("loading fly app: %w", err)
+		return err
 	}
-	u.app = app.(*App)
+	u.app = app
 	return nil
 }
 
