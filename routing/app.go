@@ -234,9 +234,10 @@ const routeVarKey = "fly.route"
 // that holds the name of the app a request was routed to.
 const AppVarKey = "fly.app"
 
-// RouteForRequest returns the route of an HTTP request: the app that
-// answers to its Host, and the app's service on the edge port the request
-// arrived on. The answer is cached in the request's variables, so every
+// RouteForRequest returns the route of an HTTP request: the app (by the
+// address the connection arrived on when there is an address book, else
+// by the Host it answers to), and the app's service on the edge port the
+// request arrived on. The answer is cached in the request's variables, so every
 // flyedge handler of one request sees the same route.
 func (a *App) RouteForRequest(r *http.Request) (*Route, error) {
 	if rt, ok := caddyhttp.GetVar(r.Context(), routeVarKey).(*Route); ok {

@@ -96,8 +96,9 @@ type ProxyProtoOptions struct {
 // Concurrency limits the load on each machine, like fly.toml's
 // services.concurrency.
 type Concurrency struct {
-	// "requests" or "connections".
-	// Default: requests for HTTP services, connections otherwise
+	// "requests" or "connections", as in fly.toml. Accepted and checked,
+	// but the edge counts what it proxies (requests on HTTP ports,
+	// connections at layer 4) whatever it says.
 	Type string `json:"type,omitempty"`
 
 	// Above this load a machine is used only when no machine in any
@@ -111,8 +112,8 @@ type Concurrency struct {
 // HTTPOptions are fly.toml's http_service.http_options.
 type HTTPOptions struct {
 	// Speak HTTP/2 cleartext (h2c) to the machines instead of HTTP/1.1.
-	// It takes effect where the service's requests are proxied by a
-	// reverse_proxy whose transport allows h2c (see the README).
+	// It takes effect where the service's requests are proxied by
+	// reverse_proxy with `transport fly`.
 	H2Backend bool `json:"h2_backend,omitempty"`
 }
 

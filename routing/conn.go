@@ -17,14 +17,16 @@ import (
 const connRouteVarKey = "fly.route"
 
 // ConnAppVarKey is the connection variable (placeholder
-// {l4.vars.fly.app}... see the README) that holds the app's name.
+// {l4.vars.fly.app}) that holds the name of the app a connection was
+// routed to.
 const ConnAppVarKey = "fly.app"
 
-// RouteForConn returns the route of a layer 4 connection: the app that
-// answers to the TLS server name the edge terminated (when a tls handler
-// ran before), else the only app with a service on the edge port the
-// connection arrived on. The answer is cached in the connection's
-// variables.
+// RouteForConn returns the route of a layer 4 connection. With an
+// address book, the address it arrived on decides (with the TLS server
+// name on a shared address); without one, the app that answers to the
+// TLS server name the edge terminated (when a tls handler ran before),
+// else the only app with a service on the edge port. The answer is
+// cached in the connection's variables.
 func (a *App) RouteForConn(cx *layer4.Connection) (*Route, error) {
 	if rt, ok := cx.GetVar(connRouteVarKey).(*Route); ok {
 		return rt, nil

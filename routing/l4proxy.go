@@ -22,8 +22,8 @@ func init() {
 }
 
 // FlyProxy is a terminal layer4 handler that proxies a connection to a
-// machine of its app: the app is found by the TLS server name (when a tls
-// handler terminated TLS before) or by the edge port, and the machine is
+// machine of its app: the app is found as RouteForConn says (by the
+// address, the TLS server name or the edge port), and the machine is
 // the nearest healthy one, spreading connections among the machines of a
 // region. A machine that refuses the connection is left out for
 // fail_duration and the next nearest is tried, so the client sees no

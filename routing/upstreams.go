@@ -13,8 +13,8 @@ func init() {
 }
 
 // FlyUpstreams is a dynamic upstream source that returns the machines of
-// the app a request is for: the app that answers to the request's Host,
-// its service on the edge port the request arrived on, one upstream per
+// the app a request is for (as RouteForRequest finds it), its service on
+// the edge port the request arrived on, one upstream per
 // machine at address:internal_port, nearest to the edge first. Use it with
 // the `fly` selection policy, which picks among them by the Fly-* request
 // headers, region and health.
