@@ -403,13 +403,7 @@ func TestPSQL(t *testing.T) {
 // missing pgbouncer fails the test; elsewhere it skips.
 func startPgbouncer(t *testing.T) string {
 	t.Helper()
-	bin, err := exec.LookPath("pgbouncer")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("pgbouncer is not installed (.ci/run installs it)")
-		}
-		t.Skip("pgbouncer is not installed")
-	}
+	bin := requireTool(t, "pgbouncer")
 	// a folder the postgres user can reach (t.TempDir's parent is 0700)
 	dir, err := os.MkdirTemp("", "flyedge-pgbouncer-")
 	if err != nil {
