@@ -166,6 +166,22 @@ func TestExamplesRun(t *testing.T) {
 				t.Logf("PostgreSQL is not running at %s, so the db app is not tried: %v", pgAddr, err)
 			}
 
+			// hello's default_self_signed: no SNI on its own address
+			helloV4 := allocateWithCLI(t, fly, "hello")
+			if sc, err := tls.Dial("tcp", helloV4+":8443", &tls.Config{InsecureSkipVerify: true}); err != nil {
+				t.Errorf("hello without SNI: %v", err)
+			} else {
+				if cn := sc.ConnectionState().PeerCertificates[0].Subject.CommonName; cn != "flyedge self-signed" {
+					t.Errorf("hello without SNI got the certificate of %q, want the self-signed one", cn)
+				}
+				sc.SetDeadline(time.Now().Add(10 * time.Second))
+				fmt.Fprintf(sc, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", helloV4)
+				if b, _ := io.ReadAll(sc); !strings.Contains(string(b), "machine ") {
+					t.Errorf("hello without SNI answered %q, want a machine's answer", b)
+				}
+				sc.Close()
+			}
+
 			resp, _, _ := get(t, c, "http://hello.flyedge.localhost:8080/docs?page=2", nil)
 			if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "https://hello.flyedge.localhost:8443/docs?page=2" {
 				t.Errorf("force_https: %d Location %q", resp.StatusCode, resp.Header.Get("Location"))

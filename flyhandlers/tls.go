@@ -151,16 +151,30 @@ func (t *TLS) configFor(rt *routing.Route) *tls.Config {
 	cfg := t.policy.TLSConfig.Clone()
 	cfg.NextProtos = []string{"h2", "http/1.1"}
 	cfg.MinVersion, cfg.MaxVersion = rt.TLSMinVersion, rt.TLSMaxVersion
+	applyTLSOptions(cfg, t.policy.TLSConfig.NextProtos, rt, t.selfSigned)
+	return cfg
+}
+
+// applyTLSOptions sets the route's port tls_options on cfg, a config of
+// its own: alpn replaces the protocols offered (keeping ACME's
+// TLS-ALPN-01 protocol when the connection policy, whose protocols are
+// policyProtos, offers it, so the app's certificates can still be
+// obtained that way); versions bound the TLS versions;
+// default_self_signed answers with selfSigned when the edge has no
+// certificate for the client's server name, or the client sent none.
+func applyTLSOptions(cfg *tls.Config, policyProtos []string, rt *routing.Route, selfSigned *tls.Certificate) {
 	opts := rt.Port.TLSOptions
 	if opts == nil {
-		return cfg
+		return
 	}
 	if opts.ALPN != nil {
 		cfg.NextProtos = slices.Clone(opts.ALPN)
-		// keep answering ACME TLS-ALPN challenges for the app's names
-		if slices.Contains(t.policy.TLSConfig.NextProtos, acmeTLS1) && !slices.Contains(cfg.NextProtos, acmeTLS1) {
+		if slices.Contains(policyProtos, acmeTLS1) && !slices.Contains(cfg.NextProtos, acmeTLS1) {
 			cfg.NextProtos = append(cfg.NextProtos, acmeTLS1)
 		}
+	}
+	if len(opts.Versions) > 0 {
+		cfg.MinVersion, cfg.MaxVersion = rt.TLSMinVersion, rt.TLSMaxVersion
 	}
 	if opts.DefaultSelfSigned {
 		getCert := cfg.GetCertificate
@@ -170,10 +184,9 @@ func (t *TLS) configFor(rt *routing.Route) *tls.Config {
 					return cert, nil
 				}
 			}
-			return t.selfSigned, nil
+			return selfSigned, nil
 		}
 	}
-	return cfg
 }
 
 // selfSignedCertificate makes the certificate default_self_signed serves.
