@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"go.uber.org/zap"
 
 	"github.com/flyedge/caddy-flyedge/routing"
@@ -75,15 +75,19 @@ func (w *TLSOptionsWrapper) Provision(ctx caddy.Context) error {
 // it when it starts, after every app has been provisioned, so the
 // server's connection policies can be looked up here.
 func (w *TLSOptionsWrapper) WrapListener(ln net.Listener) net.Listener {
-	policies, err := w.serverPolicies(ln.Addr())
+	srv, err := w.server(ln.Addr())
 	if err != nil {
 		w.logger.Error("tls_options will not apply on this listener", zap.String("address", ln.Addr().String()), zap.Error(err))
 		return ln
 	}
-	if len(policies) == 0 {
+	if len(srv.TLSConnPolicies) == 0 {
 		return ln // a listener without TLS
 	}
-	base := policies.TLSConfig(w.ctx)
+	if slices.Contains(srv.Protocols, "h3") {
+		w.logger.Warn("this server also serves HTTP/3, which does not pass through listener wrappers: tls_options do not apply to it; set the server's protocols to h1 h2",
+			zap.String("address", ln.Addr().String()))
+	}
+	base := srv.TLSConnPolicies.TLSConfig(w.ctx)
 	cfg := base.Clone()
 	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		pc, err := base.GetConfigForClient(hello)
@@ -101,9 +105,8 @@ func (w *TLSOptionsWrapper) WrapListener(ln net.Listener) net.Listener {
 	return &tlsOptionsListener{Listener: ln, cfg: cfg}
 }
 
-// serverPolicies returns the TLS connection policies of the HTTP server
-// that listens on addr.
-func (w *TLSOptionsWrapper) serverPolicies(addr net.Addr) (caddytls.ConnectionPolicies, error) {
+// server returns the HTTP server that listens on addr.
+func (w *TLSOptionsWrapper) server(addr net.Addr) (*caddyhttp.Server, error) {
 	httpApp, err := w.ctx.App("http")
 	if err != nil {
 		return nil, err
@@ -124,7 +127,7 @@ func (w *TLSOptionsWrapper) serverPolicies(addr net.Addr) (caddytls.ConnectionPo
 	if found == nil {
 		return nil, fmt.Errorf("no HTTP server listens on %s", addr)
 	}
-	return found.TLSConnPolicies, nil
+	return found, nil
 }
 
 // listensOn reports whether a server's listen address covers the
