@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -24,7 +25,8 @@ func init() {
 // handlers are ["tls", "http"]: ALPN, TLS versions and the self-signed
 // fallback, per app, as the fly_tls handler does on layer 4 ports.
 //
-// It goes after the tls placeholder among the server's listener wrappers.
+// It goes after TLS among the server's listener wrappers: alone, or after
+// the tls placeholder when a wrapper such as fly_layer4 comes before TLS.
 // Every handshake first picks the server's TLS connection policy as Caddy
 // would; when the connection belongs to an app (by the address it
 // arrived on and its server name, as routing.App.RouteForServerName
@@ -34,8 +36,8 @@ func init() {
 // not see the options (Fly.io's proxy does not speak HTTP/3).
 //
 //	servers :443 {
+//		protocols h1 h2
 //		listener_wrappers {
-//			tls
 //			fly_tls_options
 //		}
 //	}
@@ -102,7 +104,24 @@ func (w *TLSOptionsWrapper) WrapListener(ln net.Listener) net.Listener {
 		applyTLSOptions(own, pc.NextProtos, rt, w.selfSigned)
 		return own, nil
 	}
-	return &tlsOptionsListener{Listener: ln, cfg: cfg}
+	l := &tlsOptionsListener{Listener: ln, cfg: cfg, logger: w.logger}
+	l.wantTLS = w.servesTLS(ln.Addr())
+	return l
+}
+
+// servesTLS reports whether the HTTP server terminates TLS on addr (a
+// server with TLS policies does, except on the HTTP port).
+func (w *TLSOptionsWrapper) servesTLS(addr net.Addr) bool {
+	httpApp, err := w.ctx.App("http")
+	if err != nil {
+		return false
+	}
+	port := httpApp.(*caddyhttp.App).HTTPPort
+	if port == 0 {
+		port = caddyhttp.DefaultHTTPPort
+	}
+	ap, err := netip.ParseAddrPort(addr.String())
+	return err != nil || int(ap.Port()) != port
 }
 
 // server returns the HTTP server that listens on addr.
@@ -157,7 +176,10 @@ func listensOn(na caddy.NetworkAddress, addr net.Addr) (ok, exact bool) {
 
 type tlsOptionsListener struct {
 	net.Listener
-	cfg *tls.Config
+	cfg       *tls.Config
+	wantTLS   bool // the server terminates TLS on this listener
+	logger    *zap.Logger
+	misplaced sync.Once
 }
 
 // Accept takes the connection the TLS listener made, before any byte of
@@ -171,6 +193,12 @@ func (l *tlsOptionsListener) Accept() (net.Conn, error) {
 	}
 	tc, ok := c.(*tls.Conn)
 	if !ok {
+		if l.wantTLS {
+			l.misplaced.Do(func() {
+				l.logger.Error("fly_tls_options must come after TLS among the listener wrappers; tls_options do not apply",
+					zap.String("address", l.Addr().String()))
+			})
+		}
 		return c, nil
 	}
 	return tls.Server(tc.NetConn(), l.cfg), nil
