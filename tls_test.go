@@ -133,3 +133,93 @@ func TestTLSHandler(t *testing.T) {
 		}
 	})
 }
+
+// optionsByNameConfig is an edge without IP pools (apps by host name) whose
+// HTTPS server takes fly_tls_options alone among its listener wrappers:
+// apps plain (no options) and strict (TLS 1.3 and http/1.1 only) share the
+// port, with certificates for their names from the sites' own policies.
+const optionsByNameConfig = `{
+	admin %[1]s
+	persist_config off
+	local_certs
+	skip_install_trust
+	auto_https disable_redirects
+	servers :%[2]s {
+		protocols h1 h2
+		listener_wrappers {
+			fly_tls_options
+		}
+	}
+	fly {
+		region iad
+		base_domain opts.test
+		app plain {
+			service %[3]s {
+				port %[2]s tls http
+			}
+			machine 00000000000f31 iad 127.0.58.1
+		}
+		app strict {
+			service %[3]s {
+				port %[2]s tls http {
+					alpn http/1.1
+					tls_versions TLSv1.3
+				}
+			}
+			machine 00000000000f32 iad 127.0.58.2
+		}
+	}
+}
+https://plain.opts.test:%[2]s, https://strict.opts.test:%[2]s {
+	tls internal
+	fly_headers
+	reverse_proxy {
+		dynamic fly
+		lb_policy fly
+	}
+}
+`
+
+// TestTLSOptionsByHostName: without IP pools, fly_tls_options finds the
+// app by the server name, on top of the connection policy Caddy picks
+// for that name.
+func TestTLSOptionsByHostName(t *testing.T) {
+	requireCaddy(t)
+	https, machinePort := freePort(), freePort()
+	startMachines(t, machinePort, testMachine{"00000000000f31", "iad", "127.0.58.1"}, testMachine{"00000000000f32", "iad", "127.0.58.2"})
+	mustLoad(t, fmt.Sprintf(optionsByNameConfig, adminAddr, https, machinePort))
+	roots := caddyRoots(t, caddyHome)
+	h2 := newClient(roots, true)
+	waitFor(t, "the certificates of plain and strict", func() bool {
+		for _, app := range []string{"plain", "strict"} {
+			resp, err := h2.Get("https://" + app + ".opts.test:" + https + "/")
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+		}
+		return true
+	})
+	for app, want := range map[string]struct{ proto, machine string }{
+		"plain":  {"HTTP/2.0", "00000000000f31"},
+		"strict": {"HTTP/1.1", "00000000000f32"},
+	} {
+		resp, body, s := get(t, h2, "https://"+app+".opts.test:"+https+"/", nil)
+		if s == nil || s.Machine != want.machine || resp.Proto != want.proto {
+			t.Errorf("%s: over %s, %q; want %s from %s", app, resp.Proto, body, want.proto, want.machine)
+		}
+	}
+	dial := func(app string) error {
+		c, err := tls.Dial("tcp", "127.0.0.1:"+https, &tls.Config{ServerName: app + ".opts.test", RootCAs: roots, MaxVersion: tls.VersionTLS12})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := dial("plain"); err != nil {
+		t.Errorf("plain over TLS 1.2: %v", err)
+	}
+	if err := dial("strict"); err == nil || !strings.Contains(err.Error(), "protocol version") {
+		t.Errorf("strict over TLS 1.2: %v, want a protocol version alert", err)
+	}
+}
