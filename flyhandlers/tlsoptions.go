@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
@@ -29,10 +30,10 @@ func init() {
 // the tls placeholder when a wrapper such as fly_layer4 comes before TLS.
 // Every handshake first picks the server's TLS connection policy as Caddy
 // would; when the connection belongs to an app (by the address it
-// arrived on and its server name, as routing.App.RouteForServerName
-// says) whose port sets tls_options, the options are applied on top of
-// that policy's config. Every other connection gets the policy's config
-// unchanged. HTTP/3 does not pass through listener wrappers, so it does
+// arrived on and its server name, as routing.App.RouteForHello says)
+// whose port runs http and sets tls_options, the options are applied on
+// top of that policy's config, offering only ALPN protocols the server
+// speaks. Every other connection gets the policy's config unchanged. HTTP/3 does not pass through listener wrappers, so it does
 // not see the options (Fly.io's proxy does not speak HTTP/3).
 //
 //	servers :443 {
@@ -46,6 +47,9 @@ type TLSOptionsWrapper struct {
 	app        *routing.App
 	selfSigned *tls.Certificate
 	logger     *zap.Logger
+
+	mu  sync.Mutex
+	cfg *tls.Config // the server's, made by the first listener
 }
 
 // CaddyModule returns the Caddy module information.
@@ -77,17 +81,38 @@ func (w *TLSOptionsWrapper) Provision(ctx caddy.Context) error {
 // it when it starts, after every app has been provisioned, so the
 // server's connection policies can be looked up here.
 func (w *TLSOptionsWrapper) WrapListener(ln net.Listener) net.Listener {
-	srv, err := w.server(ln.Addr())
+	httpApp, err := w.ctx.AppIfConfigured("http")
+	if err != nil {
+		w.logger.Error("tls_options will not apply on this listener", zap.String("address", ln.Addr().String()), zap.Error(err))
+		return ln
+	}
+	srv, err := wrappedServer(httpApp.(*caddyhttp.App), ln.Addr())
 	if err != nil {
 		w.logger.Error("tls_options will not apply on this listener", zap.String("address", ln.Addr().String()), zap.Error(err))
 		return ln
 	}
 	if len(srv.TLSConnPolicies) == 0 {
-		return ln // a listener without TLS
+		return ln // a server without TLS
 	}
-	if slices.Contains(srv.Protocols, "h3") {
+	if servesH3(srv) {
 		w.logger.Warn("this server also serves HTTP/3, which does not pass through listener wrappers: tls_options do not apply to it; set the server's protocols to h1 h2",
 			zap.String("address", ln.Addr().String()))
+	}
+	return &tlsOptionsListener{
+		Listener: ln,
+		cfg:      w.serverConfig(srv),
+		wantTLS:  servesTLS(httpApp.(*caddyhttp.App), ln.Addr()),
+		logger:   w.logger,
+	}
+}
+
+// serverConfig returns the TLS config of the server's listeners: one per
+// server, as Caddy has, so that session tickets resume across them.
+func (w *TLSOptionsWrapper) serverConfig(srv *caddyhttp.Server) *tls.Config {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cfg != nil {
+		return w.cfg
 	}
 	base := srv.TLSConnPolicies.TLSConfig(w.ctx)
 	cfg := base.Clone()
@@ -96,27 +121,52 @@ func (w *TLSOptionsWrapper) WrapListener(ln net.Listener) net.Listener {
 		if err != nil || pc == nil {
 			return pc, err
 		}
-		rt, rerr := w.app.RouteForServerName(hello.ServerName, hello.Conn.LocalAddr())
-		if rerr != nil || rt.Port.TLSOptions == nil {
+		rt, rerr := w.app.RouteForHello(hello.ServerName, hello.Conn.LocalAddr())
+		if rerr != nil || rt.Port.TLSOptions == nil || !slices.Contains(rt.Port.Handlers, "http") {
 			return pc, nil
 		}
 		own := pc.Clone()
 		applyTLSOptions(own, pc.NextProtos, rt, w.selfSigned)
+		own.NextProtos = servable(own.NextProtos, pc.NextProtos)
 		return own, nil
 	}
-	l := &tlsOptionsListener{Listener: ln, cfg: cfg, logger: w.logger}
-	l.wantTLS = w.servesTLS(ln.Addr())
-	return l
+	w.cfg = cfg
+	return cfg
 }
 
-// servesTLS reports whether the HTTP server terminates TLS on addr (a
-// server with TLS policies does, except on the HTTP port).
-func (w *TLSOptionsWrapper) servesTLS(addr net.Addr) bool {
-	httpApp, err := w.ctx.App("http")
-	if err != nil {
-		return false
+// servable returns the protocols of offered that the server speaks
+// (those of its connection policy), in offered's order; when there are
+// none, the server's own.
+func servable(offered, speaks []string) []string {
+	var out []string
+	for _, p := range offered {
+		if slices.Contains(speaks, p) {
+			out = append(out, p)
+		}
 	}
-	port := httpApp.(*caddyhttp.App).HTTPPort
+	if len(out) == 0 || len(out) == 1 && out[0] == acmeTLS1 {
+		return speaks
+	}
+	return out
+}
+
+// servesH3 reports whether the server serves HTTP/3 on any address.
+func servesH3(srv *caddyhttp.Server) bool {
+	if slices.Contains(srv.Protocols, "h3") {
+		return true
+	}
+	for _, ps := range srv.ListenProtocols {
+		if slices.Contains(ps, "h3") {
+			return true
+		}
+	}
+	return false
+}
+
+// servesTLS reports whether the HTTP app terminates TLS on addr, a
+// listener of a server with TLS policies: everywhere but on the HTTP port.
+func servesTLS(httpApp *caddyhttp.App, addr net.Addr) bool {
+	port := httpApp.HTTPPort
 	if port == 0 {
 		port = caddyhttp.DefaultHTTPPort
 	}
@@ -124,54 +174,76 @@ func (w *TLSOptionsWrapper) servesTLS(addr net.Addr) bool {
 	return err != nil || int(ap.Port()) != port
 }
 
-// server returns the HTTP server that listens on addr.
-func (w *TLSOptionsWrapper) server(addr net.Addr) (*caddyhttp.Server, error) {
-	httpApp, err := w.ctx.App("http")
-	if err != nil {
-		return nil, err
-	}
+// wrappedServer returns the HTTP server of a listener on addr: the one
+// whose listen address names addr most closely (an IP over a host name).
+// Caddy refuses a listen address that two servers share, so only two
+// host names that resolve to one address can leave it undecided, which is
+// an error.
+func wrappedServer(httpApp *caddyhttp.App, addr net.Addr) (*caddyhttp.Server, error) {
 	var found *caddyhttp.Server
-	exact := false
-	for _, srv := range httpApp.(*caddyhttp.App).Servers {
+	best, tie := 0, false
+	for _, srv := range httpApp.Servers {
 		for _, la := range srv.Listen {
 			na, err := caddy.ParseNetworkAddress(la)
 			if err != nil {
 				continue
 			}
-			if ok, isExact := listensOn(na, addr); ok && (found == nil || isExact && !exact) {
-				found, exact = srv, isExact
+			rank := listensOn(na, addr)
+			switch {
+			case rank > best:
+				found, best, tie = srv, rank, false
+			case rank == best && rank > 0 && srv != found:
+				tie = true
 			}
 		}
 	}
-	if found == nil {
+	switch {
+	case found == nil:
 		return nil, fmt.Errorf("no HTTP server listens on %s", addr)
+	case tie:
+		return nil, fmt.Errorf("several HTTP servers listen on %s", addr)
 	}
 	return found, nil
 }
 
-// listensOn reports whether a server's listen address covers the
-// listener address addr, and whether it names addr's host exactly.
-func listensOn(na caddy.NetworkAddress, addr net.Addr) (ok, exact bool) {
-	if na.IsUnixNetwork() || na.IsFdNetwork() {
-		return na.Host == addr.String(), true
+// listensOn tells how closely a server's listen address na names the
+// listener address addr: 0 not at all, 1 by a host name (Caddy listens
+// on the address it resolves to), 2 by its IP, every address or socket
+// path.
+func listensOn(na caddy.NetworkAddress, addr net.Addr) int {
+	if na.IsUnixNetwork() {
+		path, _, _ := strings.Cut(na.Host, "|") // unix//path|0222 sets the file mode
+		if path == addr.String() {
+			return 2
+		}
+		return 0
 	}
 	ap, err := netip.ParseAddrPort(addr.String())
 	if err != nil {
-		return false, false
+		return 0
 	}
 	port := uint(ap.Port())
 	if port < na.StartPort || port > max(na.EndPort, na.StartPort) {
-		return false, false
+		return 0
 	}
+	lnIP := ap.Addr().Unmap()
 	if na.Host == "" {
-		return true, false
+		if lnIP.IsUnspecified() {
+			return 2
+		}
+		return 0
 	}
 	ip, err := netip.ParseAddr(na.Host)
 	if err != nil {
-		// a host name: Caddy listens on what it resolves to
-		return true, false
+		if lnIP.IsUnspecified() {
+			return 0
+		}
+		return 1
 	}
-	return ip.Unmap() == ap.Addr().Unmap(), true
+	if ip.Unmap() == lnIP {
+		return 2
+	}
+	return 0
 }
 
 type tlsOptionsListener struct {

@@ -157,6 +157,16 @@ func (a *App) RouteForServerName(name string, local net.Addr) (*Route, error) {
 	return a.routeByPort(portOf(local))
 }
 
+// RouteForHello returns the route of a TLS handshake with server name
+// name that arrived on local, by the rule HTTP requests follow: with an
+// address book, the address (and on a shared address the name); without
+// one, the app that answers to the name, or, when the client sent none,
+// the only app with a service on the port. Unlike RouteForServerName, a
+// name no app answers to finds no route.
+func (a *App) RouteForHello(name string, local net.Addr) (*Route, error) {
+	return a.routeFor(local, strings.ToLower(strings.TrimSuffix(name, ".")))
+}
+
 // tlsVarKey is the connection variable a TLS-terminating handler sets.
 const tlsVarKey = "fly.tls_terminated"
 
