@@ -15,6 +15,7 @@
 #        TARGETS="direct caddy_l4 flyedge" REPS=1 DURATION=4 bench/l4.sh  (smoke, ~1 min)
 # Knobs (environment, passed through to run.sh; see bench/README.md):
 #   TARGETS ["direct caddy_l4 flyedge haproxy nginx socat"]  TESTS ["bulk1 bulk4 conn"]
+#     (through TLS: TESTS="tlsbulk1 tlsbulk4 tlsconn", configs in bench/l4/tls/)
 #   REPS [3]  DURATION [8]  WORKERS [32]  WARMUP [2]  PAUSE [1]
 #   OUTDIR [/tmp/l4bench/<time>]  GO [go on PATH]
 #   SHARED [<repo>/../shared/bench/l4]  the shared harness (configs, conncount/)

@@ -40,6 +40,7 @@
 #            FLYEDGE_CADDYFILE [flyedge.Caddyfile beside this file; __RUN__ -> run dir];
 #            SHARED [../../../shared/bench/l4 from this file] the harness's configs and conncount/
 #   TARGETS ["direct caddy_l4 flyedge haproxy nginx socat"]  TESTS ["bulk1 bulk4 conn"]
+#     flyedge: or any of "tlsbulk1 tlsbulk4 tlsconn" (TLS at the proxy; tls/ beside this file)
 #   REPS [3]  DURATION [8] (s)  WORKERS [32]  WARMUP [2] (s per test and path)  PAUSE [1] (s)
 #   OUTDIR [/tmp/l4bench/<timestamp>]
 # Output: table on stdout (and $OUTDIR/summary.txt); raw rows $OUTDIR/raw.tsv; logs $OUTDIR/run/.
@@ -65,6 +66,21 @@ RAW=$OUTDIR/raw.tsv
 LOG=$OUTDIR/run.log
 declare -A BULK_PORT=([direct]=15201 [caddy_l4]=15202 [haproxy]=15203 [nginx]=15204 [socat]=15205 [flyedge]=15206)
 declare -A CONN_PORT=([direct]=15211 [caddy_l4]=15212 [haproxy]=15213 [nginx]=15214 [socat]=15215 [flyedge]=15216)
+# flyedge: TLS rows (tests tlsbulk1 tlsbulk4 tlsconn): TLS from the client to the proxy, plaintext to
+# the backend (tlsload's sink on 15220, conncount's echo on 15211); direct = the backend does TLS itself
+declare -A TLSBULK_PORT=([direct]=15221 [caddy_l4]=15222 [haproxy]=15223 [nginx]=15224 [flyedge]=15226)
+declare -A TLSCONN_PORT=([direct]=15231 [caddy_l4]=15232 [haproxy]=15233 [nginx]=15234 [flyedge]=15236)
+SINK_PORT=15220
+TLSDIR=$HERE/tls
+WANT_TLS=0; [[ " $TESTS " == *" tls"* ]] && WANT_TLS=1
+port_of() {  # test path -> the path's port for that test, or "" (socat has no TLS rows)
+  case $1 in
+    bulk1|bulk4) echo "${BULK_PORT[$2]:-}" ;;
+    conn) echo "${CONN_PORT[$2]:-}" ;;
+    tlsbulk1|tlsbulk4) echo "${TLSBULK_PORT[$2]:-}" ;;
+    tlsconn) echo "${TLSCONN_PORT[$2]:-}" ;;
+  esac
+}
 
 mkdir -p "$RUN/caddyhome"
 : > "$RAW"
@@ -74,7 +90,7 @@ die() { log "ERROR: $*"; exit 1; }
 
 # ---------- process bookkeeping: only PIDs this script started ----------
 PIDS=()
-declare -A BULK_PID=() CONN_PID=()   # path -> PID charged with the proxy's CPU time
+declare -A BULK_PID=() CONN_PID=() TLSBULK_PID=() TLSCONN_PID=()   # path -> PID charged with the proxy's CPU time
 IPERF_PID=""
 stop_pid_list() {  # pids...: TERM, wait up to 5 s, then KILL
   local p alive
@@ -149,11 +165,20 @@ for t in $TARGETS; do
   PATHS+=("$t")
 done
 for t in "${PATHS[@]}"; do
-  for p in "${BULK_PORT[$t]}" "${CONN_PORT[$t]}"; do port_busy "$p" && { echo "port $p already in use; aborting" >&2; exit 2; }; done
+  for p in "${BULK_PORT[$t]}" "${CONN_PORT[$t]}" ${TLSBULK_PORT[$t]:-} ${TLSCONN_PORT[$t]:-}; do port_busy "$p" && { echo "port $p already in use; aborting" >&2; exit 2; }; done
 done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
 CC=$RUN/conncount
 ( cd "$SHARED/conncount" && "$GO" build -o "$CC" . ) || { echo "conncount build failed" >&2; exit 2; }
+TL=$RUN/tlsload
+if ((WANT_TLS)); then  # flyedge: the TLS load generator and backend, and an ECDSA P-256 certificate
+  command -v openssl >/dev/null || { echo "missing openssl" >&2; exit 2; }
+  ( cd "$HERE/tlsload" && "$GO" build -o "$TL" . ) || { echo "tlsload build failed" >&2; exit 2; }
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 -subj /CN=bench.test \
+    -addext subjectAltName=DNS:bench.test -keyout "$RUN/bench.key" -out "$RUN/bench.crt" 2>/dev/null ||
+    { echo "openssl could not make the certificate" >&2; exit 2; }
+  cat "$RUN/bench.crt" "$RUN/bench.key" > "$RUN/bench.pem"
+fi
 
 {
   echo "host: $(nproc) cpus, $(uname -r), $(. /etc/os-release; echo "$PRETTY_NAME"), loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -185,6 +210,30 @@ restart_iperf() {  # clears an iperf3 server left mid-test by a failed client
 
 start_iperf
 start_bg echo "$CC" -serve "127.0.0.1:${CONN_PORT[direct]}"
+if ((WANT_TLS)); then
+  start_bg tlssink "$TL" -serve "127.0.0.1:$SINK_PORT" -sink
+  start_bg tlssink-direct "$TL" -serve "127.0.0.1:${TLSBULK_PORT[direct]}" -sink -cert "$RUN/bench.crt" -key "$RUN/bench.key"
+  start_bg tlsecho-direct "$TL" -serve "127.0.0.1:${TLSCONN_PORT[direct]}" -cert "$RUN/bench.crt" -key "$RUN/bench.key"
+  wait_listen "$SINK_PORT" || die "tlsload sink did not listen"
+fi
+start_tls() {  # path: the path's TLS-terminating process (its own, so its CPU is its own)
+  local t=$1
+  case $t in
+    caddy_l4|flyedge)
+      sed "s#__RUN__#$RUN#g" "$TLSDIR/${t//_/-}-tls.json" > "$RUN/$t-tls.json"
+      local bin=$CADDY; [[ $t == flyedge ]] && bin=$FLYEDGE_CADDY
+      start_bg "$t-tls" env HOME="$RUN/caddyhome" XDG_DATA_HOME="$RUN/caddyhome" XDG_CONFIG_HOME="$RUN/caddyhome" \
+        "$bin" run --config "$RUN/$t-tls.json" ;;
+    haproxy)
+      sed "s#__RUN__#$RUN#g" "$TLSDIR/haproxy-tls.cfg" > "$RUN/haproxy-tls.cfg"
+      start_bg haproxy-tls haproxy -db -f "$RUN/haproxy-tls.cfg" ;;
+    nginx)
+      sed "s#__RUN__#$RUN#g" "$TLSDIR/nginx-tls.conf" > "$RUN/nginx-tls.conf"
+      start_bg nginx-tls nginx -c "$RUN/nginx-tls.conf" -p "$RUN/" -e "$RUN/nginx-tls.error.log" ;;
+    *) return ;;
+  esac
+  TLSBULK_PID[$t]=$LASTPID; TLSCONN_PID[$t]=$LASTPID
+}
 for t in "${PATHS[@]}"; do
   case $t in
     direct) continue ;;
@@ -213,10 +262,18 @@ for t in "${PATHS[@]}"; do
       CONN_PID[$t]=$LASTPID ;;
   esac
 done
+if ((WANT_TLS)); then
+  for t in "${PATHS[@]}"; do [[ $t != direct ]] && start_tls "$t"; done
+fi
 for t in "${PATHS[@]}"; do
   for p in "${BULK_PORT[$t]}" "${CONN_PORT[$t]}"; do
     wait_listen "$p" || die "$t: nothing listens on $p (see $RUN/*.log)"
   done
+  if ((WANT_TLS)); then
+    for p in ${TLSBULK_PORT[$t]:-} ${TLSCONN_PORT[$t]:-}; do
+      wait_listen "$p" || die "$t: nothing listens on $p (see $RUN/*.log)"
+    done
+  fi
 done
 log "started; pids: ${PIDS[*]}"
 
@@ -244,15 +301,37 @@ run_one() {  # test path seconds -> sets R_VALUE R_AMOUNT R_ERR R_OUT
       else
         R_ERR=1
       fi ;;
+    tlsbulk1|tlsbulk4)
+      [[ $test == tlsbulk4 ]] && par=(-P 4) || par=(-P 1)
+      out=$(timeout $((secs + 30)) "$TL" -target "127.0.0.1:${TLSBULK_PORT[$t]}" -bulk "${par[@]}" -d "${secs}s" 2>&1)
+      R_OUT=$out
+      if [[ $out =~ bytes=([0-9]+)\ errors=([0-9]+)\ seconds=[0-9.]+\ gbps=([0-9.]+) ]]; then
+        R_AMOUNT=${BASH_REMATCH[1]}; R_ERR=${BASH_REMATCH[2]}; R_VALUE=${BASH_REMATCH[3]}
+      else
+        R_ERR=1
+      fi ;;
+    tlsconn)
+      out=$(timeout $((secs + 30)) "$TL" -target "127.0.0.1:${TLSCONN_PORT[$t]}" -c "$WORKERS" -d "${secs}s" 2>&1)
+      R_OUT=$out
+      if [[ $out =~ conns=([0-9]+)\ errors=([0-9]+)\ seconds=[0-9.]+\ rate=([0-9.]+) ]]; then
+        R_AMOUNT=${BASH_REMATCH[1]}; R_ERR=${BASH_REMATCH[2]}; R_VALUE=${BASH_REMATCH[3]}
+      else
+        R_ERR=1
+      fi ;;
   esac
 }
 
 measure() {  # test path rep
   local test=$1 t=$2 rep=$3 pids=() c0 c1 h0 h1 w0 w1 cpu wall busy unit
   if [[ $t != direct ]]; then
-    [[ $test == conn ]] && pids=("${CONN_PID[$t]}") || pids=("${BULK_PID[$t]}")
+    case $test in
+      conn) pids=("${CONN_PID[$t]}") ;;
+      tlsconn) pids=("${TLSCONN_PID[$t]}") ;;
+      tlsbulk*) pids=("${TLSBULK_PID[$t]}") ;;
+      *) pids=("${BULK_PID[$t]}") ;;
+    esac
   fi
-  [[ $test == conn ]] && unit=conn/s || unit=Gbit/s
+  [[ $test == *conn ]] && unit=conn/s || unit=Gbit/s
   c0=$(cpu_ticks "${pids[@]}"); read -r hb0 ht0 < <(host_ticks); w0=$(date +%s.%N)
   run_one "$test" "$t" "$DURATION"
   w1=$(date +%s.%N); read -r hb1 ht1 < <(host_ticks); c1=$(cpu_ticks "${pids[@]}")
@@ -267,6 +346,7 @@ measure() {  # test path rep
 # ---------- warm-up + sanity (every path must carry traffic before we measure) ----------
 for test in $TESTS; do
   for t in "${PATHS[@]}"; do
+    [[ -n $(port_of "$test" "$t") ]] || continue
     run_one "$test" "$t" "$WARMUP"
     [[ $R_VALUE != NA && $R_ERR == 0 ]] || die "warm-up $test via $t failed: $(tail -c 400 <<<"$R_OUT")"
   done
@@ -280,6 +360,7 @@ for rep in $(seq "$REPS"); do
   for ((i = 0; i < n; i++)); do order+=("${PATHS[$(((i + rep - 1) % n))]}"); done
   for test in $TESTS; do
     for t in "${order[@]}"; do
+      [[ -n $(port_of "$test" "$t") ]] || continue
       measure "$test" "$t" "$rep"
       sleep "$PAUSE"
     done
@@ -291,7 +372,7 @@ stop_all
 {
   echo "# $REPS interleaved runs of ${DURATION}s each; median [min-max]; 'vs direct' = median / direct median"
   echo "# proxy CPU = utime+stime of the proxy process(es) during the run (loopback softirq work may be charged elsewhere);"
-  echo "#   bulk: CPU-ms per GB (1e9 B) received by iperf3; conn: CPU-us per completed connection; cores = CPU-s / wall-s"
+  echo "#   bulk: CPU-ms per GB (1e9 B) received by iperf3 (tls-1/tls-4: written by tlsload); conn, tlsconn: CPU-us per completed connection; cores = CPU-s / wall-s"
   echo "# host busy = all 2 cores (load generator, backend and proxy share them)"
   awk -F'\t' -v order="$TESTS" -v paths="${PATHS[*]}" '
     function sortn(s, a,   n,i,j,x){ n=split(s,a," "); for(i=2;i<=n;i++){x=a[i]+0;j=i-1; while(j>0 && a[j]+0>x){a[j+1]=a[j];j--} a[j+1]=x} return n }
@@ -300,7 +381,7 @@ stop_all
     function mx(s,   a,n){ n=sortn(s,a); return n? a[n] : "NA" }
     { k=$2 SUBSEP $3; U[k]=$5; E[k]+=$10
       if($4!="NA"){ V[k]=V[k] " " $4
-        if($7!="NA"){ per = ($2=="conn") ? ($6>0 ? $7*1e6/$6 : "") : ($6>0 ? $7*1000/($6/1e9) : "")
+        if($7!="NA"){ per = ($2 ~ /conn$/) ? ($6>0 ? $7*1e6/$6 : "") : ($6>0 ? $7*1000/($6/1e9) : "")
                       if(per!="") P[k]=P[k] " " per; C[k]=C[k] " " $7/$8 }
         B[k]=B[k] " " $9 } }
     END{
@@ -308,12 +389,12 @@ stop_all
       printf "%-9s %-6s %9s  %-17s %-7s %7s  %-16s %6s %5s %5s\n","path","test","median","min-max","unit","vs dir","proxy CPU/unit","cores","host%","errs"
       for(i=1;i<=nt;i++){ test=T[i]; d=med(V[test SUBSEP "direct"])
         for(j=1;j<=np;j++){ k=test SUBSEP Pa[j]; if(!(k in U)) continue
-          m=med(V[k]); fmt=(test=="conn") ? "%.0f" : "%.2f"
+          m=med(V[k]); fmt=(test ~ /conn$/) ? "%.0f" : "%.2f"
           rng=sprintf(fmt "-" fmt, mn(V[k]), mx(V[k]))
           vs=(d!="NA" && d>0 && m!="NA") ? sprintf("%.0f%%", 100*m/d) : "-"
-          pu=(P[k]=="") ? "-" : sprintf((test=="conn") ? "%.1f us/conn" : "%.0f ms/GB", med(P[k]))
+          pu=(P[k]=="") ? "-" : sprintf((test ~ /conn$/) ? "%.1f us/conn" : "%.0f ms/GB", med(P[k]))
           co=(C[k]=="") ? "-" : sprintf("%.2f", med(C[k]))
-          tn=(test=="bulk1") ? "bulk-1" : (test=="bulk4") ? "bulk-4" : test
+          tn=(test=="bulk1") ? "bulk-1" : (test=="bulk4") ? "bulk-4" : (test=="tlsbulk1") ? "tls-1" : (test=="tlsbulk4") ? "tls-4" : test
           printf "%-9s %-6s %9s  %-17s %-7s %7s  %-16s %6s %4.0f%% %5d\n", Pa[j], tn, sprintf(fmt, m), rng, U[k], vs, pu, co, med(B[k]), E[k]
         } }
     }' "$RAW"
