@@ -33,8 +33,9 @@ func init() {
 // arrived on and its server name, as routing.App.RouteForHello says)
 // whose port runs http and sets tls_options, the options are applied on
 // top of that policy's config, offering only ALPN protocols the server
-// speaks. Every other connection gets the policy's config unchanged. HTTP/3 does not pass through listener wrappers, so it does
-// not see the options (Fly.io's proxy does not speak HTTP/3).
+// speaks. Every other connection gets the policy's config unchanged.
+// HTTP/3 does not pass through listener wrappers, so it does not see the
+// options (Fly.io's proxy does not speak HTTP/3).
 //
 //	servers :443 {
 //		protocols h1 h2
