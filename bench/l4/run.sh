@@ -293,8 +293,12 @@ run_one() {  # test path seconds -> sets R_VALUE R_AMOUNT R_ERR R_OUT
       else
         R_ERR=1; restart_iperf
       fi ;;
-    conn)
-      out=$(timeout $((secs + 30)) "$CC" -target "127.0.0.1:${CONN_PORT[$t]}" -c "$WORKERS" -d "${secs}s" 2>&1)
+    conn|tlsconn)  # conncount and tlsload print the same line
+      if [[ $test == conn ]]; then
+        out=$(timeout $((secs + 30)) "$CC" -target "127.0.0.1:${CONN_PORT[$t]}" -c "$WORKERS" -d "${secs}s" 2>&1)
+      else
+        out=$(timeout $((secs + 30)) "$TL" -target "127.0.0.1:${TLSCONN_PORT[$t]}" -c "$WORKERS" -d "${secs}s" 2>&1)
+      fi
       R_OUT=$out
       if [[ $out =~ conns=([0-9]+)\ errors=([0-9]+)\ seconds=[0-9.]+\ rate=([0-9.]+) ]]; then
         R_AMOUNT=${BASH_REMATCH[1]}; R_ERR=${BASH_REMATCH[2]}; R_VALUE=${BASH_REMATCH[3]}
@@ -302,18 +306,10 @@ run_one() {  # test path seconds -> sets R_VALUE R_AMOUNT R_ERR R_OUT
         R_ERR=1
       fi ;;
     tlsbulk1|tlsbulk4)
-      [[ $test == tlsbulk4 ]] && par=(-P 4) || par=(-P 1)
+      [[ $test == tlsbulk4 ]] && par=(-P 4)
       out=$(timeout $((secs + 30)) "$TL" -target "127.0.0.1:${TLSBULK_PORT[$t]}" -bulk "${par[@]}" -d "${secs}s" 2>&1)
       R_OUT=$out
       if [[ $out =~ bytes=([0-9]+)\ errors=([0-9]+)\ seconds=[0-9.]+\ gbps=([0-9.]+) ]]; then
-        R_AMOUNT=${BASH_REMATCH[1]}; R_ERR=${BASH_REMATCH[2]}; R_VALUE=${BASH_REMATCH[3]}
-      else
-        R_ERR=1
-      fi ;;
-    tlsconn)
-      out=$(timeout $((secs + 30)) "$TL" -target "127.0.0.1:${TLSCONN_PORT[$t]}" -c "$WORKERS" -d "${secs}s" 2>&1)
-      R_OUT=$out
-      if [[ $out =~ conns=([0-9]+)\ errors=([0-9]+)\ seconds=[0-9.]+\ rate=([0-9.]+) ]]; then
         R_AMOUNT=${BASH_REMATCH[1]}; R_ERR=${BASH_REMATCH[2]}; R_VALUE=${BASH_REMATCH[3]}
       else
         R_ERR=1

@@ -92,30 +92,23 @@ func runServer(addr string, sink bool, certFile, keyFile string) {
 
 func runBulk(target string, cfg *tls.Config, streams int, dur time.Duration) {
 	var total, errs atomic.Int64
-	var wg sync.WaitGroup
-	start := time.Now()
-	deadline := start.Add(dur)
-	for range streams {
-		wg.Go(func() {
-			c, err := tls.Dial("tcp", target, cfg)
+	secs := forEach(streams, dur, func(deadline time.Time) {
+		c, err := tls.Dial("tcp", target, cfg)
+		if err != nil {
+			errs.Add(1)
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 256<<10)
+		for time.Now().Before(deadline) {
+			n, err := c.Write(buf)
+			total.Add(int64(n))
 			if err != nil {
 				errs.Add(1)
 				return
 			}
-			defer c.Close()
-			buf := make([]byte, 256<<10)
-			for time.Now().Before(deadline) {
-				n, err := c.Write(buf)
-				total.Add(int64(n))
-				if err != nil {
-					errs.Add(1)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	secs := time.Since(start).Seconds()
+		}
+	})
 	fmt.Printf("bytes=%d errors=%d seconds=%.3f gbps=%.3f\n", total.Load(), errs.Load(), secs, float64(total.Load())*8/secs/1e9)
 	if total.Load() == 0 {
 		os.Exit(1)
@@ -124,27 +117,32 @@ func runBulk(target string, cfg *tls.Config, streams int, dur time.Duration) {
 
 func runConns(target string, cfg *tls.Config, workers int, dur time.Duration) {
 	var conns, errs atomic.Int64
-	var wg sync.WaitGroup
-	start := time.Now()
-	deadline := start.Add(dur)
-	for range workers {
-		wg.Go(func() {
-			b := []byte{'x'}
-			for time.Now().Before(deadline) {
-				if err := oneConn(target, cfg, b); err != nil {
-					errs.Add(1)
-					continue
-				}
-				conns.Add(1)
+	secs := forEach(workers, dur, func(deadline time.Time) {
+		b := []byte{'x'}
+		for time.Now().Before(deadline) {
+			if err := oneConn(target, cfg, b); err != nil {
+				errs.Add(1)
+				continue
 			}
-		})
-	}
-	wg.Wait()
-	secs := time.Since(start).Seconds()
+			conns.Add(1)
+		}
+	})
 	fmt.Printf("conns=%d errors=%d seconds=%.3f rate=%.1f\n", conns.Load(), errs.Load(), secs, float64(conns.Load())/secs)
 	if conns.Load() == 0 {
 		os.Exit(1)
 	}
+}
+
+// forEach runs n workers until dur has passed and returns how many
+// seconds they took.
+func forEach(n int, dur time.Duration, worker func(deadline time.Time)) float64 {
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range n {
+		wg.Go(func() { worker(start.Add(dur)) })
+	}
+	wg.Wait()
+	return time.Since(start).Seconds()
 }
 
 func oneConn(target string, cfg *tls.Config, b []byte) error {
