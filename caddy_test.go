@@ -32,6 +32,7 @@ var (
 	adminAddr string        // admin endpoint of the shared process
 	caddyLog  = new(logBuf) // its stdout and stderr
 	setupErr  error         // why the shared process is not there
+	caddyPID  int           // process ID of the shared process
 )
 
 type logBuf struct {
@@ -96,6 +97,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "starting caddy:", err)
 		return
 	}
+	caddyPID = proc.Process.Pid
 	if setupErr = waitAdmin(adminAddr, 60*time.Second); setupErr != nil {
 		fmt.Fprintln(os.Stderr, setupErr, "\n", caddyLog.String())
 		proc.Process.Kill()
@@ -106,6 +108,10 @@ func TestMain(m *testing.M) {
 	}
 	code = m.Run()
 	stopProcess(proc)
+	if code != 0 {
+		log := caddyLog.String()
+		fmt.Fprintf(os.Stderr, "the end of the shared Caddy's log:\n%s\n", log[max(0, len(log)-20000):])
+	}
 	if strings.Contains(caddyLog.String(), "WARNING: DATA RACE") {
 		fmt.Fprintln(os.Stderr, "the Caddy under test reported a data race:\n", caddyLog.String())
 		code = 1
@@ -150,14 +156,25 @@ func waitAdmin(addr string, limit time.Duration) error {
 	return fmt.Errorf("caddy admin endpoint %s did not answer within %v", addr, limit)
 }
 
-// freeAddr returns a loopback address with a port nothing listens on.
+// handedOut are the ports freeAddr gave this run: the kernel may offer a
+// port again once its listener is closed, and two services of one test
+// config must not get the same one.
+var handedOut sync.Map
+
+// freeAddr returns a loopback address with a port nothing listens on and
+// that no earlier call returned.
 func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			panic(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if _, seen := handedOut.LoadOrStore(addr, true); !seen {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func freePort() string {

@@ -616,6 +616,52 @@ func TestLiveMachines(t *testing.T) {
 	}
 }
 
+// TestMachinesInEffectOn2xx: a 2xx from the admin API means the change
+// is in effect: a request forced to a machine right after its
+// registration reaches it, and one right after its removal does not.
+func TestMachinesInEffectOn2xx(t *testing.T) {
+	e := startIPEdge(t)
+	allocate(t, adminAddr, "other", "shared_v4")
+	extra := testMachine{"0000000000f1b0", "iad", "127.0.57.12"}
+	startMachines(t, e.machinePort, extra)
+	url := "http://other." + e.domain + ":" + e.httpPort + "/"
+	shared := via(e.roots, sharedV4)
+	forced := func(id string) (int, *seen) {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		req.Header.Set("Fly-Force-Instance-Id", id)
+		resp, err := shared.Do(req)
+		if err != nil {
+			t.Fatalf("GET forced to %s: %v", id, err)
+		}
+		defer resp.Body.Close()
+		var s seen
+		if json.NewDecoder(resp.Body).Decode(&s) != nil || s.Machine == "" {
+			return resp.StatusCode, nil
+		}
+		return resp.StatusCode, &s
+	}
+	var unroutable, unremoved int
+	for i := range 200 {
+		id := fmt.Sprintf("0000000001%04x", i)
+		body := `{"region":"iad","address":"` + extra.ip + `"}`
+		if status, b := call(t, adminAddr, http.MethodPut, "/fly/apps/other/machines/"+id, body, nil); status != http.StatusCreated {
+			t.Fatalf("registering %s: %d %s", id, status, b)
+		}
+		if status, s := forced(id); status != http.StatusOK || s == nil || s.Machine != extra.id {
+			unroutable++
+		}
+		if status, b := call(t, adminAddr, http.MethodDelete, "/fly/apps/other/machines/"+id, "", nil); status != http.StatusNoContent {
+			t.Fatalf("removing %s: %d %s", id, status, b)
+		}
+		if status, _ := forced(id); status != http.StatusNotFound {
+			unremoved++
+		}
+	}
+	if unroutable > 0 || unremoved > 0 {
+		t.Errorf("of 200 machines, %d were not routable right after a 201, %d still routable right after a 204", unroutable, unremoved)
+	}
+}
+
 // storageNode is a Caddy process of its own (not the shared one) with
 // the apps app0..app99 and IP pools, on a storage folder that other
 // nodes may share. It listens on nothing but its admin endpoint.

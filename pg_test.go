@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -568,5 +569,179 @@ func TestPGTLS200Sessions(t *testing.T) {
 	wg.Wait()
 	if clients != n {
 		t.Errorf("pgbouncer saw %d clients of database test, want %d", clients, n)
+	}
+}
+
+// fakePG is a tenant's PostgreSQL look-alike: it answers a startup with
+// AuthenticationOk, BackendKeyData (pid 7, secret 42) and ReadyForQuery,
+// and takes cancel requests without ever answering or closing them.
+type fakePG struct {
+	ln      net.Listener
+	cancels atomic.Int32
+	mu      sync.Mutex
+	held    []net.Conn
+}
+
+func startFakePG(t *testing.T, addr string) *fakePG {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakePG{ln: ln}
+	t.Cleanup(func() {
+		ln.Close()
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for _, c := range f.held {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			f.mu.Lock()
+			f.held = append(f.held, c)
+			f.mu.Unlock()
+			go f.serve(c)
+		}
+	}()
+	return f
+}
+
+func (f *fakePG) serve(c net.Conn) {
+	var hdr [8]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return
+	}
+	n := binary.BigEndian.Uint32(hdr[:4])
+	if binary.BigEndian.Uint32(hdr[4:]) == 80877102 { // CancelRequest
+		f.cancels.Add(1)
+		return // held open, unanswered
+	}
+	if n < 8 || n > 10000 {
+		return
+	}
+	io.CopyN(io.Discard, c, int64(n-8))
+	msg := []byte{'R', 0, 0, 0, 8, 0, 0, 0, 0}                   // AuthenticationOk
+	msg = append(msg, 'K', 0, 0, 0, 12, 0, 0, 0, 7, 0, 0, 0, 42) // BackendKeyData
+	msg = append(msg, 'Z', 0, 0, 0, 5, 'I')                      // ReadyForQuery
+	c.Write(msg)
+	io.Copy(io.Discard, c)
+}
+
+// openFiles counts the open file descriptors of a process.
+func openFiles(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestPGTLSCancelBounded: a CancelRequest reaches a machine only through
+// an address of the session's app, and a machine that takes cancels and
+// never closes them holds the edge's sockets only until cancel_timeout.
+func TestPGTLSCancelBounded(t *testing.T) {
+	requireCaddy(t)
+	port, mport := freePort(), freePort()
+	machine := startFakePG(t, "127.0.59.1:"+mport)
+	storage := t.TempDir()
+	cfg := fmt.Sprintf(`{
+	"admin": {"listen": %q, "config": {"persist": false}},
+	"storage": {"module": "file_system", "root": %q},
+	"apps": {
+		"fly": {"base_domain": "cancel.test", "apps": {
+			"fake": {"services": [{"internal_port": %[3]s, "ports": [{"port": %[4]s, "handlers": ["pg_tls"]}]}],
+				"machines": [{"id": "0000000000c101", "region": "iad", "address": "127.0.59.1"}]},
+			"other": {"services": [{"internal_port": %[3]s, "ports": [{"port": %[4]s, "handlers": ["pg_tls"]}]}],
+				"machines": [{"id": "0000000000c102", "region": "iad", "address": "127.0.59.1"}]}
+		}},
+		"fly_ips": {"v4": [%q], "auto_allocate": false},
+		"layer4": {"servers": {"pg": {"listen": [":%[4]s"], "routes": [{"handle": [
+			{"handler": "pg_tls", "allow_plaintext": true, "cancel_timeout": "1s"}, {"handler": "fly_proxy"}]}]}}}
+	}
+}`, adminAddr, storage, mport, port, v4Pool)
+	if err := load(t, cfg, "json"); err != nil {
+		t.Fatal(err)
+	}
+	fake := allocate(t, adminAddr, "fake", "v4")
+	other := allocate(t, adminAddr, "other", "v4")
+	nobody := "127.30.0.200" // in the pool, held by no app
+
+	// a session of fake, so the edge knows its cancel key
+	sess, err := net.Dial("tcp", net.JoinHostPort(fake, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	startup := binary.BigEndian.AppendUint32(nil, 0)
+	startup = binary.BigEndian.AppendUint32(startup, 196608)
+	startup = append(startup, "user\x00postgres\x00\x00"...)
+	binary.BigEndian.PutUint32(startup, uint32(len(startup)))
+	sess.Write(startup)
+	sess.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, 0, 64)
+	for len(got) == 0 || got[len(got)-6] != 'Z' {
+		b := make([]byte, 64)
+		n, err := sess.Read(b)
+		if err != nil {
+			t.Fatalf("session startup: %v after %q", err, got)
+		}
+		got = append(got, b[:n]...)
+	}
+	cancelReq := []byte{0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 7, 0, 0, 0, 42}
+	sendCancel := func(addr string) {
+		c, err := net.Dial("tcp", net.JoinHostPort(addr, port))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		c.Write(cancelReq)
+		c.Close()
+	}
+
+	for _, addr := range []string{nobody, other} {
+		sendCancel(addr)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := machine.cancels.Load(); n != 0 {
+		t.Fatalf("%d cancels sent to an address of no app or of another app reached the machine", n)
+	}
+
+	before := openFiles(t, caddyPID)
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				sendCancel(fake)
+			}
+		}()
+	}
+	wg.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for machine.cancels.Load() < 500 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := machine.cancels.Load(); n != 500 {
+		t.Fatalf("%d of 500 cancels reached the machine", n)
+	}
+	peak := openFiles(t, caddyPID)
+	var after int
+	for time.Now().Before(deadline) {
+		if after = openFiles(t, caddyPID); after <= before+10 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("edge open files: %d before, %d with 500 cancels pending, %d after cancel_timeout", before, peak, after)
+	if after > before+10 {
+		t.Errorf("edge holds %d open files after cancel_timeout, %d before the cancels", after, before)
 	}
 }

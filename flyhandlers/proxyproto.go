@@ -82,6 +82,7 @@ func (p *ProxyProto) Handle(cx *layer4.Connection, next layer4.Handler) error {
 		return fmt.Errorf("formatting PROXY header: %w", err)
 	}
 	routing.SetUpstreamPreamble(cx, b)
+	routing.MarkHandled(cx, routing.HandlerProxyProto)
 	return next.Handle(cx)
 }
 

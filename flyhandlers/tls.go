@@ -113,7 +113,7 @@ func (t *TLS) Handle(cx *layer4.Connection, next layer4.Handler) error {
 	cfg := &tls.Config{
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			var err error
-			rt, err = t.app.RouteForServerName(hello.ServerName, cx.LocalAddr())
+			rt, err = t.app.Resolve(cx.LocalAddr(), hello.ServerName)
 			if err != nil {
 				return nil, err
 			}
@@ -134,7 +134,7 @@ func (t *TLS) Handle(cx *layer4.Connection, next layer4.Handler) error {
 		return err
 	}
 	routing.SetConnRoute(cx, rt)
-	routing.MarkTLSTerminated(cx)
+	routing.MarkHandled(cx, routing.HandlerTLS)
 	if c := t.logger.Check(zapcore.DebugLevel, "terminated TLS"); c != nil {
 		st := tlsConn.ConnectionState()
 		c.Write(zap.String("app", rt.App), zap.String("hostname", st.ServerName), zap.String("alpn", st.NegotiatedProtocol))

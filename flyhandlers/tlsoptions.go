@@ -122,8 +122,8 @@ func (w *TLSOptionsWrapper) serverConfig(srv *caddyhttp.Server) *tls.Config {
 		if err != nil || pc == nil {
 			return pc, err
 		}
-		rt, rerr := w.app.RouteForHello(hello.ServerName, hello.Conn.LocalAddr())
-		if rerr != nil || rt.Port.TLSOptions == nil || !slices.Contains(rt.Port.Handlers, "http") {
+		rt, rerr := w.app.Resolve(hello.Conn.LocalAddr(), hello.ServerName)
+		if rerr != nil || rt.Port.TLSOptions == nil || !rt.Handlers.Has(routing.HandlerHTTP) {
 			return pc, nil
 		}
 		own := pc.Clone()

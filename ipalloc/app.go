@@ -11,9 +11,10 @@ package ipalloc
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
-	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -53,6 +54,7 @@ type App struct {
 	store    *store
 	storeKey string
 	cursors  map[string]netip.Addr
+	pushMu   sync.Mutex
 	logger   *zap.Logger
 }
 
@@ -106,8 +108,9 @@ func (a *App) setup(ctx context.Context, fly *routing.App, storage certmagic.Sto
 	}
 	a.store = v.(*store)
 	if a.routesByAddress() {
-		fly.SetAddressBook(a)
+		fly.RouteByAddress(slices.Collect(maps.Keys(a.pools.shared)))
 	}
+	a.push(nil) // routing is complete before any listener opens
 	return nil
 }
 
@@ -116,14 +119,14 @@ func (a *App) routesByAddress() bool {
 	return a.pools.v6 != nil || a.pools.sharedV4 != nil || a.pools.v4 != nil
 }
 
-// Start hands the machines registered at run time to the fly app, keeps
-// them in step with the storage, and gives new apps their automatic
+// Start hands what the store holds to the fly app, keeps it in step
+// with the storage, and gives new apps their automatic
 // addresses.
 func (a *App) Start() error {
 	a.store.start()
-	onChange := func(apps map[string]bool) { a.syncMachines(apps) }
+	onChange := a.push
 	a.store.onChange.Store(&onChange)
-	a.syncMachines(nil)
+	a.push(nil) // what changed between Provision and now
 	if a.AutoAllocate == nil || *a.AutoAllocate {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -147,119 +150,64 @@ func (a *App) Cleanup() error {
 	return nil
 }
 
-// syncMachines gives the fly app the run-time machines of apps (nil: of
-// every app); apps whose machines did not change are left alone.
-func (a *App) syncMachines(apps map[string]bool) {
+// push gives the fly app what the store holds for apps (nil: for every
+// app): the addresses they hold, their custom host names and their
+// machines. The store calls it after a change is durable and before the
+// change is acknowledged, so a 2xx from the admin API means that routing
+// already uses the change; it calls it too when it reads other edges'
+// changes. Pushes are serialized and each reads the store's current
+// state, so the last one leaves the fly app up to date.
+func (a *App) push(apps map[string]bool) {
+	a.pushMu.Lock()
+	defer a.pushMu.Unlock()
 	if apps == nil {
 		apps = make(map[string]bool)
 		a.store.read(func(st *state) {
-			for name, as := range st.apps {
-				if len(as.machines) > 0 {
-					apps[name] = true
-				}
-			}
-		})
-		for _, name := range a.fly.AppNames() {
-			if len(a.fly.LiveMachines(name)) > 0 {
+			for name := range st.apps {
 				apps[name] = true
 			}
+		})
+		for _, name := range a.fly.LiveApps() {
+			apps[name] = true
 		}
 	}
 	for name := range apps {
-		if !a.fly.HasApp(name) {
-			continue
-		}
-		var ms []*routing.Machine
-		a.store.read(func(st *state) {
-			if as := st.apps[name]; as != nil {
-				for _, m := range as.machines {
-					ms = append(ms, m)
-				}
-			}
-		})
-		slices.SortFunc(ms, func(x, y *routing.Machine) int { return strings.Compare(x.ID, y.ID) })
-		if slices.EqualFunc(ms, a.fly.LiveMachines(name), func(x, y *routing.Machine) bool { return *x == *y }) {
-			continue
-		}
-		if err := a.fly.SetMachines(name, ms); err != nil {
+		var l *routing.LiveApp
+		a.store.read(func(st *state) { l = a.liveOf(st.apps[name]) })
+		if err := a.fly.SetLive(name, l); err != nil {
 			a.logger.Error("registering machines", zap.String("app", name), zap.Error(err))
 		}
 	}
 }
 
-// AppFor implements routing.AddressBook.
-func (a *App) AppFor(local netip.Addr, name string) (string, bool) {
-	a.store.mu.RLock()
-	defer a.store.mu.RUnlock()
-	h := a.store.st.addrs[local]
-	if h == nil {
-		return "", false
+// liveOf returns what routing needs of an app's state: its addresses
+// (shared ones only while they are in the shared pool), host names and
+// machines. The caller holds the store's read lock.
+func (a *App) liveOf(as *appState) *routing.LiveApp {
+	if as == nil {
+		return nil
 	}
-	if h.dedicated != nil {
-		return h.dedicated.App, true
-	}
-	if !a.pools.shared[local] {
-		return "", false
-	}
-	app := a.hostApp(a.store.st, name)
-	if app == "" || h.shared[app] == nil {
-		return "", false
-	}
-	return app, true
-}
-
-// AddressKind tells what local is: a dedicated address of an app, a
-// shared address, or neither ("").
-func (a *App) AddressKind(local netip.Addr) string {
-	a.store.mu.RLock()
-	defer a.store.mu.RUnlock()
-	h := a.store.st.addrs[local]
-	switch {
-	case h != nil && h.dedicated != nil:
-		return h.dedicated.Type
-	case a.pools.shared[local]:
-		return TypeSharedV4
-	}
-	return ""
-}
-
-// hostApp returns the app that answers to host name: its own name, a
-// host name of its config, or a custom host name; an exact name first,
-// then a wildcard for the first label. The caller holds the read lock.
-func (a *App) hostApp(st *state, name string) string {
-	if name == "" {
-		return ""
-	}
-	if app := a.fly.HostOwner(name); app != "" {
-		return app
-	}
-	if c := st.certs[name]; c != nil {
-		return c.App
-	}
-	if i := strings.IndexByte(name, '.'); i > 0 {
-		wild := "*" + name[i:]
-		if app := a.fly.HostOwner(wild); app != "" {
-			return app
-		}
-		if c := st.certs[wild]; c != nil {
-			return c.App
+	l := new(routing.LiveApp)
+	for addr, v := range as.ips {
+		switch {
+		case v.Type != TypeSharedV4:
+			l.Dedicated = append(l.Dedicated, addr)
+		case a.pools.shared[addr]:
+			l.Shared = append(l.Shared, addr)
 		}
 	}
-	return ""
-}
-
-// HostApp returns the app that answers to a host name, or "".
-func (a *App) HostApp(name string) string {
-	name = strings.ToLower(strings.TrimSuffix(name, "."))
-	a.store.mu.RLock()
-	defer a.store.mu.RUnlock()
-	return a.hostApp(a.store.st, name)
+	for host := range as.certs {
+		l.Hostnames = append(l.Hostnames, host)
+	}
+	for _, m := range as.machines {
+		l.Machines = append(l.Machines, m)
+	}
+	return l
 }
 
 // Interface guards
 var (
-	_ caddy.App           = (*App)(nil)
-	_ caddy.Provisioner   = (*App)(nil)
-	_ caddy.CleanerUpper  = (*App)(nil)
-	_ routing.AddressBook = (*App)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
 )

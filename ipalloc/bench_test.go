@@ -3,6 +3,7 @@ package ipalloc
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"testing"
 
@@ -87,10 +88,10 @@ func BenchmarkLoad(b *testing.B) {
 	}
 }
 
-// BenchmarkAppFor: finding the app of a connection by its destination
-// address (dedicated) and by address and host name (shared), with 1 and
-// 100,000 apps.
-func BenchmarkAppFor(b *testing.B) {
+// BenchmarkResolve: finding the route of a connection by its
+// destination address (dedicated) and by address and host name (shared),
+// with 1 and 100,000 apps whose addresses the store pushed.
+func BenchmarkResolve(b *testing.B) {
 	for _, n := range []int{1, 100_000} {
 		fly := newFly(b, n)
 		a := newNode(b, fly, b.TempDir(), Pools{V6: []string{"fd00:fe::/64"}, SharedV4: []string{"127.20.0.1"}})
@@ -121,17 +122,19 @@ func BenchmarkAppFor(b *testing.B) {
 		})
 		shared := netip.MustParseAddr("127.20.0.1")
 		host := last + ".edge.test"
+		dedAddr := net.TCPAddrFromAddrPort(netip.AddrPortFrom(ded, 443))
+		sharedAddr := net.TCPAddrFromAddrPort(netip.AddrPortFrom(shared, 443))
 		b.Run(fmt.Sprintf("apps=%d/dedicated", n), func(b *testing.B) {
 			for b.Loop() {
-				if app, ok := a.AppFor(ded, ""); !ok || app != last {
-					b.Fatal(app, ok)
+				if rt, err := a.fly.Resolve(dedAddr, ""); err != nil || rt.App != last {
+					b.Fatal(rt, err)
 				}
 			}
 		})
 		b.Run(fmt.Sprintf("apps=%d/shared", n), func(b *testing.B) {
 			for b.Loop() {
-				if app, ok := a.AppFor(shared, host); !ok || app != last {
-					b.Fatal(app, ok)
+				if rt, err := a.fly.Resolve(sharedAddr, host); err != nil || rt.App != last {
+					b.Fatal(rt, err)
 				}
 			}
 		})

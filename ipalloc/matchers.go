@@ -32,33 +32,26 @@ type MatchHTTP struct {
 	// Only these apps; none means any app.
 	Apps []string `json:"apps,omitempty"`
 
-	matcherApps
-}
-
-// matcherApps are the apps a matcher works with.
-type matcherApps struct {
 	fly *routing.App
-	ips *App
 }
 
-// provisionApps finds the fly and fly_ips apps and checks that the
-// matcher's app names (config field field) are apps of the fly config.
-func provisionApps(ctx caddy.Context, field string, names []string) (matcherApps, error) {
-	ips, err := ctx.App("fly_ips")
-	if err != nil {
-		return matcherApps{}, fmt.Errorf("loading the fly_ips app: %w", err)
+// provisionFly finds the fly app (making sure the fly_ips app, which
+// feeds it addresses, host names and machines, runs too) and checks that
+// the matcher's app names (config field field) are apps of the fly config.
+func provisionFly(ctx caddy.Context, field string, names []string) (*routing.App, error) {
+	if _, err := ctx.App("fly_ips"); err != nil {
+		return nil, fmt.Errorf("loading the fly_ips app: %w", err)
 	}
 	fly, err := routing.FromContext(ctx)
 	if err != nil {
-		return matcherApps{}, err
+		return nil, err
 	}
-	apps := matcherApps{fly: fly, ips: ips.(*App)}
 	for _, name := range names {
-		if !apps.fly.HasApp(name) {
-			return matcherApps{}, fmt.Errorf("%s: %q is not an app of the fly config", field, name)
+		if !fly.HasApp(name) {
+			return nil, fmt.Errorf("%s: %q is not an app of the fly config", field, name)
 		}
 	}
-	return apps, nil
+	return fly, nil
 }
 
 // CaddyModule returns the Caddy module information.
@@ -71,8 +64,8 @@ func (*MatchHTTP) CaddyModule() caddy.ModuleInfo {
 
 // Provision finds the fly and fly_ips apps.
 func (m *MatchHTTP) Provision(ctx caddy.Context) error {
-	apps, err := provisionApps(ctx, "fly_app", m.Apps)
-	m.matcherApps = apps
+	fly, err := provisionFly(ctx, "fly_app", m.Apps)
+	m.fly = fly
 	return err
 }
 
@@ -122,8 +115,9 @@ type MatchL4 struct {
 	// Only these apps.
 	Apps []string `json:"apps,omitempty"`
 
-	matcherApps
-	hello l4tls.MatchTLS // reads the ClientHello on shared addresses
+	fly      *routing.App
+	handlers routing.Handlers // parsed Handlers
+	hello    l4tls.MatchTLS   // reads the ClientHello on shared addresses
 }
 
 // CaddyModule returns the Caddy module information.
@@ -136,14 +130,22 @@ func (*MatchL4) CaddyModule() caddy.ModuleInfo {
 
 // Provision finds the fly and fly_ips apps.
 func (m *MatchL4) Provision(ctx caddy.Context) error {
-	if slices.Equal(m.Handlers, []string{"none"}) {
-		m.Handlers = []string{}
+	if m.Handlers != nil {
+		names := m.Handlers
+		if slices.Equal(names, []string{"none"}) {
+			names = nil
+		}
+		hs, err := routing.ParseHandlers(names)
+		if err != nil {
+			return fmt.Errorf("handlers: %w", err)
+		}
+		if hs.Has(routing.HandlerHTTP) {
+			return fmt.Errorf("handlers: %v: ports with the http handler are served by the HTTP server, not at layer 4", m.Handlers)
+		}
+		m.handlers = hs
 	}
-	if slices.Contains(m.Handlers, "http") {
-		return fmt.Errorf("handlers: %v: ports with the http handler are served by the HTTP server, not at layer 4", m.Handlers)
-	}
-	apps, err := provisionApps(ctx, "apps", m.Apps)
-	m.matcherApps = apps
+	fly, err := provisionFly(ctx, "apps", m.Apps)
+	m.fly = fly
 	if err != nil {
 		return err
 	}
@@ -152,13 +154,7 @@ func (m *MatchL4) Provision(ctx caddy.Context) error {
 
 // Match implements layer4.ConnMatcher.
 func (m *MatchL4) Match(cx *layer4.Connection) (bool, error) {
-	local := routing.AddrOf(cx.LocalAddr())
-	switch m.ips.AddressKind(local) {
-	case "":
-		if m.ips.routesByAddress() {
-			return false, nil
-		}
-	case TypeSharedV4:
+	if m.fly.NameDecides(cx.LocalAddr()) {
 		if ok, err := m.hello.Match(cx); !ok || err != nil {
 			return false, err
 		}
@@ -172,10 +168,10 @@ func (m *MatchL4) Match(cx *layer4.Connection) (bool, error) {
 	if err != nil {
 		return false, nil
 	}
-	if slices.Contains(rt.Port.Handlers, "http") {
+	if rt.Handlers.Has(routing.HandlerHTTP) {
 		return false, nil
 	}
-	if m.Handlers != nil && !slices.Equal(rt.Port.Handlers, m.Handlers) {
+	if m.Handlers != nil && rt.Handlers != m.handlers {
 		return false, nil
 	}
 	return len(m.Apps) == 0 || slices.Contains(m.Apps, rt.App), nil

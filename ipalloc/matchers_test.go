@@ -50,7 +50,7 @@ func TestMatchL4SharedAddress(t *testing.T) {
 	defer cancel()
 	// newFly's apps serve tls+http on 443, which the matcher leaves to the
 	// HTTP server: this test looks at what it learned before deciding
-	m := &MatchL4{matcherApps: matcherApps{fly: fly, ips: a}}
+	m := &MatchL4{fly: fly}
 	if err := m.hello.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}

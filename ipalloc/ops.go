@@ -290,10 +290,10 @@ func (a *App) applyPending(t *txn) error {
 func (a *App) servesWeb(cfg *routing.Application) bool {
 	for _, s := range cfg.Services {
 		for _, p := range s.Ports {
-			if p.Port == a.HTTPPort && slices.Equal(p.Handlers, []string{"http"}) {
+			if p.Port == a.HTTPPort && p.HandlerSet() == routing.HandlerHTTP {
 				return true
 			}
-			if p.Port == a.HTTPSPort && slices.Equal(p.Handlers, []string{"tls", "http"}) {
+			if p.Port == a.HTTPSPort && p.HandlerSet() == routing.HandlerTLS|routing.HandlerHTTP {
 				return true
 			}
 		}

@@ -2,11 +2,15 @@ package ipalloc
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
+	"github.com/caddyserver/certmagic"
+
+	"github.com/flyedge/caddy-flyedge/routing"
 )
 
 func init() {
@@ -16,13 +20,15 @@ func init() {
 // Permission (`tls.permission.fly`) allows on-demand certificates for
 // the host names apps answer to, and for no other name: an app's own
 // <app>.<base_domain>, the host names of its config, and the custom host
-// names added through the certs API.
+// names added through the certs API. During a handshake, the connection
+// must also reach an app (routing.App.Resolve, with the address it
+// arrived on), so a name is not issued where it would be denied.
 //
 //	on_demand_tls {
 //		permission fly
 //	}
 type Permission struct {
-	ips *App
+	fly *routing.App
 }
 
 // CaddyModule returns the Caddy module information.
@@ -33,20 +39,23 @@ func (*Permission) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision finds the fly_ips app.
+// Provision finds the fly app.
 func (p *Permission) Provision(ctx caddy.Context) error {
-	app, err := ctx.App("fly_ips")
-	if err != nil {
-		return fmt.Errorf("loading the fly_ips app: %w", err)
-	}
-	p.ips = app.(*App)
-	return nil
+	fly, err := provisionFly(ctx, "", nil)
+	p.fly = fly
+	return err
 }
 
 // CertificateAllowed implements caddytls.OnDemandPermission.
-func (p *Permission) CertificateAllowed(_ context.Context, name string) error {
-	if p.ips.HostApp(name) == "" {
+func (p *Permission) CertificateAllowed(ctx context.Context, name string) error {
+	if p.fly.HostApp(name) == "" {
 		return fmt.Errorf("%s: %w: no app answers to this host name", name, caddytls.ErrPermissionDenied)
+	}
+	// during a handshake: only for a connection that reaches an app
+	if hello, ok := ctx.Value(certmagic.ClientHelloInfoCtxKey).(*tls.ClientHelloInfo); ok && hello.Conn != nil {
+		if _, err := p.fly.Resolve(hello.Conn.LocalAddr(), name); err != nil {
+			return fmt.Errorf("%s: %w: %w", name, caddytls.ErrPermissionDenied, err)
+		}
 	}
 	return nil
 }

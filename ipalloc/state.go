@@ -108,7 +108,8 @@ func (s *state) used(a netip.Addr) bool {
 }
 
 // apply puts raw under key (nil deletes the key) and updates the
-// indexes; changed collects the apps whose machines changed.
+// indexes; changed collects the apps whose addresses, host names or
+// machines changed.
 func (s *state) apply(key string, raw json.RawMessage, changed map[string]bool) error {
 	if old, ok := s.records[key]; ok {
 		if err := s.index(key, old, false, changed); err != nil {
@@ -144,6 +145,7 @@ func (s *state) index(key string, raw json.RawMessage, add bool, changed map[str
 			h = &holders{}
 			s.addrs[addr] = h
 		}
+		changed[v.App] = true
 		ips := s.app(v.App).ips
 		if !add {
 			delete(ips, addr)
@@ -171,6 +173,7 @@ func (s *state) index(key string, raw json.RawMessage, add bool, changed map[str
 		if err := json.Unmarshal(raw, &v); err != nil {
 			return fmt.Errorf("record %s: %w", key, err)
 		}
+		changed[v.App] = true
 		if !add {
 			delete(s.certs, v.Hostname)
 			delete(s.app(v.App).certs, v.Hostname)

@@ -71,7 +71,8 @@ type store struct {
 	done    chan struct{}
 	started sync.Once
 
-	// onChange is told which apps' machines changed (nil: all apps).
+	// onChange is told which apps changed (nil: all apps); the commit
+	// calls it before it acknowledges the change.
 	onChange atomic.Pointer[func(apps map[string]bool)]
 }
 
@@ -290,10 +291,11 @@ func (s *store) commit(batch []*request) {
 			s.seq = e.Seq
 		}
 	}
+	// in effect before it is acknowledged: a 2xx means routing uses it
+	s.notify(changed)
 	for i, r := range batch {
 		r.done <- errs[i]
 	}
-	s.notify(changed)
 	if s.seq-s.snapSeq >= compactEvery {
 		if err := s.compact(ctx); err != nil {
 			s.logger.Error("compacting the IP state", zap.Error(err))
@@ -328,7 +330,7 @@ func (s *store) write(ctx context.Context, e *entry) error {
 
 // catchUp applies what other edges stored since this one last looked:
 // a newer snapshot if there is one, then every log entry after the last
-// one applied. It returns the apps whose machines changed.
+// one applied. It returns the apps that changed.
 func (s *store) catchUp(ctx context.Context) (map[string]bool, error) {
 	changed := make(map[string]bool)
 	info, err := s.storage.Stat(ctx, snapshotKey)

@@ -5,19 +5,27 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
+// session is what a cancel request needs of the session it cancels.
+type session struct {
+	machine string // the machine's address, where cancels go
+	app     string // the app the session reached
+	name    string // the TLS server name it named, "" for none
+}
+
 // cancelKeys maps a session's cancel key (process ID and secret, as in
-// BackendKeyData) to the address of the machine that serves it, so a
-// CancelRequest reaches that machine. It is shared by every config.
+// BackendKeyData) to its session, so a CancelRequest reaches that
+// machine. It is shared by every config.
 var cancelKeys = struct {
 	sync.Mutex
-	m map[string]string
-}{m: make(map[string]string)}
+	m map[string]session
+}{m: make(map[string]session)}
 
-func registerCancelKey(key, addr string) {
+func registerCancelKey(key string, s session) {
 	cancelKeys.Lock()
-	cancelKeys.m[key] = addr
+	cancelKeys.m[key] = s
 	cancelKeys.Unlock()
 }
 
@@ -27,11 +35,11 @@ func forgetCancelKey(key string) {
 	cancelKeys.Unlock()
 }
 
-func lookupCancelKey(key string) (string, bool) {
+func lookupCancelKey(key string) (session, bool) {
 	cancelKeys.Lock()
 	defer cancelKeys.Unlock()
-	addr, ok := cancelKeys.m[key]
-	return addr, ok
+	s, ok := cancelKeys.m[key]
+	return s, ok
 }
 
 // keySniffer is the machine connection of one session: it passes the
@@ -39,7 +47,7 @@ func lookupCancelKey(key string) (string, bool) {
 // until ReadyForQuery, recording the BackendKeyData on the way.
 type keySniffer struct {
 	net.Conn
-	addr    string // the machine's address, where cancels go
+	session
 	hdr     [5]byte
 	hdrN    int
 	bodyN   int    // body bytes left in the current message
@@ -90,7 +98,7 @@ func (s *keySniffer) follow(b []byte) {
 			s.hdrN = 0
 			if s.inKey && len(s.key) >= 8 {
 				s.keyRecd = string(s.key)
-				registerCancelKey(s.keyRecd, s.addr)
+				registerCancelKey(s.keyRecd, s.session)
 			}
 			s.inKey = false
 		}
@@ -114,23 +122,23 @@ func (s *keySniffer) Close() error {
 	return s.Conn.Close()
 }
 
-// forwardCancel sends a CancelRequest to the machine serving its session;
-// an unknown key is ignored, as PostgreSQL ignores it.
-func forwardCancel(m firstMessage, dialer *net.Dialer) error {
-	addr, ok := lookupCancelKey(m.cancelKey())
-	if !ok {
-		return nil
-	}
-	c, err := dialer.Dial("tcp", addr)
+// forwardCancel sends a CancelRequest to the machine at addr and waits
+// for the machine to close the connection, as PostgreSQL does once it
+// has processed the cancel, so that the client hears EOF after that; the
+// whole exchange takes at most timeout.
+func forwardCancel(m firstMessage, addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	c, err := (&net.Dialer{Deadline: deadline}).Dial("tcp", addr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	if err := c.SetDeadline(deadline); err != nil {
+		return err
+	}
 	if _, err := c.Write(m.raw); err != nil {
 		return err
 	}
-	// PostgreSQL answers nothing and closes; wait for that so the cancel
-	// is processed before the client hears EOF.
-	_, _ = io.Copy(io.Discard, c)
-	return nil
+	_, err = io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+	return err
 }

@@ -42,14 +42,17 @@ func init() {
 //     28000) saying TLS is required, unless allow_plaintext is set.
 //   - CancelRequest (plaintext or inside TLS): forwarded to the machine
 //     that serves the session, found by the key the server sent in
-//     BackendKeyData.
+//     BackendKeyData, when the cancel reaches the session's app (see
+//     Resolve; a plaintext cancel, which names no server, stands for the
+//     session's server name). The edge waits at most cancel_timeout for
+//     the machine to take it, then closes both connections.
 //   - No machine reachable: a FATAL ErrorResponse (57P03) naming the app.
 //     Oversized (over PostgreSQL's 10,000 bytes) or malformed startup
 //     packets: a FATAL ErrorResponse (08P01). Clients that do not finish
 //     the handshake within handshake_timeout are dropped.
 //
-// The app is found as routing.App.RouteForServerName says (by the address
-// the client connected to and the TLS server name).
+// The app is found by routing.App.Resolve: by the address the client
+// connected to and the TLS server name.
 //
 //	layer4 {
 //		:5432 {
@@ -84,10 +87,15 @@ type Handler struct {
 	// Speak TLS to the machine too (SSLRequest, then a TLS handshake).
 	UpstreamTLS *UpstreamTLS `json:"upstream_tls,omitempty"`
 
+	// How long forwarding a CancelRequest to a machine may take, from
+	// dialing to the machine closing the connection; also how long the
+	// machine may take to negotiate upstream_tls.
+	// Default: 5s
+	CancelTimeout caddy.Duration `json:"cancel_timeout,omitempty"`
+
 	minVersion, maxVersion uint16
 	base                   *tls.Config // from the connection policies, built once
 	app                    *routing.App
-	dialer                 *net.Dialer
 	logger                 *zap.Logger
 }
 
@@ -115,6 +123,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.HandshakeTimeout == 0 {
 		h.HandshakeTimeout = caddy.Duration(10 * time.Second)
 	}
+	if h.CancelTimeout == 0 {
+		h.CancelTimeout = caddy.Duration(5 * time.Second)
+	}
 	if len(h.ConnectionPolicies) == 0 {
 		h.ConnectionPolicies = caddytls.ConnectionPolicies{new(caddytls.ConnectionPolicy)}
 	}
@@ -138,14 +149,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.app = app
-	h.dialer = &net.Dialer{Timeout: 5 * time.Second}
 	return nil
 }
 
 // Validate checks the options.
 func (h *Handler) Validate() error {
-	if h.HandshakeTimeout < 0 {
-		return errors.New("handshake_timeout must not be negative")
+	if h.HandshakeTimeout < 0 || h.CancelTimeout < 0 {
+		return errors.New("handshake_timeout and cancel_timeout must not be negative")
 	}
 	return nil
 }
@@ -179,7 +189,7 @@ func (h *Handler) Handle(cx *layer4.Connection, next layer4.Handler) error {
 				return nil
 			}
 		case kindCancel:
-			return h.cancel(msg)
+			return h.cancel(cx.LocalAddr(), "", msg)
 		case kindSSLRequest:
 			if _, err := cx.Write([]byte{'S'}); err != nil {
 				return nil
@@ -193,11 +203,11 @@ func (h *Handler) Handle(cx *layer4.Connection, next layer4.Handler) error {
 			if !h.AllowPlaintext {
 				return writeError(cx, "28000", "TLS is required: connect with sslmode=require (or stricter)")
 			}
-			rt, err := h.app.RouteForServerName("", cx.LocalAddr())
+			rt, err := h.app.Resolve(cx.LocalAddr(), "")
 			if err != nil {
 				return writeError(cx, "08004", "no app serves this address")
 			}
-			return h.proceed(cx, cx, rt, msg, next)
+			return h.proceed(cx, cx, rt, "", msg, next)
 		}
 	}
 	return writeError(cx, "08P01", "unexpected startup sequence")
@@ -213,7 +223,7 @@ func (h *Handler) handshake(conn net.Conn, direct bool) (*tls.Conn, *routing.Rou
 				return nil, errors.New("direct TLS without ALPN postgresql")
 			}
 			var err error
-			if rt, err = h.app.RouteForServerName(hello.ServerName, conn.LocalAddr()); err != nil {
+			if rt, err = h.app.Resolve(conn.LocalAddr(), hello.ServerName); err != nil {
 				return nil, err
 			}
 			cfg, err := h.base.GetConfigForClient(hello)
@@ -245,18 +255,20 @@ func (h *Handler) session(cx *layer4.Connection, tc *tls.Conn, rt *routing.Route
 	if err != nil {
 		return h.refuse(tc, err)
 	}
+	name := tc.ConnectionState().ServerName
 	switch msg.kind {
 	case kindCancel:
-		return h.cancel(msg)
+		return h.cancel(cx.LocalAddr(), name, msg)
 	case kindStartup:
-		return h.proceed(cx, tc, rt, msg, next)
+		return h.proceed(cx, tc, rt, name, msg, next)
 	}
 	return writeError(tc, "08P01", "unexpected SSL or GSS request inside TLS")
 }
 
 // proceed passes the session to the next handler (fly_proxy), which sends
-// the startup message to the machine and relays.
-func (h *Handler) proceed(cx *layer4.Connection, client net.Conn, rt *routing.Route, startup firstMessage, next layer4.Handler) error {
+// the startup message to the machine and relays; name is the TLS server
+// name of the session ("" for none), which its cancel key remembers.
+func (h *Handler) proceed(cx *layer4.Connection, client net.Conn, rt *routing.Route, name string, startup firstMessage, next layer4.Handler) error {
 	if err := cx.SetDeadline(time.Time{}); err != nil {
 		return err
 	}
@@ -265,7 +277,7 @@ func (h *Handler) proceed(cx *layer4.Connection, client net.Conn, rt *routing.Ro
 		out = cx.Wrap(client)
 	}
 	routing.SetConnRoute(out, rt)
-	routing.MarkPGTLS(out)
+	routing.MarkHandled(out, routing.HandlerPGTLS)
 	routing.SetUpstreamWrapper(out, func(up net.Conn) (net.Conn, error) {
 		if h.UpstreamTLS != nil {
 			var err error
@@ -276,7 +288,7 @@ func (h *Handler) proceed(cx *layer4.Connection, client net.Conn, rt *routing.Ro
 		if _, err := up.Write(startup.raw); err != nil {
 			return nil, err
 		}
-		return &keySniffer{Conn: up, addr: up.RemoteAddr().String()}, nil
+		return &keySniffer{Conn: up, session: session{machine: up.RemoteAddr().String(), app: rt.App, name: name}}, nil
 	})
 	err := next.Handle(out)
 	if errors.Is(err, routing.ErrNoMachine) {
@@ -285,8 +297,12 @@ func (h *Handler) proceed(cx *layer4.Connection, client net.Conn, rt *routing.Ro
 	return err
 }
 
-// upstreamTLS negotiates TLS with the machine's PostgreSQL server.
+// upstreamTLS negotiates TLS with the machine's PostgreSQL server,
+// within cancel_timeout.
 func (h *Handler) upstreamTLS(up net.Conn) (net.Conn, error) {
+	if err := up.SetDeadline(time.Now().Add(time.Duration(h.CancelTimeout))); err != nil {
+		return nil, err
+	}
 	if _, err := up.Write(binary.BigEndian.AppendUint32([]byte{0, 0, 0, 8}, sslRequestCode)); err != nil {
 		return nil, err
 	}
@@ -305,14 +321,33 @@ func (h *Handler) upstreamTLS(up net.Conn) (net.Conn, error) {
 	if err := tc.Handshake(); err != nil {
 		return nil, fmt.Errorf("upstream TLS: %w", err)
 	}
+	if err := up.SetDeadline(time.Time{}); err != nil {
+		return nil, err
+	}
 	return tc, nil
 }
 
-// cancel forwards a CancelRequest to the machine of its session.
-func (h *Handler) cancel(msg firstMessage) error {
-	if err := forwardCancel(msg, h.dialer); err != nil {
+// cancel forwards a CancelRequest that arrived on local, naming server
+// name ("" for none), to the machine of its session, if the cancel
+// reaches the session's app; an unknown key or another app's is ignored,
+// as PostgreSQL ignores a wrong key.
+func (h *Handler) cancel(local net.Addr, name string, msg firstMessage) error {
+	s, ok := lookupCancelKey(msg.cancelKey())
+	if !ok {
+		return nil
+	}
+	if name == "" {
+		name = s.name
+	}
+	if rt, err := h.app.Resolve(local, name); err != nil || rt.App != s.app {
+		if c := h.logger.Check(zapcore.DebugLevel, "cancel request denied"); c != nil {
+			c.Write(zap.String("app", s.app), zap.String("local", local.String()), zap.Error(err))
+		}
+		return nil
+	}
+	if err := forwardCancel(msg, s.machine, time.Duration(h.CancelTimeout)); err != nil {
 		if c := h.logger.Check(zapcore.DebugLevel, "cancel request not delivered"); c != nil {
-			c.Write(zap.Error(err))
+			c.Write(zap.String("app", s.app), zap.Error(err))
 		}
 	}
 	return nil
@@ -369,6 +404,7 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 //			<Caddy TLS connection policy options>
 //		}
 //		upstream_tls [insecure_skip_verify] [server_name <name>]
+//		cancel_timeout <duration>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume handler name
@@ -413,6 +449,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.ConnectionPolicies = append(h.ConnectionPolicies, cp)
+		case "cancel_timeout":
+			if h.CancelTimeout != 0 {
+				return d.Err("cancel_timeout already specified")
+			}
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil {
+				return d.Errf("cancel_timeout %q: %v", v, err)
+			}
+			h.CancelTimeout = caddy.Duration(dur)
 		case "upstream_tls":
 			if h.UpstreamTLS != nil {
 				return d.Err("upstream_tls already specified")

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"net/http"
-	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,7 +13,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
 
@@ -48,7 +45,7 @@ type App struct {
 	catalog map[string]Region
 	edge    Region
 	reg     atomic.Pointer[registry]
-	book    atomic.Pointer[AddressBook]
+	live    liveIndex
 	health  *healthChecker
 	logger  *zap.Logger
 }
@@ -130,166 +127,6 @@ func FromContext(ctx caddy.Context) (*App, error) {
 // EdgeRegion returns the region code of this edge.
 func (a *App) EdgeRegion() string { return a.Region }
 
-// ErrNoApp means that no app answers to the host name of a request or
-// connection.
-var ErrNoApp = errors.New("no app answers to this host name")
-
-// ErrNoService means that the app has no service on the edge port.
-var ErrNoService = errors.New("the app has no service on this port")
-
-// Route looks up where a connection for host on edge port goes. host
-// must be lower case and without port.
-func (a *App) Route(host string, port int) (*Route, error) {
-	reg := a.reg.Load()
-	e := reg.lookupHost(host)
-	if e == nil {
-		return nil, fmt.Errorf("%w: %q", ErrNoApp, host)
-	}
-	return e.route(port)
-}
-
-func (e *appEntry) route(port int) (*Route, error) {
-	rt := e.routes[port]
-	if rt == nil {
-		return nil, fmt.Errorf("%w: app %s, port %d", ErrNoService, e.name, port)
-	}
-	return rt, nil
-}
-
-// RouteOfApp returns the route of app's service on edge port.
-func (a *App) RouteOfApp(app string, port int) (*Route, error) {
-	slot := a.reg.Load().apps[app]
-	if slot == nil {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownApp, app)
-	}
-	return slot.load().route(port)
-}
-
-// AddressBook tells which app a connection is for from the address it
-// arrived on: the app that holds a dedicated address, or, on a shared
-// address, the app that holds it and answers to the server name (TLS SNI
-// or HTTP Host). The ipalloc package provides it.
-type AddressBook interface {
-	// AppFor returns the app for a connection to local with server name
-	// name (lower case, no trailing dot, "" when the client sent none);
-	// false means that no app gets the connection.
-	AppFor(local netip.Addr, name string) (app string, ok bool)
-}
-
-// SetAddressBook makes the edge route by destination address: from now
-// on a connection reaches an app only if the book says so (default
-// deny), whatever its host name. nil switches back to host-name routing.
-func (a *App) SetAddressBook(b AddressBook) {
-	if b == nil {
-		a.book.Store(nil)
-		return
-	}
-	a.book.Store(&b)
-}
-
-// ErrDenied means that the address book gives the connection to no app.
-var ErrDenied = errors.New("no app is reachable at this address")
-
-// routeFor finds the route of a connection that arrived on local, with
-// the server name the client sent ("" for none). With an address book
-// the address decides; without one the name does, or, for a connection
-// without a name, the port when one app alone has a service on it.
-func (a *App) routeFor(local net.Addr, name string) (*Route, error) {
-	port := portOf(local)
-	if b := a.book.Load(); b != nil {
-		addr := AddrOf(local)
-		app, ok := (*b).AppFor(addr, name)
-		if !ok {
-			if name == "" {
-				return nil, fmt.Errorf("%w: %s", ErrDenied, addr)
-			}
-			return nil, fmt.Errorf("%w: %s for %q", ErrDenied, addr, name)
-		}
-		return a.RouteOfApp(app, port)
-	}
-	if name != "" {
-		return a.Route(name, port)
-	}
-	return a.routeByPort(port)
-}
-
-// AddrOf returns the IP address of a connection's address, unmapped
-// (an IPv4 client of a dual-stack socket gives its IPv4 address).
-func AddrOf(addr net.Addr) netip.Addr {
-	switch a := addr.(type) {
-	case *net.TCPAddr:
-		ip, _ := netip.AddrFromSlice(a.IP)
-		return ip.Unmap()
-	case nil:
-		return netip.Addr{}
-	}
-	ap, _ := netip.ParseAddrPort(addr.String())
-	return ap.Addr().Unmap()
-}
-
-// routeVarKey is the request variable that caches the route of a request.
-const routeVarKey = "fly.route"
-
-// AppVarKey is the request variable (placeholder {http.vars.fly.app})
-// that holds the name of the app a request was routed to.
-const AppVarKey = "fly.app"
-
-// RouteForRequest returns the route of an HTTP request: the app (by the
-// address the connection arrived on when there is an address book, else
-// by the Host it answers to), and the app's service on the edge port the
-// request arrived on. The answer is cached in the request's variables, so every
-// flyedge handler of one request sees the same route.
-func (a *App) RouteForRequest(r *http.Request) (*Route, error) {
-	if rt, ok := caddyhttp.GetVar(r.Context(), routeVarKey).(*Route); ok {
-		return rt, nil
-	}
-	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-	rt, err := a.routeFor(local, requestHost(r))
-	if err != nil {
-		return nil, err
-	}
-	caddyhttp.SetVar(r.Context(), routeVarKey, rt)
-	caddyhttp.SetVar(r.Context(), AppVarKey, rt.App)
-	return rt, nil
-}
-
-// RouteOf returns the route RouteForRequest cached for r, or nil.
-func RouteOf(r *http.Request) *Route {
-	rt, _ := caddyhttp.GetVar(r.Context(), routeVarKey).(*Route)
-	return rt
-}
-
-// requestHost returns the request's host name, lower case, without port.
-func requestHost(r *http.Request) string {
-	host := r.Host
-	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
-		host = host[:i]
-	}
-	host = strings.TrimSuffix(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), ".")
-	for i := 0; i < len(host); i++ {
-		if c := host[i]; 'A' <= c && c <= 'Z' {
-			return strings.ToLower(host)
-		}
-	}
-	return host
-}
-
-// portOf returns the port of a local address, or 0.
-func portOf(addr net.Addr) int {
-	switch a := addr.(type) {
-	case *net.TCPAddr:
-		return a.Port
-	case *net.UDPAddr:
-		return a.Port
-	case nil:
-		return 0
-	}
-	if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
-		return int(ap.Port())
-	}
-	return 0
-}
-
 // registry holds the apps and their indexes. The maps are built once per
 // config; an app's entry (its services, routes and machines) sits behind
 // its own slot, so registering a machine live replaces one app's entry
@@ -338,20 +175,6 @@ func (a *App) HostOwner(host string) string {
 		return s.load().name
 	}
 	return ""
-}
-
-// lookupHost finds the app answering to host: an exact name first, then
-// a wildcard for its first label.
-func (reg *registry) lookupHost(host string) *appEntry {
-	if s := reg.hosts[host]; s != nil {
-		return s.load()
-	}
-	if i := strings.IndexByte(host, '.'); i > 0 {
-		if s := reg.hosts["*"+host[i:]]; s != nil {
-			return s.load()
-		}
-	}
-	return nil
 }
 
 // build indexes apps into a registry.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
-	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -71,7 +70,13 @@ type Port struct {
 
 	// PROXY protocol options of a port with the "proxy_proto" handler.
 	ProxyProtoOptions *ProxyProtoOptions `json:"proxy_proto_options,omitempty"`
+
+	handlers Handlers // Handlers, parsed by validate
 }
+
+// HandlerSet returns the port's handlers as validated when the config
+// (or the app) was loaded.
+func (p *Port) HandlerSet() Handlers { return p.handlers }
 
 // TLSOptions are fly.toml's tls_options.
 type TLSOptions struct {
@@ -164,8 +169,6 @@ var (
 	hostnameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 )
 
-var validHandlers = map[string]bool{"http": true, "tls": true, "pg_tls": true, "proxy_proto": true}
-
 // ValidHostname tells whether name is a lower-case host name of at most
 // 253 characters; with wildcard, "*." and a host name (a wildcard for
 // the first label, the only form the lookups know) is valid too.
@@ -221,20 +224,12 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 			return fmt.Errorf("%s.port: %d is already used by another service of this app", pf, p.Port)
 		}
 		edgePorts[p.Port] = true
-		seen := map[string]bool{}
-		for _, h := range p.Handlers {
-			if !validHandlers[h] {
-				return fmt.Errorf("%s.handlers: unknown handler %q (want http, tls, pg_tls or proxy_proto)", pf, h)
-			}
-			if seen[h] {
-				return fmt.Errorf("%s.handlers: handler %q listed twice", pf, h)
-			}
-			seen[h] = true
+		hs, err := ParseHandlers(p.Handlers)
+		if err != nil {
+			return fmt.Errorf("%s.handlers: port %d: %w", pf, p.Port, err)
 		}
-		if err := checkHandlerList(p); err != nil {
-			return fmt.Errorf("%s.handlers: %w", pf, err)
-		}
-		if p.ForceHTTPS && !seen["http"] {
+		p.handlers = hs
+		if p.ForceHTTPS && !hs.Has(HandlerHTTP) {
 			return fmt.Errorf("%s.force_https: port %d has handlers %v; force_https needs the http handler", pf, p.Port, p.Handlers)
 		}
 		if p.ProxyProtoOptions != nil {
@@ -293,40 +288,6 @@ func (m *Machine) validate(field string, catalog map[string]Region) error {
 		return fmt.Errorf("%s.state: %q (machine %s) must be started or stopped", field, m.State, m.ID)
 	}
 	return nil
-}
-
-// handlerLists are the handler lists a port may have, as Fly.io accepts
-// them; none means TCP pass-through.
-var handlerLists = [][]string{
-	{},
-	{"http"},
-	{"tls"},
-	{"tls", "http"},
-	{"pg_tls"},
-	{"proxy_proto"},
-	{"tls", "proxy_proto"},
-}
-
-// checkHandlerList refuses a handler list Fly.io does not accept, naming
-// the first handler that no accepted list allows at its place.
-func checkHandlerList(p *Port) error {
-	longest := 0
-	for _, l := range handlerLists {
-		if slices.Equal(l, p.Handlers) {
-			return nil
-		}
-		n := 0
-		for n < len(l) && n < len(p.Handlers) && l[n] == p.Handlers[n] {
-			n++
-		}
-		longest = max(longest, n)
-	}
-	bad := p.Handlers[min(longest, len(p.Handlers)-1)]
-	where := "first"
-	if longest > 0 {
-		where = fmt.Sprintf("after %q", p.Handlers[longest-1])
-	}
-	return fmt.Errorf("port %d: handler %q is not allowed %s (accepted lists: none, [http], [tls], [tls http], [pg_tls], [proxy_proto], [tls proxy_proto])", p.Port, bad, where)
 }
 
 // ProxyProtoVersion maps Fly's PROXY protocol version names "v1" and "v2"

@@ -6,68 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/mholt/caddy-l4/layer4"
 	"github.com/mholt/caddy-l4/modules/l4tls"
 )
-
-// connRouteVarKey is the connection variable that caches its route.
-const connRouteVarKey = "fly.route"
-
-// ConnAppVarKey is the connection variable (placeholder
-// {l4.vars.fly.app}) that holds the name of the app a connection was
-// routed to.
-const ConnAppVarKey = "fly.app"
-
-// RouteForConn returns the route of a layer 4 connection. With an
-// address book, the address it arrived on decides (with the TLS server
-// name on a shared address); without one, the app that answers to the
-// TLS server name the edge terminated (when a tls handler ran before),
-// else the only app with a service on the edge port. The answer is
-// cached in the connection's variables.
-func (a *App) RouteForConn(cx *layer4.Connection) (*Route, error) {
-	if rt, ok := cx.GetVar(connRouteVarKey).(*Route); ok {
-		return rt, nil
-	}
-	rt, err := a.routeFor(cx.LocalAddr(), serverName(cx))
-	if err != nil {
-		return nil, err
-	}
-	SetConnRoute(cx, rt)
-	return rt, nil
-}
-
-// routeByPort returns the route of the only app with a service on port.
-func (a *App) routeByPort(port int) (*Route, error) {
-	slots := a.reg.Load().ports[port]
-	switch len(slots) {
-	case 0:
-		return nil, fmt.Errorf("%w: no app has a service on port %d", ErrNoApp, port)
-	case 1:
-		return slots[0].load().route(port)
-	default:
-		return nil, fmt.Errorf("%w: %d apps have a service on port %d and the connection names none (no TLS server name)", ErrNoApp, len(slots), port)
-	}
-}
-
-// serverName returns the server name of the last TLS handshake the edge
-// terminated on cx, else the one a matcher read from the ClientHello,
-// lower case, or "".
-func serverName(cx *layer4.Connection) string {
-	if chis := l4tls.GetClientHelloInfos(cx); len(chis) > 0 {
-		return strings.ToLower(strings.TrimSuffix(chis[len(chis)-1].ServerName, "."))
-	}
-	if name, _ := cx.GetVar(ServerNameVarKey).(string); name != "" {
-		return name
-	}
-	return ""
-}
-
-// ServerNameVarKey is the connection variable with the TLS server name a
-// matcher read from the ClientHello before any handler ran (lower case).
-const ServerNameVarKey = "fly.server_name"
 
 // connPool is the edge's own view of a route's machines for layer 4:
 // every machine the edge's health allows is usable, and its load is its
@@ -133,65 +76,33 @@ func UpstreamPreamble(cx *layer4.Connection) []byte {
 	return b
 }
 
-// SetConnRoute records the route a handler resolved for cx (for example
-// by the TLS server name during a handshake), so that later handlers use
-// the same one.
-func SetConnRoute(cx *layer4.Connection, rt *Route) {
-	cx.SetVar(connRouteVarKey, rt)
-	cx.SetVar(ConnAppVarKey, rt.App)
+// handledVarKey is the connection variable with the Fly handlers that
+// have run on a connection (a Handlers).
+const handledVarKey = "fly.handled"
+
+// MarkHandled records that handler h ran on cx (fly_tls, pg_tls and
+// proxy_proto call it), so that fly_proxy can check the route ran what
+// the app's port lists.
+func MarkHandled(cx *layer4.Connection, h Handlers) {
+	done, _ := cx.GetVar(handledVarKey).(Handlers)
+	cx.SetVar(handledVarKey, done|h)
 }
-
-// RouteForServerName returns the route of a connection that arrived on
-// local and whose TLS handshake names server name. With an address book
-// the address decides (on a shared address, with the name); without one
-// the app that answers to the name, else the only app with a service on
-// the port (a connection to an app's own port needs no name).
-func (a *App) RouteForServerName(name string, local net.Addr) (*Route, error) {
-	name = strings.ToLower(strings.TrimSuffix(name, "."))
-	if a.book.Load() != nil || name == "" {
-		return a.routeFor(local, name)
-	}
-	if rt, err := a.Route(name, portOf(local)); err == nil {
-		return rt, nil
-	}
-	return a.routeByPort(portOf(local))
-}
-
-// RouteForHello returns the route of a TLS handshake with server name
-// name that arrived on local, by the rule HTTP requests follow: with an
-// address book, the address (and on a shared address the name); without
-// one, the app that answers to the name, or, when the client sent none,
-// the only app with a service on the port. Unlike RouteForServerName, a
-// name no app answers to finds no route.
-func (a *App) RouteForHello(name string, local net.Addr) (*Route, error) {
-	return a.routeFor(local, strings.ToLower(strings.TrimSuffix(name, ".")))
-}
-
-// tlsVarKey is the connection variable a TLS-terminating handler sets.
-const tlsVarKey = "fly.tls_terminated"
-
-// MarkTLSTerminated records that a handler terminated TLS on cx.
-func MarkTLSTerminated(cx *layer4.Connection) { cx.SetVar(tlsVarKey, true) }
-
-// pgTLSVarKey is the connection variable the pg_tls handler sets.
-const pgTLSVarKey = "fly.pg_tls"
-
-// MarkPGTLS records that the pg_tls handler handled cx.
-func MarkPGTLS(cx *layer4.Connection) { cx.SetVar(pgTLSVarKey, true) }
 
 // checkHandlers tells whether the handlers that ran on cx are the ones
 // the app's port lists, so that a layer4 route that does not match the
 // fly config never passes a connection the wrong way (for example
-// plaintext to a port that promises TLS termination).
+// plaintext to a port that promises TLS termination). caddy-l4's own tls
+// handler counts as tls.
 func (rt *Route) checkHandlers(cx *layer4.Connection) error {
-	if rt.wantHTTP {
-		return fmt.Errorf("app %s port %d: handlers %v: the port is served by the HTTP server, not by fly_proxy", rt.App, rt.Port.Port, rt.Port.Handlers)
+	if rt.Handlers.Has(HandlerHTTP) {
+		return fmt.Errorf("app %s port %d: handlers %v: the port is served by the HTTP server, not by fly_proxy", rt.App, rt.Port.Port, rt.Handlers)
 	}
-	gotTLS := cx.GetVar(tlsVarKey) == true || len(l4tls.GetClientHelloInfos(cx)) > 0
-	gotPP := len(UpstreamPreamble(cx)) > 0
-	gotPG := cx.GetVar(pgTLSVarKey) == true
-	if gotTLS != rt.wantTLS || gotPP != rt.wantProxyProto || gotPG != rt.wantPGTLS {
-		return fmt.Errorf("app %s port %d: handlers %v, but the layer4 route ran tls=%t proxy_proto=%t pg_tls=%t; fix the route to match", rt.App, rt.Port.Port, rt.Port.Handlers, gotTLS, gotPP, gotPG)
+	done, _ := cx.GetVar(handledVarKey).(Handlers)
+	if len(l4tls.GetClientHelloInfos(cx)) > 0 {
+		done |= HandlerTLS
+	}
+	if done != rt.Handlers {
+		return fmt.Errorf("app %s port %d: handlers %v, but the layer4 route ran %v; fix the route to match", rt.App, rt.Port.Port, rt.Handlers, done)
 	}
 	return nil
 }

@@ -23,7 +23,7 @@ func FuzzSelect(f *testing.F) {
 	if err := provision(f, a); err != nil {
 		f.Fatal(err)
 	}
-	rt, err := a.Route("web.edge.test", 443)
+	rt, err := routeFor(a, "web.edge.test", 443)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -52,6 +52,6 @@ func FuzzRequestHost(f *testing.F) {
 		if strings.ContainsAny(h, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") {
 			t.Fatalf("requestHost(%q) = %q is not lower case", host, h)
 		}
-		_, _ = a.Route(h, 443)
+		_, _ = routeFor(a, h, 443)
 	})
 }

@@ -52,7 +52,7 @@ func TestHealthSeveralChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Stop()
-	rt, _ := a.Route("web.localhost", 443)
+	rt, _ := routeFor(a, "web.localhost", 443)
 	bad := rt.MachineIndex("000000000000a1")
 	deadline := time.Now().Add(5 * time.Second)
 	for rt.machines[bad].available() {

@@ -28,8 +28,8 @@ type Route struct {
 	// PortString is Port.Port in decimal.
 	PortString string
 
-	// Handler flags of the port, for the layer 4 handlers' checks.
-	wantTLS, wantProxyProto, wantPGTLS, wantHTTP bool
+	// Handlers are the port's handlers.
+	Handlers Handlers
 
 	// TLSMinVersion and TLSMaxVersion are the port's tls_options.versions
 	// as crypto/tls versions.
@@ -74,12 +74,7 @@ func (rt *Route) MachineIndex(id string) int {
 }
 
 func newRoute(app, hostname string, p *Port, se *serviceEntry, services []*Service) *Route {
-	rt := &Route{App: app, Hostname: hostname, Port: p, PortString: strconv.Itoa(p.Port), Service: se.config, serviceEntry: se,
-		wantTLS:        slices.Contains(p.Handlers, "tls"),
-		wantProxyProto: slices.Contains(p.Handlers, "proxy_proto"),
-		wantPGTLS:      slices.Contains(p.Handlers, "pg_tls"),
-		wantHTTP:       slices.Contains(p.Handlers, "http"),
-	}
+	rt := &Route{App: app, Hostname: hostname, Port: p, PortString: strconv.Itoa(p.Port), Service: se.config, serviceEntry: se, Handlers: p.handlers}
 	var versions []string
 	if p.TLSOptions != nil {
 		versions = p.TLSOptions.Versions
@@ -92,7 +87,7 @@ func newRoute(app, hostname string, p *Port, se *serviceEntry, services []*Servi
 	}
 	for _, s := range services {
 		for _, q := range s.Ports {
-			if slices.Contains(q.Handlers, "tls") && slices.Contains(q.Handlers, "http") && (rt.HTTPSPort == 0 || q.Port == 443) {
+			if q.handlers == HandlerTLS|HandlerHTTP && (rt.HTTPSPort == 0 || q.Port == 443) {
 				rt.HTTPSPort = q.Port
 			}
 		}

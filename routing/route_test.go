@@ -41,34 +41,9 @@ func demoApp(t *testing.T) *App {
 	return a
 }
 
-func TestRouteLookup(t *testing.T) {
-	a := demoApp(t)
-	for _, tc := range []struct {
-		host string
-		port int
-		err  error
-	}{
-		{"web.edge.test", 443, nil},
-		{"www.example.com", 80, nil},
-		{"x.wild.example.com", 443, nil},
-		{"wild.example.com", 443, ErrNoApp},
-		{"other.edge.test", 443, ErrNoApp},
-		{"web.edge.test", 8443, ErrNoService},
-	} {
-		rt, err := a.Route(tc.host, tc.port)
-		if !errors.Is(err, tc.err) {
-			t.Errorf("Route(%q, %d): error %v, want %v", tc.host, tc.port, err, tc.err)
-			continue
-		}
-		if err == nil && (rt.App != "web" || rt.Port.Port != tc.port || rt.HTTPSPort != 443) {
-			t.Errorf("Route(%q, %d) = app %s port %d https %d", tc.host, tc.port, rt.App, rt.Port.Port, rt.HTTPSPort)
-		}
-	}
-}
-
 func TestSelect(t *testing.T) {
 	a := demoApp(t)
-	rt, err := a.Route("web.edge.test", 443)
+	rt, err := routeFor(a, "web.edge.test", 443)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +110,7 @@ func TestSelect(t *testing.T) {
 
 func TestSelectSpreadsLoad(t *testing.T) {
 	a := demoApp(t)
-	rt, _ := a.Route("web.edge.test", 443)
+	rt, _ := routeFor(a, "web.edge.test", 443)
 	seen := map[string]int{}
 	for range 200 {
 		i, _ := Select(rt, pool{}, Preference{})
@@ -152,7 +127,7 @@ func TestSelectSoftLimit(t *testing.T) {
 	if err := provision(t, a); err != nil {
 		t.Fatal(err)
 	}
-	rt, _ := a.Route("web.edge.test", 443)
+	rt, _ := routeFor(a, "web.edge.test", 443)
 	p := pool{load: map[int]int{rt.MachineIndex("000000000000a1"): 3, rt.MachineIndex("000000000000a2"): 4}}
 	if i, _ := Select(rt, p, Preference{}); rt.MachineID(i) != "000000000000b1" {
 		t.Fatalf("machines at the soft limit in iad: want ord's machine, got %s", rt.MachineID(i))
@@ -189,7 +164,7 @@ func TestConfigErrors(t *testing.T) {
 		{"force_https without http", &App{Apps: map[string]*Application{"a": {Services: svc(&Port{Port: 5000, Handlers: []string{"tls"}, ForceHTTPS: true})}}},
 			`apps.a.services[0].ports[0].force_https: port 5000 has handlers [tls]; force_https needs the http handler`},
 		{"unknown handler", &App{Apps: map[string]*Application{"a": {Services: svc(&Port{Port: 80, Handlers: []string{"https"}})}}},
-			`apps.a.services[0].ports[0].handlers: unknown handler "https"`},
+			`apps.a.services[0].ports[0].handlers: port 80: unknown handler "https"`},
 		{"http before tls", &App{Apps: map[string]*Application{"a": {Services: svc(&Port{Port: 443, Handlers: []string{"http", "tls"}})}}},
 			`apps.a.services[0].ports[0].handlers: port 443: handler "tls" is not allowed after "http"`},
 		{"pg_tls with http", &App{Apps: map[string]*Application{"a": {Services: svc(&Port{Port: 5432, Handlers: []string{"pg_tls", "http"}})}}},
@@ -254,13 +229,13 @@ func TestCatalog(t *testing.T) {
 // in use.
 func TestSetMachines(t *testing.T) {
 	a := demoApp(t)
-	rt, _ := a.Route("web.edge.test", 443)
+	rt, _ := routeFor(a, "web.edge.test", 443)
 	before := rt.NumMachines()
 	live := []*Machine{{ID: "0000000000aa01", Region: "iad", Address: "10.9.0.1"}}
 	if err := a.SetMachines("web", live); err != nil {
 		t.Fatal(err)
 	}
-	rt, _ = a.Route("web.edge.test", 443)
+	rt, _ = routeFor(a, "web.edge.test", 443)
 	if rt.NumMachines() != before+1 || rt.MachineIndex("0000000000aa01") < 0 {
 		t.Fatalf("after SetMachines the route has %d machines, want %d with the new one", rt.NumMachines(), before+1)
 	}
@@ -271,7 +246,7 @@ func TestSetMachines(t *testing.T) {
 	if err := a.SetMachines("web", []*Machine{{ID: "0000000000aa02", Region: "lhr", Address: "10.9.0.2"}}); err != nil {
 		t.Fatal(err)
 	}
-	rt, _ = a.Route("web.edge.test", 443)
+	rt, _ = routeFor(a, "web.edge.test", 443)
 	if rt.MachineIndex("0000000000aa01") >= 0 || rt.MachineIndex("0000000000aa02") < 0 || rt.MachineIndex("000000000000a1") < 0 {
 		t.Errorf("machines after replacing: %d", rt.NumMachines())
 	}
@@ -314,7 +289,7 @@ func TestContinentOverCountry(t *testing.T) {
 	if err := provision(t, a); err != nil {
 		t.Fatal(err)
 	}
-	rt, _ := a.Route("web.localhost", 443)
+	rt, _ := routeFor(a, "web.localhost", 443)
 	if i, _ := Select(rt, pool{}, Preference{PreferRegions: "na"}); i < 0 || rt.MachineID(i) != "000000000000b2" {
 		t.Errorf("Fly-Prefer-Region: na chose %d, want the machine in North America", i)
 	}

@@ -44,7 +44,7 @@ func BenchmarkSelect(b *testing.B) {
 				p := pool{}
 				b.ReportAllocs()
 				for b.Loop() {
-					rt, err := a.Route(host, 443)
+					rt, err := routeFor(a, host, 443)
 					if err != nil {
 						b.Fatal(err)
 					}

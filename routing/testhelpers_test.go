@@ -2,6 +2,7 @@ package routing
 
 import (
 	"context"
+	"net/netip"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -26,3 +27,9 @@ type pool struct {
 
 func (p pool) Usable(i int) bool { return !p.down[i] }
 func (p pool) Load(i int) int    { return p.load[i] }
+
+// routeFor resolves a connection to port that names host, without
+// address routing (no local address).
+func routeFor(a *App, host string, port int) (*Route, error) {
+	return a.resolve(netip.Addr{}, port, normalizeName(host))
+}
