@@ -271,6 +271,20 @@ func TestFlyHeaders(t *testing.T) {
 			t.Errorf("www.example.com did not reach app web: %s", body)
 		}
 	})
+
+	// without IP pools, a name added through the certs API routes (and
+	// gets its certificate) as a name of the config does
+	t.Run("certs API hostname", func(t *testing.T) {
+		status, body := call(t, adminAddr, http.MethodPost, "/fly/apps/web/certs", `{"hostname":"shop.edge.test"}`, nil)
+		if status != http.StatusCreated && status != http.StatusOK {
+			t.Fatalf("certs add: %d %s", status, body)
+		}
+		for _, url := range []string{"http://shop.edge.test:" + e.httpPort + "/", "https://shop.edge.test:" + e.httpsPort + "/"} {
+			if resp, body, s := get(t, e.h1, url, nil); s == nil || s.Machine == secureMachine.id || s.Host != "shop.edge.test:"+portOf(url) {
+				t.Errorf("%s: status %d %q; want web's machine", url, resp.StatusCode, body)
+			}
+		}
+	})
 }
 
 func TestForceHTTPS(t *testing.T) {
@@ -345,4 +359,11 @@ func TestH2CBackend(t *testing.T) {
 	if _, body, s := get(t, e.h2, "https://secure.edge.test:"+e.httpsPort+"/", nil); s == nil || s.Proto != "HTTP/1.1" {
 		t.Fatalf("app without h2_backend: %s", body)
 	}
+}
+
+// portOf returns the port of a URL.
+func portOf(url string) string {
+	host := strings.SplitN(strings.SplitN(url, "://", 2)[1], "/", 2)[0]
+	_, port, _ := net.SplitHostPort(host)
+	return port
 }

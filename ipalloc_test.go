@@ -265,6 +265,8 @@ func TestAddressRouting(t *testing.T) {
 		{"address of no app", via(e.roots, "127.0.0.1"), "http://web." + e.domain + ":" + e.httpPort + "/"},
 		{"free address of the dedicated pool", via(e.roots, "127.30.0.2"), "http://web." + e.domain + ":" + e.httpPort + "/"},
 		{"unknown name over TLS", shared, "https://www.example.com:" + e.httpsPort + "/"},
+		{"no name over TLS on the shared address", shared, "https://" + sharedV4 + ":" + e.httpsPort + "/"},
+		{"dedicated address, port its app has no service on", via(e.roots, rawV4), "http://raw." + e.domain + ":" + e.httpPort + "/"},
 	} {
 		if got, err := machineOf(tc.c, tc.url); err == nil {
 			t.Errorf("%s: reached machine %s, want the connection refused", tc.name, got)
@@ -334,6 +336,16 @@ func TestCustomHostname(t *testing.T) {
 	}
 	if got, err := machineOf(shared, "http://"+custom+":"+e.httpPort+"/"); err != nil || got != ipOther.id {
 		t.Errorf("plain http after certs add: machine %q, %v", got, err)
+	}
+	// a wildcard covers the first label
+	if status, body := call(t, adminAddr, http.MethodPost, "/fly/apps/other/certs", `{"hostname":"*.wild.`+e.domain+`"}`, nil); status != http.StatusCreated {
+		t.Fatalf("certs add wildcard: %d %s", status, body)
+	}
+	if got, err := machineOf(shared, "https://a.wild."+e.domain+":"+e.httpsPort+"/"); err != nil || got != ipOther.id {
+		t.Errorf("a name under the wildcard: machine %q, %v; want %s", got, err, ipOther.id)
+	}
+	if got, err := machineOf(shared, "http://wild."+e.domain+":"+e.httpPort+"/"); err == nil {
+		t.Errorf("the wildcard's own base reached machine %s", got)
 	}
 	if status, _ := call(t, adminAddr, http.MethodDelete, "/fly/apps/other/certs/"+custom, "", nil); status != http.StatusNoContent {
 		t.Fatalf("certs remove: %d", status)

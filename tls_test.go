@@ -1,12 +1,16 @@
 package flyedge_test
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // tlsConfig is an edge whose app tlsapp has three tls-only ports: defaults,
@@ -221,5 +225,68 @@ func TestTLSOptionsByHostName(t *testing.T) {
 	}
 	if err := dial("strict"); err == nil || !strings.Contains(err.Error(), "protocol version") {
 		t.Errorf("strict over TLS 1.2: %v, want a protocol version alert", err)
+	}
+}
+
+// soloConfig: without IP pools, one app alone on an HTTPS port, with a
+// self-signed fallback and http/1.1 only.
+const soloConfig = `{
+	admin %[1]s
+	persist_config off
+	local_certs
+	skip_install_trust
+	auto_https disable_redirects
+	servers :%[2]s {
+		protocols h1 h2
+		listener_wrappers {
+			fly_tls_options
+		}
+	}
+	fly {
+		region iad
+		base_domain solo.test
+		app solo {
+			service %[3]s {
+				port %[2]s tls http {
+					alpn http/1.1
+					default_self_signed
+				}
+			}
+			machine 00000000000f41 iad 127.0.58.3
+		}
+	}
+}
+https://:%[2]s {
+	tls internal
+	fly_headers
+	reverse_proxy {
+		dynamic fly
+		lb_policy fly
+	}
+}
+`
+
+// TestUnknownNameOnOneAppPort: without IP pools, a port only one app
+// serves is that app's whatever name the client sends, for the TLS
+// options as for the request (before, fly_tls_options refused a name of
+// no app that fly_tls and the HTTP handlers let through).
+func TestUnknownNameOnOneAppPort(t *testing.T) {
+	requireCaddy(t)
+	https, machinePort := freePort(), freePort()
+	startMachines(t, machinePort, testMachine{"00000000000f41", "iad", "127.0.58.3"})
+	mustLoad(t, fmt.Sprintf(soloConfig, adminAddr, https, machinePort))
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		ForceAttemptHTTP2: true,
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, "127.0.0.1:"+https)
+		},
+	}}
+	resp, body, s := get(t, c, "https://nobody.example:"+https+"/", nil)
+	if s == nil || s.Machine != "00000000000f41" {
+		t.Fatalf("unknown name: status %d %q; want solo's machine", resp.StatusCode, body)
+	}
+	if resp.Proto != "HTTP/1.1" || resp.TLS.PeerCertificates[0].Subject.CommonName != "flyedge self-signed" {
+		t.Errorf("unknown name: over %s with a certificate for %q; want solo's options (http/1.1, self-signed)", resp.Proto, resp.TLS.PeerCertificates[0].Subject.CommonName)
 	}
 }
