@@ -81,8 +81,8 @@ func (p *ProxyProto) Handle(cx *layer4.Connection, next layer4.Handler) error {
 	if err != nil {
 		return fmt.Errorf("formatting PROXY header: %w", err)
 	}
-	routing.SetUpstreamPreamble(cx, b)
-	routing.MarkHandled(cx, routing.HandlerProxyProto)
+	SetUpstreamPreamble(cx, b)
+	MarkHandled(cx, routing.HandlerProxyProto)
 	return next.Handle(cx)
 }
 

@@ -134,7 +134,7 @@ func (t *TLS) Handle(cx *layer4.Connection, next layer4.Handler) error {
 		return err
 	}
 	routing.SetConnRoute(cx, rt)
-	routing.MarkHandled(cx, routing.HandlerTLS)
+	MarkHandled(cx, routing.HandlerTLS)
 	if c := t.logger.Check(zapcore.DebugLevel, "terminated TLS"); c != nil {
 		st := tlsConn.ConnectionState()
 		c.Write(zap.String("app", rt.App), zap.String("hostname", st.ServerName), zap.String("alpn", st.NegotiatedProtocol))
@@ -212,6 +212,21 @@ func selfSignedCertificate() (*tls.Certificate, error) {
 		return nil, err
 	}
 	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// WithDefaultServerName makes a TLS config answer a client that sent no
+// server name with the certificate of the route's app
+// (<app>.<base_domain>), as a client that connects by address expects.
+func WithDefaultServerName(cfg *tls.Config, hello *tls.ClientHelloInfo, rt *routing.Route) {
+	if hello.ServerName != "" || cfg.GetCertificate == nil {
+		return
+	}
+	getCert, name := cfg.GetCertificate, rt.Hostname
+	cfg.GetCertificate = func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		named := *h
+		named.ServerName = name
+		return getCert(&named)
+	}
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:

@@ -89,7 +89,7 @@ func (api *adminAPI) handle(h caddy.AdminHandlerFunc) caddy.AdminHandler {
 		if errors.As(err, &ae) {
 			return err
 		}
-		return caddy.APIError{HTTPStatus: StatusOf(err), Err: err, Message: err.Error()}
+		return caddy.APIError{HTTPStatus: statusOf(err), Err: err, Message: err.Error()}
 	})
 }
 
@@ -294,3 +294,17 @@ var (
 	_ caddy.AdminRouter = (*adminAPI)(nil)
 	_ caddy.Provisioner = (*adminAPI)(nil)
 )
+
+// statusOf returns the HTTP status the admin API answers err with: 400,
+// 404 and 409 for refusals, 500 for anything else.
+func statusOf(err error) int {
+	switch KindOf(err) {
+	case Invalid:
+		return http.StatusBadRequest
+	case NotFound:
+		return http.StatusNotFound
+	case Conflict:
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
+}

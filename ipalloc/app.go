@@ -1,11 +1,16 @@
-// Package ipalloc assigns the edge's addresses to apps and routes each
-// connection by the address it arrived on: dedicated IPv6 and IPv4
-// addresses, shared IPv4 addresses routed by host name, custom host
-// names (certificates), static egress pairs of machines, and machines
-// registered at run time. The state lives in Caddy's storage, so several
-// edges can share it. It provides the fly_ips app, the admin API under
-// /fly/, the fly_app matchers for HTTP and layer 4, the tls.permission.fly
-// module for on-demand certificates, and the `caddy fly` commands.
+// Package ipalloc is the state behind flyedge's data path: the edge's
+// addresses and which app holds them (dedicated IPv6 and IPv4, shared
+// IPv4), custom host names (certificates), static egress pairs, and
+// machines registered at run time. The state lives in Caddy's storage,
+// so several edges can share it, and is pushed into routing's resolver
+// before a change is acknowledged.
+//
+// It provides the fly_ips app (ips.go, certs.go, machines.go,
+// egress.go, the store in store.go and state.go), the admin API under
+// /fly/ (admin.go, which maps the domain errors of errors.go to HTTP
+// status codes), the `caddy fly` commands (cmd.go), and the modules at
+// the edges of the data path that ask the resolver: the fly_app matchers
+// for HTTP and layer 4 and tls.permission.fly for on-demand certificates.
 package ipalloc
 
 import (
@@ -203,6 +208,14 @@ func (a *App) liveOf(as *appState) *routing.LiveApp {
 		l.Machines = append(l.Machines, m)
 	}
 	return l
+}
+
+// checkApp refuses an app the fly config does not have.
+func (a *App) checkApp(app string) error {
+	if !a.fly.HasApp(app) {
+		return notFound("unknown app %q", app)
+	}
+	return nil
 }
 
 // Interface guards

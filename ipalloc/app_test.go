@@ -105,13 +105,13 @@ func TestAllocation(t *testing.T) {
 		}
 		got = append(got, v4.Address)
 	}
-	if _, _, err := a.Allocate(ctx, "app1", TypeV4); StatusOf(err) != 409 {
-		t.Fatalf("allocating from an exhausted pool: %v (status %d), want 409", err, StatusOf(err))
+	if _, _, err := a.Allocate(ctx, "app1", TypeV4); statusOf(err) != 409 {
+		t.Fatalf("allocating from an exhausted pool: %v (status %d), want 409", err, statusOf(err))
 	}
-	if _, _, err := a.Allocate(ctx, "nope", TypeV4); StatusOf(err) != 404 {
+	if _, _, err := a.Allocate(ctx, "nope", TypeV4); statusOf(err) != 404 {
 		t.Fatalf("unknown app: %v, want 404", err)
 	}
-	if _, _, err := a.Allocate(ctx, "app1", "v5"); StatusOf(err) != 400 {
+	if _, _, err := a.Allocate(ctx, "app1", "v5"); statusOf(err) != 400 {
 		t.Fatalf("bad type: %v, want 400", err)
 	}
 
@@ -136,7 +136,7 @@ func TestAllocation(t *testing.T) {
 	}
 
 	// release: only the holder, and a shared address only for that app
-	if err := a.Release(ctx, "app1", got[0]); StatusOf(err) != 404 {
+	if err := a.Release(ctx, "app1", got[0]); statusOf(err) != 404 {
 		t.Errorf("releasing another app's address: %v, want 404", err)
 	}
 	if err := a.Release(ctx, "app0", "127.20.0.1"); err != nil {
@@ -179,13 +179,13 @@ func TestCerts(t *testing.T) {
 	if _, created, err := a.AddCert(ctx, "app0", "www.example.com"); err != nil || created {
 		t.Errorf("adding the same name twice: %v %v", created, err)
 	}
-	if _, _, err := a.AddCert(ctx, "app1", "www.example.com"); StatusOf(err) != 409 {
+	if _, _, err := a.AddCert(ctx, "app1", "www.example.com"); statusOf(err) != 409 {
 		t.Errorf("another app's host name: %v, want 409", err)
 	}
-	if _, _, err := a.AddCert(ctx, "app1", "app0.edge.test"); StatusOf(err) != 409 {
+	if _, _, err := a.AddCert(ctx, "app1", "app0.edge.test"); statusOf(err) != 409 {
 		t.Errorf("another app's own name: %v, want 409", err)
 	}
-	if _, _, err := a.AddCert(ctx, "app1", "not a name"); StatusOf(err) != 400 {
+	if _, _, err := a.AddCert(ctx, "app1", "not a name"); statusOf(err) != 400 {
 		t.Errorf("bad host name: %v, want 400", err)
 	}
 	if _, _, err := a.AddCert(ctx, "app0", "*.apps.example.com"); err != nil {
@@ -194,7 +194,7 @@ func TestCerts(t *testing.T) {
 	if app := appAt(a, shared, "x.apps.example.com"); app != "app0" {
 		t.Errorf("wildcard host name routes to %q", app)
 	}
-	if err := a.RemoveCert(ctx, "app1", "www.example.com"); StatusOf(err) != 404 {
+	if err := a.RemoveCert(ctx, "app1", "www.example.com"); statusOf(err) != 404 {
 		t.Errorf("removing another app's name: %v, want 404", err)
 	}
 	if err := a.RemoveCert(ctx, "app0", "www.example.com"); err != nil {
@@ -213,17 +213,17 @@ func TestEgress(t *testing.T) {
 	if err != nil || e.V4 != "127.40.0.1" || e.V6 != "fd00:e9::1" || e.Machine != m {
 		t.Fatalf("egress-ip allocate: %+v %v", e, err)
 	}
-	if _, err := a.AllocateEgress(ctx, "app0", m); StatusOf(err) != 409 {
+	if _, err := a.AllocateEgress(ctx, "app0", m); statusOf(err) != 409 {
 		t.Errorf("second pair for one machine: %v, want 409", err)
 	}
-	if _, err := a.AllocateEgress(ctx, "app0", fmt.Sprintf("%014x", 1)); StatusOf(err) != 404 {
+	if _, err := a.AllocateEgress(ctx, "app0", fmt.Sprintf("%014x", 1)); statusOf(err) != 404 {
 		t.Errorf("another app's machine: %v, want 404", err)
 	}
 	list, err := a.EgressIPs("app0", "")
 	if err != nil || len(list) != 1 || list[0] != e {
 		t.Fatalf("egress-ip list: %+v %v", list, err)
 	}
-	if err := a.ReleaseEgress(ctx, "app0", m, "127.40.0.9"); StatusOf(err) != 404 {
+	if err := a.ReleaseEgress(ctx, "app0", m, "127.40.0.9"); statusOf(err) != 404 {
 		t.Errorf("releasing an address the machine does not have: %v, want 404", err)
 	}
 	if err := a.ReleaseEgress(ctx, "app0", m, e.V6); err != nil {

@@ -1,4 +1,9 @@
-// Package pgtls terminates PostgreSQL TLS at the edge.
+// Package pgtls is the pg_tls handler of flyedge's data path: a layer 4
+// handler that runs after routing resolved the app (by address and TLS
+// server name), terminates PostgreSQL's TLS (SSLRequest or direct TLS)
+// and hands the plaintext session to fly_proxy; it also routes
+// CancelRequests to the machine of their session, through that
+// session's app only and within a deadline.
 package pgtls
 
 import (
@@ -19,6 +24,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/flyedge/caddy-flyedge/flyhandlers"
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
@@ -231,7 +237,7 @@ func (h *Handler) handshake(conn net.Conn, direct bool) (*tls.Conn, *routing.Rou
 				return nil, err
 			}
 			cfg = cfg.Clone()
-			rt.WithDefaultServerName(cfg, hello)
+			flyhandlers.WithDefaultServerName(cfg, hello, rt)
 			cfg.NextProtos = []string{"postgresql"}
 			if h.minVersion != 0 {
 				cfg.MinVersion, cfg.MaxVersion = h.minVersion, h.maxVersion
@@ -277,8 +283,8 @@ func (h *Handler) proceed(cx *layer4.Connection, client net.Conn, rt *routing.Ro
 		out = cx.Wrap(client)
 	}
 	routing.SetConnRoute(out, rt)
-	routing.MarkHandled(out, routing.HandlerPGTLS)
-	routing.SetUpstreamWrapper(out, func(up net.Conn) (net.Conn, error) {
+	flyhandlers.MarkHandled(out, routing.HandlerPGTLS)
+	flyhandlers.SetUpstreamWrapper(out, func(up net.Conn) (net.Conn, error) {
 		if h.UpstreamTLS != nil {
 			var err error
 			if up, err = h.upstreamTLS(up); err != nil {
@@ -373,7 +379,7 @@ func writeError(c net.Conn, code, msg string) error {
 	if _, err := c.Write(b); err != nil {
 		return nil
 	}
-	routing.CloseWrite(c)
+	flyhandlers.CloseWrite(c)
 	_ = c.SetReadDeadline(time.Now().Add(time.Second))
 	_, _ = io.CopyN(io.Discard, c, 64<<10)
 	return nil

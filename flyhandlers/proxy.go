@@ -1,13 +1,10 @@
-package routing
+package flyhandlers
 
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -15,6 +12,8 @@ import (
 	"github.com/mholt/caddy-l4/layer4"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/flyedge/caddy-flyedge/routing"
 )
 
 func init() {
@@ -22,7 +21,7 @@ func init() {
 }
 
 // FlyProxy is a terminal layer4 handler that proxies a connection to a
-// machine of its app: the app is found as RouteForConn says (by the
+// machine of its app: the app is found by routing.App.Resolve (by the
 // address, the TLS server name or the edge port), and the machine is
 // the nearest healthy one, spreading connections among the machines of a
 // region. A machine that refuses the connection is left out for
@@ -61,7 +60,7 @@ type FlyProxy struct {
 	// Default: 3
 	MaxAttempts int `json:"max_attempts,omitempty"`
 
-	app    *App
+	app    *routing.App
 	dialer *net.Dialer
 	logger *zap.Logger
 }
@@ -77,7 +76,7 @@ func (*FlyProxy) CaddyModule() caddy.ModuleInfo {
 // Provision finds the fly app and fills defaults.
 func (p *FlyProxy) Provision(ctx caddy.Context) error {
 	p.logger = ctx.Logger()
-	app, err := FromContext(ctx)
+	app, err := routing.FromContext(ctx)
 	if err != nil {
 		return err
 	}
@@ -113,7 +112,7 @@ func (p *FlyProxy) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 		}
 		return nil
 	}
-	if err := rt.checkHandlers(cx); err != nil {
+	if err := checkHandlers(cx, rt); err != nil {
 		return err // a config mistake: caddy-l4 logs it as an error
 	}
 	up, i, release, err := rt.DialMachine(cx.Context, p.dialer, p.MaxAttempts, time.Duration(p.FailDuration))
@@ -124,117 +123,21 @@ func (p *FlyProxy) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	defer up.Close()
 	if b := UpstreamPreamble(cx); len(b) > 0 {
 		if _, err := up.Write(b); err != nil {
-			return fmt.Errorf("writing to machine %s: %w", rt.machines[i].id, err)
+			return fmt.Errorf("writing to machine %s: %w", rt.MachineID(i), err)
 		}
 	}
 	if wrap := upstreamWrapper(cx); wrap != nil {
 		wrapped, err := wrap(up)
 		if err != nil {
-			return fmt.Errorf("machine %s: %w", rt.machines[i].id, err)
+			return fmt.Errorf("machine %s: %w", rt.MachineID(i), err)
 		}
 		defer wrapped.Close()
 		up = wrapped
 	}
 	if c := p.logger.Check(zapcore.DebugLevel, "machine selected"); c != nil {
-		c.Write(zap.String("app", rt.App), zap.String("machine", rt.machines[i].id), zap.String("region", rt.machines[i].region))
+		c.Write(zap.String("app", rt.App), zap.String("machine", rt.MachineID(i)), zap.String("region", rt.MachineRegion(i)))
 	}
 	return Relay(cx, up)
-}
-
-// bufPool holds the buffers of relays that cannot splice.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}
-
-// Relay copies bytes between the client connection cx and the machine
-// connection up until both directions ended, passing each half-close on.
-// The bytes cx has read ahead (prefetched while matching) go first; after
-// them, if cx is a plain TCP connection, the copy runs between the two
-// sockets so that the kernel can splice.
-func Relay(cx *layer4.Connection, up net.Conn) error {
-	if pending := cx.MatchingBytes(); len(pending) > 0 {
-		if _, err := up.Write(pending); err != nil {
-			return err
-		}
-		// consume them from cx's buffer: this read never reaches the socket
-		if _, err := io.CopyN(io.Discard, cx, int64(len(pending))); err != nil {
-			return err
-		}
-	}
-	var down io.ReadWriter = cx
-	if tc, ok := cx.Conn.(*net.TCPConn); ok {
-		down = tc
-	}
-	var finished atomic.Int32
-	errc := make(chan error, 1)
-	go func() {
-		errc <- copyHalf(up, down, &finished)
-	}()
-	err := copyHalf(down, up, &finished)
-	if err2 := <-errc; err == nil {
-		err = err2
-	}
-	return err
-}
-
-type closeWriter interface{ CloseWrite() error }
-
-// CloseWrite half-closes w when it can: a TCP or TLS connection, or a
-// layer4 connection around one.
-func CloseWrite(w io.Writer) {
-	if cw, ok := w.(closeWriter); ok {
-		_ = cw.CloseWrite()
-	} else if cx, ok := w.(*layer4.Connection); ok {
-		if cw, ok := cx.Conn.(closeWriter); ok {
-			_ = cw.CloseWrite()
-		}
-	}
-}
-
-// spliceAfter is how many bytes a direction copies through a buffer
-// before it hands over to the kernel: short exchanges cost fewer system
-// calls with read/write, bulk transfers far less CPU with splice.
-const spliceAfter = 64 << 10
-
-// copyHalf copies src to dst until EOF, then half-closes dst unless the
-// other direction already ended: then both connections are about to be
-// closed, which sends the FIN anyway.
-func copyHalf(dst io.Writer, src io.Reader, finished *atomic.Int32) error {
-	_, srcTCP := src.(*net.TCPConn)
-	_, dstTCP := dst.(*net.TCPConn)
-	bp := bufPool.Get().(*[]byte)
-	buf := *bp
-	var err error
-	for total := 0; ; {
-		if srcTCP && dstTCP && total >= spliceAfter {
-			bufPool.Put(bp)
-			bp = nil
-			_, err = io.Copy(dst, src) // (*net.TCPConn).ReadFrom splices
-			break
-		}
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				err = werr
-				break
-			}
-			total += n
-		}
-		if rerr != nil {
-			if rerr != io.EOF {
-				err = rerr
-			}
-			break
-		}
-	}
-	if bp != nil {
-		bufPool.Put(bp)
-	}
-	if finished.Add(1) == 1 {
-		CloseWrite(dst)
-	}
-	if errors.Is(err, net.ErrClosed) {
-		err = nil
-	}
-	return err
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:

@@ -1,0 +1,96 @@
+package ipalloc
+
+import (
+	"context"
+	"errors"
+	"slices"
+
+	"github.com/flyedge/caddy-flyedge/routing"
+	"go.uber.org/zap"
+)
+
+// Machines returns the machines of app: the config's and those
+// registered at run time.
+func (a *App) Machines(app string) ([]*routing.Machine, error) {
+	ms, err := a.fly.Machines(app)
+	if errors.Is(err, routing.ErrUnknownApp) {
+		return nil, notFound("unknown app %q", app)
+	}
+	return ms, err
+}
+
+// PutMachine registers machine m of app, or updates it.
+func (a *App) PutMachine(ctx context.Context, app string, m *routing.Machine) (created bool, err error) {
+	if err := a.checkApp(app); err != nil {
+		return false, err
+	}
+	if a.configMachine(app, m.ID) {
+		return false, conflict("machine %s of app %s is defined in the config; change it there", m.ID, app)
+	}
+	// validate against the fly app's catalog and other apps' machines
+	if err := a.fly.CheckMachine(app, m); err != nil {
+		if errors.Is(err, routing.ErrMachineTaken) {
+			return false, conflict("%v", err)
+		}
+		return false, badRequest("%v", err)
+	}
+	err = a.store.do(ctx, func(t *txn) error {
+		as := t.st.apps[app]
+		created = as == nil || as.machines[m.ID] == nil
+		for name, other := range t.st.apps {
+			if name != app && other.machines[m.ID] != nil {
+				return conflict("machine ID %s is taken by app %s", m.ID, name)
+			}
+		}
+		return t.put(machineKey(app, m.ID), m)
+	})
+	if err == nil {
+		msg := "machine updated"
+		if created {
+			msg = "machine registered"
+		}
+		a.logger.Info(msg, zap.String("app", app), zap.String("machine", m.ID), zap.String("region", m.Region), zap.String("address", m.Address))
+	}
+	return created, err
+}
+
+// RemoveMachine deregisters machine id of app; its egress pair, if any,
+// is released with it.
+func (a *App) RemoveMachine(ctx context.Context, app, id string) error {
+	if err := a.checkApp(app); err != nil {
+		return err
+	}
+	if a.configMachine(app, id) {
+		return conflict("machine %s of app %s is defined in the config; remove it there", id, app)
+	}
+	err := a.store.do(ctx, func(t *txn) error {
+		as := t.st.apps[app]
+		if as == nil || as.machines[id] == nil {
+			return notFound("app %s has no machine %s", app, id)
+		}
+		t.del(machineKey(app, id))
+		if as.egress[id] != nil {
+			t.del(egressKey(app, id))
+		}
+		return nil
+	})
+	if err == nil {
+		a.logger.Info("machine deregistered", zap.String("app", app), zap.String("machine", id))
+	}
+	return err
+}
+
+// configMachine tells whether machine id of app is defined in the config.
+func (a *App) configMachine(app, id string) bool {
+	return slices.ContainsFunc(a.fly.AppConfig(app).Machines, func(c *routing.Machine) bool { return c.ID == id })
+}
+
+// hasMachine tells whether app has machine id, in the config or
+// registered at run time.
+func (a *App) hasMachine(st *state, app, id string) bool {
+	if a.configMachine(app, id) {
+		return true
+	}
+	as := st.apps[app]
+	return as != nil && as.machines[id] != nil
+}

@@ -1,0 +1,19 @@
+// Package routing is the decision step of flyedge's data path: it holds
+// the `fly` Caddy app (the edge's region, the region catalog and the
+// registry of apps, services, addresses, host names and machines), the
+// one resolver that says which app and service port a connection or
+// request gets (App.Resolve), and machine selection (force/prefer
+// instance, prefer region, nearest healthy) for Caddy's reverse proxy and
+// caddy-l4's proxy.
+//
+// A connection flows: Caddy or caddy-l4 accepts it → routing resolves
+// the app (every matcher, handler, listener wrapper and the TLS
+// permission ask the same resolver) → the handlers in flyhandlers and
+// pgtls run the port's handler list → routing picks a machine → the
+// proxy sends the bytes. Routing opens no listeners and relays no bytes.
+//
+// What the edge learns at run time (addresses, host names added through
+// the certs API, machines registered through the admin API) comes from
+// the ipalloc package's store, which pushes it with App.SetLive before it
+// acknowledges a change.
+package routing
