@@ -39,6 +39,8 @@ func init() {
 // relay is zero-copy for bulk transfers: after the first 64 KiB of a
 // direction, the kernel moves data between the two sockets (splice on
 // Linux); short exchanges stay on read/write, which costs fewer calls.
+// A connection on which no byte moves in either direction for
+// idle_timeout is closed, on both sides.
 //
 //	layer4 {
 //		:5000 {
@@ -59,6 +61,13 @@ type FlyProxy struct {
 	// How many machines to try for one connection.
 	// Default: 3
 	MaxAttempts int `json:"max_attempts,omitempty"`
+
+	// How long a connection may stay open with no byte moving in either
+	// direction; then the edge closes both the client's and the
+	// machine's connection. It bounds what a client and a machine that
+	// both say nothing can hold.
+	// Default: 10m
+	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
 
 	app    *routing.App
 	dialer *net.Dialer
@@ -90,14 +99,17 @@ func (p *FlyProxy) Provision(ctx caddy.Context) error {
 	if p.MaxAttempts == 0 {
 		p.MaxAttempts = 3
 	}
+	if p.IdleTimeout == 0 {
+		p.IdleTimeout = caddy.Duration(10 * time.Minute)
+	}
 	p.dialer = &net.Dialer{Timeout: time.Duration(p.DialTimeout)}
 	return nil
 }
 
 // Validate checks the options.
 func (p *FlyProxy) Validate() error {
-	if p.DialTimeout < 0 || p.FailDuration < 0 || p.MaxAttempts < 0 {
-		return errors.New("dial_timeout, fail_duration and max_attempts must not be negative")
+	if p.DialTimeout < 0 || p.FailDuration < 0 || p.MaxAttempts < 0 || p.IdleTimeout < 0 {
+		return errors.New("dial_timeout, fail_duration, max_attempts and idle_timeout must not be negative")
 	}
 	return nil
 }
@@ -137,7 +149,14 @@ func (p *FlyProxy) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	if c := p.logger.Check(zapcore.DebugLevel, "machine selected"); c != nil {
 		c.Write(zap.String("app", rt.App), zap.String("machine", rt.MachineID(i)), zap.String("region", rt.MachineRegion(i)))
 	}
-	return Relay(cx, up)
+	err = Relay(cx, up, time.Duration(p.IdleTimeout))
+	if errors.Is(err, ErrIdle) {
+		if c := p.logger.Check(zapcore.DebugLevel, "idle connection closed"); c != nil {
+			c.Write(zap.String("app", rt.App), zap.String("machine", rt.MachineID(i)), zap.Duration("idle_timeout", time.Duration(p.IdleTimeout)))
+		}
+		return nil
+	}
+	return err
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -146,6 +165,7 @@ func (p *FlyProxy) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 //		dial_timeout <duration>
 //		fail_duration <duration>
 //		max_attempts <n>
+//		idle_timeout <duration>
 //	}
 func (p *FlyProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume handler name
@@ -159,11 +179,8 @@ func (p *FlyProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.ArgErr()
 		}
 		switch opt {
-		case "dial_timeout", "fail_duration":
-			dst := &p.DialTimeout
-			if opt == "fail_duration" {
-				dst = &p.FailDuration
-			}
+		case "dial_timeout", "fail_duration", "idle_timeout":
+			dst := map[string]*caddy.Duration{"dial_timeout": &p.DialTimeout, "fail_duration": &p.FailDuration, "idle_timeout": &p.IdleTimeout}[opt]
 			if *dst != 0 {
 				return d.Errf("%s already specified", opt)
 			}

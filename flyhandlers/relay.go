@@ -4,8 +4,10 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/mholt/caddy-l4/layer4"
 )
@@ -13,13 +15,27 @@ import (
 // bufPool holds the buffers of relays that cannot splice.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}
 
+// spliceAfter is how many bytes a direction copies through a buffer
+// before it hands over to the kernel: short exchanges cost fewer system
+// calls with read/write, bulk transfers far less CPU with splice.
+const spliceAfter = 64 << 10
+
+// spliceChunk is how much one splice call may move before the relay
+// looks at the clock again (to push the idle deadline on).
+const spliceChunk = 1 << 20
+
 // Relay copies bytes between the client connection cx and the machine
-// connection up until both directions ended, passing each half-close on.
+// connection up until both directions ended, passing each half-close on,
+// or until no byte moved in either direction for idle: then both
+// connections are closed (by the caller) and ErrIdle is returned.
 // The bytes cx has read ahead (prefetched while matching) go first; after
 // them, if cx is a plain TCP connection, the copy runs between the two
 // sockets so that the kernel can splice.
-func Relay(cx *layer4.Connection, up net.Conn) error {
+func Relay(cx *layer4.Connection, up net.Conn, idle time.Duration) error {
 	if pending := cx.MatchingBytes(); len(pending) > 0 {
+		if err := up.SetWriteDeadline(time.Now().Add(idle)); err != nil {
+			return err
+		}
 		if _, err := up.Write(pending); err != nil {
 			return err
 		}
@@ -28,18 +44,129 @@ func Relay(cx *layer4.Connection, up net.Conn) error {
 			return err
 		}
 	}
-	var down io.ReadWriter = cx
+	var down net.Conn = cx
 	if tc, ok := cx.Conn.(*net.TCPConn); ok {
 		down = tc
 	}
-	var finished atomic.Int32
+	r := &relay{down: down, up: up, idle: idle}
+	r.touch()
 	errc := make(chan error, 1)
 	go func() {
-		errc <- copyHalf(up, down, &finished)
+		errc <- r.copyHalf(up, down)
 	}()
-	err := copyHalf(down, up, &finished)
+	err := r.copyHalf(down, up)
 	if err2 := <-errc; err == nil {
 		err = err2
+	}
+	return err
+}
+
+// ErrIdle means that a relay ended because no byte moved for its idle
+// timeout.
+var ErrIdle = errors.New("connection idle")
+
+// relay is one connection's two directions.
+type relay struct {
+	down, up net.Conn
+	idle     time.Duration
+	active   atomic.Int64 // when a byte last moved, in Unix nanoseconds
+	finished atomic.Int32 // directions that ended
+	idled    atomic.Bool
+}
+
+func (r *relay) touch() { r.active.Store(time.Now().UnixNano()) }
+
+// isIdle tells whether nothing moved in either direction for r.idle;
+// once true, it stays true and the other direction is woken to end too.
+func (r *relay) isIdle() bool {
+	if r.idled.Load() || time.Since(time.Unix(0, r.active.Load())) >= r.idle {
+		r.stop()
+		return true
+	}
+	return false
+}
+
+// stop ends both directions: their reads and writes fail at once.
+func (r *relay) stop() {
+	if !r.idled.Swap(true) {
+		past := time.Unix(1, 0)
+		_ = r.down.SetDeadline(past)
+		_ = r.up.SetDeadline(past)
+	}
+}
+
+// copyHalf copies src to dst until EOF, then half-closes dst unless the
+// other direction already ended: then both connections are about to be
+// closed, which sends the FIN anyway. Reads and writes may wait about the
+// idle timeout (the deadlines move on at most every idle/16, which keeps
+// the timer work off the per-read path); a read that times out while the
+// other direction moved bytes lately waits on, a write that times out
+// ends the relay.
+func (r *relay) copyHalf(dst, src net.Conn) error {
+	_, srcTCP := src.(*net.TCPConn)
+	_, dstTCP := dst.(*net.TCPConn)
+	bp := bufPool.Get().(*[]byte)
+	buf := *bp
+	var err error
+	var set time.Time // when the deadlines were last moved
+	for total := 0; ; {
+		if now := time.Now(); now.Sub(set) >= r.idle/16 {
+			set = now
+			if err = src.SetReadDeadline(now.Add(r.idle)); err != nil {
+				break
+			}
+			if err = dst.SetWriteDeadline(now.Add(r.idle)); err != nil {
+				break
+			}
+		}
+		if srcTCP && dstTCP && total >= spliceAfter {
+			if bp != nil {
+				bufPool.Put(bp)
+				bp = nil
+			}
+			var n int64
+			n, err = io.CopyN(dst, src, spliceChunk) // (*net.TCPConn).ReadFrom splices
+			if n > 0 {
+				r.touch()
+			}
+			if err == nil || n > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+				continue
+			}
+		} else {
+			var n int
+			n, err = src.Read(buf)
+			if n > 0 {
+				r.touch()
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					if errors.Is(werr, os.ErrDeadlineExceeded) {
+						r.stop() // the receiver took nothing for the idle timeout
+					}
+					err = werr
+					break
+				}
+				total += n
+			}
+			if err == nil {
+				continue
+			}
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) && !r.isIdle() {
+			set = time.Time{}
+			continue // the other direction is busy; this one waits on
+		}
+		break
+	}
+	if bp != nil {
+		bufPool.Put(bp)
+	}
+	if r.finished.Add(1) == 1 && !r.idled.Load() {
+		CloseWrite(dst)
+	}
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		err = nil
+	case r.idled.Load():
+		err = ErrIdle
 	}
 	return err
 }
@@ -56,52 +183,4 @@ func CloseWrite(w io.Writer) {
 			_ = cw.CloseWrite()
 		}
 	}
-}
-
-// spliceAfter is how many bytes a direction copies through a buffer
-// before it hands over to the kernel: short exchanges cost fewer system
-// calls with read/write, bulk transfers far less CPU with splice.
-const spliceAfter = 64 << 10
-
-// copyHalf copies src to dst until EOF, then half-closes dst unless the
-// other direction already ended: then both connections are about to be
-// closed, which sends the FIN anyway.
-func copyHalf(dst io.Writer, src io.Reader, finished *atomic.Int32) error {
-	_, srcTCP := src.(*net.TCPConn)
-	_, dstTCP := dst.(*net.TCPConn)
-	bp := bufPool.Get().(*[]byte)
-	buf := *bp
-	var err error
-	for total := 0; ; {
-		if srcTCP && dstTCP && total >= spliceAfter {
-			bufPool.Put(bp)
-			bp = nil
-			_, err = io.Copy(dst, src) // (*net.TCPConn).ReadFrom splices
-			break
-		}
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				err = werr
-				break
-			}
-			total += n
-		}
-		if rerr != nil {
-			if rerr != io.EOF {
-				err = rerr
-			}
-			break
-		}
-	}
-	if bp != nil {
-		bufPool.Put(bp)
-	}
-	if finished.Add(1) == 1 {
-		CloseWrite(dst)
-	}
-	if errors.Is(err, net.ErrClosed) {
-		err = nil
-	}
-	return err
 }

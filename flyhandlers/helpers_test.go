@@ -1,0 +1,92 @@
+package flyhandlers
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/mholt/caddy-l4/layer4"
+	"go.uber.org/zap"
+
+	"github.com/flyedge/caddy-flyedge/routing"
+)
+
+// newFly provisions a fly app with apps, as Caddy would.
+func newFly(t *testing.T, apps map[string]*routing.Application) *routing.App {
+	t.Helper()
+	fly := &routing.App{Region: "iad", BaseDomain: "edge.test", Apps: apps}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := fly.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fly.Cleanup() })
+	return fly
+}
+
+// listen listens on a loopback address and closes the listener when the
+// test ends.
+func listen(t *testing.T, addr string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// portOf returns the port of a listener.
+func portOf(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
+
+// accepted dials ln and returns the client's end and the edge's end, the
+// latter wrapped as caddy-l4's server wraps an accepted connection.
+func accepted(t *testing.T, ln net.Listener) (client net.Conn, cx *layer4.Connection) {
+	t.Helper()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	return client, layer4.WrapConnection(server, make([]byte, 0, 4096), zap.NewNop())
+}
+
+// echoMachine serves ln by answering each connection with its id, a
+// space, and then everything it reads back.
+func echoMachine(t *testing.T, ln net.Listener, id string) {
+	t.Helper()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.Write([]byte(id + " "))
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := c.Read(buf)
+					if n > 0 {
+						c.Write(buf[:n])
+					}
+					if err != nil {
+						c.(*net.TCPConn).CloseWrite()
+						return
+					}
+				}
+			}()
+		}
+	}()
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
