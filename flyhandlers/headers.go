@@ -20,9 +20,9 @@ func init() {
 }
 
 // Headers is Fly.io's http handler for requests on their way to an app. It
-// resolves the app (by Host) and its service (by the edge port the
-// request arrived on) from the fly app's registry, then sets on the
-// request:
+// resolves the app and its service port with routing.App.Resolve (by the
+// address and port the request arrived on and its Host), then sets on
+// the request:
 //
 //   - Fly-Client-IP: the client address as the server sees it (the peer,
 //     or the client a trusted proxy names; see the server's

@@ -1,0 +1,188 @@
+package flyhandlers
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/flyedge/caddy-flyedge/routing"
+)
+
+// webApps are web (http on 80, tls+http on 443, force_https on 80) and
+// api (tls+http on 443), without IP pools.
+func webApps(t *testing.T) *routing.App {
+	t.Helper()
+	m := func(id string) []*routing.Machine {
+		return []*routing.Machine{{ID: id, Region: "iad", Address: "127.0.62.1"}}
+	}
+	return newFly(t, map[string]*routing.Application{
+		"web": {Services: []*routing.Service{{InternalPort: 8080, Ports: []*routing.Port{
+			{Port: 80, Handlers: []string{"http"}, ForceHTTPS: true},
+			{Port: 443, Handlers: []string{"tls", "http"}},
+		}}}, Machines: m("00000000000b01")},
+		"api": {Services: []*routing.Service{{InternalPort: 8080, Ports: []*routing.Port{
+			{Port: 80, Handlers: []string{"http"}},
+			{Port: 443, Handlers: []string{"tls", "http"}},
+		}}}, Machines: m("00000000000b02")},
+	})
+}
+
+// flyRequest is a request as Caddy's HTTP server hands it to handlers:
+// from client 203.0.113.7, arrived on local, with the server's variables.
+func flyRequest(target, local string, hdr map[string]string) (*http.Request, *httptest.ResponseRecorder) {
+	r := httptest.NewRequest(http.MethodGet, target, nil)
+	r.RemoteAddr = "203.0.113.7:40000"
+	for k, v := range hdr {
+		r.Header.Set(k, v)
+	}
+	r = r.WithContext(context.WithValue(r.Context(), http.LocalAddrContextKey, net.TCPAddrFromAddrPort(netip.MustParseAddrPort(local))))
+	w := httptest.NewRecorder()
+	return caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, &caddyhttp.Server{}), w
+}
+
+// recordNext is a next handler that keeps the request it got.
+type recordNext struct {
+	got *http.Request
+	err error
+}
+
+func (n *recordNext) ServeHTTP(_ http.ResponseWriter, r *http.Request) error {
+	n.got = r
+	return n.err
+}
+
+func TestFlyHeaders(t *testing.T) {
+	fly := webApps(t)
+	h := &Headers{app: fly, region: fly.EdgeRegion(), logger: zap.NewNop()}
+	next := new(recordNext)
+	r, w := flyRequest("http://web.edge.test/x", "127.0.0.1:80", map[string]string{
+		"Fly-Region":                         "evil",
+		"Fly-Client-IP":                      "198.51.100.1",
+		"Fly-Something":                      "spoofed",
+		"Fly-Prefer-Region":                  "lhr",
+		"Fly-Preferred-Instance-Unavailable": "spoofed",
+		"X-Forwarded-For":                    "198.51.100.1",
+		"X-Forwarded-Host":                   "evil.example",
+		"X-Forwarded-Proto":                  "https",
+	})
+	if err := h.ServeHTTP(w, r, next); err != nil {
+		t.Fatal(err)
+	}
+	if next.got == nil {
+		t.Fatal("the request did not go on")
+	}
+	for k, want := range map[string]string{
+		"Fly-Client-IP":                      "203.0.113.7",
+		"X-Forwarded-For":                    "203.0.113.7",
+		"X-Forwarded-Proto":                  "http",
+		"X-Forwarded-Ssl":                    "off",
+		"X-Forwarded-Port":                   "80",
+		"Fly-Forwarded-Port":                 "80",
+		"Fly-Region":                         "iad",
+		"Fly-Prefer-Region":                  "lhr",
+		"Fly-Something":                      "",
+		"Fly-Preferred-Instance-Unavailable": "",
+		"X-Forwarded-Host":                   "",
+	} {
+		if got := strings.Join(next.got.Header.Values(k), ","); got != want {
+			t.Errorf("%s: %q, want %q", k, got, want)
+		}
+	}
+	if app, _ := caddyhttp.GetVar(r.Context(), routing.AppVarKey).(string); app != "web" {
+		t.Errorf("{http.vars.fly.app} = %q, want web", app)
+	}
+}
+
+// TestFlyHeadersDenies: a host no app answers to never reaches an app;
+// the client reads why.
+func TestFlyHeadersDenies(t *testing.T) {
+	fly := webApps(t)
+	h := &Headers{app: fly, region: "iad", logger: zap.NewNop()}
+	for _, tc := range []struct {
+		name, target, local, body string
+	}{
+		{"unknown host", "http://nobody.edge.test/", "127.0.0.1:80", "no app answers to this host name"},
+		{"no host on a shared port", "http://127.0.0.1/", "127.0.0.1:80", "no app answers to this host name"},
+		{"port no app serves", "http://web.edge.test:8080/", "127.0.0.1:8080", "the app has no service on this port"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			next := new(recordNext)
+			r, w := flyRequest(tc.target, tc.local, nil)
+			if err := h.ServeHTTP(w, r, next); err != nil {
+				t.Fatal(err)
+			}
+			if next.got != nil || w.Code != http.StatusNotFound || !strings.Contains(w.Body.String(), tc.body) {
+				t.Errorf("status %d %q, passed on %t; want 404 with %q", w.Code, w.Body, next.got != nil, tc.body)
+			}
+		})
+	}
+}
+
+// TestFlyHeadersNoMachine: when the selection policy found no machine,
+// the client reads why instead of an empty 502/503.
+func TestFlyHeadersNoMachine(t *testing.T) {
+	fly := webApps(t)
+	h := &Headers{app: fly, region: "iad", logger: zap.NewNop()}
+	for _, tc := range []struct {
+		name    string
+		outcome routing.Outcome
+		status  int
+		body    string
+	}{
+		{"forced unknown", routing.ForcedUnknown, 404, `Fly-Force-Instance-Id: "00000000000bad" is not a machine of app web`},
+		{"forced unavailable", routing.ForcedUnavailable, 503, "cannot take requests now"},
+		{"none available", routing.NoneAvailable, 503, "no machine of app web can take requests now"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, w := flyRequest("http://web.edge.test/", "127.0.0.1:80", map[string]string{"Fly-Force-Instance-Id": "00000000000bad"})
+			next := &recordNext{err: caddyhttp.Error(http.StatusServiceUnavailable, errors.New("no upstreams available"))}
+			// what the fly selection policy records when it picks no machine
+			caddyhttp.SetVar(r.Context(), "fly.unroutable", tc.outcome)
+			if err := h.ServeHTTP(w, r, next); err != nil {
+				t.Fatal(err)
+			}
+			if w.Code != tc.status || !strings.Contains(w.Body.String(), tc.body) {
+				t.Errorf("status %d %q, want %d with %q", w.Code, w.Body, tc.status, tc.body)
+			}
+		})
+	}
+}
+
+func TestForceHTTPS(t *testing.T) {
+	fly := webApps(t)
+	f := &ForceHTTPS{app: fly}
+	for _, tc := range []struct {
+		name, target, local, location string
+	}{
+		{"plain http on a forcing port", "http://web.edge.test/docs?page=2", "127.0.0.1:80", "https://web.edge.test/docs?page=2"},
+		{"port given by the client", "http://web.edge.test:80/a", "127.0.0.1:80", "https://web.edge.test/a"},
+		{"an app that does not force", "http://api.edge.test/", "127.0.0.1:80", ""},
+		{"no app", "http://nobody.edge.test/", "127.0.0.1:80", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			next := new(recordNext)
+			r, w := flyRequest(tc.target, tc.local, nil)
+			if err := f.ServeHTTP(w, r, next); err != nil {
+				t.Fatal(err)
+			}
+			if tc.location == "" {
+				if next.got == nil {
+					t.Errorf("redirected to %q, want the request passed on", w.Header().Get("Location"))
+				}
+				return
+			}
+			if w.Code != http.StatusMovedPermanently || w.Header().Get("Location") != tc.location || next.got != nil {
+				t.Errorf("status %d Location %q, want 301 to %s", w.Code, w.Header().Get("Location"), tc.location)
+			}
+		})
+	}
+}
