@@ -2,29 +2,11 @@ package flyedge_test
 
 import (
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 )
-
-// seen is what a machine reports of the request it received.
-type seen struct {
-	Machine string      `json:"machine"`
-	Region  string      `json:"region"`
-	Proto   string      `json:"proto"`
-	Host    string      `json:"host"`
-	URI     string      `json:"uri"`
-	Header  http.Header `json:"header"`
-}
-
-type testMachine struct {
-	id, region, ip string
-}
 
 // machines of the test app "web" and "secure"; every one listens on its
 // own loopback address and the same internal port.
@@ -37,33 +19,6 @@ var webMachines = []testMachine{
 }
 
 var secureMachine = testMachine{"00000000000e01", "iad", "127.0.52.1"}
-
-// startMachines serves each machine on ip:port, answering with JSON of
-// what it received; machines speak HTTP/1.1 and h2c. It returns each
-// machine's server so a test can take one down.
-func startMachines(t *testing.T, port string, ms ...testMachine) map[string]*http.Server {
-	t.Helper()
-	servers := map[string]*http.Server{}
-	for _, m := range ms {
-		ln, err := net.Listen("tcp", net.JoinHostPort(m.ip, port))
-		if err != nil {
-			t.Fatalf("machine %s: %v", m.id, err)
-		}
-		srv := &http.Server{
-			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Type", "application/json")
-				json.NewEncoder(w).Encode(seen{m.id, m.region, r.Proto, r.Host, r.RequestURI, r.Header})
-			}),
-			Protocols: new(http.Protocols),
-		}
-		srv.Protocols.SetHTTP1(true)
-		srv.Protocols.SetUnencryptedHTTP2(true)
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
-		servers[m.id] = srv
-	}
-	return servers
-}
 
 // edge is one loaded test config: its ports and clients.
 type edge struct {
@@ -138,30 +93,6 @@ func startEdge(t *testing.T, serviceExtra, proxyExtra string) *edge {
 	e.roots = caddyRoots(t, caddyHome)
 	e.h1, e.h2 = newClient(e.roots, false), newClient(e.roots, true)
 	return e
-}
-
-// get sends a GET and decodes what the machine saw; seen is nil when the
-// answer did not come from a machine.
-func get(t *testing.T, c *http.Client, url string, hdr map[string]string) (*http.Response, string, *seen) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	var s seen
-	if resp.Header.Get("Content-Type") == "application/json" && json.Unmarshal(body, &s) == nil && s.Machine != "" {
-		return resp, string(body), &s
-	}
-	return resp, string(body), nil
 }
 
 func TestFlyHeaders(t *testing.T) {
@@ -324,17 +255,6 @@ func TestForceHTTPS(t *testing.T) {
 	})
 }
 
-// waitFor polls cond (bounded): health changes take a check interval.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if cond() {
-			return
-		}
-	}
-	t.Fatalf("timed out waiting for %s", what)
-}
-
 func TestH2CBackend(t *testing.T) {
 	e := startEdge(t, "h2_backend", "")
 	for _, tc := range []struct {
@@ -359,11 +279,4 @@ func TestH2CBackend(t *testing.T) {
 	if _, body, s := get(t, e.h2, "https://secure.edge.test:"+e.httpsPort+"/", nil); s == nil || s.Proto != "HTTP/1.1" {
 		t.Fatalf("app without h2_backend: %s", body)
 	}
-}
-
-// portOf returns the port of a URL.
-func portOf(url string) string {
-	host := strings.SplitN(strings.SplitN(url, "://", 2)[1], "/", 2)[0]
-	_, port, _ := net.SplitHostPort(host)
-	return port
 }

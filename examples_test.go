@@ -40,12 +40,19 @@ func TestExamplesAgree(t *testing.T) {
 	}
 }
 
+// demoPorts are the ports the example configs listen on: the edge's web
+// and TCP ports, the machines' (3000, 7000) and Caddy's admin endpoint.
+var demoPorts = []int{2019, 3000, 5433, 7000, 8080, 8443, 9000, 9443}
+
 // TestExamplesRun runs each example config as it is, in its own Caddy,
 // and uses the demo the way the README shows.
 func TestExamplesRun(t *testing.T) {
 	requireCaddy(t)
 	for _, cfg := range []string{"Caddyfile.example", "caddy.json.example"} {
 		t.Run(cfg, func(t *testing.T) {
+			// the demo binds fixed ports: they must be free before, and
+			// held by this demo's process after
+			checkPortsFree(t, demoPorts...)
 			home := t.TempDir()
 			var log logBuf
 			p := exec.Command(caddyBin, "run", "--config", cfg)
@@ -55,6 +62,7 @@ func TestExamplesRun(t *testing.T) {
 			if err := p.Start(); err != nil {
 				t.Fatal(err)
 			}
+			ownProcess(p.Process.Pid)
 			exited := make(chan struct{})
 			go func() { p.Wait(); close(exited) }()
 			defer func() {
@@ -99,6 +107,7 @@ func TestExamplesRun(t *testing.T) {
 					t.Fatalf("the demo did not answer on %s (last body %q):\n%s", url, body, log.String())
 				}
 			}
+			checkOwnListeners(t, demoPorts...)
 			if !strings.Contains(body, " in iad ") {
 				t.Errorf("nearest machine: %q, want one in iad", body)
 			}

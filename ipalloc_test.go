@@ -156,70 +156,6 @@ func startIPEdge(t *testing.T) *ipEdge {
 	return e
 }
 
-// call sends a request to an admin API and decodes the JSON answer into
-// out (when not nil); it returns the status and the raw body.
-func call(t *testing.T, admin, method, path, body string, out any) (int, string) {
-	t.Helper()
-	var r io.Reader
-	if body != "" {
-		r = strings.NewReader(body)
-	}
-	req, _ := http.NewRequest(method, "http://"+admin+path, r)
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := adminClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s %s: %v in %s", method, path, err, b)
-		}
-	}
-	return resp.StatusCode, string(b)
-}
-
-type assignment struct {
-	Address string `json:"address"`
-	Type    string `json:"type"`
-	App     string `json:"app"`
-	Region  string `json:"region"`
-}
-
-// allocate asks the admin API for an address and fails the test unless
-// it is given.
-func allocate(t *testing.T, admin, app, typ string) string {
-	t.Helper()
-	var a assignment
-	status, body := call(t, admin, http.MethodPost, "/fly/apps/"+app+"/ips", `{"type":"`+typ+`"}`, &a)
-	if status != http.StatusCreated && status != http.StatusOK {
-		t.Fatalf("allocating %s for %s: %d %s", typ, app, status, body)
-	}
-	return a.Address
-}
-
-// via returns a client that connects every host name to ip on the URL's
-// port, like curl --resolve <host>:<port>:<ip>, and trusts roots.
-func via(roots *x509.CertPool, ip string) *http.Client { return clientVia(roots, ip, true) }
-
-// machineOf returns the machine that answered a GET, or an error when
-// the edge gave the request to no app.
-func machineOf(c *http.Client, url string) (string, error) {
-	resp, err := c.Get(url)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	var s seen
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
-		return "", fmt.Errorf("status %d, not a machine's answer: %v", resp.StatusCode, err)
-	}
-	return s.Machine, nil
-}
-
 // TestAddressRouting: a dedicated address goes to its app whatever the
 // host name; a shared address to the app that holds it and answers to
 // the host name; every other connection is closed. On one port, raw TCP
@@ -718,6 +654,7 @@ func startStorageNode(t *testing.T, storage string) *storageNode {
 	if err := n.proc.Start(); err != nil {
 		t.Fatal(err)
 	}
+	ownProcess(n.proc.Process.Pid)
 	t.Cleanup(func() {
 		if n.proc.ProcessState == nil {
 			stopProcess(n.proc)

@@ -2,12 +2,8 @@ package flyedge_test
 
 import (
 	"bufio"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"strings"
@@ -20,48 +16,6 @@ var l4Machines = []testMachine{
 	{"00000000000f01", "iad", "127.0.53.1"},
 	{"00000000000f02", "ord", "127.0.53.2"},
 	{"00000000000f03", "lhr", "127.0.53.3"},
-}
-
-// startSinks serves each machine with the sink protocol: read everything
-// the client sends until it half-closes, then answer
-// "<machine id> <sha256 of what it read>\n" followed by n bytes of the
-// stream seeded with the machine ID, and close.
-func startSinks(t *testing.T, port string, reply int64, ms ...testMachine) map[string]net.Listener {
-	t.Helper()
-	lns := map[string]net.Listener{}
-	for _, m := range ms {
-		ln, err := net.Listen("tcp", net.JoinHostPort(m.ip, port))
-		if err != nil {
-			t.Fatalf("machine %s: %v", m.id, err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		lns[m.id] = ln
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					h := sha256.New()
-					if _, err := io.Copy(h, c); err != nil {
-						return
-					}
-					fmt.Fprintf(c, "%s %x\n", m.id, h.Sum(nil))
-					io.CopyN(c, stream(m.id), reply)
-				}()
-			}
-		}()
-	}
-	return lns
-}
-
-// stream is a deterministic byte stream.
-func stream(seed string) io.Reader {
-	var s [32]byte
-	copy(s[:], seed)
-	return rand.NewChaCha8(s)
 }
 
 // l4Config is an edge with the app tcpapp: one service, pass-through on
@@ -94,50 +48,6 @@ func l4Config(edgePort, machinePort string) string {
 	}
 }
 `, adminAddr, machinePort, edgePort, strings.Join(ms, "\n\t\t\t"), edgePort)
-}
-
-// exchange sends n bytes of stream(seed) through addr, half-closes, and
-// returns the machine's answer line and a hash of the rest.
-func exchange(t *testing.T, addr string, n int64, seed string) (id, gotHash string, replyHash string, replyLen int64) {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Minute))
-	sent := make(chan error, 1)
-	go func() {
-		_, err := io.CopyN(c, stream(seed), n)
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		sent <- err
-	}()
-	r := bufio.NewReaderSize(c, 64*1024)
-	line, err := r.ReadString('\n')
-	if err != nil {
-		t.Fatalf("reading the machine's answer: %v", err)
-	}
-	if err := <-sent; err != nil {
-		t.Fatalf("sending: %v", err)
-	}
-	h := sha256.New()
-	replyLen, err = io.Copy(h, r)
-	if err != nil {
-		t.Fatalf("reading the reply: %v", err)
-	}
-	f := strings.Fields(line)
-	if len(f) != 2 {
-		t.Fatalf("answer %q", line)
-	}
-	return f[0], f[1], hex.EncodeToString(h.Sum(nil)), replyLen
-}
-
-func hashOf(r io.Reader, n int64) string {
-	h := sha256.New()
-	io.CopyN(h, r, n)
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 func TestPassThrough(t *testing.T) {

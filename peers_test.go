@@ -5,57 +5,11 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 )
-
-// requireTool finds a peer program: outside CI a missing one skips the
-// test, under CI=true it fails (.ci/run installs them).
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is not installed (apt-get install -y %s)", name, name)
-		}
-		t.Skipf("%s is not installed (apt-get install -y %s)", name, name)
-	}
-	return path
-}
-
-// startPeer runs a peer server process until the test ends.
-func startPeer(t *testing.T, name string, args ...string) {
-	t.Helper()
-	var log logBuf
-	p := exec.Command(name, args...)
-	p.Stdout, p.Stderr = &log, &log
-	p.SysProcAttr = dieWithTests()
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.Process.Kill()
-		p.Wait()
-		if t.Failed() {
-			t.Logf("%s output:\n%s", name, log.String())
-		}
-	})
-}
-
-// waitListening waits until addr accepts connections.
-func waitListening(t *testing.T, addr string) {
-	t.Helper()
-	waitFor(t, addr+" to listen", func() bool {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-}
 
 // TestProxyProtoPeers sends connections through proxy_proto ports to
 // nginx (listen ... proxy_protocol) and HAProxy (bind ... accept-proxy),

@@ -24,24 +24,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 )
 
-const pgAddr = "127.0.0.1:5432"
-
-// requirePostgres fails under CI=true, and skips elsewhere, when the
-// machine's PostgreSQL server does not answer.
-func requirePostgres(t *testing.T) {
-	t.Helper()
-	requireCaddy(t)
-	c, err := net.DialTimeout("tcp", pgAddr, 2*time.Second)
-	if err != nil {
-		msg := fmt.Sprintf("PostgreSQL is not running at %s (start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %v", pgAddr, err)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	c.Close()
-}
-
 // pgEdge is a loaded edge with the app "pg" (machine: the local
 // PostgreSQL server) on a pg_tls port, and "pgdown" whose machine is down.
 type pgEdge struct {
@@ -442,6 +424,7 @@ pidfile = %s/pgbouncer.pid
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
+	ownProcess(p.Process.Pid)
 	t.Cleanup(func() { stopProcess(p) })
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		c, err := net.Dial("tcp", "127.0.0.1:"+port)
@@ -631,16 +614,6 @@ func (f *fakePG) serve(c net.Conn) {
 	msg = append(msg, 'Z', 0, 0, 0, 5, 'I')                      // ReadyForQuery
 	c.Write(msg)
 	io.Copy(io.Discard, c)
-}
-
-// openFiles counts the open file descriptors of a process.
-func openFiles(t *testing.T, pid int) int {
-	t.Helper()
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 // TestPGTLSCancelBounded: a CancelRequest reaches a machine only through
