@@ -71,6 +71,9 @@ func TestAdaptErrors(t *testing.T) {
 		{"fly_tls option", "{\n layer4 {\n :5000 {\n route {\n fly_tls {\n alpn h2\n }\n }\n }\n }\n}", "unrecognized fly_tls option 'alpn'"},
 		{"pg_tls option", "{\n layer4 {\n :5433 {\n route {\n pg_tls {\n require_ssl\n }\n }\n }\n }\n}", "unrecognized pg_tls option 'require_ssl'"},
 		{"pg_tls twice", "{\n layer4 {\n :5433 {\n route {\n pg_tls {\n allow_plaintext\n allow_plaintext\n }\n }\n }\n }\n}", "allow_plaintext already specified"},
+		{"pg_tls cancel_timeout twice", "{\n layer4 {\n :5433 {\n route {\n pg_tls {\n cancel_timeout 1s\n cancel_timeout 2s\n }\n }\n }\n }\n}", "cancel_timeout already specified"},
+		{"pg_tls cancel_timeout", "{\n layer4 {\n :5433 {\n route {\n pg_tls {\n cancel_timeout soon\n }\n }\n }\n }\n}", `cancel_timeout "soon"`},
+		{"fly_proxy idle_timeout twice", "{\n layer4 {\n :5000 {\n route {\n fly_proxy {\n idle_timeout 1m\n idle_timeout 2m\n }\n }\n }\n }\n}", "idle_timeout already specified"},
 		{"pg_tls upstream_tls", "{\n layer4 {\n :5433 {\n route {\n pg_tls {\n upstream_tls verify\n }\n }\n }\n }\n}", "unrecognized upstream_tls option 'verify'"},
 		{"dynamic fly args", ":80 {\n reverse_proxy {\n dynamic fly web\n }\n}", "wrong argument count"},
 	} {

@@ -421,18 +421,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		opt := d.Val()
 		switch opt {
 		case "handshake_timeout":
-			if h.HandshakeTimeout != 0 {
-				return d.Err("handshake_timeout already specified")
+			if err := durationOption(d, &h.HandshakeTimeout); err != nil {
+				return err
 			}
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil {
-				return d.Errf("handshake_timeout %q: %v", v, err)
-			}
-			h.HandshakeTimeout = caddy.Duration(dur)
 		case "allow_plaintext":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -456,18 +447,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.ConnectionPolicies = append(h.ConnectionPolicies, cp)
 		case "cancel_timeout":
-			if h.CancelTimeout != 0 {
-				return d.Err("cancel_timeout already specified")
+			if err := durationOption(d, &h.CancelTimeout); err != nil {
+				return err
 			}
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil {
-				return d.Errf("cancel_timeout %q: %v", v, err)
-			}
-			h.CancelTimeout = caddy.Duration(dur)
 		case "upstream_tls":
 			if h.UpstreamTLS != nil {
 				return d.Err("upstream_tls already specified")
@@ -490,6 +472,25 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("unrecognized pg_tls option '%s'", opt)
 		}
 	}
+	return nil
+}
+
+// durationOption parses the duration argument of the option d is on
+// into dst, refusing a second occurrence.
+func durationOption(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	opt := d.Val()
+	if *dst != 0 {
+		return d.Errf("%s already specified", opt)
+	}
+	var v string
+	if !d.AllArgs(&v) {
+		return d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		return d.Errf("%s %q: %v", opt, v, err)
+	}
+	*dst = caddy.Duration(dur)
 	return nil
 }
 

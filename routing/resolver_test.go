@@ -52,14 +52,12 @@ func resolverLive(a *App, byAddress bool) {
 	}
 }
 
-func tcpAddr(s string) net.Addr { return net.TCPAddrFromAddrPort(netip.MustParseAddrPort(s)) }
-
-// TestResolve is every class of Resolve's answer, with address routing
-// (dedicated v4 and v6, the shared v4 address) and without (by port,
-// then by name).
-func TestResolve(t *testing.T) {
-	withPools := &App{Region: "iad", BaseDomain: "edge.test", Apps: resolverApps()}
-	noPools := &App{Region: "iad", BaseDomain: "edge.test", Apps: resolverApps()}
+// resolverEdges are two edges with resolverApps and resolverLive: one
+// routing by address, one without IP pools.
+func resolverEdges(t *testing.T) (withPools, noPools *App) {
+	t.Helper()
+	withPools = &App{Region: "iad", BaseDomain: "edge.test", Apps: resolverApps()}
+	noPools = &App{Region: "iad", BaseDomain: "edge.test", Apps: resolverApps()}
 	for _, a := range []*App{withPools, noPools} {
 		if err := provision(t, a); err != nil {
 			t.Fatal(err)
@@ -67,6 +65,16 @@ func TestResolve(t *testing.T) {
 	}
 	resolverLive(withPools, true)
 	resolverLive(noPools, false)
+	return withPools, noPools
+}
+
+func tcpAddr(s string) net.Addr { return net.TCPAddrFromAddrPort(netip.MustParseAddrPort(s)) }
+
+// TestResolve is every class of Resolve's answer, with address routing
+// (dedicated v4 and v6, the shared v4 address) and without (by port,
+// then by name).
+func TestResolve(t *testing.T) {
+	withPools, noPools := resolverEdges(t)
 
 	for _, tc := range []struct {
 		name  string
@@ -133,15 +141,7 @@ func portString(addrPort string) string {
 // TestNameDecides: a layer 4 matcher reads the ClientHello only where
 // the name decides.
 func TestNameDecides(t *testing.T) {
-	withPools := &App{Region: "iad", BaseDomain: "edge.test", Apps: resolverApps()}
-	noPools := &App{Region: "iad", BaseDomain: "edge.test", Apps: resolverApps()}
-	for _, a := range []*App{withPools, noPools} {
-		if err := provision(t, a); err != nil {
-			t.Fatal(err)
-		}
-	}
-	resolverLive(withPools, true)
-	resolverLive(noPools, false)
+	withPools, noPools := resolverEdges(t)
 	for _, tc := range []struct {
 		app   *App
 		local string
