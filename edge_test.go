@@ -206,12 +206,12 @@ func TestFlyHeaders(t *testing.T) {
 	// without IP pools, a name added through the certs API routes (and
 	// gets its certificate) as a name of the config does
 	t.Run("certs API hostname", func(t *testing.T) {
-		status, body := call(t, adminAddr, http.MethodPost, "/fly/apps/web/certs", `{"hostname":"shop.edge.test"}`, nil)
+		status, body := call(t, adminAddr, http.MethodPost, "/fly/apps/web/certs", `{"hostname":"shop.example.net"}`, nil)
 		if status != http.StatusCreated && status != http.StatusOK {
 			t.Fatalf("certs add: %d %s", status, body)
 		}
-		for _, url := range []string{"http://shop.edge.test:" + e.httpPort + "/", "https://shop.edge.test:" + e.httpsPort + "/"} {
-			if resp, body, s := get(t, e.h1, url, nil); s == nil || s.Machine == secureMachine.id || s.Host != "shop.edge.test:"+portOf(url) {
+		for _, url := range []string{"http://shop.example.net:" + e.httpPort + "/", "https://shop.example.net:" + e.httpsPort + "/"} {
+			if resp, body, s := get(t, e.h1, url, nil); s == nil || s.Machine == secureMachine.id || s.Host != "shop.example.net:"+portOf(url) {
 				t.Errorf("%s: status %d %q; want web's machine", url, resp.StatusCode, body)
 			}
 		}

@@ -257,7 +257,8 @@ func TestCustomHostname(t *testing.T) {
 	e := startIPEdge(t)
 	allocate(t, adminAddr, "other", "shared_v4")
 	shared := via(e.roots, sharedV4)
-	custom := "shop." + e.domain
+	site := e.domain + ".example" // outside the base domain, whose names are the apps' own
+	custom := "shop." + site
 	url := "https://" + custom + ":" + e.httpsPort + "/"
 	_, err := machineOf(shared, url)
 	if err == nil || !strings.Contains(err.Error(), "tls") {
@@ -274,13 +275,13 @@ func TestCustomHostname(t *testing.T) {
 		t.Errorf("plain http after certs add: machine %q, %v", got, err)
 	}
 	// a wildcard covers the first label
-	if status, body := call(t, adminAddr, http.MethodPost, "/fly/apps/other/certs", `{"hostname":"*.wild.`+e.domain+`"}`, nil); status != http.StatusCreated {
+	if status, body := call(t, adminAddr, http.MethodPost, "/fly/apps/other/certs", `{"hostname":"*.wild.`+site+`"}`, nil); status != http.StatusCreated {
 		t.Fatalf("certs add wildcard: %d %s", status, body)
 	}
-	if got, err := machineOf(shared, "https://a.wild."+e.domain+":"+e.httpsPort+"/"); err != nil || got != ipOther.id {
+	if got, err := machineOf(shared, "https://a.wild."+site+":"+e.httpsPort+"/"); err != nil || got != ipOther.id {
 		t.Errorf("a name under the wildcard: machine %q, %v; want %s", got, err, ipOther.id)
 	}
-	if got, err := machineOf(shared, "http://wild."+e.domain+":"+e.httpPort+"/"); err == nil {
+	if got, err := machineOf(shared, "http://wild."+site+":"+e.httpPort+"/"); err == nil {
 		t.Errorf("the wildcard's own base reached machine %s", got)
 	}
 	if status, _ := call(t, adminAddr, http.MethodDelete, "/fly/apps/other/certs/"+custom, "", nil); status != http.StatusNoContent {

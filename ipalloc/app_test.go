@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -316,5 +317,47 @@ func TestReopen(t *testing.T) {
 	}
 	if len(want) != 26 {
 		t.Fatalf("%d assignments, want 26", len(want))
+	}
+}
+
+// TestCertRules: the certs API refuses names no tenant may claim, and
+// says why.
+func TestCertRules(t *testing.T) {
+	ctx := context.Background()
+	a := newNode(t, newFly(t, 2), t.TempDir(), testPools)
+	for _, tc := range []struct {
+		host   string
+		status int
+		why    string
+	}{
+		{"*.com", 400, "covers the public suffix com"},
+		{"*.co.uk", 400, "covers the public suffix co.uk"},
+		{"*.github.io", 400, "covers the public suffix github.io"},
+		{"co.uk", 400, "is a public suffix"},
+		{"127.0.0.1", 400, "is an IP address"},
+		{"[::1]", 400, "is an IP address"},
+		{"*.edge.test", 400, "under the edge's base domain edge.test"},
+		{"newapp.edge.test", 400, "under the edge's base domain"},
+		{"edge.test", 400, "under the edge's base domain"},
+		{"app1.edge.test", 409, "taken by app app1"},
+		{"app0.edge.test", 409, "already a host name of app app0"},
+		{"shop.example.com", 201, ""},
+		{"*.shop.example.com", 201, ""},
+	} {
+		t.Run(tc.host, func(t *testing.T) {
+			_, created, err := a.AddCert(ctx, "app0", tc.host)
+			if tc.status == 201 {
+				if err != nil || !created {
+					t.Fatalf("AddCert(%s): %v, created %t", tc.host, err, created)
+				}
+				return
+			}
+			if statusOf(err) != tc.status || !strings.Contains(err.Error(), tc.why) {
+				t.Fatalf("AddCert(%s): %v (status %d), want %d saying %q", tc.host, err, statusOf(err), tc.status, tc.why)
+			}
+		})
+	}
+	if _, _, err := a.AddCert(ctx, "app1", "shop.example.com"); statusOf(err) != 409 {
+		t.Errorf("another app's custom name: %v, want 409", err)
 	}
 }

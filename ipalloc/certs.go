@@ -2,11 +2,13 @@ package ipalloc
 
 import (
 	"context"
+	"net/netip"
 	"slices"
 	"strings"
 
 	"github.com/flyedge/caddy-flyedge/routing"
 	"go.uber.org/zap"
+	"golang.org/x/net/publicsuffix"
 )
 
 // Certs returns the custom host names of app.
@@ -27,20 +29,15 @@ func (a *App) Certs(app string) ([]Cert, error) {
 }
 
 // AddCert makes app answer to hostname. Adding a name the app already
-// has returns it with created false.
+// has returns it with created false. The name must be claimable (see
+// claimable).
 func (a *App) AddCert(ctx context.Context, app, hostname string) (c Cert, created bool, err error) {
 	if err := a.checkApp(app); err != nil {
 		return Cert{}, false, err
 	}
 	host := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(hostname), "."))
-	if !routing.ValidHostname(host, true) || !strings.Contains(host, ".") {
-		return Cert{}, false, badRequest("hostname: %q is not a valid host name", hostname)
-	}
-	if owner := a.fly.HostOwner(host); owner != "" {
-		if owner == app {
-			return Cert{}, false, conflict("%s is already a host name of app %s in the config", host, app)
-		}
-		return Cert{}, false, conflict("hostname %s is taken by app %s", host, owner)
+	if err := a.claimable(app, host); err != nil {
+		return Cert{}, false, err
 	}
 	err = a.store.do(ctx, func(t *txn) error {
 		if old := t.st.certs[host]; old != nil {
@@ -76,4 +73,42 @@ func (a *App) RemoveCert(ctx context.Context, app, hostname string) error {
 		a.logger.Info("hostname removed", zap.String("app", app), zap.String("hostname", host))
 	}
 	return err
+}
+
+// claimable tells whether app may add host (lower case, no final dot)
+// through the certs API:
+//
+//   - a host name of at least two labels, or "*." and one, never an IP
+//     address (400);
+//   - no wildcard that covers a public suffix ("*.com", "*.co.uk",
+//     "*.github.io": every name below belongs to someone else), and no
+//     public suffix itself (400);
+//   - nothing under the edge's base_domain: the names there are the apps'
+//     own <app>.<base_domain>, present and future (400);
+//   - not a name another app answers to in the config, its default name
+//     included (409), nor one it added (409, checked in the change).
+func (a *App) claimable(app, host string) error {
+	if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return badRequest("hostname: %s is an IP address; certificates and routing by name need a host name", host)
+	}
+	if !routing.ValidHostname(host, true) || !strings.Contains(host, ".") {
+		return badRequest("hostname: %q is not a valid host name", host)
+	}
+	if owner := a.fly.HostOwner(host); owner != "" {
+		if owner == app {
+			return conflict("%s is already a host name of app %s in the config", host, app)
+		}
+		return conflict("hostname %s is taken by app %s", host, owner)
+	}
+	name, wildcard := strings.CutPrefix(host, "*.")
+	if suffix, _ := publicsuffix.PublicSuffix(name); suffix == name {
+		if wildcard {
+			return badRequest("hostname: %s covers the public suffix %s, whose names belong to others", host, name)
+		}
+		return badRequest("hostname: %s is a public suffix", host)
+	}
+	if base := a.fly.BaseDomain; name == base || strings.HasSuffix(name, "."+base) {
+		return badRequest("hostname: %s is under the edge's base domain %s, whose names are the apps' own (<app>.%s)", host, base, base)
+	}
+	return nil
 }
