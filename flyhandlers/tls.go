@@ -32,9 +32,9 @@ func init() {
 // site) and passes the plaintext connection on, typically to fly_proxy.
 // It is an intermediary handler.
 //
-// The app is found as routing.App.RouteForServerName says (by the
-// address the client connected to and its server name (SNI)); a
-// connection for no app fails the handshake (default deny). The app
+// The app is found by routing.App.Resolve (by the address the client
+// connected to and its server name, SNI); a connection for no app fails
+// the handshake (default deny). The app
 // port's tls_options decide the handshake:
 //
 //   - alpn: the protocols offered; default h2, http/1.1. When the client
@@ -150,6 +150,9 @@ const acmeTLS1 = "acme-tls/1"
 func (t *TLS) configFor(rt *routing.Route) *tls.Config {
 	cfg := t.policy.TLSConfig.Clone()
 	cfg.NextProtos = []string{"h2", "http/1.1"}
+	if slices.Contains(t.policy.TLSConfig.NextProtos, acmeTLS1) {
+		cfg.NextProtos = append(cfg.NextProtos, acmeTLS1) // TLS-ALPN challenges
+	}
 	cfg.MinVersion, cfg.MaxVersion = rt.TLSMinVersion, rt.TLSMaxVersion
 	applyTLSOptions(cfg, t.policy.TLSConfig.NextProtos, rt, t.selfSigned)
 	return cfg

@@ -70,20 +70,23 @@ func TestFlyTLS(t *testing.T) {
 		}()
 		return client, res
 	}
+	browser := []string{"h2", "http/1.1"}
 	for _, tc := range []struct {
 		name, sni string
+		protos    []string
 		max       uint16
 		app, alpn string
 		fail      string
 	}{
-		{"plain, h2 offered", "plain.edge.test", 0, "plain", "h2", ""},
-		{"strict: only http/1.1", "strict.edge.test", 0, "strict", "http/1.1", ""},
-		{"strict refuses TLS 1.2", "strict.edge.test", tls.VersionTLS12, "", "", "protocol version"},
-		{"name of no app", "nobody.edge.test", 0, "", "", "internal error"},
+		{"plain, h2 offered", "plain.edge.test", browser, 0, "plain", "h2", ""},
+		{"plain, ACME's TLS-ALPN challenge", "plain.edge.test", []string{acmeTLS1}, 0, "plain", acmeTLS1, ""},
+		{"strict: only http/1.1", "strict.edge.test", browser, 0, "strict", "http/1.1", ""},
+		{"strict refuses TLS 1.2", "strict.edge.test", browser, tls.VersionTLS12, "", "", "protocol version"},
+		{"name of no app", "nobody.edge.test", browser, 0, "", "", "internal error"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			raw, res := serve()
-			c := tls.Client(raw, &tls.Config{ServerName: tc.sni, InsecureSkipVerify: true, NextProtos: []string{"h2", "http/1.1"}, MaxVersion: tc.max})
+			c := tls.Client(raw, &tls.Config{ServerName: tc.sni, InsecureSkipVerify: true, NextProtos: tc.protos, MaxVersion: tc.max})
 			err := c.Handshake()
 			if tc.fail != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.fail) {

@@ -30,7 +30,7 @@ func init() {
 // the tls placeholder when a wrapper such as fly_layer4 comes before TLS.
 // Every handshake first picks the server's TLS connection policy as Caddy
 // would; when the connection belongs to an app (by the address it
-// arrived on and its server name, as routing.App.RouteForHello says)
+// arrived on and its server name, as routing.App.Resolve says)
 // whose port runs http and sets tls_options, the options are applied on
 // top of that policy's config, offering only ALPN protocols the server
 // speaks. Every other connection gets the policy's config unchanged.

@@ -173,10 +173,7 @@ func (api *adminAPI) machines(w http.ResponseWriter, r *http.Request) error {
 		if m.ID == "" {
 			m.ID = newMachineID()
 		}
-		created, err := api.app.PutMachine(r.Context(), app, &m)
-		if err == nil && !created {
-			err = conflict("app %s already has machine %s; update it with PUT", app, m.ID)
-		}
+		_, err := api.app.PutMachine(r.Context(), app, &m, true)
 		return reply(w, http.StatusCreated, m, err)
 	}
 	return methods(r, http.MethodGet, http.MethodPost)
@@ -208,7 +205,7 @@ func (api *adminAPI) machine(w http.ResponseWriter, r *http.Request) error {
 		if m.ID != id {
 			return badRequest("id: %q in the body does not match %q in the path", m.ID, id)
 		}
-		created, err := api.app.PutMachine(r.Context(), app, &m)
+		created, err := api.app.PutMachine(r.Context(), app, &m, false)
 		return reply(w, createdOr(created), m, err)
 	case http.MethodDelete:
 		return reply(w, http.StatusNoContent, nil, api.app.RemoveMachine(r.Context(), app, id))

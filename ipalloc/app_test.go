@@ -2,6 +2,8 @@ package ipalloc
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
@@ -359,5 +362,86 @@ func TestCertRules(t *testing.T) {
 	}
 	if _, _, err := a.AddCert(ctx, "app1", "shop.example.com"); statusOf(err) != 409 {
 		t.Errorf("another app's custom name: %v, want 409", err)
+	}
+}
+
+// TestPostExistingMachine: registering a machine the app already has is
+// refused and changes nothing; PUT updates it.
+func TestPostExistingMachine(t *testing.T) {
+	ctx := context.Background()
+	a := newNode(t, newFly(t, 1), t.TempDir(), testPools)
+	m := &routing.Machine{ID: "0000000000aa01", Region: "iad", Address: "10.1.0.1"}
+	if created, err := a.PutMachine(ctx, "app0", m, true); err != nil || !created {
+		t.Fatalf("register: %v, %t", err, created)
+	}
+	moved := &routing.Machine{ID: m.ID, Region: "iad", Address: "10.1.0.2"}
+	if _, err := a.PutMachine(ctx, "app0", moved, true); statusOf(err) != 409 {
+		t.Fatalf("registering it again: %v, want 409", err)
+	}
+	if got := a.fly.LiveMachines("app0"); len(got) != 1 || got[0].Address != "10.1.0.1" {
+		t.Fatalf("after a refused registration: %+v, want the first address", got[0])
+	}
+	if created, err := a.PutMachine(ctx, "app0", moved, false); err != nil || created {
+		t.Fatalf("update: %v, created %t", err, created)
+	}
+	if got := a.fly.LiveMachines("app0"); got[0].Address != "10.1.0.2" {
+		t.Errorf("after the update: %+v", got[0])
+	}
+}
+
+// TestPermission: a certificate only for a name an app answers to, and,
+// during a handshake, only where the connection reaches that app.
+func TestPermission(t *testing.T) {
+	ctx := context.Background()
+	a := newNode(t, newFly(t, 2), t.TempDir(), testPools)
+	v4, _, err := a.Allocate(ctx, "app0", TypeV4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.Allocate(ctx, "app1", TypeSharedV4); err != nil {
+		t.Fatal(err)
+	}
+	p := &Permission{fly: a.fly}
+	// a handshake's context, as certmagic passes it, for a connection
+	// that arrived on addr port 443 (newFly's apps serve 443)
+	during := func(addr string) context.Context {
+		ln, err := net.Listen("tcp", net.JoinHostPort(addr, "443"))
+		if err != nil {
+			t.Fatalf("listening on %s:443: %v", addr, err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		sc, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { sc.Close() })
+		return context.WithValue(ctx, certmagic.ClientHelloInfoCtxKey, &tls.ClientHelloInfo{Conn: sc})
+	}
+	onV4, onShared := during(v4.Address), during("127.20.0.1")
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		host string
+		ok   bool
+	}{
+		{"no handshake, an app's name", ctx, "app1.edge.test", true},
+		{"no handshake, no app's name", ctx, "nobody.example", false},
+		{"app0's name on its dedicated address", onV4, "app0.edge.test", true},
+		{"app1's name on app0's dedicated address", onV4, "app1.edge.test", false},
+		{"app1's name on the shared address it holds", onShared, "app1.edge.test", true},
+		{"app0's name on a shared address it does not hold", onShared, "app0.edge.test", false},
+	} {
+		err := p.CertificateAllowed(tc.ctx, tc.host)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: %v, want allowed %t", tc.name, err, tc.ok)
+		}
+		if err != nil && !errors.Is(err, caddytls.ErrPermissionDenied) {
+			t.Errorf("%s: %v is not a permission denial", tc.name, err)
+		}
 	}
 }

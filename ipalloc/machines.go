@@ -19,8 +19,9 @@ func (a *App) Machines(app string) ([]*routing.Machine, error) {
 	return ms, err
 }
 
-// PutMachine registers machine m of app, or updates it.
-func (a *App) PutMachine(ctx context.Context, app string, m *routing.Machine) (created bool, err error) {
+// PutMachine registers machine m of app, or updates it; with onlyNew, a
+// machine the app already has is refused (409) and left as it is.
+func (a *App) PutMachine(ctx context.Context, app string, m *routing.Machine, onlyNew bool) (created bool, err error) {
 	if err := a.checkApp(app); err != nil {
 		return false, err
 	}
@@ -37,6 +38,9 @@ func (a *App) PutMachine(ctx context.Context, app string, m *routing.Machine) (c
 	err = a.store.do(ctx, func(t *txn) error {
 		as := t.st.apps[app]
 		created = as == nil || as.machines[m.ID] == nil
+		if onlyNew && !created {
+			return conflict("app %s already has machine %s; update it with PUT", app, m.ID)
+		}
 		for name, other := range t.st.apps {
 			if name != app && other.machines[m.ID] != nil {
 				return conflict("machine ID %s is taken by app %s", m.ID, name)

@@ -21,8 +21,10 @@ func init() {
 // the host names apps answer to, and for no other name: an app's own
 // <app>.<base_domain>, the host names of its config, and the custom host
 // names added through the certs API. During a handshake, the connection
-// must also reach an app (routing.App.Resolve, with the address it
-// arrived on), so a name is not issued where it would be denied.
+// must also reach the app the name belongs to (routing.App.Resolve, with
+// the address it arrived on): no certificate is obtained for a name on
+// an address where that name's app is not served (another app's
+// dedicated address, say).
 //
 //	on_demand_tls {
 //		permission fly
@@ -48,13 +50,18 @@ func (p *Permission) Provision(ctx caddy.Context) error {
 
 // CertificateAllowed implements caddytls.OnDemandPermission.
 func (p *Permission) CertificateAllowed(ctx context.Context, name string) error {
-	if p.fly.HostApp(name) == "" {
+	owner := p.fly.HostApp(name)
+	if owner == "" {
 		return fmt.Errorf("%s: %w: no app answers to this host name", name, caddytls.ErrPermissionDenied)
 	}
-	// during a handshake: only for a connection that reaches an app
+	// during a handshake: only where the connection reaches that app
 	if hello, ok := ctx.Value(certmagic.ClientHelloInfoCtxKey).(*tls.ClientHelloInfo); ok && hello.Conn != nil {
-		if _, err := p.fly.Resolve(hello.Conn.LocalAddr(), name); err != nil {
+		rt, err := p.fly.Resolve(hello.Conn.LocalAddr(), name)
+		if err != nil {
 			return fmt.Errorf("%s: %w: %w", name, caddytls.ErrPermissionDenied, err)
+		}
+		if rt.App != owner {
+			return fmt.Errorf("%s: %w: the name is app %s's, the connection reaches app %s", name, caddytls.ErrPermissionDenied, owner, rt.App)
 		}
 	}
 	return nil
