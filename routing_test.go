@@ -159,3 +159,43 @@ func TestConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestDeadMachines: without active checks or reverse_proxy tuning, a
+// machine that refuses connections costs the client nothing while
+// another machine can take the request; a forced one, or none left,
+// gets an answer the client can read.
+func TestDeadMachines(t *testing.T) {
+	e := startEdge(t, "", "")
+	url := "https://web.edge.test:" + e.httpsPort + "/"
+	kill := func(ids ...string) {
+		for _, id := range ids {
+			e.machines[id].Close()
+		}
+	}
+	const iad1, iad2, ord, lhr, syd = "00000000000a01", "00000000000a02", "00000000000b01", "00000000000c01", "00000000000d01"
+
+	kill(syd)
+	resp, body, s := get(t, e.h2, url, map[string]string{"Fly-Force-Instance-Id": syd})
+	if s != nil || resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "machine "+syd+" of app web cannot take requests now") {
+		t.Errorf("forced to a dead machine: status %d %q machine %v; want a readable 503", resp.StatusCode, body, s)
+	}
+
+	kill(lhr)
+	resp, body, s = get(t, e.h2, url, map[string]string{"Fly-Prefer-Instance-Id": lhr})
+	if s == nil || s.Region != "iad" || s.Header.Get("Fly-Preferred-Instance-Unavailable") != lhr {
+		t.Errorf("preferring a dead machine: status %d %q; want the nearest live machine, told the preferred one was unavailable", resp.StatusCode, body)
+	}
+
+	kill(iad1, iad2) // the nearest two: the next is ord, the third try
+	for i, c := range []*http.Client{e.h1, e.h2, e.h1, e.h2} {
+		if resp, body, s := get(t, c, url, nil); s == nil || s.Machine != ord {
+			t.Fatalf("request %d with iad dead: status %d %q; want ord's machine", i, resp.StatusCode, body)
+		}
+	}
+
+	kill(ord)
+	resp, body, s = get(t, e.h1, url, nil)
+	if s != nil || resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "no machine of app web can take requests now") {
+		t.Errorf("every machine dead: status %d %q; want a readable 503", resp.StatusCode, body)
+	}
+}

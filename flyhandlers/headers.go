@@ -43,9 +43,10 @@ func init() {
 //
 // A request for a host no app answers to, or for a port the app has no
 // service on, is answered 404 and never reaches an app (default deny).
-// When the `fly` selection policy finds no machine for the request, the
-// client gets an answer it can read: 404 for a Fly-Force-Instance-Id that
-// is no machine of the app, 503 for a machine that cannot take requests.
+// When the `fly` selection policy, or the `fly` transport after machines
+// refused the connection, finds no machine for the request, the client
+// gets an answer it can read: 404 for a Fly-Force-Instance-Id that is no
+// machine of the app, 503 for a machine that cannot take requests.
 //
 // The app's name is available as {http.vars.fly.app}.
 type Headers struct {
@@ -145,7 +146,7 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return err
 	}
 	var he caddyhttp.HandlerError
-	if errors.As(err, &he) && he.StatusCode != http.StatusServiceUnavailable {
+	if errors.As(err, &he) && he.StatusCode != http.StatusBadGateway && he.StatusCode != http.StatusServiceUnavailable {
 		return err
 	}
 	switch outcome {

@@ -2,10 +2,12 @@ package routing
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strconv"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -185,5 +187,69 @@ func TestFlyL4Selection(t *testing.T) {
 	rt.machines[rt.MachineIndex("000000000000b1")].health.failedUntil.Store(1 << 62) // ord refused
 	if up := s.Select(pool, cx); up != pool[1] {
 		t.Errorf("with ord down chose %v, want lhr", up)
+	}
+}
+
+// TestFlyTransportFailover: a machine that refuses the connection is left
+// out and the request goes to the next one; a forced machine has no next.
+func TestFlyTransportFailover(t *testing.T) {
+	live := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("live " + r.Header.Get(HeaderPreferredUnavailable)))
+	}))
+	defer live.Close()
+	ap := netip.MustParseAddrPort(live.Listener.Addr().String())
+	dead, err := net.Listen("tcp", "127.0.63.1:"+strconv.Itoa(int(ap.Port())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.Close() // nothing listens there now: connections are refused
+	a := &App{Region: "iad", BaseDomain: "edge.test", Apps: map[string]*Application{"web": {
+		Services: []*Service{{InternalPort: int(ap.Port()), Ports: []*Port{{Port: 80, Handlers: []string{"http"}}}}},
+		Machines: []*Machine{
+			{ID: "0000000000de01", Region: "iad", Address: "127.0.63.1"}, // nearest, dead
+			{ID: "0000000000a701", Region: "lhr", Address: ap.Addr().String()},
+		},
+	}}}
+	if err := provision(t, a); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	tr := new(FlyTransport)
+	if err := tr.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Cleanup()
+	send := func(hdr map[string]string) (*http.Request, string, error) {
+		r := request("web.edge.test", "127.0.0.1:80", hdr)
+		rt, err := a.RouteForRequest(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i, _ := Select(rt, failover{tried: make([]bool, rt.NumMachines())}, preferenceOf(r))
+		dial := rt.machines[i].dial
+		host, port, _ := net.SplitHostPort(dial)
+		r = r.WithContext(context.WithValue(r.Context(), dialInfoCtxKey, reverseproxy.DialInfo{Network: "tcp", Address: dial, Host: host, Port: port}))
+		r.URL.Scheme, r.URL.Host, r.RequestURI = "http", dial, ""
+		resp, err := tr.RoundTrip(r)
+		if err != nil {
+			return r, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return r, string(b), nil
+	}
+	r, _, err := send(map[string]string{"Fly-Force-Instance-Id": "0000000000de01"})
+	if o, ok := Unroutable(r); err == nil || !ok || o != ForcedUnavailable {
+		t.Errorf("forced to the dead machine: %v, outcome %v %t; want ForcedUnavailable", err, o, ok)
+	}
+	rt, _ := a.RouteForRequest(request("web.edge.test", "127.0.0.1:80", nil))
+	refused := rt.machines[rt.MachineIndex("0000000000de01")]
+	if refused.available() {
+		t.Error("the machine that refused is still available for selection")
+	}
+	refused.health.failedUntil.Store(0) // as if its fail duration passed
+	if _, body, err := send(map[string]string{"Fly-Prefer-Instance-Id": "0000000000de01"}); err != nil || body != "live 0000000000de01" {
+		t.Fatalf("the dead machine preferred: %q, %v; want the live one, told", body, err)
 	}
 }

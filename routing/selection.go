@@ -91,11 +91,7 @@ func (s *FlySelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	if rt == nil || len(rt.machines) != len(pool) || (len(pool) > 0 && pool[0].Dial != rt.machines[0].dial) {
 		return s.fallback.Select(pool, r, w)
 	}
-	pref := Preference{
-		ForceInstance:  r.Header.Get(HeaderForceInstance),
-		PreferInstance: r.Header.Get(HeaderPreferInstance),
-		PreferRegions:  r.Header.Get(HeaderPreferRegion),
-	}
+	pref := preferenceOf(r)
 	i, outcome := Select(rt, httpPool(pool), pref)
 	switch outcome {
 	case PreferredUnavailable:
@@ -113,6 +109,15 @@ func (s *FlySelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 		c.Write(zap.String("app", rt.App), zap.String("machine", rt.machines[i].id), zap.String("region", rt.machines[i].region))
 	}
 	return pool[i]
+}
+
+// preferenceOf returns what a request asks for in its Fly-* headers.
+func preferenceOf(r *http.Request) Preference {
+	return Preference{
+		ForceInstance:  r.Header.Get(HeaderForceInstance),
+		PreferInstance: r.Header.Get(HeaderPreferInstance),
+		PreferRegions:  r.Header.Get(HeaderPreferRegion),
+	}
 }
 
 // unroutableVarKey is the request variable where Select records why it

@@ -1,11 +1,15 @@
 package routing
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
@@ -23,6 +27,17 @@ func init() {
 // pools, ...), which apply to both kinds of connection; its versions
 // option is ignored. Requests that the fly upstream source did not route
 // use HTTP/1.1.
+//
+// A machine that refuses the connection, or does not accept it within
+// dial_timeout (default 3s), is left out of selection for 10s and the
+// request goes to the next machine the fly selection policy would choose
+// (Fly-Force-Instance-Id allows none; a passed-over
+// Fly-Prefer-Instance-Id is told to the app in
+// Fly-Preferred-Instance-Unavailable), up to 3 machines per request, as
+// Fly.io's proxy does. Nothing of the request has been sent at that
+// point, so any request may go on. When no machine is left, fly_headers
+// answers the client with the reason. This needs no lb_retries or
+// fail_duration in reverse_proxy.
 //
 //	reverse_proxy {
 //		dynamic fly
@@ -63,13 +78,76 @@ func (t *FlyTransport) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// RoundTrip sends the request over the connection kind the app asks for.
+// Failover bounds: how many machines one request may try, and how long a
+// machine that refused a connection is left out.
+const (
+	failoverAttempts = 3
+	failDuration     = 10 * time.Second
+)
+
+// dialInfoCtxKey is the context key under which Caddy's reverse proxy
+// tells its transport where to dial (reverseproxy.GetDialInfo).
+const dialInfoCtxKey caddy.CtxKey = "reverse_proxy.dial_info"
+
+// RoundTrip sends the request over the connection kind the app asks
+// for, to the next machine when one does not take the connection.
 func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if rt := RouteOf(req); rt != nil && rt.Service.HTTPOptions != nil && rt.Service.HTTPOptions.H2Backend {
-		return t.h2c.RoundTrip(req)
+	rt := RouteOf(req)
+	if rt == nil {
+		return t.HTTPTransport.RoundTrip(req)
 	}
-	return t.HTTPTransport.RoundTrip(req)
+	tr := &t.HTTPTransport
+	if rt.Service.HTTPOptions != nil && rt.Service.HTTPOptions.H2Backend {
+		tr = t.h2c
+	}
+	resp, err := tr.RoundTrip(req)
+	var de reverseproxy.DialError
+	if err == nil || !errors.As(err, &de) {
+		return resp, err
+	}
+	di, ok := reverseproxy.GetDialInfo(req.Context())
+	if !ok {
+		return resp, err
+	}
+	i, ok := rt.byDial[di.Address]
+	if !ok {
+		return resp, err
+	}
+	pref := preferenceOf(req)
+	tried := failover{tried: make([]bool, len(rt.machines))}
+	for range failoverAttempts - 1 {
+		tried.tried[i] = true
+		rt.machines[i].health.failedUntil.Store(time.Now().Add(failDuration).UnixNano())
+		next, outcome := Select(rt, tried, pref)
+		if next < 0 {
+			caddyhttp.SetVar(req.Context(), unroutableVarKey, outcome)
+			return nil, err
+		}
+		if outcome == PreferredUnavailable {
+			req.Header.Set(HeaderPreferredUnavailable, pref.PreferInstance)
+		}
+		i = next
+		m := rt.machines[i]
+		host, port, _ := net.SplitHostPort(m.dial)
+		next2 := di
+		next2.Network, next2.Address, next2.Host, next2.Port = "tcp", m.dial, host, port
+		r2 := req.WithContext(context.WithValue(req.Context(), dialInfoCtxKey, next2))
+		r2.URL.Host = m.dial
+		if resp, err = tr.RoundTrip(r2); err == nil || !errors.As(err, &de) {
+			return resp, err
+		}
+	}
+	rt.machines[i].health.failedUntil.Store(time.Now().Add(failDuration).UnixNano())
+	caddyhttp.SetVar(req.Context(), unroutableVarKey, NoneAvailable)
+	return nil, err
 }
+
+// failover is the pool of a request's failover: every machine it has not
+// tried yet, as the edge's own view allows.
+type failover struct{ tried []bool }
+
+func (f failover) Usable(i int) bool { return !f.tried[i] }
+func (f failover) Load(int) int      { return 0 }
 
 // Cleanup closes both transports' idle connections.
 func (t *FlyTransport) Cleanup() error {

@@ -9,8 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CADDY_VERSION=${CADDY_VERSION:-v2.11.9}
+XCADDY_VERSION=v0.4.5
 XCADDY=${XCADDY:-$(command -v xcaddy || echo "$(go env GOPATH)/bin/xcaddy")}
-[ -x "$XCADDY" ] || { echo "xcaddy not found; install it with: go install github.com/caddyserver/xcaddy/cmd/xcaddy@v0.4.5" >&2; exit 1; }
+if [ ! -x "$XCADDY" ]; then
+	echo "installing xcaddy $XCADDY_VERSION"
+	go install "github.com/caddyserver/xcaddy/cmd/xcaddy@$XCADDY_VERSION"
+	XCADDY="$(go env GOPATH)/bin/xcaddy"
+fi
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -29,3 +34,14 @@ for id in $(cat scripts/modules.txt); do
 done
 [ "$missing" = 0 ] || exit 1
 echo "xcaddy build: all $(wc -l < scripts/modules.txt) flyedge modules present"
+
+# the binary must hold the module versions the tests ran with (go.mod's)
+go list -m -f '{{if not .Main}}{{.Path}} {{.Version}}{{end}}' all | sort > "$out/tested"
+go version -m "$out/caddy" | awk '$1 == "dep" && $4 != "=>" {print $2, $3}' | sort > "$out/built"
+differ=$(join "$out/tested" "$out/built" | awk '$2 != $3 {print "  " $1 ": tested " $2 ", built " $3}')
+if [ -n "$differ" ]; then
+	echo "xcaddy build: module versions differ from go.mod's:" >&2
+	echo "$differ" >&2
+	exit 1
+fi
+echo "xcaddy build: every module at the version the tests ran with ($(wc -l < "$out/built") modules)"
