@@ -4,16 +4,19 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/mholt/caddy-l4/layer4"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 func init() {
@@ -75,8 +78,44 @@ func (lw *ListenerWrapper) Provision(ctx caddy.Context) error {
 	if err := lw.Routes.Provision(ctx); err != nil {
 		return err
 	}
-	lw.handler = lw.Routes.Compile(lw.logger, time.Duration(lw.MatchingTimeout), layer4.HandlerFunc(handOff))
+	// caddy-l4 logs a client that closes before its first bytes matched
+	// at error level; that is the client's business, not the edge's
+	routesLogger := lw.logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return goneClients{c} }))
+	lw.handler = lw.Routes.Compile(routesLogger, time.Duration(lw.MatchingTimeout), layer4.HandlerFunc(handOff))
 	return nil
+}
+
+// goneClients is a zap core that logs caddy-l4's "matching connection"
+// errors caused by the client going away (EOF, reset) at debug level.
+type goneClients struct{ zapcore.Core }
+
+func (g goneClients) With(fields []zapcore.Field) zapcore.Core {
+	return goneClients{g.Core.With(fields)}
+}
+
+func (g goneClients) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if e.Message == "matching connection" && e.Level > zapcore.DebugLevel {
+		return ce.AddCore(e, g) // decided in Write, which sees the error
+	}
+	return g.Core.Check(e, ce)
+}
+
+func (g goneClients) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	for _, f := range fields {
+		if err, ok := f.Interface.(error); ok && f.Type == zapcore.ErrorType && clientGone(err) {
+			e.Level = zapcore.DebugLevel
+		}
+	}
+	if !g.Core.Enabled(e.Level) {
+		return nil
+	}
+	return g.Core.Write(e, fields)
+}
+
+// clientGone tells whether err means that the client closed or reset the
+// connection.
+func clientGone(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
 }
 
 // errHandedOff means that the connection went on to the HTTP server.
