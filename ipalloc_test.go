@@ -460,6 +460,8 @@ func TestAdminAPIErrors(t *testing.T) {
 		{"POST", "/fly/apps/web/ips", `{"type":"v5"}`, 400, `type: \"v5\" (want v6, shared_v4 or v4)`},
 		{"POST", "/fly/apps/web/ips", `{"type":`, 400, "request body"},
 		{"POST", "/fly/apps/web/ips", `{"kind":"v6"}`, 400, `unknown field \"kind\"`},
+		{"POST", "/fly/apps/web/ips", `{"type":"v4"} {"type":"v6"} garbage`, 400, "one JSON value expected, more follows"},
+		{"DELETE", "/fly/apps/web/ips/fe80::1%25eth0", "", 400, `\"fe80::1%eth0\": an edge address has no zone`},
 		{"POST", "/fly/apps/nope/ips", `{"type":"v6"}`, 404, `unknown app \"nope\"`},
 		{"POST", "/fly/apps/other/ips", `{"type":"v6"}`, 409, "the v6 pool is exhausted"},
 		{"DELETE", "/fly/apps/other/ips/::1", "", 404, "app other does not hold ::1"},

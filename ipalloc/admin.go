@@ -252,7 +252,8 @@ func methods(r *http.Request, allowed ...string) error {
 	return apiError(http.StatusMethodNotAllowed, "method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allowed, ", "))
 }
 
-// decode reads a JSON body into v, refusing unknown fields.
+// decode reads a JSON body into v, refusing unknown fields and anything
+// after the value.
 func decode(r *http.Request, v any) error {
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
 	dec.DisallowUnknownFields()
@@ -261,6 +262,9 @@ func decode(r *http.Request, v any) error {
 			return badRequest("the request needs a JSON body")
 		}
 		return badRequest("request body: %v", err)
+	}
+	if err := dec.Decode(new(json.RawMessage)); err != io.EOF {
+		return badRequest("request body: one JSON value expected, more follows")
 	}
 	return nil
 }

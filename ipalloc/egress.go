@@ -2,7 +2,6 @@ package ipalloc
 
 import (
 	"context"
-	"net/netip"
 	"slices"
 	"strings"
 
@@ -69,9 +68,9 @@ func (a *App) ReleaseEgress(ctx context.Context, app, id, address string) error 
 	if err := a.checkApp(app); err != nil {
 		return err
 	}
-	addr, err := netip.ParseAddr(address)
+	addr, err := parseAddress(address)
 	if err != nil {
-		return badRequest("%q is not an IP address", address)
+		return err
 	}
 	err = a.store.do(ctx, func(t *txn) error {
 		if !a.hasMachine(t.st, app, id) {

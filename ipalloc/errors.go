@@ -3,6 +3,7 @@ package ipalloc
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 )
 
 // Kind is what kind of refusal an Error is; the admin API answers each
@@ -44,4 +45,17 @@ func KindOf(err error) Kind {
 		return e.Kind
 	}
 	return 0
+}
+
+// parseAddress parses an edge address given in a request; a zone
+// (fe80::1%eth0) is no part of one.
+func parseAddress(address string) (netip.Addr, error) {
+	addr, err := netip.ParseAddr(address)
+	if err != nil {
+		return netip.Addr{}, badRequest("%q is not an IP address", address)
+	}
+	if addr.Zone() != "" {
+		return netip.Addr{}, badRequest("%q: an edge address has no zone", address)
+	}
+	return addr, nil
 }

@@ -135,9 +135,9 @@ func (a *App) Release(ctx context.Context, app, address string) error {
 	if err := a.checkApp(app); err != nil {
 		return err
 	}
-	addr, err := netip.ParseAddr(address)
+	addr, err := parseAddress(address)
 	if err != nil {
-		return badRequest("%q is not an IP address", address)
+		return err
 	}
 	addr = addr.Unmap()
 	err = a.store.do(ctx, func(t *txn) error {
