@@ -496,6 +496,19 @@ func TestAdminAPIErrors(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "v4       127.20.0.1  public (shared)") || !strings.Contains(string(out), "v6       ::1") {
 		t.Errorf("caddy fly ips list: %v\n%s", err, out)
 	}
+	// with --json, the error is JSON on stdout too
+	stdout, err := exec.Command(caddyBin, "fly", "ips", "allocate-v6", "-a", "other", "--json", "--address", adminAddr).Output()
+	var je struct{ Error string }
+	if err == nil || json.Unmarshal(stdout, &je) != nil || je.Error != "the v6 pool is exhausted (HTTP 409)" {
+		t.Errorf("CLI --json on a 409: %v, stdout %q", err, stdout)
+	}
+	// a command it does not know is a usage error
+	for _, args := range [][]string{{"fly", "bogus"}, {"fly", "ips", "bogus"}, {"fly", "machine", "egress-ip"}} {
+		out, err := exec.Command(caddyBin, args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "Usage:") {
+			t.Errorf("caddy %s: %v, want a non-zero exit with the usage\n%s", strings.Join(args, " "), err, out)
+		}
+	}
 
 	// the API is on the admin listener only
 	for _, u := range []string{"http://127.0.0.1:" + e.httpPort + "/fly/ips", "http://" + sharedV4 + ":" + e.httpPort + "/fly/ips"} {

@@ -152,6 +152,39 @@ func flyCommand(cmd *cobra.Command) {
 		c.egressCommand(),
 	)
 	cmd.AddCommand(ips, certs, machine)
+	c.strict(cmd)
+}
+
+// strict makes every command of the tree below cmd fail as a script
+// expects: a group without a known subcommand prints its usage and exits
+// non-zero, and with --json an error is printed as {"error": "..."}.
+func (c *client) strict(cmd *cobra.Command) {
+	if cmd.HasSubCommands() {
+		cmd.Args = cobra.ArbitraryArgs
+		cmd.RunE = func(cc *cobra.Command, args []string) error {
+			fmt.Fprint(cc.ErrOrStderr(), cc.UsageString())
+			if len(args) == 0 {
+				return fmt.Errorf("%s needs a command", cc.CommandPath())
+			}
+			return fmt.Errorf("unknown command %q for %q", args[0], cc.CommandPath())
+		}
+		for _, sub := range cmd.Commands() {
+			c.strict(sub)
+		}
+		return
+	}
+	run := cmd.RunE
+	if run == nil {
+		return
+	}
+	cmd.RunE = func(cc *cobra.Command, args []string) error {
+		err := run(cc, args)
+		if err != nil && c.jsonOut {
+			_ = json.NewEncoder(c.out).Encode(map[string]string{"error": err.Error()})
+			cc.SilenceErrors = true // the JSON says it; the exit status too
+		}
+		return err
+	}
 }
 
 func (c *client) allocateV4() *cobra.Command {
