@@ -210,9 +210,29 @@ func (a *App) liveOf(as *appState) *routing.LiveApp {
 	return l
 }
 
-// checkApp refuses an app the fly config does not have.
+// checkApp refuses an app the fly config does not have: new addresses,
+// host names, machines and egress pairs are for configured apps only.
 func (a *App) checkApp(app string) error {
 	if !a.fly.HasApp(app) {
+		return notFound("unknown app %q", app)
+	}
+	return nil
+}
+
+// checkHeld refuses an app that is neither in the config nor holds
+// anything in the store. An app that left the config keeps what it held
+// (addresses, host names, machines, egress pairs), which routes nowhere,
+// until it is released: it can be listed and released.
+func (a *App) checkHeld(app string) error {
+	if a.fly.HasApp(app) {
+		return nil
+	}
+	held := false
+	a.store.read(func(st *state) {
+		as := st.apps[app]
+		held = as != nil && len(as.ips)+len(as.certs)+len(as.machines)+len(as.egress) > 0
+	})
+	if !held {
 		return notFound("unknown app %q", app)
 	}
 	return nil

@@ -445,3 +445,53 @@ func TestPermission(t *testing.T) {
 		}
 	}
 }
+
+// TestAppLeftConfig: an app that leaves the config keeps what it held,
+// which routes nowhere; its addresses, host names and machines can be
+// listed and released, and nothing new is given to it.
+func TestAppLeftConfig(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a := newNode(t, newFly(t, 3), dir, testPools)
+	v4, _, err := a.Allocate(ctx, "app2", TypeV4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.AddCert(ctx, "app2", "shop.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	m := &routing.Machine{ID: "0000000000bb01", Region: "iad", Address: "10.2.0.1"}
+	if _, err := a.PutMachine(ctx, "app2", m, true); err != nil {
+		t.Fatal(err)
+	}
+	// a reload whose config no longer has app2
+	b := newNode(t, newFly(t, 2), dir, testPools)
+	if got := appAt(b, netip.MustParseAddr(v4.Address), ""); got != "" {
+		t.Errorf("app2's address routes to %q after app2 left the config", got)
+	}
+	ips, err := b.IPs("app2")
+	if err != nil || len(ips) != 1 || ips[0].Address != v4.Address {
+		t.Fatalf("listing app2's addresses: %v, %v", ips, err)
+	}
+	if ms, err := b.Machines("app2"); err != nil || len(ms) != 1 || ms[0].ID != m.ID {
+		t.Errorf("listing app2's machines: %v, %v", ms, err)
+	}
+	if _, _, err := b.Allocate(ctx, "app2", TypeV4); statusOf(err) != 404 {
+		t.Errorf("allocating for an app not in the config: %v, want 404", err)
+	}
+	if err := b.Release(ctx, "app2", v4.Address); err != nil {
+		t.Errorf("releasing an address of an app that left the config: %v", err)
+	}
+	if err := b.RemoveCert(ctx, "app2", "shop.example.com"); err != nil {
+		t.Errorf("removing its host name: %v", err)
+	}
+	if err := b.RemoveMachine(ctx, "app2", m.ID); err != nil {
+		t.Errorf("removing its machine: %v", err)
+	}
+	if _, err := b.IPs("app2"); statusOf(err) != 404 {
+		t.Errorf("once it holds nothing: %v, want 404 unknown app", err)
+	}
+	if v, _, err := b.Allocate(ctx, "app0", TypeV4); err != nil || v.Address != v4.Address {
+		t.Errorf("the released address is not given out again: %+v, %v", v, err)
+	}
+}

@@ -13,7 +13,7 @@ import (
 
 // Certs returns the custom host names of app.
 func (a *App) Certs(app string) ([]Cert, error) {
-	if err := a.checkApp(app); err != nil {
+	if err := a.checkHeld(app); err != nil {
 		return nil, err
 	}
 	out := []Cert{}
@@ -58,7 +58,7 @@ func (a *App) AddCert(ctx context.Context, app, hostname string) (c Cert, create
 
 // RemoveCert takes hostname from app.
 func (a *App) RemoveCert(ctx context.Context, app, hostname string) error {
-	if err := a.checkApp(app); err != nil {
+	if err := a.checkHeld(app); err != nil {
 		return err
 	}
 	host := strings.ToLower(strings.TrimSuffix(hostname, "."))

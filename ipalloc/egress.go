@@ -11,7 +11,7 @@ import (
 // EgressIPs returns the egress pairs of app's machines, or of machine id
 // only when id is not "".
 func (a *App) EgressIPs(app, id string) ([]EgressIP, error) {
-	if err := a.checkApp(app); err != nil {
+	if err := a.checkHeld(app); err != nil {
 		return nil, err
 	}
 	out := []EgressIP{}
@@ -65,7 +65,7 @@ func (a *App) AllocateEgress(ctx context.Context, app, id string) (e EgressIP, e
 // ReleaseEgress releases the egress pair of machine id that address
 // belongs to.
 func (a *App) ReleaseEgress(ctx context.Context, app, id, address string) error {
-	if err := a.checkApp(app); err != nil {
+	if err := a.checkHeld(app); err != nil {
 		return err
 	}
 	addr, err := parseAddress(address)

@@ -14,7 +14,7 @@ import (
 // IPs returns the assignments of app, or of every app for "".
 func (a *App) IPs(app string) ([]Assignment, error) {
 	if app != "" {
-		if err := a.checkApp(app); err != nil {
+		if err := a.checkHeld(app); err != nil {
 			return nil, err
 		}
 	}
@@ -132,7 +132,7 @@ func (a *App) pick(st *state, pl *pool) (netip.Addr, bool) {
 // Release takes address from app. Releasing a shared address takes it
 // from this app only.
 func (a *App) Release(ctx context.Context, app, address string) error {
-	if err := a.checkApp(app); err != nil {
+	if err := a.checkHeld(app); err != nil {
 		return err
 	}
 	addr, err := parseAddress(address)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 
 	"github.com/flyedge/caddy-flyedge/routing"
 	"go.uber.org/zap"
@@ -13,10 +14,20 @@ import (
 // registered at run time.
 func (a *App) Machines(app string) ([]*routing.Machine, error) {
 	ms, err := a.fly.Machines(app)
-	if errors.Is(err, routing.ErrUnknownApp) {
-		return nil, notFound("unknown app %q", app)
+	if !errors.Is(err, routing.ErrUnknownApp) {
+		return ms, err
 	}
-	return ms, err
+	if err := a.checkHeld(app); err != nil { // an app that left the config
+		return nil, err
+	}
+	ms = []*routing.Machine{}
+	a.store.read(func(st *state) {
+		for _, m := range st.apps[app].machines {
+			ms = append(ms, m)
+		}
+	})
+	slices.SortFunc(ms, func(x, y *routing.Machine) int { return strings.Compare(x.ID, y.ID) })
+	return ms, nil
 }
 
 // PutMachine registers machine m of app, or updates it; with onlyNew, a
@@ -61,7 +72,7 @@ func (a *App) PutMachine(ctx context.Context, app string, m *routing.Machine, on
 // RemoveMachine deregisters machine id of app; its egress pair, if any,
 // is released with it.
 func (a *App) RemoveMachine(ctx context.Context, app, id string) error {
-	if err := a.checkApp(app); err != nil {
+	if err := a.checkHeld(app); err != nil {
 		return err
 	}
 	if a.configMachine(app, id) {
@@ -86,7 +97,8 @@ func (a *App) RemoveMachine(ctx context.Context, app, id string) error {
 
 // configMachine tells whether machine id of app is defined in the config.
 func (a *App) configMachine(app, id string) bool {
-	return slices.ContainsFunc(a.fly.AppConfig(app).Machines, func(c *routing.Machine) bool { return c.ID == id })
+	cfg := a.fly.AppConfig(app)
+	return cfg != nil && slices.ContainsFunc(cfg.Machines, func(c *routing.Machine) bool { return c.ID == id })
 }
 
 // hasMachine tells whether app has machine id, in the config or
