@@ -147,7 +147,7 @@ func TestFlyHeaders(t *testing.T) {
 			{"h2", "https://web.edge.test:" + e.httpsPort + "/", "https", "on", e.httpsPort, e.h2},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				_, body, s := get(t, tc.client, tc.url, map[string]string{
+				resp, body, s := get(t, tc.client, tc.url, map[string]string{
 					"Fly-Client-IP":                      "6.6.6.6",
 					"X-Forwarded-For":                    "6.6.6.6",
 					"X-Forwarded-Proto":                  map[string]string{"http": "https", "https": "http"}[tc.proto],
@@ -171,12 +171,23 @@ func TestFlyHeaders(t *testing.T) {
 					"Fly-Forwarded-Port":                 tc.port,
 					"Fly-Region":                         "iad",
 					"Fly-Preferred-Instance-Unavailable": "",
-					"Fly-Request-Id":                     "",
 				}
 				for k, v := range want {
 					if got := strings.Join(s.Header[k], ","); got != v {
 						t.Errorf("%s: %q, want %q", k, got, v)
 					}
+				}
+				// the edge's own request ID, echoed on the response; the
+				// edge named in Via both ways
+				id := s.Header.Get("Fly-Request-Id")
+				if len(id) != 30 || !strings.HasSuffix(id, "-iad") || resp.Header.Get("Fly-Request-Id") != id {
+					t.Errorf("Fly-Request-Id %q to the app, %q to the client; want one new ID ending in -iad", id, resp.Header.Get("Fly-Request-Id"))
+				}
+				if via := s.Header.Get("Via"); via != "1.1 flyedge" && via != "2 flyedge" {
+					t.Errorf("Via to the app: %q, want the client's protocol and flyedge", via)
+				}
+				if via := resp.Header.Get("Via"); via != "1.1 flyedge" && via != "2 flyedge" {
+					t.Errorf("Via to the client: %q, want the machine's protocol and flyedge", via)
 				}
 				if got := s.Header.Get("X-Forwarded-Host"); got == "evil.example" {
 					t.Errorf("X-Forwarded-Host from an untrusted client reached the app")

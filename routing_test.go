@@ -25,6 +25,8 @@ func TestRouting(t *testing.T) {
 		{name: "prefer region nobody runs in", hdr: map[string]string{"Fly-Prefer-Region": "nrt"}, regions: []string{"iad"}},
 		{name: "prefer instance", hdr: map[string]string{"Fly-Prefer-Instance-Id": "00000000000c01"}, machine: "00000000000c01"},
 		{name: "force instance", hdr: map[string]string{"Fly-Force-Instance-Id": "00000000000d01", "Fly-Prefer-Region": "iad"}, machine: "00000000000d01"},
+		{name: "force region", hdr: map[string]string{"Fly-Force-Region": "lhr", "Fly-Prefer-Region": "iad"}, regions: []string{"lhr"}},
+		{name: "force continent", hdr: map[string]string{"Fly-Force-Region": "oc"}, regions: []string{"syd"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, c := range []*http.Client{e.h1, e.h2} {
@@ -56,6 +58,13 @@ func TestRouting(t *testing.T) {
 		}
 		if !seen["00000000000a01"] || !seen["00000000000a02"] || len(seen) != 2 {
 			t.Fatalf("machines used: %v", seen)
+		}
+	})
+
+	t.Run("force a region without machines", func(t *testing.T) {
+		resp, body, s := get(t, e.h1, url, map[string]string{"Fly-Force-Region": "nrt"})
+		if s != nil || resp.StatusCode != http.StatusServiceUnavailable || !strings.HasPrefix(body, "PR04: Fly-Force-Region: no machine of app web in nrt can take requests now") {
+			t.Fatalf("status %d body %q machine %v", resp.StatusCode, body, s)
 		}
 	})
 
@@ -195,7 +204,7 @@ func TestDeadMachines(t *testing.T) {
 
 	kill(ord)
 	resp, body, s = get(t, e.h1, url, nil)
-	if s != nil || resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "no machine of app web can take requests now") {
-		t.Errorf("every machine dead: status %d %q; want a readable 503", resp.StatusCode, body)
+	if s != nil || resp.StatusCode != http.StatusBadGateway || !strings.HasPrefix(body, "PC01: the machines of app web refused the connection") {
+		t.Errorf("every machine dead: status %d %q; want a readable 502 PC01", resp.StatusCode, body)
 	}
 }

@@ -75,6 +75,9 @@ func TestAdaptErrors(t *testing.T) {
 		{"pg_tls cancel_timeout", "{\n layer4 {\n :5433 {\n route {\n pg_tls {\n cancel_timeout soon\n }\n }\n }\n }\n}", `cancel_timeout "soon"`},
 		{"fly_proxy idle_timeout twice", "{\n layer4 {\n :5000 {\n route {\n fly_proxy {\n idle_timeout 1m\n idle_timeout 2m\n }\n }\n }\n }\n}", "idle_timeout already specified"},
 		{"pg_tls upstream_tls", "{\n layer4 {\n :5433 {\n route {\n pg_tls {\n upstream_tls verify\n }\n }\n }\n }\n}", "unrecognized upstream_tls option 'verify'"},
+		{"response header twice", "{\n fly {\n app a {\n service 80 {\n response {\n header X-A b\n header X-A c\n }\n }\n }\n }\n}", "header X-A already specified"},
+		{"response header remove with value", "{\n fly {\n app a {\n service 80 {\n response {\n header -X-A b\n }\n }\n }\n }\n}", "want a name and values, or -<name> alone"},
+		{"response option", "{\n fly {\n app a {\n service 80 {\n response {\n gzip\n }\n }\n }\n }\n}", "unrecognized response option 'gzip'"},
 		{"dynamic fly args", ":80 {\n reverse_proxy {\n dynamic fly web\n }\n}", "wrong argument count"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

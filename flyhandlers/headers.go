@@ -3,12 +3,14 @@ package flyhandlers
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
-	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -86,26 +88,42 @@ var (
 	hdrXFPort           = http.CanonicalHeaderKey("X-Forwarded-Port")
 	hdrXFHost           = http.CanonicalHeaderKey("X-Forwarded-Host")
 	hdrPreferredUnavail = http.CanonicalHeaderKey(routing.HeaderPreferredUnavailable)
+	hdrFlyRequestID     = http.CanonicalHeaderKey("Fly-Request-Id")
 	clientFlyHeaders    = map[string]bool{
 		http.CanonicalHeaderKey(routing.HeaderForceInstance):  true,
 		http.CanonicalHeaderKey(routing.HeaderPreferInstance): true,
 		http.CanonicalHeaderKey(routing.HeaderPreferRegion):   true,
+		http.CanonicalHeaderKey(routing.HeaderForceRegion):    true,
 	}
 )
 
 // ServeHTTP sets the Fly headers and passes the request on.
 func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
+	hdr := r.Header
+	id := ""
+	if trusted {
+		id = hdr.Get(hdrFlyRequestID) // a trusted proxy's ID goes on
+	}
+	if id == "" {
+		id = newRequestID(time.Now(), h.region)
+	}
+	caddyhttp.SetVar(r.Context(), RequestIDVarKey, id)
+
 	rt, err := h.app.RouteForRequest(r)
 	if err != nil {
-		if c := h.logger.Check(zapcore.DebugLevel, "request denied"); c != nil {
-			c.Write(zap.String("hostname", r.Host), zap.Error(err))
+		code := CodeNoApp
+		if errors.Is(err, routing.ErrNoService) {
+			code = CodeNoService
 		}
-		return deny(w, http.StatusNotFound, err.Error())
+		if c := h.logger.Check(zapcore.DebugLevel, "request denied"); c != nil {
+			c.Write(zap.String("hostname", r.Host), zap.String("request_id", id), zap.String("code", code.ID), zap.Error(err))
+		}
+		w.Header().Set(hdrFlyRequestID, id)
+		return writeError(w, r, code, err.Error(), id)
 	}
 
-	trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
 	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
-	hdr := r.Header
 	if !trusted {
 		for k := range hdr {
 			if len(k) > 4 && k[:4] == "Fly-" && !clientFlyHeaders[k] {
@@ -123,7 +141,7 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	// one allocation for every value; each is its own 1-cap slice, so an
 	// append by a later handler copies instead of overwriting a neighbour
-	vals := [...]string{clientIP, clientIP, proto, ssl, rt.PortString, rt.PortString, h.region}
+	vals := [...]string{clientIP, clientIP, proto, ssl, rt.PortString, rt.PortString, h.region, id}
 	v := vals[:]
 	hdr[hdrFlyClientIP] = v[0:1:1]
 	if !trusted {
@@ -136,38 +154,116 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	hdr[hdrFlyForwardedPort] = v[5:6:6]
 	hdr[hdrFlyRegion] = v[6:7:7]
+	hdr[hdrFlyRequestID] = v[7:8:8]
 
-	err = next.ServeHTTP(w, r)
-	if err == nil {
-		return nil
+	fw := &flyResponse{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, rt: rt, id: id}
+	if o := rt.Service.HTTPOptions; o != nil {
+		fw.resp = o.Response
 	}
-	outcome, failed := routing.Unroutable(r)
-	if !failed {
+	err = next.ServeHTTP(fw, r)
+	if err == nil || fw.done {
 		return err
 	}
-	var he caddyhttp.HandlerError
-	if errors.As(err, &he) && he.StatusCode != http.StatusBadGateway && he.StatusCode != http.StatusServiceUnavailable {
+	code, msg, ok := failure(r, rt, err)
+	if !ok {
 		return err
 	}
-	switch outcome {
-	case routing.ForcedUnknown:
-		return deny(w, http.StatusNotFound, fmt.Sprintf("%s: %q is not a machine of app %s",
-			routing.HeaderForceInstance, r.Header.Get(routing.HeaderForceInstance), rt.App))
-	case routing.ForcedUnavailable:
-		return deny(w, http.StatusServiceUnavailable, fmt.Sprintf("%s: machine %s of app %s cannot take requests now",
-			routing.HeaderForceInstance, r.Header.Get(routing.HeaderForceInstance), rt.App))
-	default:
-		return deny(w, http.StatusServiceUnavailable, fmt.Sprintf("no machine of app %s can take requests now", rt.App))
+	if c := h.logger.Check(zapcore.InfoLevel, "request failed"); c != nil {
+		c.Write(zap.String("app", rt.App), zap.String("machine", r.Header.Get(routing.HeaderForceInstance)),
+			zap.String("request_id", id), zap.String("code", code.ID), zap.Error(err))
 	}
+	return writeError(fw, r, code, msg, id)
 }
 
-// deny answers the client with a short plain-text reason.
-func deny(w http.ResponseWriter, status int, msg string) error {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, err := w.Write([]byte(strings.TrimSpace(msg) + "\n"))
-	return err
+// failure tells which code a failed request gets, and what the client
+// reads: the reason the fly selection policy or transport recorded, or
+// what the reverse proxy's error says. Errors that are not the edge's
+// (a handler's own) are left alone.
+func failure(r *http.Request, rt *routing.Route, err error) (Code, string, bool) {
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) {
+		return Code{}, "", false
+	}
+	if outcome, failed := routing.Unroutable(r); failed && (he.StatusCode == http.StatusBadGateway || he.StatusCode == http.StatusServiceUnavailable) {
+		switch outcome {
+		case routing.ForcedUnknown:
+			return CodeForcedUnknown, fmt.Sprintf("%s: %q is not a machine of app %s", routing.HeaderForceInstance, r.Header.Get(routing.HeaderForceInstance), rt.App), true
+		case routing.ForcedUnavailable:
+			return CodeForcedUnavailable, fmt.Sprintf("%s: machine %s of app %s cannot take requests now", routing.HeaderForceInstance, r.Header.Get(routing.HeaderForceInstance), rt.App), true
+		case routing.ForcedRegionUnavailable:
+			return CodeForcedRegion, fmt.Sprintf("%s: no machine of app %s in %s can take requests now", routing.HeaderForceRegion, rt.App, r.Header.Get(routing.HeaderForceRegion)), true
+		case routing.Refused:
+			return CodeRefused, fmt.Sprintf("the machines of app %s refused the connection", rt.App), true
+		default:
+			return CodeNoMachine, fmt.Sprintf("no machine of app %s can take requests now", rt.App), true
+		}
+	}
+	switch he.StatusCode {
+	case http.StatusBadGateway:
+		var de reverseproxy.DialError
+		if errors.As(err, &de) {
+			return CodeRefused, fmt.Sprintf("the machines of app %s refused the connection", rt.App), true
+		}
+		return CodeIncomplete, fmt.Sprintf("a machine of app %s did not complete the response", rt.App), true
+	case http.StatusGatewayTimeout:
+		return CodeTimeout, fmt.Sprintf("a machine of app %s did not answer in time", rt.App), true
+	case http.StatusServiceUnavailable:
+		return CodeNoMachine, fmt.Sprintf("no machine of app %s can take requests now", rt.App), true
+	}
+	return Code{}, "", false
+}
+
+// RequestIDVarKey is the request variable ({http.vars.fly.request_id})
+// with the request's Fly-Request-Id.
+const RequestIDVarKey = "fly.request_id"
+
+// flyResponse applies the edge's response headers when the response's
+// header is written: Fly-Request-Id and the edge's name in Via, unless
+// the service's response is pristine, then the service's own header
+// changes.
+type flyResponse struct {
+	caddyhttp.ResponseWriterWrapper
+	rt   *routing.Route
+	resp *routing.HTTPResponse
+	id   string
+	done bool // the final header is written
+}
+
+func (w *flyResponse) WriteHeader(status int) {
+	if !w.done && status >= 200 {
+		w.done = true
+		h := w.Header()
+		if w.resp != nil && w.resp.Pristine {
+			delete(h, "Via")
+		} else {
+			h[hdrFlyRequestID] = []string{w.id}
+			routing.RenameVia(h, w.rt.Via)
+		}
+		if w.resp != nil {
+			for _, op := range w.resp.HeaderOps() {
+				if op.Values == nil {
+					delete(h, op.Name)
+				} else {
+					h[op.Name] = op.Values
+				}
+			}
+		}
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *flyResponse) Write(b []byte) (int, error) {
+	if !w.done {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *flyResponse) ReadFrom(r io.Reader) (int64, error) {
+	if !w.done {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriterWrapper.ReadFrom(r)
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:

@@ -2,6 +2,7 @@ package flyhandlers
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -184,5 +185,80 @@ func TestForceHTTPS(t *testing.T) {
 				t.Errorf("status %d Location %q, want 301 to %s", w.Code, w.Header().Get("Location"), tc.location)
 			}
 		})
+	}
+}
+
+// TestResponseHeaders: the edge's Fly-Request-Id and Via on responses,
+// a service's header changes, and none of the edge's own with pristine.
+func TestResponseHeaders(t *testing.T) {
+	svc := func(resp *routing.HTTPResponse) *routing.Application {
+		return &routing.Application{Services: []*routing.Service{{InternalPort: 8080,
+			HTTPOptions: &routing.HTTPOptions{Response: resp},
+			Ports:       []*routing.Port{{Port: 80, Handlers: []string{"http"}}}}}}
+	}
+	fly := newFly(t, map[string]*routing.Application{
+		"plain": svc(nil),
+		"ops": svc(&routing.HTTPResponse{Headers: map[string]any{
+			"x-frame-options": "DENY", "Cache-Control": []any{"no-store", "private"}, "X-Powered-By": false}}),
+		"pristine": svc(&routing.HTTPResponse{Pristine: true, Headers: map[string]any{"X-Edge": "no"}}),
+	})
+	for _, tc := range []struct {
+		app  string
+		want map[string]string
+	}{
+		{"plain", map[string]string{"Fly-Request-Id": "ID-iad", "Via": "2 flyedge", "X-Powered-By": "PHP"}},
+		{"ops", map[string]string{"Fly-Request-Id": "ID-iad", "Via": "2 flyedge", "X-Frame-Options": "DENY", "Cache-Control": "no-store,private", "X-Powered-By": ""}},
+		{"pristine", map[string]string{"Fly-Request-Id": "", "Via": "", "X-Edge": "no", "X-Powered-By": "PHP"}},
+	} {
+		t.Run(tc.app, func(t *testing.T) {
+			r, _ := flyRequest("http://"+tc.app+".edge.test/", "127.0.0.1:80", nil)
+			rt, err := fly.RouteForRequest(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := httptest.NewRecorder()
+			fw := &flyResponse{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: rec}, rt: rt, id: "ID-iad", resp: rt.Service.HTTPOptions.Response}
+			// as reverse_proxy leaves the header before writing it
+			fw.Header()["Via"] = []string{"2.0 Caddy"}
+			fw.Header().Set("X-Powered-By", "PHP")
+			fw.Header().Set("Cache-Control", "max-age=600")
+			fw.Write([]byte("body"))
+			for k, want := range tc.want {
+				if got := strings.Join(rec.Result().Header[k], ","); got != want {
+					t.Errorf("%s: %q, want %q", k, got, want)
+				}
+			}
+		})
+	}
+}
+
+// TestErrorBodies: an error the edge causes reads as plain text, or as
+// JSON for a client that asks for JSON, with its code and request ID.
+func TestErrorBodies(t *testing.T) {
+	fly := webApps(t)
+	h := &Headers{app: fly, region: "iad", logger: zap.NewNop()}
+	for _, accept := range []string{"", "text/html,application/json", "application/json", "application/json;q=0.9, */*"} {
+		r, w := flyRequest("http://nobody.edge.test/", "127.0.0.1:80", map[string]string{"Accept": accept})
+		if err := h.ServeHTTP(w, r, new(recordNext)); err != nil {
+			t.Fatal(err)
+		}
+		id := w.Header().Get("Fly-Request-Id")
+		if !strings.HasSuffix(id, "-iad") {
+			t.Errorf("Accept %q: Fly-Request-Id %q", accept, id)
+		}
+		if strings.HasPrefix(accept, "application/json") {
+			var e struct {
+				Code, Error string
+				RequestID   string `json:"request_id"`
+			}
+			if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || e.Code != "PA01" || e.RequestID != id ||
+				w.Header().Get("Content-Type") != "application/json" || !strings.Contains(e.Error, "no app answers") {
+				t.Errorf("Accept %q: %q (%v), want JSON with PA01 and the request ID", accept, w.Body, err)
+			}
+			continue
+		}
+		if want := "PA01: no app answers to this host name: \"nobody.edge.test\"\nrequest id: " + id + "\n"; w.Body.String() != want {
+			t.Errorf("Accept %q: %q, want %q", accept, w.Body, want)
+		}
 	}
 }

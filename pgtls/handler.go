@@ -211,7 +211,7 @@ func (h *Handler) Handle(cx *layer4.Connection, next layer4.Handler) error {
 			}
 			rt, err := h.app.Resolve(cx.LocalAddr(), "")
 			if err != nil {
-				return writeError(cx, "08004", "no app serves this address")
+				return writeError(cx, "08004", "PA01: no app serves this address")
 			}
 			return h.proceed(cx, cx, rt, "", msg, next)
 		}
@@ -298,7 +298,7 @@ func (h *Handler) proceed(cx *layer4.Connection, client net.Conn, rt *routing.Ro
 	})
 	err := next.Handle(out)
 	if errors.Is(err, routing.ErrNoMachine) {
-		return writeError(client, "57P03", fmt.Sprintf("no machine of app %q is reachable", rt.App))
+		return writeError(client, "57P03", fmt.Sprintf("PC01: no machine of app %q is reachable", rt.App))
 	}
 	return err
 }

@@ -35,6 +35,12 @@ type App struct {
 	// Default: localhost
 	BaseDomain string `json:"base_domain,omitempty"`
 
+	// The edge's name in the Via header of requests to machines and of
+	// responses to clients ("1.1 <via>", "2 <via>"), as Fly.io's proxy
+	// writes "fly.io". A token: letters, digits and -._~ only.
+	// Default: flyedge
+	Via string `json:"via,omitempty"`
+
 	// Regions added to the built-in catalog of Fly.io regions, or
 	// replacing entries of it, keyed by region code.
 	Regions map[string]Region `json:"regions,omitempty"`
@@ -68,6 +74,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.BaseDomain = "localhost"
 	}
 	a.BaseDomain = strings.ToLower(strings.TrimSuffix(a.BaseDomain, "."))
+	if a.Via == "" {
+		a.Via = "flyedge"
+	}
+	if !viaRE.MatchString(a.Via) {
+		return fmt.Errorf("via: %q is not a token (letters, digits and -._~)", a.Via)
+	}
 	if !hostnameRE.MatchString(a.BaseDomain) {
 		return fmt.Errorf("base_domain: %q is not a valid host name", a.BaseDomain)
 	}
@@ -228,7 +240,7 @@ func (a *App) newAppEntry(name string, cfg *Application, live []*Machine) *appEn
 		se := a.newServiceEntry(name, s, machines, e.health)
 		e.services = append(e.services, se)
 		for _, p := range s.Ports {
-			e.routes[p.Port] = newRoute(name, name+"."+a.BaseDomain, p, se, cfg.Services)
+			e.routes[p.Port] = newRoute(name, name+"."+a.BaseDomain, a.Via, p, se, cfg.Services)
 		}
 	}
 	return e

@@ -14,6 +14,7 @@ import (
 //	fly {
 //		region <code>
 //		base_domain <domain>
+//		via <name>
 //		add_region <code> <country> <continent> <latitude> <longitude> [<city>]
 //		app <name> {
 //			hostnames <hostname...>
@@ -28,6 +29,11 @@ import (
 //				}]
 //				concurrency <requests|connections> <soft_limit> <hard_limit>
 //				h2_backend
+//				response {
+//					pristine
+//					header <name> <value...>
+//					header -<name>
+//				}
 //				check <tcp|http> [<path>] [{
 //					interval <duration>
 //					timeout <duration>
@@ -55,6 +61,13 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("base_domain already specified")
 			}
 			if !d.AllArgs(&a.BaseDomain) {
+				return d.ArgErr()
+			}
+		case "via":
+			if a.Via != "" {
+				return d.Err("via already specified")
+			}
+			if !d.AllArgs(&a.Via) {
 				return d.ArgErr()
 			}
 		case "add_region":
@@ -188,10 +201,28 @@ func (s *Service) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			if s.HTTPOptions != nil {
+			if s.HTTPOptions == nil {
+				s.HTTPOptions = new(HTTPOptions)
+			}
+			if s.HTTPOptions.H2Backend {
 				return d.Err("h2_backend already specified")
 			}
-			s.HTTPOptions = &HTTPOptions{H2Backend: true}
+			s.HTTPOptions.H2Backend = true
+		case "response":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if s.HTTPOptions == nil {
+				s.HTTPOptions = new(HTTPOptions)
+			}
+			if s.HTTPOptions.Response != nil {
+				return d.Err("response already specified")
+			}
+			r := new(HTTPResponse)
+			if err := r.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+			s.HTTPOptions.Response = r
 		case "check":
 			args := d.RemainingArgs()
 			if len(args) != 1 && len(args) != 2 {
@@ -296,3 +327,55 @@ var (
 	_ caddy.CleanerUpper    = (*App)(nil)
 	_ caddyfile.Unmarshaler = (*App)(nil)
 )
+
+// unmarshalCaddyfile reads a service's response block:
+//
+//	response {
+//		pristine
+//		header <name> <value...>
+//		header -<name>
+//	}
+func (r *HTTPResponse) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "pristine":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if r.Pristine {
+				return d.Err("pristine already specified")
+			}
+			r.Pristine = true
+		case "header":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			name, remove := strings.CutPrefix(args[0], "-")
+			if remove != (len(args) == 1) {
+				return d.Errf("header %s: want a name and values, or -<name> alone to remove it", args[0])
+			}
+			if r.Headers == nil {
+				r.Headers = make(map[string]any)
+			}
+			if _, ok := r.Headers[name]; ok {
+				return d.Errf("header %s already specified", name)
+			}
+			switch {
+			case remove:
+				r.Headers[name] = false
+			case len(args) == 2:
+				r.Headers[name] = args[1]
+			default:
+				vals := make([]any, 0, len(args)-1)
+				for _, v := range args[1:] {
+					vals = append(vals, v)
+				}
+				r.Headers[name] = vals
+			}
+		default:
+			return d.Errf("unrecognized response option '%s'", d.Val())
+		}
+	}
+	return nil
+}

@@ -3,8 +3,11 @@ package routing
 import (
 	"crypto/tls"
 	"fmt"
+	"maps"
+	"net/http"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -120,6 +123,77 @@ type HTTPOptions struct {
 	// It takes effect where the service's requests are proxied by
 	// reverse_proxy with `transport fly`.
 	H2Backend bool `json:"h2_backend,omitempty"`
+
+	// What the edge does to the service's responses, fly.toml's
+	// http_options.response; fly_headers applies it.
+	Response *HTTPResponse `json:"response,omitempty"`
+}
+
+// HTTPResponse is fly.toml's http_service.http_options.response.
+type HTTPResponse struct {
+	// Headers set on every response: a string, or a list of strings,
+	// replaces the header's values (and adds the header when the
+	// machine sent none); false removes the header.
+	Headers map[string]any `json:"headers,omitempty"`
+
+	// Add none of the edge's own headers (Fly-Request-Id, Via) to the
+	// responses.
+	Pristine bool `json:"pristine,omitempty"`
+
+	ops []HeaderOp // Headers, parsed by validate
+}
+
+// HeaderOp is one change to a response's headers.
+type HeaderOp struct {
+	// Name is the header's canonical name.
+	Name string
+	// Values replace the header's values; none means remove it.
+	Values []string
+}
+
+// HeaderOps returns the changes Headers asks for, in name order.
+func (r *HTTPResponse) HeaderOps() []HeaderOp { return r.ops }
+
+// parse checks Headers and turns it into ops.
+func (r *HTTPResponse) parse(field string) error {
+	r.ops = r.ops[:0]
+	names := slices.Sorted(maps.Keys(r.Headers))
+	for _, name := range names {
+		if !headerNameRE.MatchString(name) {
+			return fmt.Errorf("%s.headers: %q is not a header name", field, name)
+		}
+		op := HeaderOp{Name: http.CanonicalHeaderKey(name)}
+		switch v := r.Headers[name].(type) {
+		case string:
+			op.Values = []string{v}
+		case []any:
+			for _, e := range v {
+				s, ok := e.(string)
+				if !ok {
+					return fmt.Errorf("%s.headers.%s: %v: want strings", field, name, e)
+				}
+				op.Values = append(op.Values, s)
+			}
+			if len(op.Values) == 0 {
+				return fmt.Errorf("%s.headers.%s: an empty list (remove a header with false)", field, name)
+			}
+		case []string:
+			op.Values = v
+		case bool:
+			if v {
+				return fmt.Errorf("%s.headers.%s: true (want a string, a list of strings, or false to remove)", field, name)
+			}
+		default:
+			return fmt.Errorf("%s.headers.%s: %v (want a string, a list of strings, or false to remove)", field, name, v)
+		}
+		for _, val := range op.Values {
+			if strings.ContainsAny(val, "\r\n\x00") {
+				return fmt.Errorf("%s.headers.%s: a value with a line break or NUL", field, name)
+			}
+		}
+		r.ops = append(r.ops, op)
+	}
+	return nil
 }
 
 // Check is an active health check run by the edge against every machine
@@ -164,9 +238,11 @@ type Machine struct {
 }
 
 var (
-	appNameRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	machineIDRE = regexp.MustCompile(`^[0-9a-f]{14}$`)
-	hostnameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
+	appNameRE    = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	machineIDRE  = regexp.MustCompile(`^[0-9a-f]{14}$`)
+	viaRE        = regexp.MustCompile(`^[A-Za-z0-9._~-]{1,64}$`)
+	headerNameRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+	hostnameRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 )
 
 // ValidHostname tells whether name is a lower-case host name of at most
@@ -241,6 +317,11 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 			if _, _, err := TLSVersionRange(p.TLSOptions.Versions); err != nil {
 				return fmt.Errorf("%s.tls_options.versions: %w", pf, err)
 			}
+		}
+	}
+	if o := s.HTTPOptions; o != nil && o.Response != nil {
+		if err := o.Response.parse(field + ".http_options.response"); err != nil {
+			return err
 		}
 	}
 	if c := s.Concurrency; c != nil {

@@ -25,6 +25,9 @@ type Route struct {
 	// certificate a TLS client without SNI gets.
 	Hostname string
 
+	// Via is the edge's name in Via headers.
+	Via string
+
 	// PortString is Port.Port in decimal.
 	PortString string
 
@@ -73,8 +76,8 @@ func (rt *Route) MachineIndex(id string) int {
 	return -1
 }
 
-func newRoute(app, hostname string, p *Port, se *serviceEntry, services []*Service) *Route {
-	rt := &Route{App: app, Hostname: hostname, Port: p, PortString: strconv.Itoa(p.Port), Service: se.config, serviceEntry: se, Handlers: p.handlers}
+func newRoute(app, hostname, via string, p *Port, se *serviceEntry, services []*Service) *Route {
+	rt := &Route{App: app, Hostname: hostname, Via: via, Port: p, PortString: strconv.Itoa(p.Port), Service: se.config, serviceEntry: se, Handlers: p.handlers}
 	var versions []string
 	if p.TLSOptions != nil {
 		versions = p.TLSOptions.Versions
@@ -147,6 +150,9 @@ type Preference struct {
 	// PreferRegions is the value of Fly-Prefer-Region, an ordered,
 	// comma-separated list of region, country or continent codes.
 	PreferRegions string
+	// ForceRegion is the value of Fly-Force-Region: a region, country or
+	// continent code; only its machines may be chosen.
+	ForceRegion string
 }
 
 // Outcome tells why Select chose no machine, or that a preferred machine
@@ -155,16 +161,20 @@ type Outcome int
 
 // Outcomes of Select.
 const (
-	Chosen               Outcome = iota // a machine was chosen as asked
-	PreferredUnavailable                // chosen, but not the preferred instance
-	ForcedUnknown                       // the forced instance is no machine of the app
-	ForcedUnavailable                   // the forced instance cannot take traffic now
-	NoneAvailable                       // no machine can take traffic
+	Chosen                  Outcome = iota // a machine was chosen as asked
+	PreferredUnavailable                   // chosen, but not the preferred instance
+	ForcedUnknown                          // the forced instance is no machine of the app
+	ForcedUnavailable                      // the forced instance cannot take traffic now
+	NoneAvailable                          // no machine can take traffic
+	ForcedRegionUnavailable                // no machine of the forced region can take traffic
+	Refused                                // every machine tried refused the connection
 )
 
 // Select chooses a machine of the route for one request or connection and
 // returns its index, or -1 with the reason. The rules, in order:
-// a forced instance or nothing; a preferred instance if usable; the first
+// a forced instance or nothing; a forced region (the nearest usable
+// machine of that region, country or continent) or nothing; a preferred
+// instance if usable; the first
 // entry of the preferred regions with a usable machine; else the nearest
 // region with a usable machine below the soft limit, spreading load among
 // the machines of that region; else the nearest usable machine at all.
@@ -179,6 +189,17 @@ func Select[P Pool](rt *Route, p P, pref Preference) (int, Outcome) {
 			return -1, ForcedUnavailable
 		}
 		return i, Chosen
+	}
+	if pref.ForceRegion != "" {
+		code := strings.TrimSpace(pref.ForceRegion)
+		tiers, ok := se.groups[code]
+		if !ok {
+			tiers = se.groups[strings.ToLower(code)]
+		}
+		if i := pickTiers(se, p, tiers, se.softLimit); i >= 0 {
+			return i, Chosen
+		}
+		return -1, ForcedRegionUnavailable
 	}
 	outcome := Chosen
 	if pref.PreferInstance != "" {

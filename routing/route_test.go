@@ -172,6 +172,15 @@ func TestConfigErrors(t *testing.T) {
 		{"proxy_proto then tls", &App{Apps: map[string]*Application{"a": {Services: svc(&Port{Port: 5000, Handlers: []string{"proxy_proto", "tls"}})}}},
 			`port 5000: handler "tls" is not allowed after "proxy_proto"`},
 		{"bad app name", &App{Apps: map[string]*Application{"My_App": {}}}, `apps: "My_App": name must be a DNS label`},
+		{"bad via", &App{Via: "fly io"}, `via: "fly io" is not a token`},
+		{"response header true", &App{Apps: map[string]*Application{"a": {Services: respSvc(map[string]any{"X-A": true})}}},
+			`apps.a.services[0].http_options.response.headers.X-A: true (want a string, a list of strings, or false to remove)`},
+		{"response header number", &App{Apps: map[string]*Application{"a": {Services: respSvc(map[string]any{"X-A": 3.0})}}},
+			`apps.a.services[0].http_options.response.headers.X-A: 3 (want a string`},
+		{"response header name", &App{Apps: map[string]*Application{"a": {Services: respSvc(map[string]any{"X A": "b"})}}},
+			`apps.a.services[0].http_options.response.headers: "X A" is not a header name`},
+		{"response header line break", &App{Apps: map[string]*Application{"a": {Services: respSvc(map[string]any{"X-A": "b\r\nSet-Cookie: x"})}}},
+			`apps.a.services[0].http_options.response.headers.X-A: a value with a line break or NUL`},
 		{"hostname taken", &App{Apps: map[string]*Application{"a": {Hostnames: []string{"x.com"}}, "b": {Hostnames: []string{"x.com"}}}},
 			`is already a host name of app`},
 		{"bad catalog entry", &App{Regions: map[string]Region{"xyz": {Country: "usa", Continent: "na"}}}, `regions: xyz: country "usa"`},
@@ -293,4 +302,10 @@ func TestContinentOverCountry(t *testing.T) {
 	if i, _ := Select(rt, pool{}, Preference{PreferRegions: "na"}); i < 0 || rt.MachineID(i) != "000000000000b2" {
 		t.Errorf("Fly-Prefer-Region: na chose %d, want the machine in North America", i)
 	}
+}
+
+// respSvc is one HTTP service whose responses get headers.
+func respSvc(headers map[string]any) []*Service {
+	return []*Service{{InternalPort: 8080, Ports: []*Port{{Port: 80, Handlers: []string{"http"}}},
+		HTTPOptions: &HTTPOptions{Response: &HTTPResponse{Headers: headers}}}}
 }

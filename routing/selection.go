@@ -23,6 +23,7 @@ const (
 	HeaderForceInstance        = "Fly-Force-Instance-Id"
 	HeaderPreferInstance       = "Fly-Prefer-Instance-Id"
 	HeaderPreferRegion         = "Fly-Prefer-Region"
+	HeaderForceRegion          = "Fly-Force-Region"
 	HeaderPreferredUnavailable = "Fly-Preferred-Instance-Unavailable"
 )
 
@@ -96,7 +97,7 @@ func (s *FlySelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	switch outcome {
 	case PreferredUnavailable:
 		r.Header.Set(HeaderPreferredUnavailable, pref.PreferInstance)
-	case ForcedUnknown, ForcedUnavailable, NoneAvailable:
+	case ForcedUnknown, ForcedUnavailable, ForcedRegionUnavailable, NoneAvailable:
 		caddyhttp.SetVar(r.Context(), unroutableVarKey, outcome)
 	}
 	if i < 0 {
@@ -117,6 +118,7 @@ func preferenceOf(r *http.Request) Preference {
 		ForceInstance:  r.Header.Get(HeaderForceInstance),
 		PreferInstance: r.Header.Get(HeaderPreferInstance),
 		PreferRegions:  r.Header.Get(HeaderPreferRegion),
+		ForceRegion:    r.Header.Get(HeaderForceRegion),
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -100,6 +101,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if rt.Service.HTTPOptions != nil && rt.Service.HTTPOptions.H2Backend {
 		tr = t.h2c
 	}
+	RenameVia(req.Header, rt.Via)
 	resp, err := tr.RoundTrip(req)
 	var de reverseproxy.DialError
 	if err == nil || !errors.As(err, &de) {
@@ -120,6 +122,9 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		rt.machines[i].health.failedUntil.Store(time.Now().Add(failDuration).UnixNano())
 		next, outcome := Select(rt, tried, pref)
 		if next < 0 {
+			if outcome == NoneAvailable {
+				outcome = Refused
+			}
 			caddyhttp.SetVar(req.Context(), unroutableVarKey, outcome)
 			return nil, err
 		}
@@ -138,7 +143,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	rt.machines[i].health.failedUntil.Store(time.Now().Add(failDuration).UnixNano())
-	caddyhttp.SetVar(req.Context(), unroutableVarKey, NoneAvailable)
+	caddyhttp.SetVar(req.Context(), unroutableVarKey, Refused)
 	return nil, err
 }
 
@@ -163,3 +168,21 @@ var (
 	_ caddy.CleanerUpper = (*FlyTransport)(nil)
 	_ http.RoundTripper  = (*FlyTransport)(nil)
 )
+
+// RenameVia gives the Via entry Caddy's reverse proxy appended
+// ("1.1 Caddy", the last entry naming Caddy) the edge's name, in Fly.io's
+// form: "1.1 <name>", "2 <name>".
+func RenameVia(h http.Header, name string) {
+	vias := h["Via"]
+	for i := len(vias) - 1; i >= 0; i-- {
+		proto, ok := strings.CutSuffix(vias[i], " Caddy")
+		if !ok {
+			continue
+		}
+		if proto == "2.0" || proto == "3.0" {
+			proto = proto[:1]
+		}
+		vias[i] = proto + " " + name
+		return
+	}
+}

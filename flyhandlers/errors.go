@@ -1,0 +1,70 @@
+package flyhandlers
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+)
+
+// Code is a failure the edge causes, with a stable code modelled on
+// Fly.io's proxy error codes (the second letter tells the kind: A app,
+// R routing, C connection, U upstream, Y replay) and the HTTP status a
+// client gets for it.
+type Code struct {
+	ID     string
+	Status int
+}
+
+// The codes; docs/errors.md is their table.
+var (
+	CodeNoApp             = Code{"PA01", http.StatusNotFound}           // no app at this address with this host name
+	CodeNoService         = Code{"PA02", http.StatusNotFound}           // the app has no service on this port
+	CodeNoMachine         = Code{"PR01", http.StatusServiceUnavailable} // no machine can take the request
+	CodeForcedUnknown     = Code{"PR02", http.StatusNotFound}           // Fly-Force-Instance-Id names no machine of the app
+	CodeForcedUnavailable = Code{"PR03", http.StatusServiceUnavailable} // the forced machine cannot take the request
+	CodeForcedRegion      = Code{"PR04", http.StatusServiceUnavailable} // no machine of the Fly-Force-Region region can
+	CodeRefused           = Code{"PC01", http.StatusBadGateway}         // the machines tried refused the connection
+	CodeIncomplete        = Code{"PU02", http.StatusBadGateway}         // the machine did not complete the response
+	CodeTimeout           = Code{"PU05", http.StatusGatewayTimeout}     // the machine did not answer in time
+)
+
+// writeError answers the client with code's status and a short body, in
+// JSON when the client accepts JSON and not plain text first, else in
+// plain text: the code, what happened and the request ID.
+func writeError(w http.ResponseWriter, r *http.Request, code Code, msg, requestID string) error {
+	msg = strings.TrimSpace(msg)
+	h := w.Header()
+	h.Set("X-Content-Type-Options", "nosniff")
+	if wantsJSON(r) {
+		h.Set("Content-Type", "application/json")
+		w.WriteHeader(code.Status)
+		return json.NewEncoder(w).Encode(struct {
+			Code      string `json:"code"`
+			Error     string `json:"error"`
+			RequestID string `json:"request_id,omitempty"`
+		}{code.ID, msg, requestID})
+	}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code.Status)
+	body := code.ID + ": " + msg + "\n"
+	if requestID != "" {
+		body += "request id: " + requestID + "\n"
+	}
+	_, err := w.Write([]byte(body))
+	return err
+}
+
+// wantsJSON tells whether the request's Accept header asks for JSON
+// before plain text or HTML.
+func wantsJSON(r *http.Request) bool {
+	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
+		media, _, _ := strings.Cut(strings.TrimSpace(part), ";")
+		switch strings.ToLower(strings.TrimSpace(media)) {
+		case "application/json", "application/problem+json":
+			return true
+		case "text/plain", "text/html", "*/*", "text/*":
+			return false
+		}
+	}
+	return false
+}
