@@ -17,15 +17,20 @@ type Code struct {
 
 // The codes; docs/errors.md is their table.
 var (
-	CodeNoApp             = Code{"PA01", http.StatusNotFound}           // no app at this address with this host name
-	CodeNoService         = Code{"PA02", http.StatusNotFound}           // the app has no service on this port
-	CodeNoMachine         = Code{"PR01", http.StatusServiceUnavailable} // no machine can take the request
-	CodeForcedUnknown     = Code{"PR02", http.StatusNotFound}           // Fly-Force-Instance-Id names no machine of the app
-	CodeForcedUnavailable = Code{"PR03", http.StatusServiceUnavailable} // the forced machine cannot take the request
-	CodeForcedRegion      = Code{"PR04", http.StatusServiceUnavailable} // no machine of the Fly-Force-Region region can
-	CodeRefused           = Code{"PC01", http.StatusBadGateway}         // the machines tried refused the connection
-	CodeIncomplete        = Code{"PU02", http.StatusBadGateway}         // the machine did not complete the response
-	CodeTimeout           = Code{"PU05", http.StatusGatewayTimeout}     // the machine did not answer in time
+	CodeNoApp             = Code{"PA01", http.StatusNotFound}              // no app at this address with this host name
+	CodeNoService         = Code{"PA02", http.StatusNotFound}              // the app has no service on this port
+	CodeNoMachine         = Code{"PR01", http.StatusServiceUnavailable}    // no machine can take the request
+	CodeForcedUnknown     = Code{"PR02", http.StatusNotFound}              // Fly-Force-Instance-Id names no machine of the app
+	CodeForcedUnavailable = Code{"PR03", http.StatusServiceUnavailable}    // the forced machine cannot take the request
+	CodeForcedRegion      = Code{"PR04", http.StatusServiceUnavailable}    // no machine of the Fly-Force-Region region can
+	CodeRefused           = Code{"PC01", http.StatusBadGateway}            // the machines tried refused the connection
+	CodeIncomplete        = Code{"PU02", http.StatusBadGateway}            // the machine did not complete the response
+	CodeTimeout           = Code{"PU05", http.StatusGatewayTimeout}        // the machine did not answer in time
+	CodeReplayTarget      = Code{"PY01", http.StatusBadGateway}            // a fly-replay names an app it may not reach, or one without the service
+	CodeReplayFailed      = Code{"PY02", http.StatusBadGateway}            // no machine of the replay's target took the request
+	CodeReplayTooLarge    = Code{"PY03", http.StatusRequestEntityTooLarge} // the body is too large to replay
+	CodeReplayLoop        = Code{"PY04", http.StatusLoopDetected}          // replayed too often, or again after a fallback
+	CodeReplayInvalid     = Code{"PY05", http.StatusBadGateway}            // the app's fly-replay instruction cannot be read
 )
 
 // writeError answers the client with code's status and a short body, in

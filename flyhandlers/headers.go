@@ -1,10 +1,14 @@
 package flyhandlers
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -156,23 +160,167 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	hdr[hdrFlyRegion] = v[6:7:7]
 	hdr[hdrFlyRequestID] = v[7:8:8]
 
-	fw := &flyResponse{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, rt: rt, id: id}
-	if o := rt.Service.HTTPOptions; o != nil {
-		fw.resp = o.Response
+	var body *replayBody
+	if r.Body != nil && r.Body != http.NoBody {
+		body = newReplayBody(r.Body)
+		body.over = r.ContentLength > replayBodyLimit // streams through, cannot be replayed
+		r.Body = body
+		defer body.release()
 	}
+	fw := newFlyResponse(w, rt, id, true)
 	err = next.ServeHTTP(fw, r)
+	fw.finish()
+	replayed, fellBack := 0, false
+	for err == nil && fw.replay != nil {
+		var code Code
+		var msg string
+		code, msg, fw, err = h.replay(w, r, next, fw, body, replayed, fellBack)
+		if code.ID != "" {
+			return h.fail(newFlyResponse(w, fw.rt, id, false), r, fw.rt, code, msg, id, err)
+		}
+		replayed++
+		if fw.fellBack {
+			fellBack = true
+		}
+	}
 	if err == nil || fw.done {
 		return err
 	}
-	code, msg, ok := failure(r, rt, err)
+	code, msg, ok := failure(r, fw.rt, err)
 	if !ok {
 		return err
 	}
-	if c := h.logger.Check(zapcore.InfoLevel, "request failed"); c != nil {
-		c.Write(zap.String("app", rt.App), zap.String("machine", r.Header.Get(routing.HeaderForceInstance)),
-			zap.String("request_id", id), zap.String("code", code.ID), zap.Error(err))
+	if replayed > 0 {
+		code, msg = CodeReplayFailed, fmt.Sprintf("fly-replay to app %s failed: %s", fw.rt.App, msg)
 	}
-	return writeError(fw, r, code, msg, id)
+	return h.fail(fw, r, fw.rt, code, msg, id, err)
+}
+
+// fail logs a failure the edge caused and answers the client with it.
+func (h *Headers) fail(w http.ResponseWriter, r *http.Request, rt *routing.Route, code Code, msg, id string, err error) error {
+	level := zapcore.InfoLevel
+	if code == CodeNoApp || code == CodeNoService {
+		level = zapcore.DebugLevel
+	}
+	if c := h.logger.Check(level, "request failed"); c != nil {
+		machine, _ := caddyhttp.GetVar(r.Context(), routing.MachineVarKey).(string)
+		if machine == "" {
+			machine = r.Header.Get(routing.HeaderForceInstance)
+		}
+		c.Write(zap.String("app", rt.App), zap.String("machine", machine),
+			zap.String("request_id", id), zap.String("code", code.ID), zap.String("reason", msg), zap.Error(err))
+	}
+	return writeError(w, r, code, msg, id)
+}
+
+// replay carries out the instruction the app answered with (fw.replay):
+// the request goes, with its body, to the target the instruction names,
+// and, when that fails and the instruction asks for it, back to the
+// machine that asked. It returns the response writer of the last pass
+// and its error, or the code and message of a replay that cannot be
+// made.
+func (h *Headers) replay(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, fw *flyResponse, body *replayBody, replayed int, fellBack bool) (Code, string, *flyResponse, error) {
+	rp, from := fw.replay, fw.rt
+	if fw.replayErr != nil {
+		return CodeReplayInvalid, fw.replayErr.Error(), fw, nil
+	}
+	if fellBack {
+		return CodeReplayLoop, "fly-replay: a request that fell back to the machine that replayed it cannot be replayed again", fw, nil
+	}
+	if replayed >= maxReplays {
+		return CodeReplayLoop, fmt.Sprintf("fly-replay: replayed %d times, the most a request may be", maxReplays), fw, nil
+	}
+	if body != nil && !body.rewind() {
+		return CodeReplayTooLarge, fmt.Sprintf("fly-replay: the request body is over %d bytes, the most a replay can resend", replayBodyLimit), fw, nil
+	}
+	target := from.App
+	if rp.App != "" {
+		target = rp.App
+	}
+	if !h.app.SameOrg(from.App, target) {
+		return CodeReplayTarget, fmt.Sprintf("fly-replay: app %s may not replay to app %s (not in its organization)", from.App, target), fw, nil
+	}
+	rt, err := h.app.AppRoute(target, from.Port.Port)
+	if err != nil {
+		return CodeReplayTarget, fmt.Sprintf("fly-replay to app %s: %v", target, err), fw, nil
+	}
+
+	// the machine that asked: it is named in fly-replay-src, left out
+	// with elsewhere, and the fallback's target
+	self, selfRegion := answeredBy(r, from)
+	src := "instance=" + self + ";region=" + selfRegion + ";t=" + strconv.FormatInt(time.Now().UnixMicro(), 10)
+	if rp.State != "" {
+		src += ";state=" + rp.State
+	}
+	r.Header.Set(hdrFlyReplaySrc, src)
+	if t := rp.Transform; t != nil {
+		for _, name := range t.DeleteHeaders {
+			r.Header.Del(name)
+		}
+		for _, sh := range t.SetHeaders {
+			r.Header.Set(sh.Name, sh.Value)
+		}
+		if t.Path != "" {
+			path, query, _ := strings.Cut(t.Path, "?")
+			r.URL.Path, r.URL.RawPath, r.URL.RawQuery = path, "", query
+			r.RequestURI = t.Path
+		}
+	}
+	pref := routing.Preference{ForceInstance: rp.Instance, PreferInstance: rp.PreferInstance, ForceRegion: rp.Region}
+	if rp.Elsewhere && target == from.App {
+		pref.Exclude = self
+	}
+	pass := func(rt *routing.Route, pref routing.Preference, replayable bool) (*flyResponse, error) {
+		routing.SetRequestRoute(r, rt)
+		routing.SetReplayPreference(r, pref)
+		caddyhttp.SetVar(r.Context(), routing.MachineVarKey, nil)
+		routing.ClearUnroutable(r)
+		delete(r.Header, hdrPreferredUnavail)
+		if body != nil {
+			body.rewind()
+		}
+		fw := newFlyResponse(w, rt, fw.id, replayable)
+		err := next.ServeHTTP(fw, r)
+		fw.finish()
+		return fw, err
+	}
+	if c := h.logger.Check(zapcore.DebugLevel, "replaying"); c != nil {
+		c.Write(zap.String("app", from.App), zap.String("machine", self), zap.String("target", target), zap.String("request_id", fw.id))
+	}
+	nfw, err := pass(rt, pref, true)
+	if err == nil || nfw.done || rp.Fallback == "" || self == "" {
+		return Code{}, "", nfw, err
+	}
+	code, msg, ok := failure(r, rt, err)
+	if !ok {
+		return Code{}, "", nfw, err
+	}
+	// back to the machine that asked, told what went wrong
+	r.Header.Set(hdrFlyReplayFailed, "code="+code.ID+";app="+target+";reason="+msg)
+	back := routing.Preference{ForceInstance: self}
+	if rp.Fallback == "prefer_self" {
+		back = routing.Preference{PreferInstance: self}
+	}
+	nfw, err = pass(from, back, false)
+	nfw.fellBack = true
+	return Code{}, "", nfw, err
+}
+
+// answeredBy returns the machine that answered r on route rt, and its
+// region: as transport fly recorded it, else by the address the reverse
+// proxy dialed.
+func answeredBy(r *http.Request, rt *routing.Route) (id, region string) {
+	i := -1
+	if m, _ := caddyhttp.GetVar(r.Context(), routing.MachineVarKey).(string); m != "" {
+		i = rt.MachineIndex(m)
+	} else if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		addr, _ := repl.GetString("http.reverse_proxy.upstream.hostport")
+		i = rt.MachineByDial(addr)
+	}
+	if i < 0 {
+		return "", ""
+	}
+	return rt.MachineID(i), rt.MachineRegion(i)
 }
 
 // failure tells which code a failed request gets, and what the client
@@ -226,13 +374,60 @@ type flyResponse struct {
 	rt   *routing.Route
 	resp *routing.HTTPResponse
 	id   string
-	done bool // the final header is written
+	hdr  http.Header // this pass's header, copied out when written
+	done bool        // the final header is written
+
+	// a response that asks for a replay is kept from the client
+	replayable bool
+	intercept  bool          // this response asks for a replay
+	jsonBody   *bytes.Buffer // its JSON form, while it is read
+	replay     *replay       // the instruction, after the pass
+	replayErr  error         // why the instruction cannot be read
+	fellBack   bool          // this pass went back to the machine that replayed
 }
 
+func newFlyResponse(w http.ResponseWriter, rt *routing.Route, id string, replayable bool) *flyResponse {
+	fw := &flyResponse{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, rt: rt, id: id, replayable: replayable,
+		hdr: w.Header().Clone()}
+	if o := rt.Service.HTTPOptions; o != nil {
+		fw.resp = o.Response
+	}
+	return fw
+}
+
+// Header returns the header of this pass: a response that asks for a
+// replay leaves nothing in the client's.
+func (w *flyResponse) Header() http.Header { return w.hdr }
+
 func (w *flyResponse) WriteHeader(status int) {
+	if w.intercept {
+		return
+	}
+	defer func() {
+		if !w.intercept {
+			dst := w.ResponseWriter.Header()
+			clear(dst)
+			maps.Copy(dst, w.hdr)
+			w.ResponseWriter.WriteHeader(status)
+		}
+	}()
 	if !w.done && status >= 200 {
-		w.done = true
 		h := w.Header()
+		if v := h.Get(hdrFlyReplay); v != "" || strings.HasPrefix(h.Get("Content-Type"), replayContentType) {
+			if !w.replayable {
+				w.intercept = true
+				w.replay, w.replayErr = new(replay), errors.New("fly-replay: asked again after the replay fell back")
+				return
+			}
+			w.intercept = true
+			if v != "" {
+				w.replay, w.replayErr = parseReplayHeader(v)
+			} else {
+				w.jsonBody = new(bytes.Buffer)
+			}
+			return
+		}
+		w.done = true
 		if w.resp != nil && w.resp.Pristine {
 			delete(h, "Via")
 		} else {
@@ -249,22 +444,61 @@ func (w *flyResponse) WriteHeader(status int) {
 			}
 		}
 	}
-	w.ResponseWriter.WriteHeader(status)
 }
 
 func (w *flyResponse) Write(b []byte) (int, error) {
-	if !w.done {
+	if !w.done && !w.intercept {
 		w.WriteHeader(http.StatusOK)
+	}
+	if w.intercept {
+		w.keepJSON(b)
+		return len(b), nil
 	}
 	return w.ResponseWriter.Write(b)
 }
 
 func (w *flyResponse) ReadFrom(r io.Reader) (int64, error) {
-	if !w.done {
+	if !w.done && !w.intercept {
 		w.WriteHeader(http.StatusOK)
+	}
+	if w.intercept {
+		return io.Copy(writerFunc(func(b []byte) (int, error) { w.keepJSON(b); return len(b), nil }), r)
 	}
 	return w.ResponseWriterWrapper.ReadFrom(r)
 }
+
+// Flush passes on, except for a response kept from the client.
+func (w *flyResponse) Flush() {
+	if !w.intercept {
+		_ = http.NewResponseController(w.ResponseWriter).Flush()
+	}
+}
+
+// keepJSON collects the JSON form of an instruction, up to its limit.
+func (w *flyResponse) keepJSON(b []byte) {
+	if w.jsonBody == nil {
+		return
+	}
+	if w.jsonBody.Len()+len(b) > replayJSONLimit {
+		w.jsonBody = nil
+		w.replayErr = fmt.Errorf("fly-replay JSON: over %d bytes", replayJSONLimit)
+		w.replay = new(replay)
+		return
+	}
+	w.jsonBody.Write(b)
+}
+
+// finish reads the JSON form of an instruction once its body is in.
+func (w *flyResponse) finish() {
+	if w.jsonBody != nil {
+		w.replay, w.replayErr = parseReplayJSON(w.jsonBody.Bytes())
+		w.jsonBody = nil
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //

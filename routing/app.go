@@ -339,6 +339,31 @@ func (a *App) LiveMachines(app string) []*Machine {
 	return nil
 }
 
+// AppRoute returns the route of app's service on edge port: the target
+// of a fly-replay that names the app, not a connection's resolution.
+func (a *App) AppRoute(app string, port int) (*Route, error) {
+	slot := a.reg.Load().apps[app]
+	if slot == nil {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownApp, app)
+	}
+	return slot.load().route(port)
+}
+
+// SameOrg tells whether app from may send requests to app to with
+// fly-replay: the same app, or two apps of one organization.
+func (a *App) SameOrg(from, to string) bool {
+	if from == to {
+		return true
+	}
+	reg := a.reg.Load()
+	f, t := reg.apps[from], reg.apps[to]
+	if f == nil || t == nil {
+		return false
+	}
+	org := f.load().config.Org
+	return org != "" && org == t.load().config.Org
+}
+
 // HasApp tells whether the config has an app of that name.
 func (a *App) HasApp(app string) bool { return a.reg.Load().apps[app] != nil }
 

@@ -18,6 +18,7 @@ import (
 //		add_region <code> <country> <continent> <latitude> <longitude> [<city>]
 //		app <name> {
 //			hostnames <hostname...>
+//			org <name>
 //			machine <id> <region> <address> [started|stopped]
 //			service <internal_port> {
 //				port <port> [<handler...>] [{
@@ -139,6 +140,13 @@ func (app *Application) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				m.State = args[3]
 			}
 			app.Machines = append(app.Machines, m)
+		case "org":
+			if app.Org != "" {
+				return d.Err("org already specified")
+			}
+			if !d.AllArgs(&app.Org) {
+				return d.ArgErr()
+			}
 		case "service":
 			var port string
 			if !d.Args(&port) {

@@ -25,6 +25,11 @@ type Application struct {
 
 	// Machines that run the app.
 	Machines []*Machine `json:"machines,omitempty"`
+
+	// The organization the app belongs to: a fly-replay may send a
+	// request to another app of the same organization only. An app
+	// without one replays to itself only.
+	Org string `json:"org,omitempty"`
 }
 
 // Service is one public service of an app: connections arriving on one of

@@ -318,6 +318,13 @@ func (a *App) RouteForRequest(r *http.Request) (*Route, error) {
 	return rt, nil
 }
 
+// SetRequestRoute makes rt the route of r for the modules that handle it
+// from now on (a fly-replay to another app).
+func SetRequestRoute(r *http.Request, rt *Route) {
+	caddyhttp.SetVar(r.Context(), routeVarKey, rt)
+	caddyhttp.SetVar(r.Context(), AppVarKey, rt.App)
+}
+
 // RouteOf returns the route RouteForRequest cached for r, or nil.
 func RouteOf(r *http.Request) *Route {
 	rt, _ := caddyhttp.GetVar(r.Context(), routeVarKey).(*Route)

@@ -150,9 +150,14 @@ type Preference struct {
 	// PreferRegions is the value of Fly-Prefer-Region, an ordered,
 	// comma-separated list of region, country or continent codes.
 	PreferRegions string
-	// ForceRegion is the value of Fly-Force-Region: a region, country or
-	// continent code; only its machines may be chosen.
+	// ForceRegion is the value of Fly-Force-Region, or a fly-replay's
+	// region: an ordered, comma-separated list of region, country or
+	// continent codes; only their machines may be chosen, the first entry
+	// with a usable machine wins, and "any" allows every machine.
 	ForceRegion string
+	// Exclude is the ID of a machine not to choose (fly-replay's
+	// elsewhere).
+	Exclude string
 }
 
 // Outcome tells why Select chose no machine, or that a preferred machine
@@ -179,6 +184,16 @@ const (
 // region with a usable machine below the soft limit, spreading load among
 // the machines of that region; else the nearest usable machine at all.
 func Select[P Pool](rt *Route, p P, pref Preference) (int, Outcome) {
+	if pref.Exclude != "" {
+		if x, ok := rt.byID[pref.Exclude]; ok {
+			return choose(rt, excluding[P]{p, x}, pref)
+		}
+	}
+	return choose(rt, p, pref)
+}
+
+// choose is Select without the excluded machine.
+func choose[P Pool](rt *Route, p P, pref Preference) (int, Outcome) {
 	se := rt.serviceEntry
 	if pref.ForceInstance != "" {
 		i, ok := se.byID[pref.ForceInstance]
@@ -191,13 +206,20 @@ func Select[P Pool](rt *Route, p P, pref Preference) (int, Outcome) {
 		return i, Chosen
 	}
 	if pref.ForceRegion != "" {
-		code := strings.TrimSpace(pref.ForceRegion)
-		tiers, ok := se.groups[code]
-		if !ok {
-			tiers = se.groups[strings.ToLower(code)]
-		}
-		if i := pickTiers(se, p, tiers, se.softLimit); i >= 0 {
-			return i, Chosen
+		for list := pref.ForceRegion; list != ""; {
+			var code string
+			code, list, _ = strings.Cut(list, ",")
+			code = strings.TrimSpace(code)
+			tiers, ok := se.groups[code]
+			switch {
+			case code == "any":
+				tiers = se.tiers
+			case !ok:
+				tiers = se.groups[strings.ToLower(code)]
+			}
+			if i := pickTiers(se, p, tiers, se.softLimit); i >= 0 {
+				return i, Chosen
+			}
 		}
 		return -1, ForcedRegionUnavailable
 	}
@@ -260,4 +282,22 @@ func pickTiers[P Pool](se *serviceEntry, p P, tiers [][]int, soft int) int {
 		}
 	}
 	return over
+}
+
+// excluding is a pool without machine x.
+type excluding[P Pool] struct {
+	p P
+	x int
+}
+
+func (e excluding[P]) Usable(i int) bool { return i != e.x && e.p.Usable(i) }
+func (e excluding[P]) Load(i int) int    { return e.p.Load(i) }
+
+// MachineByDial returns the index of the machine reached at dial
+// (host:internal_port), or -1.
+func (rt *Route) MachineByDial(dial string) int {
+	if i, ok := rt.byDial[dial]; ok {
+		return i
+	}
+	return -1
 }

@@ -112,8 +112,27 @@ func (s *FlySelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	return pool[i]
 }
 
-// preferenceOf returns what a request asks for in its Fly-* headers.
+// replayVarKey is the request variable with the preference of a
+// fly-replay, which replaces the client's.
+const replayVarKey = "fly.replay_preference"
+
+// SetReplayPreference makes pref the preference machine selection uses
+// for r from now on, in place of its Fly-* headers (a fly-replay's
+// region, instance and elsewhere).
+func SetReplayPreference(r *http.Request, pref Preference) {
+	caddyhttp.SetVar(r.Context(), replayVarKey, pref)
+}
+
+// MachineVarKey is the request variable ({http.vars.fly.machine}) with
+// the ID of the machine transport fly sent the request to.
+const MachineVarKey = "fly.machine"
+
+// preferenceOf returns what a request asks for: a fly-replay's
+// preference, else its Fly-* headers.
 func preferenceOf(r *http.Request) Preference {
+	if p, ok := caddyhttp.GetVar(r.Context(), replayVarKey).(Preference); ok {
+		return p
+	}
 	return Preference{
 		ForceInstance:  r.Header.Get(HeaderForceInstance),
 		PreferInstance: r.Header.Get(HeaderPreferInstance),
@@ -125,6 +144,12 @@ func preferenceOf(r *http.Request) Preference {
 // unroutableVarKey is the request variable where Select records why it
 // chose no machine.
 const unroutableVarKey = "fly.unroutable"
+
+// ClearUnroutable forgets what Unroutable would say of r (before r is
+// sent again, by a fly-replay).
+func ClearUnroutable(r *http.Request) {
+	caddyhttp.SetVar(r.Context(), unroutableVarKey, nil)
+}
 
 // Unroutable returns why the fly selection policy chose no machine for r,
 // and false when it did not fail.

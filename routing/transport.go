@@ -102,17 +102,17 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		tr = t.h2c
 	}
 	RenameVia(req.Header, rt.Via)
+	di, ok := reverseproxy.GetDialInfo(req.Context())
+	i := -1
+	if ok {
+		i = rt.MachineByDial(di.Address)
+	}
 	resp, err := tr.RoundTrip(req)
 	var de reverseproxy.DialError
-	if err == nil || !errors.As(err, &de) {
-		return resp, err
-	}
-	di, ok := reverseproxy.GetDialInfo(req.Context())
-	if !ok {
-		return resp, err
-	}
-	i, ok := rt.byDial[di.Address]
-	if !ok {
+	if err == nil || !errors.As(err, &de) || i < 0 {
+		if err == nil && i >= 0 {
+			caddyhttp.SetVar(req.Context(), MachineVarKey, rt.machines[i].id)
+		}
 		return resp, err
 	}
 	pref := preferenceOf(req)
@@ -139,6 +139,9 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		r2 := req.WithContext(context.WithValue(req.Context(), dialInfoCtxKey, next2))
 		r2.URL.Host = m.dial
 		if resp, err = tr.RoundTrip(r2); err == nil || !errors.As(err, &de) {
+			if err == nil {
+				caddyhttp.SetVar(req.Context(), MachineVarKey, m.id)
+			}
 			return resp, err
 		}
 	}
