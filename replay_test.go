@@ -254,4 +254,15 @@ func TestFlyReplay(t *testing.T) {
 			}
 		})
 	}
+	// each instruction counted for the app that gave it
+	families := scrape(t)
+	for result, want := range map[string]func(float64) bool{
+		"replayed": func(v float64) bool { return v >= 9 },
+		"fallback": func(v float64) bool { return v == 1 },
+		"failed":   func(v float64) bool { return v == 5 },
+	} {
+		if v, _ := value(families, "caddy_fly_http_replays_total", map[string]string{"app": "router", "result": result}); !want(v) {
+			t.Errorf("caddy_fly_http_replays_total{app=router,result=%s} = %v", result, v)
+		}
+	}
 }

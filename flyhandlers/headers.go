@@ -160,14 +160,21 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	hdr[hdrFlyRegion] = v[6:7:7]
 	hdr[hdrFlyRequestID] = v[7:8:8]
 
+	st := &reqStats{start: time.Now()}
 	var body *replayBody
+	defer func() {
+		if body != nil {
+			st.in = body.read
+		}
+		rt.ObserveRequest(st.status, time.Since(st.start), st.in, st.out)
+	}()
 	if r.Body != nil && r.Body != http.NoBody {
 		body = newReplayBody(r.Body)
 		body.over = r.ContentLength > replayBodyLimit // streams through, cannot be replayed
 		r.Body = body
 		defer body.release()
 	}
-	fw := newFlyResponse(w, rt, id, true)
+	fw := newFlyResponse(w, rt, id, true, st)
 	err = next.ServeHTTP(fw, r)
 	fw.finish()
 	replayed, fellBack := 0, false
@@ -176,11 +183,15 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		var msg string
 		code, msg, fw, err = h.replay(w, r, next, fw, body, replayed, fellBack)
 		if code.ID != "" {
-			return h.fail(newFlyResponse(w, fw.rt, id, false), r, fw.rt, code, msg, id, err)
+			rt.CountReplay("failed")
+			return h.fail(newFlyResponse(w, fw.rt, id, false, st), r, fw.rt, code, msg, id, err)
 		}
 		replayed++
 		if fw.fellBack {
 			fellBack = true
+			rt.CountReplay("fallback")
+		} else {
+			rt.CountReplay("replayed")
 		}
 	}
 	if err == nil || fw.done {
@@ -190,7 +201,8 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !ok {
 		return err
 	}
-	if replayed > 0 {
+	if replayed > 0 && !fellBack {
+		rt.CountReplay("failed")
 		code, msg = CodeReplayFailed, fmt.Sprintf("fly-replay to app %s failed: %s", fw.rt.App, msg)
 	}
 	return h.fail(fw, r, fw.rt, code, msg, id, err)
@@ -279,7 +291,7 @@ func (h *Headers) replay(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		if body != nil {
 			body.rewind()
 		}
-		fw := newFlyResponse(w, rt, fw.id, replayable)
+		fw := newFlyResponse(w, rt, fw.id, replayable, fw.stats)
 		err := next.ServeHTTP(fw, r)
 		fw.finish()
 		return fw, err
@@ -384,11 +396,20 @@ type flyResponse struct {
 	replay     *replay       // the instruction, after the pass
 	replayErr  error         // why the instruction cannot be read
 	fellBack   bool          // this pass went back to the machine that replayed
+
+	stats *reqStats // the request's, shared by its passes
 }
 
-func newFlyResponse(w http.ResponseWriter, rt *routing.Route, id string, replayable bool) *flyResponse {
+// reqStats are what a request's metrics need.
+type reqStats struct {
+	start   time.Time
+	status  int
+	in, out int64
+}
+
+func newFlyResponse(w http.ResponseWriter, rt *routing.Route, id string, replayable bool, st *reqStats) *flyResponse {
 	fw := &flyResponse{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, rt: rt, id: id, replayable: replayable,
-		hdr: w.Header().Clone()}
+		hdr: w.Header().Clone(), stats: st}
 	if o := rt.Service.HTTPOptions; o != nil {
 		fw.resp = o.Response
 	}
@@ -405,6 +426,9 @@ func (w *flyResponse) WriteHeader(status int) {
 	}
 	defer func() {
 		if !w.intercept {
+			if w.stats != nil && status >= 200 {
+				w.stats.status = status
+			}
 			dst := w.ResponseWriter.Header()
 			clear(dst)
 			maps.Copy(dst, w.hdr)
@@ -454,7 +478,11 @@ func (w *flyResponse) Write(b []byte) (int, error) {
 		w.keepJSON(b)
 		return len(b), nil
 	}
-	return w.ResponseWriter.Write(b)
+	n, err := w.ResponseWriter.Write(b)
+	if w.stats != nil {
+		w.stats.out += int64(n)
+	}
+	return n, err
 }
 
 func (w *flyResponse) ReadFrom(r io.Reader) (int64, error) {
@@ -464,7 +492,11 @@ func (w *flyResponse) ReadFrom(r io.Reader) (int64, error) {
 	if w.intercept {
 		return io.Copy(writerFunc(func(b []byte) (int, error) { w.keepJSON(b); return len(b), nil }), r)
 	}
-	return w.ResponseWriterWrapper.ReadFrom(r)
+	n, err := w.ResponseWriterWrapper.ReadFrom(r)
+	if w.stats != nil {
+		w.stats.out += n
+	}
+	return n, err
 }
 
 // Flush passes on, except for a response kept from the client.

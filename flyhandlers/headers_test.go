@@ -217,7 +217,7 @@ func TestResponseHeaders(t *testing.T) {
 				t.Fatal(err)
 			}
 			rec := httptest.NewRecorder()
-			fw := newFlyResponse(rec, rt, "ID-iad", true)
+			fw := newFlyResponse(rec, rt, "ID-iad", true, nil)
 			// as reverse_proxy leaves the header before writing it
 			fw.Header()["Via"] = []string{"2.0 Caddy"}
 			fw.Header().Set("X-Powered-By", "PHP")

@@ -149,7 +149,9 @@ func (p *FlyProxy) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	if c := p.logger.Check(zapcore.DebugLevel, "machine selected"); c != nil {
 		c.Write(zap.String("app", rt.App), zap.String("machine", rt.MachineID(i)), zap.String("region", rt.MachineRegion(i)))
 	}
-	err = Relay(cx, up, time.Duration(p.IdleTimeout))
+	defer rt.OpenConn()()
+	in, out, err := Relay(cx, up, time.Duration(p.IdleTimeout))
+	rt.CountBytes(in, out)
 	if errors.Is(err, ErrIdle) {
 		if c := p.logger.Check(zapcore.DebugLevel, "idle connection closed"); c != nil {
 			c.Write(zap.String("app", rt.App), zap.String("machine", rt.MachineID(i)), zap.Duration("idle_timeout", time.Duration(p.IdleTimeout)))

@@ -27,21 +27,24 @@ const spliceChunk = 1 << 20
 // Relay copies bytes between the client connection cx and the machine
 // connection up until both directions ended, passing each half-close on,
 // or until no byte moved in either direction for idle: then both
-// connections are closed (by the caller) and ErrIdle is returned.
+// connections are closed (by the caller) and ErrIdle is returned. It
+// returns the bytes copied from the client to the machine (in) and back
+// (out).
 // The bytes cx has read ahead (prefetched while matching) go first; after
 // them, if cx is a plain TCP connection, the copy runs between the two
 // sockets so that the kernel can splice.
-func Relay(cx *layer4.Connection, up net.Conn, idle time.Duration) error {
+func Relay(cx *layer4.Connection, up net.Conn, idle time.Duration) (in, out int64, err error) {
 	if pending := cx.MatchingBytes(); len(pending) > 0 {
 		if err := up.SetWriteDeadline(time.Now().Add(idle)); err != nil {
-			return err
+			return 0, 0, err
 		}
 		if _, err := up.Write(pending); err != nil {
-			return err
+			return 0, 0, err
 		}
+		in = int64(len(pending))
 		// consume them from cx's buffer: this read never reaches the socket
 		if _, err := io.CopyN(io.Discard, cx, int64(len(pending))); err != nil {
-			return err
+			return in, 0, err
 		}
 	}
 	var down net.Conn = cx
@@ -51,14 +54,15 @@ func Relay(cx *layer4.Connection, up net.Conn, idle time.Duration) error {
 	r := &relay{down: down, up: up, idle: idle}
 	r.touch()
 	errc := make(chan error, 1)
+	var sent int64 // client to machine, counted by the other goroutine
 	go func() {
-		errc <- r.copyHalf(up, down)
+		errc <- r.copyHalf(up, down, &sent)
 	}()
-	err := r.copyHalf(down, up)
+	err = r.copyHalf(down, up, &out)
 	if err2 := <-errc; err == nil {
 		err = err2
 	}
-	return err
+	return in + sent, out, err
 }
 
 // ErrIdle means that a relay ended because no byte moved for its idle
@@ -102,7 +106,7 @@ func (r *relay) stop() {
 // the timer work off the per-read path); a read that times out while the
 // other direction moved bytes lately waits on, a write that times out
 // ends the relay.
-func (r *relay) copyHalf(dst, src net.Conn) error {
+func (r *relay) copyHalf(dst, src net.Conn, copied *int64) error {
 	_, srcTCP := src.(*net.TCPConn)
 	_, dstTCP := dst.(*net.TCPConn)
 	bp := bufPool.Get().(*[]byte)
@@ -128,6 +132,7 @@ func (r *relay) copyHalf(dst, src net.Conn) error {
 			n, err = io.CopyN(dst, src, spliceChunk) // (*net.TCPConn).ReadFrom splices
 			if n > 0 {
 				r.touch()
+				*copied += n
 			}
 			if err == nil || n > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
 				continue
@@ -145,6 +150,7 @@ func (r *relay) copyHalf(dst, src net.Conn) error {
 					break
 				}
 				total += n
+				*copied += int64(n)
 			}
 			if err == nil {
 				continue

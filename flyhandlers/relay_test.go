@@ -29,7 +29,7 @@ func relayPair(t *testing.T, idle time.Duration) (client, machine net.Conn, done
 	machine.SetDeadline(time.Now().Add(10 * time.Second))
 	res := make(chan error, 1)
 	go func() {
-		err := Relay(cx, up, idle)
+		_, _, err := Relay(cx, up, idle)
 		up.Close()
 		cx.Close()
 		res <- err

@@ -175,6 +175,7 @@ func validHeaderName(name string) bool {
 type replayBody struct {
 	src      io.ReadCloser
 	buf      *bytes.Buffer
+	read     int64 // bytes read from src
 	over     bool
 	replayed io.Reader // the body of a replay, when one is being sent
 }
@@ -192,6 +193,7 @@ func (b *replayBody) Read(p []byte) (int, error) {
 		return n, err
 	}
 	n, err := b.src.Read(p)
+	b.read += int64(n)
 	b.keep(p[:n])
 	return n, err
 }
@@ -236,6 +238,7 @@ type keeping struct{ b *replayBody }
 
 func (k *keeping) Read(p []byte) (int, error) {
 	n, err := k.b.src.Read(p)
+	k.b.read += int64(n)
 	if n > 0 && !k.b.over {
 		if k.b.buf.Len()+n > replayBodyLimit {
 			k.b.over = true

@@ -53,6 +53,7 @@ type App struct {
 	reg     atomic.Pointer[registry]
 	live    liveIndex
 	health  *healthChecker
+	metrics *metrics
 	logger  *zap.Logger
 }
 
@@ -96,6 +97,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.edge = edge
 	a.health = newHealthChecker(a.logger.Named("health"))
+	a.metrics = newMetrics(ctx.GetMetricsRegistry())
 	reg, err := a.build(a.Apps)
 	if err != nil {
 		return err
@@ -177,6 +179,7 @@ type serviceEntry struct {
 	tiers     [][]int            // machine indexes of equal distance, nearest first
 	groups    map[string][][]int // tiers of the machines in a region, country or continent
 	softLimit int
+	metrics   *routeMetrics
 }
 
 // HostOwner returns the app whose config has exactly the host name host
@@ -408,7 +411,7 @@ func (m *machine) available() bool {
 }
 
 func (a *App) newServiceEntry(app string, s *Service, machines []*Machine, refs *healthRefs) *serviceEntry {
-	se := &serviceEntry{app: app, config: s}
+	se := &serviceEntry{app: app, config: s, metrics: newRouteMetrics(a.metrics, app, s)}
 	for _, m := range machines {
 		mm := &machine{
 			id:      m.ID,

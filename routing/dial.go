@@ -35,10 +35,14 @@ var ErrNoMachine = errors.New("no machine of the app can be reached")
 func (rt *Route) DialMachine(ctx context.Context, dialer *net.Dialer, tries int, failDuration time.Duration) (net.Conn, int, func(), error) {
 	var lastErr error
 	for range max(tries, 1) {
-		i, _ := Select(rt, connPool{rt}, Preference{})
+		i, outcome := Select(rt, connPool{rt}, Preference{})
 		if i < 0 {
+			if lastErr == nil {
+				rt.countSelection(outcome)
+			}
 			break
 		}
+		rt.countSelection(outcome)
 		m := rt.machines[i]
 		m.health.conns.Add(1)
 		conn, err := dialer.DialContext(ctx, "tcp", m.dial)
@@ -55,5 +59,6 @@ func (rt *Route) DialMachine(ctx context.Context, dialer *net.Dialer, tries int,
 	if lastErr == nil {
 		return nil, -1, nil, fmt.Errorf("app %s: %w", rt.App, ErrNoMachine)
 	}
+	rt.countSelection(Refused)
 	return nil, -1, nil, fmt.Errorf("app %s: %w: %w", rt.App, ErrNoMachine, lastErr)
 }

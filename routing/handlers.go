@@ -95,3 +95,18 @@ func (h Handlers) String() string {
 	}
 	return "[" + strings.Join(names, " ") + "]"
 }
+
+// Label returns the list for a metric label: "tls+http", "none" for
+// pass-through.
+func (h Handlers) Label() string {
+	if h == PassThrough {
+		return "none"
+	}
+	var names []string
+	for _, hn := range handlerNames {
+		if h.Has(hn.h) {
+			names = append(names, hn.name)
+		}
+	}
+	return strings.Join(names, "+")
+}

@@ -73,7 +73,8 @@ func (s *FlyL4Selection) Select(pool l4proxy.UpstreamPool, cx *layer4.Connection
 			}
 		}
 	}
-	i, _ := Select(rt, sp, Preference{})
+	i, outcome := Select(rt, sp, Preference{})
+	rt.countSelection(outcome)
 	if i < 0 {
 		return nil
 	}

@@ -94,6 +94,7 @@ func (s *FlySelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	}
 	pref := preferenceOf(r)
 	i, outcome := Select(rt, httpPool(pool), pref)
+	rt.countSelection(outcome)
 	switch outcome {
 	case PreferredUnavailable:
 		r.Header.Set(HeaderPreferredUnavailable, pref.PreferInstance)

@@ -125,9 +125,11 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			if outcome == NoneAvailable {
 				outcome = Refused
 			}
+			rt.countSelection(outcome)
 			caddyhttp.SetVar(req.Context(), unroutableVarKey, outcome)
 			return nil, err
 		}
+		rt.countSelection(outcome)
 		if outcome == PreferredUnavailable {
 			req.Header.Set(HeaderPreferredUnavailable, pref.PreferInstance)
 		}
@@ -146,6 +148,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	rt.machines[i].health.failedUntil.Store(time.Now().Add(failDuration).UnixNano())
+	rt.countSelection(Refused)
 	caddyhttp.SetVar(req.Context(), unroutableVarKey, Refused)
 	return nil, err
 }
