@@ -168,7 +168,7 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		rt.ObserveRequest(st.status, time.Since(st.start), st.in, st.out)
 	}()
-	if r.Body != nil && r.Body != http.NoBody {
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		body = newReplayBody(r.Body)
 		body.over = r.ContentLength > replayBodyLimit // streams through, cannot be replayed
 		r.Body = body
