@@ -77,6 +77,9 @@ func (m replayMachine) serve(w http.ResponseWriter, r *http.Request) {
 		case r.URL.Path == "/dead" && r.Header.Get("Fly-Replay-Failed") == "":
 			replayTo("app=deadapp;fallback=force_self")
 			return
+		case r.URL.Path == "/dead-again":
+			replayTo("app=deadapp;fallback=prefer_self")
+			return
 		case r.URL.Path == "/dead-nofallback":
 			replayTo("app=deadapp")
 			return
@@ -245,6 +248,7 @@ func TestFlyReplay(t *testing.T) {
 		{"another organization's app", "GET", "/stranger", nil, 502, "PY01: fly-replay: app router may not replay to app stranger"},
 		{"a body too large to replay", "POST", "/app", bytes.Repeat([]byte("x"), 2<<20), 413, "PY03: fly-replay: the request body is over 1048576 bytes"},
 		{"more than 10 replays", "GET", "/loop", nil, 508, "PY04: fly-replay: replayed 10 times"},
+		{"asked again after the fallback", "GET", "/dead-again", nil, 508, "PY04: fly-replay: a request that fell back"},
 		{"an instruction the edge cannot read", "GET", "/bad", nil, 502, `PY05: fly-replay: fallback="sometimes"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -258,8 +262,8 @@ func TestFlyReplay(t *testing.T) {
 	families := scrape(t)
 	for result, want := range map[string]func(float64) bool{
 		"replayed": func(v float64) bool { return v >= 9 },
-		"fallback": func(v float64) bool { return v == 1 },
-		"failed":   func(v float64) bool { return v == 5 },
+		"fallback": func(v float64) bool { return v == 2 },
+		"failed":   func(v float64) bool { return v == 6 },
 	} {
 		if v, _ := value(families, "caddy_fly_http_replays_total", map[string]string{"app": "router", "result": result}); !want(v) {
 			t.Errorf("caddy_fly_http_replays_total{app=router,result=%s} = %v", result, v)

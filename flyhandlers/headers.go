@@ -233,11 +233,11 @@ func (h *Headers) fail(w http.ResponseWriter, r *http.Request, rt *routing.Route
 // made.
 func (h *Headers) replay(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, fw *flyResponse, body *replayBody, replayed int, fellBack bool) (Code, string, *flyResponse, error) {
 	rp, from := fw.replay, fw.rt
-	if fw.replayErr != nil {
-		return CodeReplayInvalid, fw.replayErr.Error(), fw, nil
-	}
 	if fellBack {
 		return CodeReplayLoop, "fly-replay: a request that fell back to the machine that replayed it cannot be replayed again", fw, nil
+	}
+	if fw.replayErr != nil {
+		return CodeReplayInvalid, fw.replayErr.Error(), fw, nil
 	}
 	if replayed >= maxReplays {
 		return CodeReplayLoop, fmt.Sprintf("fly-replay: replayed %d times, the most a request may be", maxReplays), fw, nil
