@@ -7,8 +7,10 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -161,12 +163,14 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	hdr[hdrFlyRequestID] = v[7:8:8]
 
 	st := &reqStats{start: time.Now()}
+	st.writers = st.buf[:0]
 	var body *replayBody
 	defer func() {
 		if body != nil {
 			st.in = body.read
 		}
 		rt.ObserveRequest(st.status, time.Since(st.start), st.in, st.out)
+		st.release()
 	}()
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		body = newReplayBody(r.Body)
@@ -400,20 +404,47 @@ type flyResponse struct {
 	stats *reqStats // the request's, shared by its passes
 }
 
-// reqStats are what a request's metrics need.
+// reqStats are what a request's metrics need, and the writers of its
+// passes.
 type reqStats struct {
 	start   time.Time
 	status  int
 	in, out int64
+	writers []*flyResponse
+	buf     [2]*flyResponse // writers' first room
 }
 
+// flyResponses reuses the response writers of requests that are done,
+// their header maps with them.
+var flyResponses = sync.Pool{New: func() any { return &flyResponse{hdr: make(http.Header, 8)} }}
+
+// newFlyResponse returns a writer for one pass of a request; st.release
+// returns it to the pool when the request is done.
 func newFlyResponse(w http.ResponseWriter, rt *routing.Route, id string, replayable bool, st *reqStats) *flyResponse {
-	fw := &flyResponse{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, rt: rt, id: id, replayable: replayable,
-		hdr: w.Header().Clone(), stats: st}
+	fw := flyResponses.Get().(*flyResponse)
+	hdr := fw.hdr
+	clear(hdr)
+	maps.Copy(hdr, w.Header()) // the values' slices are shared, never written in place
+	*fw = flyResponse{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, rt: rt, id: id, replayable: replayable,
+		hdr: hdr, stats: st}
 	if o := rt.Service.HTTPOptions; o != nil {
 		fw.resp = o.Response
 	}
+	if st != nil {
+		st.writers = append(st.writers, fw)
+	}
 	return fw
+}
+
+// release returns the request's writers to the pool.
+func (st *reqStats) release() {
+	for i, fw := range st.writers {
+		fw.ResponseWriterWrapper.ResponseWriter = nil
+		fw.rt, fw.resp, fw.stats, fw.replay, fw.jsonBody = nil, nil, nil, nil, nil
+		flyResponses.Put(fw)
+		st.writers[i] = nil
+	}
+	st.writers = st.writers[:0]
 }
 
 // Header returns the header of this pass: a response that asks for a
@@ -463,7 +494,7 @@ func (w *flyResponse) WriteHeader(status int) {
 				if op.Values == nil {
 					delete(h, op.Name)
 				} else {
-					h[op.Name] = op.Values
+					h[op.Name] = slices.Clip(op.Values) // an append copies, never writes into the config
 				}
 			}
 		}
