@@ -89,6 +89,18 @@ func (m replayMachine) serve(w http.ResponseWriter, r *http.Request) {
 		case r.URL.Path == "/bad":
 			replayTo("fallback=sometimes")
 			return
+		case r.URL.Path == "/bad-syntax":
+			replayTo("iad")
+			return
+		case r.URL.Path == "/bad-json":
+			w.Header().Set("Content-Type", "application/vnd.fly.replay+json")
+			w.Write([]byte(`{"elsewhere": "yes"}`))
+			return
+		case r.URL.Path == "/trailer":
+			w.Header().Set("Trailer", "X-Result")
+			w.Write([]byte("streamed"))
+			w.Header().Set("X-Result", "done")
+			return
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -250,6 +262,8 @@ func TestFlyReplay(t *testing.T) {
 		{"more than 10 replays", "GET", "/loop", nil, 508, "PY04: fly-replay: replayed 10 times"},
 		{"asked again after the fallback", "GET", "/dead-again", nil, 508, "PY04: fly-replay: a request that fell back"},
 		{"an instruction the edge cannot read", "GET", "/bad", nil, 502, `PY05: fly-replay: fallback="sometimes"`},
+		{"a header that is no instruction", "GET", "/bad-syntax", nil, 502, `PY05: fly-replay: "iad": want name=value fields`},
+		{"JSON that is no instruction", "GET", "/bad-json", nil, 502, "PY05: fly-replay JSON: "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body, s := send(tc.method, tc.path, tc.body, nil)
@@ -258,12 +272,25 @@ func TestFlyReplay(t *testing.T) {
 			}
 		})
 	}
+	t.Run("trailers reach the client", func(t *testing.T) {
+		req, _ := http.NewRequest("GET", "http://127.0.0.1:"+port+"/trailer", nil)
+		req.Host = "router.replay.test"
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "streamed" || resp.Trailer.Get("X-Result") != "done" {
+			t.Errorf("body %q, trailer %q; want the machine's trailer", b, resp.Trailer.Get("X-Result"))
+		}
+	})
 	// each instruction counted for the app that gave it
 	families := scrape(t)
 	for result, want := range map[string]func(float64) bool{
 		"replayed": func(v float64) bool { return v >= 9 },
 		"fallback": func(v float64) bool { return v == 2 },
-		"failed":   func(v float64) bool { return v == 6 },
+		"failed":   func(v float64) bool { return v == 8 },
 	} {
 		if v, _ := value(families, "caddy_fly_http_replays_total", map[string]string{"app": "router", "result": result}); !want(v) {
 			t.Errorf("caddy_fly_http_replays_total{app=router,result=%s} = %v", result, v)

@@ -167,16 +167,16 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	var body *replayBody
 	defer func() {
 		if body != nil {
-			st.in = body.read
+			st.in = body.bytesRead()
 		}
 		rt.ObserveRequest(st.status, time.Since(st.start), st.in, st.out)
 		st.release()
 	}()
-	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
-		body = newReplayBody(r.Body)
-		body.over = r.ContentLength > replayBodyLimit // streams through, cannot be replayed
-		r.Body = body
-		defer body.release()
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 && r.Method != http.MethodConnect && r.Header.Get("Upgrade") == "" {
+		// a body over the limit streams through and cannot be replayed
+		body = newReplayBody(r.Body, r.ContentLength > replayBodyLimit)
+		st.body = body
+		r.Body = body.reader()
 	}
 	fw := newFlyResponse(w, rt, id, true, st)
 	err = next.ServeHTTP(fw, r)
@@ -246,7 +246,7 @@ func (h *Headers) replay(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	if replayed >= maxReplays {
 		return CodeReplayLoop, fmt.Sprintf("fly-replay: replayed %d times, the most a request may be", maxReplays), fw, nil
 	}
-	if body != nil && !body.rewind() {
+	if body != nil && !body.canReplay() {
 		return CodeReplayTooLarge, fmt.Sprintf("fly-replay: the request body is over %d bytes, the most a replay can resend", replayBodyLimit), fw, nil
 	}
 	target := from.App
@@ -293,7 +293,7 @@ func (h *Headers) replay(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		routing.ClearUnroutable(r)
 		delete(r.Header, hdrPreferredUnavail)
 		if body != nil {
-			body.rewind()
+			r.Body = body.reader()
 		}
 		fw := newFlyResponse(w, rt, fw.id, replayable, fw.stats)
 		err := next.ServeHTTP(fw, r)
@@ -412,6 +412,7 @@ type reqStats struct {
 	in, out int64
 	writers []*flyResponse
 	buf     [2]*flyResponse // writers' first room
+	body    *replayBody     // the request's body, when it has one
 }
 
 // flyResponses reuses the response writers of requests that are done,
@@ -447,42 +448,48 @@ func (st *reqStats) release() {
 	st.writers = st.writers[:0]
 }
 
-// Header returns the header of this pass: a response that asks for a
-// replay leaves nothing in the client's.
-func (w *flyResponse) Header() http.Header { return w.hdr }
+// Header returns the header of this pass, which reaches the client's
+// when the final header is written (so a response that asks for a replay
+// leaves nothing there); after that, the client's, where trailers go.
+func (w *flyResponse) Header() http.Header {
+	if w.done {
+		return w.ResponseWriter.Header()
+	}
+	return w.hdr
+}
 
 func (w *flyResponse) WriteHeader(status int) {
-	if w.intercept {
+	switch {
+	case w.intercept:
+		return
+	case w.done:
+		w.ResponseWriter.WriteHeader(status) // Caddy's superfluous-call warning, as without us
 		return
 	}
-	defer func() {
-		if !w.intercept {
-			if w.stats != nil && status >= 200 {
-				w.stats.status = status
-			}
-			dst := w.ResponseWriter.Header()
-			clear(dst)
-			maps.Copy(dst, w.hdr)
-			w.ResponseWriter.WriteHeader(status)
-		}
-	}()
-	if !w.done && status >= 200 {
-		h := w.Header()
-		if v := h.Get(hdrFlyReplay); v != "" || strings.HasPrefix(h.Get("Content-Type"), replayContentType) {
-			if !w.replayable {
-				w.intercept = true
-				w.replay, w.replayErr = new(replay), errors.New("fly-replay: asked again after the replay fell back")
-				return
-			}
+	h := w.hdr
+	if status >= 200 || status == http.StatusSwitchingProtocols {
+		if v := h.Get(hdrFlyReplay); status != http.StatusSwitchingProtocols && (v != "" || strings.HasPrefix(h.Get("Content-Type"), replayContentType)) {
 			w.intercept = true
-			if v != "" {
+			switch {
+			case !w.replayable:
+				w.replay, w.replayErr = new(replay), errors.New("fly-replay: asked again after the replay fell back")
+			case v != "":
 				w.replay, w.replayErr = parseReplayHeader(v)
-			} else {
+				if w.replayErr != nil {
+					w.replay = new(replay)
+				}
+			default:
 				w.jsonBody = new(bytes.Buffer)
 			}
 			return
 		}
 		w.done = true
+		if w.stats != nil {
+			w.stats.status = status
+			if w.stats.body != nil {
+				w.stats.body.noReplays() // the final answer: nothing more to keep
+			}
+		}
 		if w.resp != nil && w.resp.Pristine {
 			delete(h, "Via")
 		} else {
@@ -494,11 +501,15 @@ func (w *flyResponse) WriteHeader(status int) {
 				if op.Values == nil {
 					delete(h, op.Name)
 				} else {
-					h[op.Name] = slices.Clip(op.Values) // an append copies, never writes into the config
+					h[op.Name] = slices.Clone(op.Values) // handlers after us may change values in place
 				}
 			}
 		}
 	}
+	dst := w.ResponseWriter.Header()
+	clear(dst)
+	maps.Copy(dst, h)
+	w.ResponseWriter.WriteHeader(status)
 }
 
 func (w *flyResponse) Write(b []byte) (int, error) {
@@ -532,6 +543,9 @@ func (w *flyResponse) ReadFrom(r io.Reader) (int64, error) {
 
 // Flush passes on, except for a response kept from the client.
 func (w *flyResponse) Flush() {
+	if !w.done && !w.intercept {
+		w.WriteHeader(http.StatusOK) // as net/http does for a flush before the header
+	}
 	if !w.intercept {
 		_ = http.NewResponseController(w.ResponseWriter).Flush()
 	}
@@ -555,6 +569,9 @@ func (w *flyResponse) keepJSON(b []byte) {
 func (w *flyResponse) finish() {
 	if w.jsonBody != nil {
 		w.replay, w.replayErr = parseReplayJSON(w.jsonBody.Bytes())
+		if w.replayErr != nil {
+			w.replay = new(replay)
+		}
 		w.jsonBody = nil
 	}
 }

@@ -1,7 +1,6 @@
 package flyhandlers
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -168,92 +167,164 @@ func validHeaderName(name string) bool {
 	return true
 }
 
-// replayBody is a request body that keeps what the machine read of it,
-// up to replayBodyLimit, so a replay can send the same body again: what
-// was read, then the rest. A body over the limit streams through and
-// cannot be replayed.
+// replayBody is a request body that a replay can send again. Each pass
+// of the request reads it through a reader of its own (reader), from the
+// start; what any pass reads from the client is kept, up to
+// replayBodyLimit, so the next pass gets the same bytes, then the rest.
+// A body over the limit, or one whose request got its final answer
+// (noReplays), is kept no longer: it streams through, and only the bytes
+// the current pass has not read yet are held.
+//
+// The HTTP client may go on reading a pass's body after that pass is over
+// (a machine that answers before reading it all): such a reader is
+// closed and reads nothing more from the client, and what it read
+// meanwhile goes to the current pass. No lock is held while the client is
+// read, so a slow client never holds up the response.
 type replayBody struct {
-	src      io.ReadCloser
-	buf      *bytes.Buffer
-	read     int64 // bytes read from src
-	over     bool
-	replayed io.Reader // the body of a replay, when one is being sent
+	src   io.ReadCloser
+	srcMu sync.Mutex // one read of src at a time
+
+	mu    sync.Mutex // guards what follows
+	buf   []byte     // the bytes from start to read
+	start int64      // position of buf[0] in the body
+	read  int64      // bytes read from src
+	keep  bool       // keep what is read for a replay
+	over  bool       // a replay can no longer have the whole body
+	eof   error      // src's final error
+	cur   *bodyReader
 }
 
-var bodyBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+// errPassOver is what the reader of a pass that is over gets.
+var errPassOver = errors.New("request body: this pass of the request is over")
 
-func newReplayBody(src io.ReadCloser) *replayBody {
-	return &replayBody{src: src, buf: bodyBufs.Get().(*bytes.Buffer)}
+func newReplayBody(src io.ReadCloser, tooLarge bool) *replayBody {
+	return &replayBody{src: src, keep: !tooLarge, over: tooLarge}
 }
 
-func (b *replayBody) Read(p []byte) (int, error) {
-	if b.replayed != nil {
-		n, err := b.replayed.Read(p)
-		b.keep(p[:n])
+// canReplay tells whether a replay can send the whole body again.
+func (b *replayBody) canReplay() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return !b.over
+}
+
+// reader returns the body for a new pass, from the start; the previous
+// pass's reader is closed.
+func (b *replayBody) reader() io.ReadCloser {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cur != nil {
+		b.cur.closed = true
+	}
+	b.cur = &bodyReader{b: b, pos: b.start}
+	return b.cur
+}
+
+// noReplays says that the request got its final answer: nothing more is
+// kept for a replay.
+func (b *replayBody) noReplays() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.keep, b.over = false, true
+	b.trim()
+}
+
+// trim drops the bytes the current pass has read, once nothing is kept
+// for a replay. The caller holds mu.
+func (b *replayBody) trim() {
+	if b.keep || b.cur == nil || b.cur.pos <= b.start {
+		return
+	}
+	b.buf = b.buf[b.cur.pos-b.start:]
+	b.start = b.cur.pos
+	if len(b.buf) == 0 {
+		b.buf = nil
+	}
+}
+
+// bytesRead returns how many bytes were read from the client.
+func (b *replayBody) bytesRead() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.read
+}
+
+// bodyReader is one pass's view of a replayBody.
+type bodyReader struct {
+	b      *replayBody
+	pos    int64 // guarded by b.mu
+	closed bool  // guarded by b.mu
+}
+
+func (r *bodyReader) Read(p []byte) (int, error) {
+	b := r.b
+	for {
+		b.mu.Lock()
+		if r.closed {
+			b.mu.Unlock()
+			return 0, errPassOver
+		}
+		if r.pos < b.read { // what another pass read, or kept
+			n := copy(p, b.buf[r.pos-b.start:])
+			r.pos += int64(n)
+			b.trim()
+			b.mu.Unlock()
+			return n, nil
+		}
+		if b.eof != nil {
+			err := b.eof
+			b.mu.Unlock()
+			return 0, err
+		}
+		b.mu.Unlock()
+
+		b.srcMu.Lock()
+		b.mu.Lock()
+		behind := r.closed || r.pos < b.read || b.eof != nil
+		b.mu.Unlock()
+		if behind { // another reader read meanwhile: look again
+			b.srcMu.Unlock()
+			continue
+		}
+		n, err := b.src.Read(p)
+		b.mu.Lock()
+		b.add(p[:n], r)
+		if err != nil {
+			b.eof = err
+		}
+		closed := r.closed
+		b.mu.Unlock()
+		b.srcMu.Unlock()
+		if closed && n > 0 { // read for a pass that is over: the current one gets it
+			return 0, errPassOver
+		}
+		if n == 0 && err == nil {
+			continue
+		}
 		return n, err
 	}
-	n, err := b.src.Read(p)
-	b.read += int64(n)
-	b.keep(p[:n])
-	return n, err
 }
 
-// keep records bytes read from the original body.
-func (b *replayBody) keep(p []byte) {
-	if b.replayed != nil || b.over || len(p) == 0 {
+// add records bytes read from the client by reader r: buf always holds
+// the body from start to read, r has consumed them unless it is closed
+// (then the current pass gets them), and once nothing is kept for a
+// replay the current pass's consumed bytes are dropped. The caller holds
+// mu.
+func (b *replayBody) add(p []byte, r *bodyReader) {
+	if len(p) == 0 {
 		return
 	}
-	if b.buf.Len()+len(p) > replayBodyLimit {
-		b.over = true
-		b.buf.Reset()
-		return
+	b.read += int64(len(p))
+	b.buf = append(b.buf, p...)
+	if !r.closed {
+		r.pos += int64(len(p))
 	}
-	b.buf.Write(p)
+	if b.keep && b.read-b.start > replayBodyLimit {
+		b.keep, b.over = false, true
+	}
+	b.trim()
 }
 
-// Close does not close the client's body: a replay may need the rest,
-// and the HTTP server closes it when the request is done.
-func (b *replayBody) Close() error { return nil }
-
-// rewind makes the body start again for a replay; false when it was over
-// the limit.
-func (b *replayBody) rewind() bool {
-	if b.over {
-		return false
-	}
-	if b.replayed == nil {
-		// what the machine read, then what it left unread
-		b.replayed = io.MultiReader(bytes.NewReader(b.buf.Bytes()), &keeping{b})
-		return true
-	}
-	// a second replay: the first replay read everything it sent into buf
-	// by way of keeping; send buf again
-	b.replayed = io.MultiReader(bytes.NewReader(b.buf.Bytes()), &keeping{b})
-	return true
-}
-
-// keeping reads the rest of the original body into buf as it goes, so a
-// later replay has it too.
-type keeping struct{ b *replayBody }
-
-func (k *keeping) Read(p []byte) (int, error) {
-	n, err := k.b.src.Read(p)
-	k.b.read += int64(n)
-	if n > 0 && !k.b.over {
-		if k.b.buf.Len()+n > replayBodyLimit {
-			k.b.over = true
-		} else {
-			k.b.buf.Write(p[:n])
-		}
-	}
-	return n, err
-}
-
-// release returns the buffer.
-func (b *replayBody) release() {
-	if b.buf.Cap() <= 4*replayBodyLimit {
-		b.buf.Reset()
-		bodyBufs.Put(b.buf)
-	}
-	b.buf = nil
-}
+// Close does not close the client's body: the next pass may need the
+// rest, and the HTTP server closes it when the request is done.
+func (r *bodyReader) Close() error { return nil }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseReplayHeader(t *testing.T) {
@@ -64,31 +65,66 @@ func FuzzParseReplay(f *testing.F) {
 	})
 }
 
-// TestReplayBody: a replay sends the body again, whatever part of it the
-// machine read first; a body over the limit streams through once.
+// TestReplayBody: every pass reads the whole body, whatever part of it
+// the passes before read; a pass that is over reads nothing more, and
+// what it had read reaches the next; a body over the limit streams
+// through once.
 func TestReplayBody(t *testing.T) {
 	payload := bytes.Repeat([]byte("abcdefgh"), 1000)
 	for _, readFirst := range []int{0, 100, len(payload)} {
-		b := newReplayBody(io.NopCloser(bytes.NewReader(payload)))
-		first := make([]byte, readFirst)
-		io.ReadFull(b, first)
+		b := newReplayBody(io.NopCloser(bytes.NewReader(payload)), false)
+		first := b.reader()
+		io.ReadFull(first, make([]byte, readFirst))
 		for pass := range 3 {
-			if !b.rewind() {
-				t.Fatalf("read %d first, pass %d: cannot rewind", readFirst, pass)
+			if !b.canReplay() {
+				t.Fatalf("read %d first, pass %d: cannot replay", readFirst, pass)
 			}
-			got, _ := io.ReadAll(b)
+			r := b.reader()
+			if n, err := first.Read(make([]byte, 10)); n != 0 || err != errPassOver {
+				t.Fatalf("the first pass's reader read %d, %v after the next pass began", n, err)
+			}
+			got, _ := io.ReadAll(r)
 			if !bytes.Equal(got, payload) {
-				t.Fatalf("read %d first, pass %d: replayed %d bytes that differ", readFirst, pass, len(got))
+				t.Fatalf("read %d first, pass %d: %d bytes that differ", readFirst, pass, len(got))
 			}
 		}
-		b.release()
+		if b.bytesRead() != int64(len(payload)) {
+			t.Errorf("bytes read from the client: %d", b.bytesRead())
+		}
 	}
+
+	// an old pass blocked in a read when the replay begins: what it gets
+	// goes to the new pass
+	pr, pw := io.Pipe()
+	b := newReplayBody(pr, false)
+	old := b.reader()
+	got := make(chan error, 1)
+	go func() { _, err := old.Read(make([]byte, 64)); got <- err }()
+	time.Sleep(20 * time.Millisecond) // old is in src.Read
+	r := b.reader()
+	go func() { pw.Write([]byte("hello ")); pw.Write([]byte("world")); pw.Close() }()
+	if err := <-got; err != errPassOver {
+		t.Errorf("the old pass got %v, want errPassOver", err)
+	}
+	if all, _ := io.ReadAll(r); string(all) != "hello world" {
+		t.Errorf("the new pass got %q", all)
+	}
+
 	big := bytes.Repeat([]byte("x"), replayBodyLimit+1)
-	b := newReplayBody(io.NopCloser(bytes.NewReader(big)))
-	if got, _ := io.ReadAll(b); len(got) != len(big) {
+	b = newReplayBody(io.NopCloser(bytes.NewReader(big)), false)
+	if got, _ := io.ReadAll(b.reader()); len(got) != len(big) {
 		t.Fatalf("a large body streamed %d of %d bytes", len(got), len(big))
 	}
-	if b.rewind() {
-		t.Error("a body over the limit was rewound")
+	if b.canReplay() || len(b.buf) != 0 {
+		t.Errorf("a body over the limit: replayable %t, %d bytes kept", b.canReplay(), len(b.buf))
+	}
+	// once the final answer started, nothing is kept
+	b = newReplayBody(io.NopCloser(bytes.NewReader(payload)), false)
+	r = b.reader()
+	io.ReadFull(r, make([]byte, 100))
+	b.noReplays()
+	rest, _ := io.ReadAll(r)
+	if len(rest) != len(payload)-100 || len(b.buf) != 0 {
+		t.Errorf("after noReplays: %d bytes read on, %d kept", len(rest), len(b.buf))
 	}
 }

@@ -29,9 +29,13 @@ func registerCancelKey(key string, s session) {
 	cancelKeys.Unlock()
 }
 
-func forgetCancelKey(key string) {
+// forgetCancelKey forgets key if it is still s's (a later session may
+// have got the same key).
+func forgetCancelKey(key string, s session) {
 	cancelKeys.Lock()
-	delete(cancelKeys.m, key)
+	if cancelKeys.m[key] == s {
+		delete(cancelKeys.m, key)
+	}
 	cancelKeys.Unlock()
 }
 
@@ -96,7 +100,7 @@ func (s *keySniffer) follow(b []byte) {
 		b = b[c:]
 		if s.bodyN == 0 {
 			s.hdrN = 0
-			if s.inKey && len(s.key) >= 8 {
+			if s.inKey && len(s.key) >= 8 && s.keyRecd == "" { // one key per session
 				s.keyRecd = string(s.key)
 				registerCancelKey(s.keyRecd, s.session)
 			}
@@ -116,7 +120,7 @@ func (s *keySniffer) CloseWrite() error {
 // Close forgets the session's cancel key and closes the connection.
 func (s *keySniffer) Close() error {
 	if s.keyRecd != "" {
-		forgetCancelKey(s.keyRecd)
+		forgetCancelKey(s.keyRecd, s.session)
 		s.keyRecd = ""
 	}
 	return s.Conn.Close()

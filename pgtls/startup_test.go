@@ -93,3 +93,34 @@ func FuzzKeySniffer(f *testing.F) {
 		}
 	})
 }
+
+// TestKeySnifferOneKey: a server that sends many BackendKeyData messages
+// registers one cancel key, and a session's end forgets only its own.
+func TestKeySnifferOneKey(t *testing.T) {
+	var msgs []byte
+	for i := range 1000 {
+		msgs = append(msgs, 'K', 0, 0, 0, 12, 0, 0, 0, byte(i>>8), byte(i), 0, 0, 0, 42)
+	}
+	msgs = append(msgs, 'Z', 0, 0, 0, 5, 'I')
+	a := &keySniffer{session: session{machine: "10.0.0.1:5432", app: "a"}}
+	a.follow(msgs)
+	cancelKeys.Lock()
+	n := 0
+	for _, s := range cancelKeys.m {
+		if s.app == "a" {
+			n++
+		}
+	}
+	cancelKeys.Unlock()
+	if n != 1 {
+		t.Fatalf("%d keys registered for one session, want 1", n)
+	}
+	// another session gets the same key: the first one's end leaves it
+	b := &keySniffer{session: session{machine: "10.0.0.2:5432", app: "b"}}
+	b.follow(msgs[:14])
+	forgetCancelKey(a.keyRecd, a.session)
+	if s, ok := lookupCancelKey(a.keyRecd); !ok || s.app != "b" {
+		t.Errorf("the key of session b: %+v, %t", s, ok)
+	}
+	forgetCancelKey(b.keyRecd, b.session)
+}
