@@ -112,14 +112,18 @@ func (r *relay) copyHalf(dst, src net.Conn, copied *int64) error {
 	bp := bufPool.Get().(*[]byte)
 	buf := *bp
 	var err error
-	var set time.Time // when the deadlines were last moved
+	var set, writeBy time.Time // when the deadlines were last moved; the write deadline
 	for total := 0; ; {
 		if now := time.Now(); now.Sub(set) >= r.idle/16 {
 			set = now
 			if err = src.SetReadDeadline(now.Add(r.idle)); err != nil {
 				break
 			}
-			if err = dst.SetWriteDeadline(now.Add(r.idle)); err != nil {
+			// later than the read deadline, so that a timeout before it
+			// is a read's: a splice whose write timed out has lost what
+			// it held, and must end the relay
+			writeBy = now.Add(r.idle + r.idle/4)
+			if err = dst.SetWriteDeadline(writeBy); err != nil {
 				break
 			}
 		}
@@ -133,6 +137,10 @@ func (r *relay) copyHalf(dst, src net.Conn, copied *int64) error {
 			if n > 0 {
 				r.touch()
 				*copied += n
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(writeBy) {
+				r.stop() // the receiver took nothing for the idle timeout
+				break
 			}
 			if err == nil || n > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
 				continue

@@ -61,6 +61,8 @@ type App struct {
 	cursors  map[string]netip.Addr
 	pushMu   sync.Mutex
 	logger   *zap.Logger
+
+	onChange, prevOnChange *func(apps map[string]bool) // this config's subscription, and the one it replaced
 }
 
 // CaddyModule returns the Caddy module information.
@@ -130,7 +132,8 @@ func (a *App) routesByAddress() bool {
 func (a *App) Start() error {
 	a.store.start()
 	onChange := a.push
-	a.store.onChange.Store(&onChange)
+	a.onChange = &onChange
+	a.prevOnChange = a.store.onChange.Swap(a.onChange)
 	a.push(nil) // what changed between Provision and now
 	if a.AutoAllocate == nil || *a.AutoAllocate {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -142,9 +145,18 @@ func (a *App) Start() error {
 	return nil
 }
 
-// Stop does nothing: the store keeps following the storage for the next
-// config, whose Start takes over the change notifications.
-func (a *App) Stop() error { return nil }
+// Stop gives the change notifications back to the config that had them
+// before, when this config still has them: a config whose start failed
+// is stopped while the one before it goes on serving, and that one must
+// go on learning the store's changes (it reads what it missed). After a
+// successful reload the new config has them already, and Stop leaves
+// them alone. The store keeps following the storage either way.
+func (a *App) Stop() error {
+	if a.onChange != nil && a.store.onChange.CompareAndSwap(a.onChange, a.prevOnChange) && a.prevOnChange != nil {
+		(*a.prevOnChange)(nil)
+	}
+	return nil
+}
 
 // Cleanup releases the store.
 func (a *App) Cleanup() error {

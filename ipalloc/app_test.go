@@ -495,3 +495,38 @@ func TestAppLeftConfig(t *testing.T) {
 		t.Errorf("the released address is not given out again: %+v, %v", v, err)
 	}
 }
+
+// TestFailedStartGivesBack: a config whose start failed is stopped while
+// the one before it goes on serving; that one learns the store's changes
+// again, those made meanwhile included.
+func TestFailedStartGivesBack(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	running := newNode(t, newFly(t, 2), dir, testPools)
+	failed := &App{Pools: testPools, AutoAllocate: new(bool)}
+	if err := failed.setup(ctx, newFly(t, 2), &certmagic.FileStorage{Path: dir}, zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	stores.Delete(failed.storeKey)
+	failed.store, failed.storeKey = running.store, "" // one process, one store
+	if err := failed.Start(); err != nil {
+		t.Fatal(err)
+	}
+	v4, _, err := running.Allocate(ctx, "app1", TypeV4) // while the new config has the notifications
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := failed.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := appAt(running, netip.MustParseAddr(v4.Address), ""); got != "app1" {
+		t.Fatalf("the running config routes the address allocated meanwhile to %q", got)
+	}
+	m := &routing.Machine{ID: "0000000000cc01", Region: "iad", Address: "10.3.0.1"}
+	if _, err := running.PutMachine(ctx, "app1", m, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := running.fly.LiveMachines("app1"); len(got) != 1 {
+		t.Errorf("a machine registered after the failed start: %v in the running config", got)
+	}
+}

@@ -227,8 +227,9 @@ func (a *App) RouteByAddress(shared []netip.Addr) {
 // SetLive replaces what the edge knows of app at run time with l; the
 // resolver and machine selection use it as soon as SetLive returns. An
 // app that the config does not have keeps its addresses and names (they
-// route nowhere) and its machines are ignored. The error is about the
-// machines (see SetMachines); the addresses and names are taken anyway.
+// route nowhere) and its machines are ignored. A machine that cannot be
+// taken (its ID is the config's or another app's, its region is unknown)
+// is left out and named in the error; the rest are taken.
 func (a *App) SetLive(app string, l *LiveApp) error {
 	lv := &a.live
 	lv.mu.Lock()
@@ -272,12 +273,24 @@ func (a *App) SetLive(app string, l *LiveApp) error {
 	if !a.HasApp(app) {
 		return nil
 	}
-	ms := slices.Clone(l.Machines)
-	slices.SortFunc(ms, func(x, y *Machine) int { return strings.Compare(x.ID, y.ID) })
-	if slices.EqualFunc(ms, a.LiveMachines(app), func(x, y *Machine) bool { return *x == *y }) {
-		return nil
+	// a machine the config or another app claims now, or one this edge's
+	// catalog does not know, is left out alone: the others still count
+	var ms []*Machine
+	var errs []error
+	seen := make(map[string]bool, len(l.Machines))
+	for _, m := range l.Machines {
+		if err := a.CheckMachine(app, m); err != nil || seen[m.ID] {
+			errs = append(errs, fmt.Errorf("machine %s left out: %w", m.ID, err))
+			continue
+		}
+		seen[m.ID] = true
+		ms = append(ms, m)
 	}
-	return a.SetMachines(app, ms)
+	slices.SortFunc(ms, func(x, y *Machine) int { return strings.Compare(x.ID, y.ID) })
+	if !slices.EqualFunc(ms, a.LiveMachines(app), func(x, y *Machine) bool { return *x == *y }) {
+		errs = append(errs, a.SetMachines(app, ms))
+	}
+	return errors.Join(errs...)
 }
 
 // LiveApps returns the names of the apps SetLive holds something for.

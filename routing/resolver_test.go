@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -202,5 +203,27 @@ func TestSetLive(t *testing.T) {
 	rt, err := a.Resolve(shared, "web.edge.test")
 	if err != nil || rt.MachineIndex(m.ID) < 0 {
 		t.Errorf("pushed machine not routable: %v", err)
+	}
+}
+
+// TestSetLiveLeavesOutBadMachines: one machine that cannot be taken does
+// not keep the app's others from being registered or removed.
+func TestSetLiveLeavesOutBadMachines(t *testing.T) {
+	a := &App{Region: "iad", BaseDomain: "edge.test", Apps: resolverApps()}
+	if err := provision(t, a); err != nil {
+		t.Fatal(err)
+	}
+	good := &Machine{ID: "0000000000dd01", Region: "lhr", Address: "10.9.0.5"}
+	taken := &Machine{ID: "000000000000a1", Region: "iad", Address: "10.9.0.6"} // web's config machine
+	mars := &Machine{ID: "0000000000dd02", Region: "mars", Address: "10.9.0.7"}
+	err := a.SetLive("api", &LiveApp{Machines: []*Machine{good, taken, mars}})
+	if err == nil || !strings.Contains(err.Error(), "000000000000a1") || !strings.Contains(err.Error(), "0000000000dd02") {
+		t.Errorf("error %v, want both bad machines named", err)
+	}
+	if live := a.LiveMachines("api"); len(live) != 1 || live[0].ID != good.ID {
+		t.Errorf("live machines %v, want the good one", live)
+	}
+	if err := a.SetLive("api", &LiveApp{Machines: []*Machine{taken}}); err == nil || len(a.LiveMachines("api")) != 0 {
+		t.Errorf("removing the good one beside a bad one: %v, live %v", err, a.LiveMachines("api"))
 	}
 }
