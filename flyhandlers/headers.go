@@ -349,13 +349,14 @@ func failure(r *http.Request, rt *routing.Route, err error) (Code, string, bool)
 		return Code{}, "", false
 	}
 	if outcome, failed := routing.Unroutable(r); failed && (he.StatusCode == http.StatusBadGateway || he.StatusCode == http.StatusServiceUnavailable) {
+		pref := routing.RequestPreference(r) // the client's, or a fly-replay's
 		switch outcome {
 		case routing.ForcedUnknown:
-			return CodeForcedUnknown, fmt.Sprintf("%s: %q is not a machine of app %s", routing.HeaderForceInstance, r.Header.Get(routing.HeaderForceInstance), rt.App), true
+			return CodeForcedUnknown, fmt.Sprintf("%s: %q is not a machine of app %s", routing.HeaderForceInstance, pref.ForceInstance, rt.App), true
 		case routing.ForcedUnavailable:
-			return CodeForcedUnavailable, fmt.Sprintf("%s: machine %s of app %s cannot take requests now", routing.HeaderForceInstance, r.Header.Get(routing.HeaderForceInstance), rt.App), true
+			return CodeForcedUnavailable, fmt.Sprintf("%s: machine %s of app %s cannot take requests now", routing.HeaderForceInstance, pref.ForceInstance, rt.App), true
 		case routing.ForcedRegionUnavailable:
-			return CodeForcedRegion, fmt.Sprintf("%s: no machine of app %s in %s can take requests now", routing.HeaderForceRegion, rt.App, r.Header.Get(routing.HeaderForceRegion)), true
+			return CodeForcedRegion, fmt.Sprintf("%s: no machine of app %s in %s can take requests now", routing.HeaderForceRegion, rt.App, pref.ForceRegion), true
 		case routing.Refused:
 			return CodeRefused, fmt.Sprintf("the machines of app %s refused the connection", rt.App), true
 		default:

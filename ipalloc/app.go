@@ -198,8 +198,8 @@ func (a *App) push(apps map[string]bool) {
 }
 
 // liveOf returns what routing needs of an app's state: its addresses
-// (shared ones only while they are in the shared pool), host names and
-// machines. The caller holds the store's read lock.
+// (while they are in a pool of this config: an address a reload took out
+// of the pools routes nowhere), host names and machines. The caller holds the store's read lock.
 func (a *App) liveOf(as *appState) *routing.LiveApp {
 	if as == nil {
 		return nil
@@ -207,9 +207,9 @@ func (a *App) liveOf(as *appState) *routing.LiveApp {
 	l := new(routing.LiveApp)
 	for addr, v := range as.ips {
 		switch {
-		case v.Type != TypeSharedV4:
+		case v.Type != TypeSharedV4 && a.pools.dedicated(addr):
 			l.Dedicated = append(l.Dedicated, addr)
-		case a.pools.shared[addr]:
+		case v.Type == TypeSharedV4 && a.pools.shared[addr]:
 			l.Shared = append(l.Shared, addr)
 		}
 	}

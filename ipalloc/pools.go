@@ -205,3 +205,8 @@ func (p *pool) next(cursor netip.Addr, used func(netip.Addr) bool) (netip.Addr, 
 	}
 	return netip.Addr{}, false
 }
+
+// dedicated tells whether a is in the v6 or the v4 pool.
+func (p *pools) dedicated(a netip.Addr) bool {
+	return p.v6 != nil && p.v6.contains(a) || p.v4 != nil && p.v4.contains(a)
+}

@@ -210,9 +210,12 @@ func choose[P Pool](rt *Route, p P, pref Preference) (int, Outcome) {
 			var code string
 			code, list, _ = strings.Cut(list, ",")
 			code = strings.TrimSpace(code)
+			if code == "" {
+				continue
+			}
 			tiers, ok := se.groups[code]
 			switch {
-			case code == "any":
+			case strings.EqualFold(code, "any"):
 				tiers = se.tiers
 			case !ok:
 				tiers = se.groups[strings.ToLower(code)]

@@ -128,6 +128,10 @@ func SetReplayPreference(r *http.Request, pref Preference) {
 // the ID of the machine transport fly sent the request to.
 const MachineVarKey = "fly.machine"
 
+// RequestPreference returns what machine selection follows for r: a
+// fly-replay's preference, else its Fly-* headers.
+func RequestPreference(r *http.Request) Preference { return preferenceOf(r) }
+
 // preferenceOf returns what a request asks for: a fly-replay's
 // preference, else its Fly-* headers.
 func preferenceOf(r *http.Request) Preference {
