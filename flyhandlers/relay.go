@@ -76,6 +76,7 @@ type relay struct {
 	active   atomic.Int64 // when a byte last moved, in Unix nanoseconds
 	finished atomic.Int32 // directions that ended
 	idled    atomic.Bool
+	aborted  atomic.Bool // one direction failed (a reset): end the other
 }
 
 func (r *relay) touch() { r.active.Store(time.Now().UnixNano()) }
@@ -126,6 +127,12 @@ func (r *relay) copyHalf(dst, src net.Conn, copied *int64) error {
 			if err = dst.SetWriteDeadline(writeBy); err != nil {
 				break
 			}
+			// after the deadlines moved: an abort or a stop that came
+			// before them would be undone by them
+			if r.aborted.Load() || r.idled.Load() {
+				err = os.ErrDeadlineExceeded
+				break
+			}
 		}
 		if srcTCP && dstTCP && total >= spliceAfter {
 			if bp != nil {
@@ -164,7 +171,7 @@ func (r *relay) copyHalf(dst, src net.Conn, copied *int64) error {
 				continue
 			}
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) && !r.isIdle() {
+		if errors.Is(err, os.ErrDeadlineExceeded) && !r.aborted.Load() && !r.isIdle() {
 			set = time.Time{}
 			continue // the other direction is busy; this one waits on
 		}
@@ -173,7 +180,15 @@ func (r *relay) copyHalf(dst, src net.Conn, copied *int64) error {
 	if bp != nil {
 		bufPool.Put(bp)
 	}
-	if r.finished.Add(1) == 1 && !r.idled.Load() {
+	broken := err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, net.ErrClosed)
+	if broken && !r.aborted.Swap(true) {
+		// a reset or another failure: the other direction has nothing
+		// more to wait for
+		past := time.Unix(1, 0)
+		_ = r.down.SetDeadline(past)
+		_ = r.up.SetDeadline(past)
+	}
+	if r.finished.Add(1) == 1 && !r.idled.Load() && !broken {
 		CloseWrite(dst)
 	}
 	switch {
@@ -181,6 +196,8 @@ func (r *relay) copyHalf(dst, src net.Conn, copied *int64) error {
 		err = nil
 	case r.idled.Load():
 		err = ErrIdle
+	case errors.Is(err, os.ErrDeadlineExceeded) && r.aborted.Load():
+		err = nil // ended because the other direction broke
 	}
 	return err
 }

@@ -103,3 +103,19 @@ func TestRelayOneWayIsNotIdle(t *testing.T) {
 		t.Errorf("relay: %v", err)
 	}
 }
+
+// TestRelayReset: a machine that resets its connection ends the client's
+// at once, not after the idle timeout.
+func TestRelayReset(t *testing.T) {
+	client, machine, done := relayPair(t, time.Minute)
+	machine.(*net.TCPConn).SetLinger(0)
+	machine.Close() // RST
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay still waits after the machine reset its connection")
+	}
+	if n, err := client.Read(make([]byte, 1)); err == nil {
+		t.Errorf("client read %d bytes, want its connection closed", n)
+	}
+}
