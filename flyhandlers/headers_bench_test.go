@@ -23,7 +23,7 @@ func (okNext) ServeHTTP(w http.ResponseWriter, _ *http.Request) error {
 // BenchmarkFlyHeaders: what fly_headers adds to a request that reaches
 // its app, without the proxying itself.
 func BenchmarkFlyHeaders(b *testing.B) {
-	fly := webApps(&testing.T{})
+	fly := webApps(b)
 	h := &Headers{app: fly, region: "iad", logger: zap.NewNop()}
 	b.ReportAllocs()
 	for b.Loop() {

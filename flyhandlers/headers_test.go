@@ -20,7 +20,7 @@ import (
 
 // webApps are web (http on 80, tls+http on 443, force_https on 80) and
 // api (tls+http on 443), without IP pools.
-func webApps(t *testing.T) *routing.App {
+func webApps(t testing.TB) *routing.App {
 	t.Helper()
 	m := func(id string) []*routing.Machine {
 		return []*routing.Machine{{ID: id, Region: "iad", Address: "127.0.62.1"}}

@@ -15,7 +15,7 @@ import (
 )
 
 // newFly provisions a fly app with apps, as Caddy would.
-func newFly(t *testing.T, apps map[string]*routing.Application) *routing.App {
+func newFly(t testing.TB, apps map[string]*routing.Application) *routing.App {
 	t.Helper()
 	fly := &routing.App{Region: "iad", BaseDomain: "edge.test", Apps: apps}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})

@@ -118,13 +118,7 @@ func TestFlyTransport(t *testing.T) {
 	if err := provision(t, a); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	tr := new(FlyTransport)
-	if err := tr.Provision(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Cleanup()
+	tr := newFlyTransport(t)
 	for app, want := range map[string]string{"h1": "HTTP/1.1", "h2": "HTTP/2.0"} {
 		r := request(app+".edge.test", "127.0.0.1:80", nil)
 		if _, err := a.RouteForRequest(r); err != nil {
@@ -213,13 +207,7 @@ func TestFlyTransportFailover(t *testing.T) {
 	if err := provision(t, a); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	tr := new(FlyTransport)
-	if err := tr.Provision(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Cleanup()
+	tr := newFlyTransport(t)
 	send := func(hdr map[string]string) (*http.Request, string, error) {
 		r := request("web.edge.test", "127.0.0.1:80", hdr)
 		rt, err := a.RouteForRequest(r)
@@ -252,4 +240,17 @@ func TestFlyTransportFailover(t *testing.T) {
 	if _, body, err := send(map[string]string{"Fly-Prefer-Instance-Id": "0000000000de01"}); err != nil || body != "live 0000000000de01" {
 		t.Fatalf("the dead machine preferred: %q, %v; want the live one, told", body, err)
 	}
+}
+
+// newFlyTransport provisions a fly transport with its defaults.
+func newFlyTransport(t *testing.T) *FlyTransport {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	tr := new(FlyTransport)
+	if err := tr.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Cleanup() })
+	return tr
 }
