@@ -181,7 +181,13 @@ func (rt *Route) OpenConn() func() {
 	if rm == nil {
 		return func() {}
 	}
-	g := rm.m.conns.WithLabelValues(rm.app, rm.svc, rt.Handlers.Label())
+	gp := rt.conns.Load()
+	if gp == nil {
+		g := rm.m.conns.WithLabelValues(rm.app, rm.svc, rt.Handlers.Label())
+		rt.conns.Store(&g)
+		gp = &g
+	}
+	g := *gp
 	g.Inc()
 	return g.Dec
 }

@@ -6,6 +6,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Route is where connections for one edge port of one app go: the port's
@@ -44,6 +47,8 @@ type Route struct {
 	// HTTPSPort is the app's port that runs the tls and http handlers,
 	// where force_https sends plain-HTTP requests; 0 when there is none.
 	HTTPSPort int
+
+	conns atomic.Pointer[prometheus.Gauge] // open connections, resolved on first use
 
 	*serviceEntry
 }
