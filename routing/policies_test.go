@@ -218,6 +218,10 @@ func TestFlyTransportFailover(t *testing.T) {
 		dial := rt.machines[i].dial
 		host, port, _ := net.SplitHostPort(dial)
 		r = r.WithContext(context.WithValue(r.Context(), dialInfoCtxKey, reverseproxy.DialInfo{Network: "tcp", Address: dial, Host: host, Port: port}))
+		// the key is Caddy's own: its reverse proxy and transport read it
+		if di, ok := reverseproxy.GetDialInfo(r.Context()); !ok || di.Address != dial {
+			t.Fatalf("Caddy does not read the dial info under %q: the transport's failover would dial nowhere", dialInfoCtxKey)
+		}
 		r.URL.Scheme, r.URL.Host, r.RequestURI = "http", dial, ""
 		resp, err := tr.RoundTrip(r)
 		if err != nil {
