@@ -1,6 +1,7 @@
 package flyhandlers
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -150,7 +151,18 @@ func (p *FlyProxy) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 		c.Write(zap.String("app", rt.App), zap.String("machine", rt.MachineID(i)), zap.String("region", rt.MachineRegion(i)))
 	}
 	defer rt.OpenConn()()
+	// destroying the app through the admin API ends its connections
+	defer context.AfterFunc(rt.AppContext(), func() {
+		_ = cx.Close()
+		_ = up.Close()
+	})()
 	in, out, err := Relay(cx, up, time.Duration(p.IdleTimeout))
+	if rt.AppContext().Err() != nil {
+		if c := p.logger.Check(zapcore.DebugLevel, "connection closed: app destroyed"); c != nil {
+			c.Write(zap.String("app", rt.App), zap.String("machine", rt.MachineID(i)))
+		}
+		return nil
+	}
 	rt.CountBytes(in, out)
 	if errors.Is(err, ErrIdle) {
 		if c := p.logger.Check(zapcore.DebugLevel, "idle connection closed"); c != nil {

@@ -56,6 +56,8 @@ func (api *adminAPI) Provision(ctx caddy.Context) error {
 func (api *adminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/fly/ips", Handler: api.handle(api.allIPs)},
+		{Pattern: "/fly/apps", Handler: api.handle(api.apps)},
+		{Pattern: "/fly/apps/{app}", Handler: api.handle(api.appDef)},
 		{Pattern: "/fly/apps/{app}/ips", Handler: api.handle(api.ips)},
 		{Pattern: "/fly/apps/{app}/ips/{address}", Handler: api.handle(api.ip)},
 		{Pattern: "/fly/apps/{app}/certs", Handler: api.handle(api.certs)},
@@ -101,6 +103,45 @@ func (api *adminAPI) allIPs(w http.ResponseWriter, r *http.Request) error {
 	ips, err := api.app.IPs("")
 	return reply(w, http.StatusOK, ips, err)
 }
+
+// GET /fly/apps
+func (api *adminAPI) apps(w http.ResponseWriter, r *http.Request) error {
+	if err := methods(r, http.MethodGet); err != nil {
+		return err
+	}
+	return reply(w, http.StatusOK, api.app.Apps(), nil)
+}
+
+// GET, PUT, DELETE /fly/apps/{app}
+func (api *adminAPI) appDef(w http.ResponseWriter, r *http.Request) error {
+	app := r.PathValue("app")
+	switch r.Method {
+	case http.MethodGet:
+		def, _, err := api.app.GetApp(app)
+		return reply(w, http.StatusOK, def, err)
+	case http.MethodPut:
+		body, err := io.ReadAll(io.LimitReader(r.Body, maxAppBody+1))
+		if err != nil {
+			return badRequest("reading the request body: %v", err)
+		}
+		if len(body) > maxAppBody {
+			return badRequest("request body: over %d bytes", maxAppBody)
+		}
+		if len(strings.TrimSpace(string(body))) == 0 {
+			return badRequest("the request needs a JSON body")
+		}
+		// If-None-Match: * creates and never replaces (caddy fly apps create)
+		onlyNew := strings.TrimSpace(r.Header.Get("If-None-Match")) == "*"
+		def, created, err := api.app.PutApp(r.Context(), app, body, onlyNew)
+		return reply(w, createdOr(created), def, err)
+	case http.MethodDelete:
+		return reply(w, http.StatusNoContent, nil, api.app.DestroyApp(r.Context(), app))
+	}
+	return methods(r, http.MethodGet, http.MethodPut, http.MethodDelete)
+}
+
+// maxAppBody bounds the definition of one app.
+const maxAppBody = 1 << 20
 
 // GET, POST /fly/apps/{app}/ips
 func (api *adminAPI) ips(w http.ResponseWriter, r *http.Request) error {

@@ -117,6 +117,9 @@ func (a *App) setup(ctx context.Context, fly *routing.App, storage certmagic.Sto
 	if a.routesByAddress() {
 		fly.RouteByAddress(slices.Collect(maps.Keys(a.pools.shared)))
 	}
+	if err := a.checkAppSources(); err != nil {
+		return err
+	}
 	a.push(nil) // routing is complete before any listener opens
 	return nil
 }
@@ -192,7 +195,7 @@ func (a *App) push(apps map[string]bool) {
 		var l *routing.LiveApp
 		a.store.read(func(st *state) { l = a.liveOf(st.apps[name]) })
 		if err := a.fly.SetLive(name, l); err != nil {
-			a.logger.Error("registering machines", zap.String("app", name), zap.Error(err))
+			a.logger.Error("taking the app's changes", zap.String("app", name), zap.Error(err))
 		}
 	}
 }
@@ -204,7 +207,7 @@ func (a *App) liveOf(as *appState) *routing.LiveApp {
 	if as == nil {
 		return nil
 	}
-	l := new(routing.LiveApp)
+	l := &routing.LiveApp{Config: as.def}
 	for addr, v := range as.ips {
 		switch {
 		case v.Type != TypeSharedV4 && a.pools.dedicated(addr):

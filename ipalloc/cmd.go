@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -25,12 +26,15 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "fly",
-		Usage: "ips|certs|machine ... -a <app>",
-		Short: "Manages the addresses, host names and machines of apps on a running flyedge",
+		Usage: "apps|ips|certs|machine ... -a <app>",
+		Short: "Manages the apps, addresses, host names and machines of a running flyedge",
 		Long: `
 Manages a running Caddy with flyedge through its admin API, the way
 flyctl manages apps on Fly.io:
 
+  caddy fly apps list
+  caddy fly apps create <app> [--from app.json] [--org <org>]
+  caddy fly apps destroy <app>
   caddy fly ips list -a <app>
   caddy fly ips allocate-v6 -a <app>
   caddy fly ips allocate-v4 [--shared] -a <app>
@@ -151,7 +155,7 @@ func flyCommand(cmd *cobra.Command) {
 			}},
 		c.egressCommand(),
 	)
-	cmd.AddCommand(ips, certs, machine)
+	cmd.AddCommand(c.appsCommand(), ips, certs, machine)
 	c.strict(cmd)
 }
 
@@ -185,6 +189,93 @@ func (c *client) strict(cmd *cobra.Command) {
 		}
 		return err
 	}
+}
+
+func (c *client) appsCommand() *cobra.Command {
+	apps := &cobra.Command{Use: "apps", Aliases: []string{"app"}, Short: "Manage the apps of the edge"}
+	var from, org string
+	create := &cobra.Command{Use: "create [<app>]", Short: "Create an app (with the services of --from, else none yet)", Args: cobra.MaximumNArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if err := c.appArg(args); err != nil {
+				return err
+			}
+			def := json.RawMessage(`{}`)
+			if from != "" {
+				b, err := readFile(from)
+				if err != nil {
+					return err
+				}
+				def = b
+			}
+			if org != "" {
+				var m map[string]json.RawMessage
+				if err := json.Unmarshal(def, &m); err != nil {
+					return fmt.Errorf("%s: %w", from, err)
+				}
+				m["org"], _ = json.Marshal(org)
+				def, _ = json.Marshal(m)
+			}
+			var out json.RawMessage
+			if err := c.do(http.MethodPut, c.appPath(), def, map[string]string{"If-None-Match": "*"}, &out); err != nil {
+				return err
+			}
+			return c.print(out, func(w io.Writer) { fmt.Fprintf(w, "New app created: %s\n", c.app) })
+		}}
+	create.Flags().StringVar(&from, "from", "", "A JSON file with the app's definition (services, org), or - for standard input")
+	create.Flags().StringVar(&org, "org", "", "The app's organization (apps of one organization may fly-replay to each other)")
+	apps.AddCommand(
+		&cobra.Command{Use: "list", Short: "List the apps and where each is defined", Args: cobra.NoArgs,
+			RunE: func(*cobra.Command, []string) error {
+				var out []AppInfo
+				if err := c.call(http.MethodGet, "/fly/apps", nil, &out); err != nil {
+					return err
+				}
+				return c.print(out, func(w io.Writer) {
+					fmt.Fprintln(w, "NAME\tSOURCE\tORG\tPORTS")
+					for _, a := range out {
+						ports := make([]string, len(a.Ports))
+						for i, p := range a.Ports {
+							ports[i] = strconv.Itoa(p)
+						}
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", a.Name, a.Source, a.Org, strings.Join(ports, ","))
+					}
+				})
+			}},
+		create,
+		&cobra.Command{Use: "destroy [<app>]", Aliases: []string{"delete", "remove"}, Short: "Destroy an app made through the API: release its addresses, host names, machines and egress pairs, close its connections", Args: cobra.MaximumNArgs(1),
+			RunE: func(_ *cobra.Command, args []string) error {
+				if err := c.appArg(args); err != nil {
+					return err
+				}
+				if err := c.call(http.MethodDelete, c.appPath(), nil, nil); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.out, "Destroyed app %s\n", c.app)
+				return nil
+			}},
+	)
+	return apps
+}
+
+// appArg takes the app's name from the command's argument, as flyctl's
+// apps commands do, or from -a; both must agree.
+func (c *client) appArg(args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	if c.app != "" && c.app != args[0] {
+		return fmt.Errorf("two app names: %s and -a %s", args[0], c.app)
+	}
+	c.app = args[0]
+	return nil
+}
+
+// readFile reads a file, or standard input for "-".
+func readFile(name string) ([]byte, error) {
+	if name == "-" {
+		return io.ReadAll(io.LimitReader(os.Stdin, maxAppBody+1))
+	}
+	return os.ReadFile(name)
 }
 
 func (c *client) allocateV4() *cobra.Command {
@@ -341,6 +432,11 @@ func (c *client) print(v any, text func(io.Writer)) error {
 // call sends a request to the admin API and decodes its answer into out;
 // an error answer becomes an error with the API's message.
 func (c *client) call(method, path string, in, out any) error {
+	return c.do(method, path, in, nil, out)
+}
+
+// do is call with request headers.
+func (c *client) do(method, path string, in any, header map[string]string, out any) error {
 	if c.app == "" && strings.HasPrefix(path, "/fly/apps/") {
 		return errors.New("an app is needed: -a <app>")
 	}
@@ -373,6 +469,9 @@ func (c *client) call(method, path string, in, out any) error {
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
 	}
 	hc := http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

@@ -186,7 +186,7 @@ func (a *App) autoAllocate(ctx context.Context) error {
 			if as := t.st.apps[name]; as != nil && as.auto {
 				continue // another edge did it meanwhile
 			}
-			if err := a.autoAllocateApp(t, name); err != nil {
+			if err := a.autoAllocateApp(t, name, a.fly.AppConfig(name)); err != nil {
 				errs = append(errs, fmt.Errorf("app %s: %w", name, err))
 				continue
 			}
@@ -202,7 +202,9 @@ func (a *App) autoAllocate(ctx context.Context) error {
 	})
 }
 
-func (a *App) autoAllocateApp(t *txn, name string) error {
+// autoAllocateApp gives app name, defined by cfg, its automatic
+// addresses in t.
+func (a *App) autoAllocateApp(t *txn, name string, cfg *routing.Application) error {
 	have := map[string]bool{}
 	if as := t.st.apps[name]; as != nil {
 		for _, v := range as.ips {
@@ -219,7 +221,7 @@ func (a *App) autoAllocateApp(t *txn, name string) error {
 			return err
 		}
 	}
-	if a.pools.sharedV4 != nil && !have[TypeSharedV4] && !have[TypeV4] && a.servesWeb(a.fly.AppConfig(name)) {
+	if a.pools.sharedV4 != nil && !have[TypeSharedV4] && !have[TypeV4] && a.servesWeb(cfg) {
 		if _, _, err := a.allocate(t, name, TypeSharedV4); err != nil {
 			return err
 		}

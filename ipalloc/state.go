@@ -50,6 +50,7 @@ type EgressIP struct {
 //	machine/<app>/<id>     routing.Machine (registered through the API)
 //	egress/<app>/<id>      EgressIP
 //	auto/<app>             the app got its automatic addresses
+//	app/<app>              routing.Application (created through the API)
 //
 // Changes are sets of puts and deletes of records (see store.go).
 type state struct {
@@ -73,6 +74,8 @@ type appState struct {
 	machines map[string]*routing.Machine
 	egress   map[string]*EgressIP // by machine ID
 	auto     bool
+	def      *routing.Application // the app, when created through the API
+	defRaw   json.RawMessage      // def as stored
 }
 
 func newState() *state {
@@ -213,6 +216,18 @@ func (s *state) index(key string, raw json.RawMessage, add bool, changed map[str
 		s.app(v.App).egress[v.Machine] = &v
 	case "auto":
 		s.app(rest).auto = add
+	case "app":
+		changed[rest] = true
+		as := s.app(rest)
+		if !add {
+			as.def, as.defRaw = nil, nil
+			return nil
+		}
+		def, err := routing.ParseApp(rest, raw)
+		if err != nil {
+			return fmt.Errorf("record %s: %w", key, err)
+		}
+		as.def, as.defRaw = def, raw
 	default:
 		return fmt.Errorf("record %s: unknown kind %q", key, kind)
 	}
@@ -224,3 +239,4 @@ func certKey(host string) string            { return "cert/" + host }
 func machineKey(app, id string) string      { return "machine/" + app + "/" + id }
 func egressKey(app, id string) string       { return "egress/" + app + "/" + id }
 func autoKey(app string) string             { return "auto/" + app }
+func appKey(app string) string              { return "app/" + app }

@@ -1,15 +1,11 @@
 package routing
 
 import (
-	"errors"
 	"fmt"
 	"maps"
 	"net"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -50,8 +46,7 @@ type App struct {
 
 	catalog map[string]Region
 	edge    Region
-	reg     atomic.Pointer[registry]
-	live    liveIndex
+	reg     *registry
 	health  *healthChecker
 	metrics *metrics
 	logger  *zap.Logger
@@ -102,13 +97,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	a.reg.Store(reg)
+	a.reg = reg
 	return nil
 }
 
 // Start starts the active health checks.
 func (a *App) Start() error {
-	a.health.start(a.reg.Load())
+	a.health.start(a.reg)
 	return nil
 }
 
@@ -120,7 +115,9 @@ func (a *App) Stop() error {
 
 // Cleanup releases the health state this config held.
 func (a *App) Cleanup() error {
-	if reg := a.reg.Load(); reg != nil {
+	if reg := a.reg; reg != nil {
+		reg.mu.RLock()
+		defer reg.mu.RUnlock()
 		for _, slot := range reg.apps {
 			slot.load().health.release()
 		}
@@ -140,246 +137,6 @@ func FromContext(ctx caddy.Context) (*App, error) {
 
 // EdgeRegion returns the region code of this edge.
 func (a *App) EdgeRegion() string { return a.Region }
-
-// registry holds the apps and their indexes. The maps are built once per
-// config; an app's entry (its services, routes and machines) sits behind
-// its own slot, so registering a machine live replaces one app's entry
-// and leaves every other lookup untouched.
-type registry struct {
-	apps  map[string]*appSlot
-	hosts map[string]*appSlot
-	ports map[int][]*appSlot // the apps with a service on an edge port
-
-	mu       sync.Mutex        // serializes SetMachines
-	machines map[string]string // machine ID -> app, guarded by mu
-}
-
-// appSlot holds the current entry of one app.
-type appSlot struct{ cur atomic.Pointer[appEntry] }
-
-func (s *appSlot) load() *appEntry { return s.cur.Load() }
-
-type appEntry struct {
-	name     string
-	config   *Application
-	live     []*Machine // machines registered through SetMachines
-	routes   map[int]*Route
-	services []*serviceEntry
-	health   *healthRefs
-}
-
-// serviceEntry holds the machines of one service, shared by the routes
-// of its ports.
-type serviceEntry struct {
-	app       string
-	config    *Service
-	machines  []*machine // nearest first
-	byID      map[string]int
-	byDial    map[string]int
-	tiers     [][]int            // machine indexes of equal distance, nearest first
-	groups    map[string][][]int // tiers of the machines in a region, country or continent
-	softLimit int
-	metrics   *routeMetrics
-}
-
-// HostOwner returns the app whose config has exactly the host name host
-// (its <app>.<base_domain>, or an entry of its hostnames, "*.x" entries
-// included), or "".
-func (a *App) HostOwner(host string) string {
-	if s := a.reg.Load().hosts[host]; s != nil {
-		return s.load().name
-	}
-	return ""
-}
-
-// build indexes apps into a registry.
-func (a *App) build(apps map[string]*Application) (*registry, error) {
-	reg := &registry{
-		apps:     make(map[string]*appSlot, len(apps)),
-		hosts:    make(map[string]*appSlot, len(apps)),
-		machines: make(map[string]string),
-		ports:    make(map[int][]*appSlot),
-	}
-	for name, cfg := range apps {
-		if cfg == nil {
-			cfg = new(Application)
-		}
-		if err := cfg.validate(name, a.catalog); err != nil {
-			return nil, err
-		}
-		slot := new(appSlot)
-		for _, h := range append([]string{name + "." + a.BaseDomain}, cfg.Hostnames...) {
-			if other := reg.hosts[h]; other != nil {
-				return nil, fmt.Errorf("apps.%s.hostnames: %q is already a host name of app %s", name, h, other.load().name)
-			}
-			reg.hosts[h] = slot
-		}
-		for _, m := range cfg.Machines {
-			if other, ok := reg.machines[m.ID]; ok {
-				return nil, fmt.Errorf("apps.%s.machines: id %s is already used by a machine of app %s", name, m.ID, other)
-			}
-			reg.machines[m.ID] = name
-		}
-		for _, s := range cfg.Services {
-			for _, p := range s.Ports {
-				reg.ports[p.Port] = append(reg.ports[p.Port], slot)
-			}
-		}
-		slot.cur.Store(a.newAppEntry(name, cfg, nil))
-		reg.apps[name] = slot
-	}
-	return reg, nil
-}
-
-// newAppEntry builds the services and routes of an app from its config
-// and its live machines.
-func (a *App) newAppEntry(name string, cfg *Application, live []*Machine) *appEntry {
-	e := &appEntry{name: name, config: cfg, live: live, routes: make(map[int]*Route), health: new(healthRefs)}
-	machines := cfg.Machines
-	if len(live) > 0 {
-		machines = append(slices.Clip(machines), live...)
-	}
-	for _, s := range cfg.Services {
-		se := a.newServiceEntry(name, s, machines, e.health)
-		e.services = append(e.services, se)
-		for _, p := range s.Ports {
-			e.routes[p.Port] = newRoute(name, name+"."+a.BaseDomain, a.Via, p, se, cfg.Services)
-		}
-	}
-	return e
-}
-
-// ErrUnknownApp means that the fly config has no app of that name.
-var ErrUnknownApp = errors.New("unknown app")
-
-// ErrMachineTaken means that another app already has a machine with
-// that ID.
-var ErrMachineTaken = errors.New("machine ID is taken")
-
-// SetMachines replaces the machines of app that were registered at run
-// time (the admin API's machines) with live; the machines of the config
-// stay. Routes of the app see the new machines at once; nothing else is
-// rebuilt. A machine ID the config or another app uses is refused.
-func (a *App) SetMachines(app string, live []*Machine) error {
-	reg := a.reg.Load()
-	slot := reg.apps[app]
-	if slot == nil {
-		return fmt.Errorf("%w: %s", ErrUnknownApp, app)
-	}
-	reg.mu.Lock()
-	defer reg.mu.Unlock()
-	old := slot.load()
-	mine := make(map[string]bool, len(live))
-	for i, m := range live {
-		if err := m.validate(fmt.Sprintf("machines[%d]", i), a.catalog); err != nil {
-			return err
-		}
-		if mine[m.ID] {
-			return fmt.Errorf("machines[%d].id: %s is listed twice", i, m.ID)
-		}
-		mine[m.ID] = true
-		if err := reg.checkTaken(app, m.ID, old.live); err != nil {
-			return err
-		}
-	}
-	for _, m := range old.live {
-		delete(reg.machines, m.ID)
-	}
-	for _, m := range live {
-		reg.machines[m.ID] = app
-	}
-	e := a.newAppEntry(app, old.config, slices.Clone(live))
-	slot.cur.Store(e)
-	a.health.restart(e)
-	old.health.release()
-	return nil
-}
-
-// CheckMachine tells whether m could be registered as a machine of app
-// (as SetMachines would take it): its fields are valid and its ID is not
-// one of the config's or another app's.
-func (a *App) CheckMachine(app string, m *Machine) error {
-	if err := m.validate("machine", a.catalog); err != nil {
-		return err
-	}
-	reg := a.reg.Load()
-	slot := reg.apps[app]
-	if slot == nil {
-		return fmt.Errorf("%w: %s", ErrUnknownApp, app)
-	}
-	reg.mu.Lock()
-	defer reg.mu.Unlock()
-	return reg.checkTaken(app, m.ID, slot.load().live)
-}
-
-// checkTaken refuses a machine ID that the config or another app uses;
-// live are app's run-time machines, whose IDs it may register again.
-// The caller holds reg.mu.
-func (reg *registry) checkTaken(app, id string, live []*Machine) error {
-	other, ok := reg.machines[id]
-	if !ok || other == app && slices.ContainsFunc(live, func(o *Machine) bool { return o.ID == id }) {
-		return nil
-	}
-	return fmt.Errorf("%w: machine %s belongs to app %s", ErrMachineTaken, id, other)
-}
-
-// Machines returns the machines of app: those of the config, then the
-// ones registered at run time.
-func (a *App) Machines(app string) ([]*Machine, error) {
-	slot := a.reg.Load().apps[app]
-	if slot == nil {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownApp, app)
-	}
-	e := slot.load()
-	return append(slices.Clone(e.config.Machines), e.live...), nil
-}
-
-// LiveMachines returns the machines of app registered at run time.
-func (a *App) LiveMachines(app string) []*Machine {
-	if slot := a.reg.Load().apps[app]; slot != nil {
-		return slot.load().live
-	}
-	return nil
-}
-
-// AppRoute returns the route of app's service on edge port: the target
-// of a fly-replay that names the app, not a connection's resolution.
-func (a *App) AppRoute(app string, port int) (*Route, error) {
-	slot := a.reg.Load().apps[app]
-	if slot == nil {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownApp, app)
-	}
-	return slot.load().route(port)
-}
-
-// SameOrg tells whether app from may send requests to app to with
-// fly-replay: the same app, or two apps of one organization.
-func (a *App) SameOrg(from, to string) bool {
-	if from == to {
-		return true
-	}
-	reg := a.reg.Load()
-	f, t := reg.apps[from], reg.apps[to]
-	if f == nil || t == nil {
-		return false
-	}
-	org := f.load().config.Org
-	return org != "" && org == t.load().config.Org
-}
-
-// HasApp tells whether the config has an app of that name.
-func (a *App) HasApp(app string) bool { return a.reg.Load().apps[app] != nil }
-
-// AppNames returns the names of the apps, in no particular order.
-func (a *App) AppNames() []string { return slices.Collect(maps.Keys(a.reg.Load().apps)) }
-
-// AppConfig returns the config of app, or nil.
-func (a *App) AppConfig(app string) *Application {
-	if s := a.reg.Load().apps[app]; s != nil {
-		return s.load().config
-	}
-	return nil
-}
 
 // machine is the runtime form of a Machine for one service.
 type machine struct {

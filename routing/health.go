@@ -100,8 +100,14 @@ func (hc *healthChecker) start(reg *registry) {
 	hc.mu.Lock()
 	hc.ctx, hc.cancel = context.WithCancel(context.Background())
 	hc.mu.Unlock()
+	reg.mu.RLock()
+	entries := make([]*appEntry, 0, len(reg.apps))
 	for _, slot := range reg.apps {
-		hc.restart(slot.load())
+		entries = append(entries, slot.load())
+	}
+	reg.mu.RUnlock()
+	for _, e := range entries {
+		hc.restart(e)
 	}
 }
 
@@ -129,6 +135,16 @@ func (hc *healthChecker) restart(e *appEntry) {
 				go hc.run(ctx, se.app, m, c, m.checks[ci])
 			}
 		}
+	}
+}
+
+// forget ends the checks of a removed app.
+func (hc *healthChecker) forget(app string) {
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	if cancel := hc.perApp[app]; cancel != nil {
+		cancel()
+		delete(hc.perApp, app)
 	}
 }
 

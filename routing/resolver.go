@@ -6,9 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"slices"
 	"strings"
-	"sync"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/mholt/caddy-l4/layer4"
@@ -56,44 +54,46 @@ func (a *App) Resolve(local net.Addr, name string) (*Route, error) {
 }
 
 func (a *App) resolve(addr netip.Addr, port int, name string) (*Route, error) {
-	reg := a.reg.Load()
-	lv := &a.live
-	lv.mu.RLock()
-	if !lv.byAddress {
-		lv.mu.RUnlock()
-		return reg.resolvePort(a, port, name)
+	reg := a.reg
+	reg.mu.RLock()
+	if !reg.byAddress {
+		defer reg.mu.RUnlock()
+		return reg.resolvePort(port, name)
 	}
-	app := lv.dedicated[addr]
-	if app == "" && lv.sharedAddrs[addr] {
-		app = a.hostAppLocked(reg, name)
-		if app != "" && !lv.shared[sharedKey{addr, app}] {
+	app := reg.dedicated[addr]
+	if app == "" && reg.sharedAddrs[addr] {
+		app = reg.hostApp(name)
+		if app != "" && !reg.shared[sharedKey{addr, app}] {
 			app = ""
 		}
 	}
-	lv.mu.RUnlock()
-	if app == "" {
-		if name == "" {
-			return nil, fmt.Errorf("%w: %s", ErrDenied, addr)
-		}
-		return nil, fmt.Errorf("%w: %s for %q", ErrDenied, addr, name)
+	var slot *appSlot
+	if app != "" {
+		slot = reg.apps[app]
 	}
-	slot := reg.apps[app]
-	if slot == nil {
+	reg.mu.RUnlock()
+	switch {
+	case app == "" && name == "":
+		return nil, fmt.Errorf("%w: %s", ErrDenied, addr)
+	case app == "":
+		return nil, fmt.Errorf("%w: %s for %q", ErrDenied, addr, name)
+	case slot == nil:
 		return nil, fmt.Errorf("%w: %s (app %s is not configured)", ErrDenied, addr, app)
 	}
 	return slot.load().route(port)
 }
 
 // resolvePort is the rule without address routing: the port decides when
-// one app serves it, else the name among the apps that do.
-func (reg *registry) resolvePort(a *App, port int, name string) (*Route, error) {
+// one app serves it, else the name among the apps that do. The caller
+// holds reg.mu for reading.
+func (reg *registry) resolvePort(port int, name string) (*Route, error) {
 	slots := reg.ports[port]
 	if len(slots) == 1 {
-		return slots[0].load().route(port)
+		for _, slot := range slots {
+			return slot.load().route(port)
+		}
 	}
-	a.live.mu.RLock()
-	app := a.hostAppLocked(reg, name)
-	a.live.mu.RUnlock()
+	app := reg.hostApp(name)
 	if app == "" {
 		if len(slots) == 0 {
 			return nil, fmt.Errorf("%w: no app has a service on port %d", ErrDenied, port)
@@ -125,13 +125,13 @@ func (e *appEntry) route(port int) (*Route, error) {
 // speaks first work on the other addresses and ports.
 func (a *App) NameDecides(local net.Addr) bool {
 	addr := AddrOf(local)
-	lv := &a.live
-	lv.mu.RLock()
-	defer lv.mu.RUnlock()
-	if lv.byAddress {
-		return lv.dedicated[addr] == "" && lv.sharedAddrs[addr]
+	reg := a.reg
+	reg.mu.RLock()
+	defer reg.mu.RUnlock()
+	if reg.byAddress {
+		return reg.dedicated[addr] == "" && reg.sharedAddrs[addr]
 	}
-	return len(a.reg.Load().ports[portOf(local)]) > 1
+	return len(reg.ports[portOf(local)]) > 1
 }
 
 // HostApp returns the app that answers to host name name (any case): its
@@ -139,21 +139,21 @@ func (a *App) NameDecides(local net.Addr) bool {
 // certs API; an exact name first, then a wildcard for the first label.
 // "" means none.
 func (a *App) HostApp(name string) string {
-	a.live.mu.RLock()
-	defer a.live.mu.RUnlock()
-	return a.hostAppLocked(a.reg.Load(), normalizeName(name))
+	a.reg.mu.RLock()
+	defer a.reg.mu.RUnlock()
+	return a.reg.hostApp(normalizeName(name))
 }
 
-// hostAppLocked is HostApp for a normalized name; the caller holds
-// a.live.mu for reading.
-func (a *App) hostAppLocked(reg *registry, name string) string {
+// hostApp is HostApp for a normalized name; the caller holds reg.mu for
+// reading.
+func (reg *registry) hostApp(name string) string {
 	if name == "" {
 		return ""
 	}
 	if s := reg.hosts[name]; s != nil {
 		return s.load().name
 	}
-	if app := a.live.hosts[name]; app != "" {
+	if app := reg.liveHosts[name]; app != "" {
 		return app
 	}
 	if i := strings.IndexByte(name, '.'); i > 0 {
@@ -161,7 +161,7 @@ func (a *App) hostAppLocked(reg *registry, name string) string {
 		if s := reg.hosts[wild]; s != nil {
 			return s.load().name
 		}
-		return a.live.hosts[wild]
+		return reg.liveHosts[wild]
 	}
 	return ""
 }
@@ -175,133 +175,6 @@ func normalizeName(name string) string {
 		}
 	}
 	return name
-}
-
-// liveIndex is what the edge learns at run time from the fly_ips store:
-// which app holds which address, and the host names added through the
-// certs API. It outlives config reloads only through the store, which
-// pushes it into each new fly app.
-type liveIndex struct {
-	mu          sync.RWMutex
-	byAddress   bool
-	sharedAddrs map[netip.Addr]bool
-	dedicated   map[netip.Addr]string
-	shared      map[sharedKey]bool
-	hosts       map[string]string
-	apps        map[string]*LiveApp // as last pushed, by app
-}
-
-type sharedKey struct {
-	addr netip.Addr
-	app  string
-}
-
-// LiveApp is what the edge learned of one app at run time: the addresses
-// it holds, the host names added for it, and the machines registered for
-// it through the admin API.
-type LiveApp struct {
-	// Dedicated addresses (v6 and v4) of the app.
-	Dedicated []netip.Addr
-	// Shared addresses the app holds.
-	Shared []netip.Addr
-	// Host names added through the certs API ("*.x" for a wildcard).
-	Hostnames []string
-	// Machines registered at run time.
-	Machines []*Machine
-}
-
-// RouteByAddress turns address routing on: from now on a connection
-// reaches an app only through an address the app holds (see Resolve).
-// shared are the edge's shared addresses.
-func (a *App) RouteByAddress(shared []netip.Addr) {
-	lv := &a.live
-	lv.mu.Lock()
-	defer lv.mu.Unlock()
-	lv.byAddress = true
-	lv.sharedAddrs = make(map[netip.Addr]bool, len(shared))
-	for _, s := range shared {
-		lv.sharedAddrs[s] = true
-	}
-}
-
-// SetLive replaces what the edge knows of app at run time with l; the
-// resolver and machine selection use it as soon as SetLive returns. An
-// app that the config does not have keeps its addresses and names (they
-// route nowhere) and its machines are ignored. A machine that cannot be
-// taken (its ID is the config's or another app's, its region is unknown)
-// is left out and named in the error; the rest are taken.
-func (a *App) SetLive(app string, l *LiveApp) error {
-	lv := &a.live
-	lv.mu.Lock()
-	if lv.dedicated == nil {
-		lv.dedicated = make(map[netip.Addr]string)
-		lv.shared = make(map[sharedKey]bool)
-		lv.hosts = make(map[string]string)
-		lv.apps = make(map[string]*LiveApp)
-	}
-	if old := lv.apps[app]; old != nil {
-		for _, addr := range old.Dedicated {
-			if lv.dedicated[addr] == app {
-				delete(lv.dedicated, addr)
-			}
-		}
-		for _, addr := range old.Shared {
-			delete(lv.shared, sharedKey{addr, app})
-		}
-		for _, h := range old.Hostnames {
-			if lv.hosts[h] == app {
-				delete(lv.hosts, h)
-			}
-		}
-	}
-	if l == nil || len(l.Dedicated)+len(l.Shared)+len(l.Hostnames)+len(l.Machines) == 0 {
-		delete(lv.apps, app)
-		l = &LiveApp{}
-	} else {
-		lv.apps[app] = l
-	}
-	for _, addr := range l.Dedicated {
-		lv.dedicated[addr] = app
-	}
-	for _, addr := range l.Shared {
-		lv.shared[sharedKey{addr, app}] = true
-	}
-	for _, h := range l.Hostnames {
-		lv.hosts[h] = app
-	}
-	lv.mu.Unlock()
-	if !a.HasApp(app) {
-		return nil
-	}
-	// a machine the config or another app claims now, or one this edge's
-	// catalog does not know, is left out alone: the others still count
-	var ms []*Machine
-	var errs []error
-	seen := make(map[string]bool, len(l.Machines))
-	for _, m := range l.Machines {
-		if err := a.CheckMachine(app, m); err != nil || seen[m.ID] {
-			errs = append(errs, fmt.Errorf("machine %s left out: %w", m.ID, err))
-			continue
-		}
-		seen[m.ID] = true
-		ms = append(ms, m)
-	}
-	slices.SortFunc(ms, func(x, y *Machine) int { return strings.Compare(x.ID, y.ID) })
-	if !slices.EqualFunc(ms, a.LiveMachines(app), func(x, y *Machine) bool { return *x == *y }) {
-		errs = append(errs, a.SetMachines(app, ms))
-	}
-	return errors.Join(errs...)
-}
-
-// LiveApps returns the names of the apps SetLive holds something for.
-func (a *App) LiveApps() []string {
-	a.live.mu.RLock()
-	defer a.live.mu.RUnlock()
-	names := make([]string, 0, len(a.live.apps))
-	for name := range a.live.apps {
-		names = append(names, name)
-	}
-	return names
 }
 
 // routeVarKey is the request and connection variable that caches the

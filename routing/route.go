@@ -2,6 +2,7 @@ package routing
 
 import (
 	"cmp"
+	"context"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -49,9 +50,18 @@ type Route struct {
 	HTTPSPort int
 
 	conns atomic.Pointer[prometheus.Gauge] // open connections, resolved on first use
+	life  context.Context                  // ends when the app is destroyed
 
 	*serviceEntry
 }
+
+// Destroyed returns a channel that is closed when the app is destroyed
+// through the admin API: a connection to the app ends then.
+func (rt *Route) Destroyed() <-chan struct{} { return rt.life.Done() }
+
+// AppContext returns a context that ends when the app is destroyed
+// through the admin API (see context.AfterFunc).
+func (rt *Route) AppContext() context.Context { return rt.life }
 
 // String returns the app name, so {http.vars.fly.route} reads well.
 func (rt *Route) String() string { return rt.App }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -113,6 +114,9 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err == nil && i >= 0 {
 			caddyhttp.SetVar(req.Context(), MachineVarKey, rt.machines[i].id)
 		}
+		if err == nil {
+			watchApp(rt, resp)
+		}
 		return resp, err
 	}
 	pref := preferenceOf(req)
@@ -143,6 +147,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if resp, err = tr.RoundTrip(r2); err == nil || !errors.As(err, &de) {
 			if err == nil {
 				caddyhttp.SetVar(req.Context(), MachineVarKey, m.id)
+				watchApp(rt, resp)
 			}
 			return resp, err
 		}
@@ -151,6 +156,50 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	rt.countSelection(Refused)
 	caddyhttp.SetVar(req.Context(), unroutableVarKey, Refused)
 	return nil, err
+}
+
+// watchApp makes a response that may last (a protocol switch, such as a
+// WebSocket, or a body of unknown length, such as server-sent events)
+// end when its app is destroyed through the admin API: closing the
+// machine's side ends the copy, and Caddy closes the client's side.
+// Responses of known length finish on their own and are left alone.
+func watchApp(rt *Route, resp *http.Response) {
+	if resp.StatusCode != http.StatusSwitchingProtocols && resp.ContentLength >= 0 || resp.Body == nil || resp.Body == http.NoBody {
+		return
+	}
+	if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
+		s := &appStream{ReadWriteCloser: rwc}
+		s.stop = context.AfterFunc(rt.life, func() { _ = rwc.Close() })
+		resp.Body = s
+		return
+	}
+	b := &appBody{ReadCloser: resp.Body}
+	body := resp.Body
+	b.stop = context.AfterFunc(rt.life, func() { _ = body.Close() })
+	resp.Body = b
+}
+
+// appStream is the machine's side of a protocol switch, watched by
+// watchApp; Caddy's reverse proxy needs it to be an io.ReadWriteCloser.
+type appStream struct {
+	io.ReadWriteCloser
+	stop func() bool
+}
+
+func (s *appStream) Close() error {
+	s.stop()
+	return s.ReadWriteCloser.Close()
+}
+
+// appBody is a response body watched by watchApp.
+type appBody struct {
+	io.ReadCloser
+	stop func() bool
+}
+
+func (b *appBody) Close() error {
+	b.stop()
+	return b.ReadCloser.Close()
 }
 
 // failover is the pool of a request's failover: every machine it has not

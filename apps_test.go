@@ -1,0 +1,183 @@
+package flyedge_test
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// apps created at run time, and their machines
+var (
+	apiWeb = testMachine{"0000000000a501", "iad", "127.0.58.1"}
+	apiTCP = testMachine{"0000000000a502", "iad", "127.0.58.2"}
+)
+
+// fly runs `caddy fly args...` against admin and returns its output.
+func fly(t *testing.T, admin string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(caddyBin, append(append([]string{"fly"}, args...), "--address", admin)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// TestAppsThroughAPI: apps created, changed and destroyed through the
+// admin API and the CLI serve real traffic at once, without a config
+// load, on the edge that took the change and on another edge sharing its
+// storage; destroying one releases its addresses and closes its
+// connections; the config's apps stay the config's.
+func TestAppsThroughAPI(t *testing.T) {
+	e := startIPEdge(t)
+	node := startStorageNode(t, e.storage) // another edge on the same storage
+	startMachines(t, e.machinePort, apiWeb)
+	startSinks(t, e.rawPort, 0, apiTCP)
+	loads := strings.Count(caddyLog.String(), "admin endpoint started") // once per config load
+	if loads == 0 {
+		t.Fatal("the shared Caddy's log does not show its config loads")
+	}
+
+	// an HTTP app, created with the CLI on this edge
+	def := filepath.Join(t.TempDir(), "web2.json")
+	os.WriteFile(def, fmt.Appendf(nil, `{"services":[{"internal_port":%s,"ports":[{"port":%s,"handlers":["http"]},{"port":%s,"handlers":["tls","http"]}]}]}`,
+		e.machinePort, e.httpPort, e.httpsPort), 0o600)
+	if out, err := fly(t, adminAddr, "apps", "create", "web2", "--from", def); err != nil || !strings.Contains(out, "New app created: web2") {
+		t.Fatalf("apps create: %v\n%s", err, out)
+	}
+	if out, err := fly(t, adminAddr, "apps", "create", "web2", "--from", def); err == nil || !strings.Contains(out, "exists already") {
+		t.Errorf("creating web2 twice: %v\n%s", err, out)
+	}
+	allocate(t, adminAddr, "web2", "shared_v4")
+	if out, err := fly(t, adminAddr, "machine", "add", "-a", "web2", "--id", apiWeb.id, "--region", apiWeb.region, "--machine-address", apiWeb.ip); err != nil {
+		t.Fatalf("machine add: %v\n%s", err, out)
+	}
+	shared := via(e.roots, sharedV4)
+	for _, url := range []string{"http://web2." + e.domain + ":" + e.httpPort + "/", "https://web2." + e.domain + ":" + e.httpsPort + "/"} {
+		if got, err := machineOf(shared, url); err != nil || got != apiWeb.id {
+			t.Errorf("%s right after the 2xx: machine %q, %v; want %s", url, got, err, apiWeb.id)
+		}
+	}
+	// the other edge sees it
+	waitFor(t, "the other edge to list web2", func() bool {
+		var apps []struct{ Name, Source string }
+		call(t, node.admin, http.MethodGet, "/fly/apps", "", &apps)
+		for _, a := range apps {
+			if a.Name == "web2" && a.Source == "api" {
+				return true
+			}
+		}
+		return false
+	})
+
+	// a TCP app, created on the other edge, serves here
+	status, body := call(t, node.admin, http.MethodPut, "/fly/apps/tcp2",
+		fmt.Sprintf(`{"services":[{"internal_port":%s,"ports":[{"port":%s}]}]}`, e.rawPort, e.httpsPort), nil)
+	if status != http.StatusCreated {
+		t.Fatalf("PUT tcp2 on the other edge: %d %s", status, body)
+	}
+	if status, body := call(t, node.admin, http.MethodPost, "/fly/apps/tcp2/machines", fmt.Sprintf(`{"id":%q,"region":"iad","address":%q}`, apiTCP.id, apiTCP.ip), nil); status != http.StatusCreated {
+		t.Fatalf("machine of tcp2: %d %s", status, body)
+	}
+	var v4 assignment
+	if status, body := call(t, node.admin, http.MethodPost, "/fly/apps/tcp2/ips", `{"type":"v4"}`, &v4); status != http.StatusCreated {
+		t.Fatalf("v4 for tcp2: %d %s", status, body)
+	}
+	waitFor(t, "this edge to serve tcp2", func() bool {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(v4.Address, e.httpsPort), time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		c.Write([]byte("ping"))
+		c.(*net.TCPConn).CloseWrite()
+		b, _ := io.ReadAll(c)
+		return strings.HasPrefix(string(b), apiTCP.id+" ")
+	})
+
+	// list, from the CLI: where each app comes from
+	out, err := fly(t, adminAddr, "apps", "list")
+	if err != nil {
+		t.Fatal(err, out)
+	}
+	for _, want := range []string{"web      config", "web2     api", "tcp2     api"} {
+		if !strings.Contains(strings.Join(strings.Fields(out), " "), strings.Join(strings.Fields(want), " ")) {
+			t.Errorf("apps list lacks %q:\n%s", want, out)
+		}
+	}
+
+	// refusals answer JSON with the field or the reason
+	for _, tc := range []struct {
+		path, body string
+		status     int
+		want       string
+	}{
+		{"/fly/apps/web", `{}`, 409, "defined in the config"},
+		{"/fly/apps/web3", `{"services":[{"internal_port":0,"ports":[{"port":80}]}]}`, 400, "apps.web3.services[0].internal_port"},
+		{"/fly/apps/web3", `{"servics":[]}`, 400, "servics"},
+	} {
+		if status, body := call(t, adminAddr, http.MethodPut, tc.path, tc.body, nil); status != tc.status || !strings.Contains(body, tc.want) || !strings.HasPrefix(body, `{"error":`) {
+			t.Errorf("PUT %s %s: %d %s; want %d naming %q", tc.path, tc.body, status, body, tc.status, tc.want)
+		}
+	}
+	if status, body := call(t, adminAddr, http.MethodDelete, "/fly/apps/web", "", nil); status != 409 {
+		t.Errorf("DELETE a config app: %d %s", status, body)
+	}
+
+	// an update takes effect at once: web2 loses its plain HTTP port
+	status, body = call(t, adminAddr, http.MethodPut, "/fly/apps/web2",
+		fmt.Sprintf(`{"services":[{"internal_port":%s,"ports":[{"port":%s,"handlers":["tls","http"]}]}]}`, e.machinePort, e.httpsPort), nil)
+	if status != http.StatusOK {
+		t.Fatalf("updating web2: %d %s", status, body)
+	}
+	if got, err := machineOf(shared, "http://web2."+e.domain+":"+e.httpPort+"/"); err == nil {
+		t.Errorf("web2's removed port still reaches machine %s", got)
+	}
+	if got, err := machineOf(shared, "https://web2."+e.domain+":"+e.httpsPort+"/"); err != nil || got != apiWeb.id {
+		t.Errorf("web2's kept port: %q, %v", got, err)
+	}
+
+	// destroying tcp2 closes its open connection and releases its address
+	c, err := net.DialTimeout("tcp", net.JoinHostPort(v4.Address, e.httpsPort), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("still here"))
+	time.Sleep(100 * time.Millisecond) // the edge has dialed the machine
+	if out, err := fly(t, adminAddr, "apps", "destroy", "tcp2"); err != nil || !strings.Contains(out, "Destroyed app tcp2") {
+		t.Fatalf("apps destroy: %v\n%s", err, out)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("tcp2's open connection after the destroy: read %d, %v; want EOF", n, err)
+	}
+	var ips []assignment
+	call(t, adminAddr, http.MethodGet, "/fly/ips", "", &ips)
+	for _, a := range ips {
+		if a.App == "tcp2" {
+			t.Errorf("tcp2 still holds %s", a.Address)
+		}
+	}
+	if c2, err := net.DialTimeout("tcp", net.JoinHostPort(v4.Address, e.httpsPort), time.Second); err == nil {
+		c2.SetDeadline(time.Now().Add(2 * time.Second))
+		c2.Write([]byte("ping"))
+		c2.(*net.TCPConn).CloseWrite()
+		if b, _ := io.ReadAll(c2); len(b) > 0 {
+			t.Errorf("a new connection to the released address got %q", b)
+		}
+		c2.Close()
+	}
+	waitFor(t, "the other edge to forget tcp2", func() bool {
+		status, _ := call(t, node.admin, http.MethodGet, "/fly/apps/tcp2", "", nil)
+		return status == http.StatusNotFound
+	})
+	if n := strings.Count(caddyLog.String(), "admin endpoint started"); n != loads {
+		t.Errorf("%d config loads happened", n-loads)
+	}
+}

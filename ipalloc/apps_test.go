@@ -1,0 +1,288 @@
+package ipalloc
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+
+	"github.com/flyedge/caddy-flyedge/routing"
+)
+
+// webApp is an app definition serving tls+http on edge port 443 from
+// internal port internal.
+func webApp(internal int) []byte {
+	return fmt.Appendf(nil, `{"services":[{"internal_port":%d,"ports":[{"port":443,"handlers":["tls","http"]}]}]}`, internal)
+}
+
+// eventually retries check until it returns "" or 2 s have passed.
+func eventually(t *testing.T, check func() string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		msg := check()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestAppsAsData: an app created through the API is routed at once on
+// the edge that took it and soon on another edge of the same store;
+// destroying it releases what it held and ends its connections.
+func TestAppsAsData(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a := newNode(t, newFly(t, 2), dir, testPools)
+	b := newNode(t, newFly(t, 2), dir, testPools)
+	shared := netip.MustParseAddr("127.20.0.1")
+
+	def, created, err := a.PutApp(ctx, "web", webApp(3000), true)
+	if err != nil || !created {
+		t.Fatalf("creating web: %v (created %v)", err, created)
+	}
+	if got := appAt(a, shared, "web.edge.test"); got != "web" {
+		t.Fatalf("right after the 2xx, web.edge.test on the shared address routes to %q", got)
+	}
+	if !json.Valid(def) || !strings.Contains(string(def), `"internal_port":3000`) {
+		t.Errorf("the created app reads %s", def)
+	}
+	ips, err := a.IPs("web")
+	if err != nil || len(ips) != 2 {
+		t.Fatalf("web's automatic addresses: %v, %v (want a v6 and the shared v4)", ips, err)
+	}
+	eventually(t, func() string {
+		if got := appAt(b, shared, "web.edge.test"); got != "web" {
+			return fmt.Sprintf("the other edge routes web.edge.test to %q", got)
+		}
+		return ""
+	})
+	if list := b.Apps(); len(list) != 3 || list[2].Name != "web" || list[2].Source != routing.SourceAPI || list[0].Source != routing.SourceConfig {
+		t.Errorf("the other edge lists %+v", list)
+	}
+
+	// machines, host names and addresses work for it as for any app
+	m := &routing.Machine{ID: "0000000000cc01", Region: "iad", Address: "10.3.0.1"}
+	if _, err := a.PutMachine(ctx, "web", m, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.AddCert(ctx, "web", "shop.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	v4, _, err := a.Allocate(ctx, "web", TypeV4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.EgressIPs("web", m.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AllocateEgress(ctx, "web", m.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, _, err := a.PutApp(ctx, "web", webApp(5000), true); statusOf(err) != 409 {
+		t.Errorf("creating web twice: %v, want 409", err)
+	}
+
+	// an update replaces the definition, keeps the machines
+	if _, created, err := a.PutApp(ctx, "web", webApp(4000), false); err != nil || created {
+		t.Fatalf("updating web: %v (created %v)", err, created)
+	}
+	rt, err := a.fly.AppRoute("web", 443)
+	if err != nil || rt.Service.InternalPort != 4000 || rt.NumMachines() != 1 {
+		t.Fatalf("after the update web's route is %+v, %v", rt, err)
+	}
+	eventually(t, func() string {
+		if rt, err := b.fly.AppRoute("web", 443); err != nil || rt.Service.InternalPort != 4000 || rt.NumMachines() != 1 {
+			return fmt.Sprintf("the other edge's route: %v", err)
+		}
+		return ""
+	})
+	rtB, _ := b.fly.AppRoute("web", 443)
+
+	if err := a.DestroyApp(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-rt.Destroyed():
+	default:
+		t.Error("the route of the destroyed app is not told (its connections stay open)")
+	}
+	if a.fly.HasApp("web") || appAt(a, shared, "web.edge.test") != "" || appAt(a, netip.MustParseAddr(v4.Address), "") != "" {
+		t.Error("the destroyed app still routes")
+	}
+	if _, err := a.IPs("web"); statusOf(err) != 404 {
+		t.Errorf("the destroyed app's addresses: %v, want 404", err)
+	}
+	if all, _ := a.IPs(""); len(all) != 0 {
+		t.Errorf("addresses left after destroying web: %v", all)
+	}
+	if owner := a.fly.HostApp("shop.example.com"); owner != "" {
+		t.Errorf("shop.example.com still answers for %q", owner)
+	}
+	eventually(t, func() string {
+		select {
+		case <-rtB.Destroyed():
+		default:
+			return "the other edge's connections to web stay open"
+		}
+		if b.fly.HasApp("web") {
+			return "the other edge still has web"
+		}
+		return ""
+	})
+	if err := a.DestroyApp(ctx, "web"); statusOf(err) != 404 {
+		t.Errorf("destroying it again: %v, want 404", err)
+	}
+
+	// created again, it starts afresh
+	if _, created, err := a.PutApp(ctx, "web", webApp(3000), true); err != nil || !created {
+		t.Fatalf("creating web again: %v (created %v)", err, created)
+	}
+	if rt, _ := a.fly.AppRoute("web", 443); rt == nil || rt.NumMachines() != 0 || isClosed(rt.Destroyed()) {
+		t.Errorf("the new web has %v", rt)
+	}
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// TestPutAppRefusals: bad definitions are 400 naming the field; the
+// config's apps and their names are 409.
+func TestPutAppRefusals(t *testing.T) {
+	ctx := context.Background()
+	a := newNode(t, newFly(t, 2), t.TempDir(), testPools)
+	for _, tc := range []struct {
+		name, app, body string
+		status          int
+		want            string
+	}{
+		{"config app", "app0", string(webApp(3000)), 409, "defined in the config"},
+		{"bad name", "Web_1", string(webApp(3000)), 400, "name"},
+		{"no internal port", "web", `{"services":[{"ports":[{"port":443}]}]}`, 400, "apps.web.services[0].internal_port"},
+		{"bad handler", "web", `{"services":[{"internal_port":80,"ports":[{"port":443,"handlers":["tcp"]}]}]}`, 400, "apps.web.services[0].ports[0].handlers"},
+		{"force_https without http", "web", `{"services":[{"internal_port":80,"ports":[{"port":443,"handlers":["tls"],"force_https":true}]}]}`, 400, "force_https"},
+		{"unknown field", "web", `{"services":[],"colour":"red"}`, 400, "colour"},
+		{"machines", "web", `{"machines":[{"id":"0000000000dd01","region":"iad","address":"10.0.0.1"}]}`, 400, "/fly/apps/web/machines"},
+		{"hostnames", "web", `{"hostnames":["shop.example.com"]}`, 400, "certs"},
+		{"not JSON", "web", `services: []`, 400, "invalid character"},
+		{"two values", "web", `{} {}`, 400, "more follows"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := a.PutApp(ctx, tc.app, []byte(tc.body), false)
+			if statusOf(err) != tc.status || !strings.Contains(fmt.Sprint(err), tc.want) {
+				t.Errorf("got %d %v, want %d naming %q", statusOf(err), err, tc.status, tc.want)
+			}
+		})
+	}
+	if a.fly.HasApp("web") {
+		t.Error("a refused app was created")
+	}
+	if err := a.DestroyApp(ctx, "app1"); statusOf(err) != 409 {
+		t.Errorf("destroying a config app: %v, want 409", err)
+	}
+	if err := a.DestroyApp(ctx, "nope"); statusOf(err) != 404 {
+		t.Errorf("destroying an unknown app: %v, want 404", err)
+	}
+}
+
+// TestConfigAppConflict: a config that defines an app the API created
+// does not load, and says which app.
+func TestConfigAppConflict(t *testing.T) {
+	dir := t.TempDir()
+	a := newNode(t, newFly(t, 1), dir, testPools)
+	if _, _, err := a.PutApp(context.Background(), "app1", webApp(3000), true); err != nil {
+		t.Fatal(err)
+	}
+	b := &App{Pools: testPools}
+	err := b.setup(context.Background(), newFly(t, 2), &certmagic.FileStorage{Path: dir}, zap.NewNop())
+	if err == nil || !strings.Contains(err.Error(), "apps: app1: created through the admin API") {
+		t.Errorf("loading a config with app1: %v", err)
+	}
+	if b.store != nil {
+		b.Cleanup()
+	}
+}
+
+// TestConcurrentPuts: many PUTs to different apps and to one app, on two
+// edges at once: every app is created, the contested one ends as one of
+// the definitions whole (never a mix), and both edges agree on it.
+func TestConcurrentPuts(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	nodes := []*App{newNode(t, newFly(t, 0), dir, testPools), newNode(t, newFly(t, 0), dir, testPools)}
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for n, node := range nodes {
+		for i := range 50 {
+			wg.Go(func() {
+				if _, _, err := node.PutApp(ctx, fmt.Sprintf("app-%d-%d", n, i), webApp(3000+i), true); err != nil {
+					errs <- err
+				}
+			})
+			wg.Go(func() {
+				k := n*50 + i
+				body := fmt.Appendf(nil, `{"org":"o%d","services":[{"internal_port":%d,"ports":[{"port":%d,"handlers":["http"]}]}]}`, k, 1000+k, 10000+k)
+				if _, _, err := node.PutApp(ctx, "contested", body, false); err != nil {
+					errs <- err
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	var defs [2]string
+	eventually(t, func() string {
+		for n, node := range nodes {
+			if got := len(node.Apps()); got != 101 {
+				return fmt.Sprintf("edge %d has %d apps, want 101", n, got)
+			}
+			raw, _, err := node.GetApp("contested")
+			if err != nil {
+				return err.Error()
+			}
+			defs[n] = string(raw)
+		}
+		if defs[0] != defs[1] {
+			return fmt.Sprintf("the edges disagree: %s and %s", defs[0], defs[1])
+		}
+		return ""
+	})
+	var k int
+	var stored struct{ Org string }
+	if err := json.Unmarshal([]byte(defs[0]), &stored); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fmt.Sscanf(stored.Org, "o%d", &k); err != nil {
+		t.Fatalf("contested reads %s", defs[0])
+	}
+	cfg := nodes[0].fly.AppConfig("contested")
+	if s := cfg.Services[0]; s.InternalPort != 1000+k || s.Ports[0].Port != 10000+k {
+		t.Errorf("contested is a mix: org o%d, internal port %d, edge port %d", k, s.InternalPort, s.Ports[0].Port)
+	}
+	for _, node := range nodes {
+		if rt, err := node.fly.AppRoute("contested", 10000+k); err != nil || rt.Service.InternalPort != 1000+k {
+			t.Errorf("routing serves another contested: %v", err)
+		}
+	}
+}
