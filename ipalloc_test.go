@@ -92,6 +92,8 @@ const ipEdgeConfig = `{
 		shared_v4 ` + sharedV4 + `
 		v4 ` + v4Pool + `
 		auto_allocate off
+		http_port %[3]s
+		https_port %[4]s
 	}
 	on_demand_tls {
 		permission fly
@@ -125,6 +127,7 @@ http://:%[3]s, https://:%[4]s {
 	@app fly_app
 	handle @app {
 		header X-Served-App {http.vars.fly.app}
+		force_https
 		fly_headers
 		reverse_proxy {
 			dynamic fly

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"strings"
 
@@ -132,6 +133,18 @@ func (api *adminAPI) appDef(w http.ResponseWriter, r *http.Request) error {
 		}
 		// If-None-Match: * creates and never replaces (caddy fly apps create)
 		onlyNew := strings.TrimSpace(r.Header.Get("If-None-Match")) == "*"
+		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "application/toml" {
+			ft, err := ParseFlyTOML("fly.toml", body, [2]int{api.app.HTTPPort, api.app.HTTPSPort})
+			if err != nil {
+				return badRequest("%v", err)
+			}
+			for _, warning := range ft.Warnings {
+				w.Header().Add("Fly-Warning", warning)
+			}
+			if body, err = json.Marshal(ft.Definition); err != nil {
+				return err
+			}
+		}
 		def, created, err := api.app.PutApp(r.Context(), app, body, onlyNew)
 		return reply(w, createdOr(created), def, err)
 	case http.MethodDelete:

@@ -2,6 +2,7 @@ package ipalloc
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -35,6 +36,7 @@ flyctl manages apps on Fly.io:
   caddy fly apps list
   caddy fly apps create <app> [--from app.json] [--org <org>]
   caddy fly apps destroy <app>
+  caddy fly deploy [-c fly.toml] [-a <app>]
   caddy fly ips list -a <app>
   caddy fly ips allocate-v6 -a <app>
   caddy fly ips allocate-v4 [--shared] -a <app>
@@ -155,7 +157,7 @@ func flyCommand(cmd *cobra.Command) {
 			}},
 		c.egressCommand(),
 	)
-	cmd.AddCommand(c.appsCommand(), ips, certs, machine)
+	cmd.AddCommand(c.appsCommand(), c.deployCommand(), ips, certs, machine)
 	c.strict(cmd)
 }
 
@@ -255,6 +257,40 @@ func (c *client) appsCommand() *cobra.Command {
 			}},
 	)
 	return apps
+}
+
+func (c *client) deployCommand() *cobra.Command {
+	return &cobra.Command{Use: "deploy", Short: "Create or update an app from its fly.toml (-c, default ./fly.toml)", Args: cobra.NoArgs,
+		RunE: func(cc *cobra.Command, _ []string) error {
+			// -c names the fly.toml here, as in flyctl; the admin
+			// endpoint comes from --address or the default
+			file := cmp.Or(c.config, "fly.toml")
+			c.config = ""
+			data, err := os.ReadFile(file)
+			if err != nil {
+				return err
+			}
+			ft, err := ParseFlyTOML(file, data, [2]int{80, 443})
+			if err != nil {
+				return err
+			}
+			for _, w := range ft.Warnings {
+				fmt.Fprintln(cc.ErrOrStderr(), "warning:", w)
+			}
+			if c.app == "" {
+				c.app = ft.App
+			}
+			if c.app == "" {
+				return fmt.Errorf("%s has no app name: set app in it, or give -a <app>", file)
+			}
+			var out json.RawMessage
+			if err := c.send(http.MethodPut, c.appPath(), "application/toml", data, nil, &out); err != nil {
+				return err
+			}
+			return c.print(out, func(w io.Writer) {
+				fmt.Fprintf(w, "Deployed %s from %s (%d services)\n", c.app, file, len(ft.Definition.Services))
+			})
+		}}
 }
 
 // appArg takes the app's name from the command's argument, as flyctl's
@@ -437,6 +473,20 @@ func (c *client) call(method, path string, in, out any) error {
 
 // do is call with request headers.
 func (c *client) do(method, path string, in any, header map[string]string, out any) error {
+	var body []byte
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = b
+	}
+	return c.send(method, path, "application/json", body, header, out)
+}
+
+// send sends a request with a body of type contentType (none when body
+// is nil) to the admin API.
+func (c *client) send(method, path, contentType string, in []byte, header map[string]string, out any) error {
 	if c.app == "" && strings.HasPrefix(path, "/fly/apps/") {
 		return errors.New("an app is needed: -a <app>")
 	}
@@ -450,11 +500,7 @@ func (c *client) do(method, path string, in any, header map[string]string, out a
 	}
 	var body io.Reader
 	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
+		body = bytes.NewReader(in)
 	}
 	origin := "http://" + na.JoinHostPort(0)
 	if na.IsUnixNetwork() {
@@ -468,7 +514,7 @@ func (c *client) do(method, path string, in any, header map[string]string, out a
 		req.Header.Set("Origin", origin)
 	}
 	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", contentType)
 	}
 	for k, v := range header {
 		req.Header.Set(k, v)

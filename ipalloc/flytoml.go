@@ -1,0 +1,595 @@
+package ipalloc
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/pelletier/go-toml/v2"
+	"github.com/pelletier/go-toml/v2/unstable"
+
+	"github.com/flyedge/caddy-flyedge/routing"
+)
+
+// FlyTOML is an app read from a fly.toml.
+type FlyTOML struct {
+	// App is the file's app name ("" when it has none).
+	App string
+	// PrimaryRegion is the file's primary_region.
+	PrimaryRegion string
+	// Definition is the app's services, in the config's shape.
+	Definition *routing.Application
+	// Warnings name the keys of the file that flyedge does not implement
+	// and left out, with their lines.
+	Warnings []string
+}
+
+// TOMLError is a fly.toml that cannot be taken: where, and why.
+type TOMLError struct {
+	File string // the file's name, as given
+	Line int    // 0 when unknown
+	Key  string // the key, dotted, with array indexes: services[0].ports[1].port
+	Msg  string
+}
+
+func (e *TOMLError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+	}
+	if e.Key != "" {
+		b.WriteString(": " + e.Key)
+	}
+	return b.String() + ": " + e.Msg
+}
+
+// ParseFlyTOML reads a fly.toml the way Fly.io's configuration reference
+// writes it: app, primary_region, [http_service] (its ports 80 with the
+// http handler and 443 with tls and http), [[services]] with their
+// [[services.ports]] (one port, or start_port to end_port),
+// concurrency, tls_options, http_options, proxy_proto_options, and
+// tcp_checks and http_checks. Durations are Go durations ("15s", "1m0s")
+// or, as older files have them, milliseconds. Edge ports 80 and 443 become
+// webPorts[0] and webPorts[1] (the edge's http_port and https_port).
+//
+// A key flyedge does not implement (env, build, mounts, processes,
+// auto_stop_machines, restart_limit, ...) is left out with a warning that
+// names it; a value Fly.io would refuse is a *TOMLError with the file,
+// the key and its line.
+func ParseFlyTOML(file string, data []byte, webPorts [2]int) (*FlyTOML, error) {
+	var doc map[string]any
+	if err := toml.Unmarshal(data, &doc); err != nil {
+		return nil, tomlSyntaxError(file, err)
+	}
+	lines, err := keyLines(data)
+	if err != nil {
+		return nil, tomlSyntaxError(file, err)
+	}
+	w := &tomlWalker{file: file, lines: lines, web: webPorts}
+	out := &FlyTOML{Definition: new(routing.Application)}
+	for _, key := range sortedKeys(doc) {
+		v := doc[key]
+		switch key {
+		case "app":
+			out.App = w.str(key, v)
+		case "primary_region":
+			out.PrimaryRegion = w.str(key, v)
+		case "http_service":
+			out.Definition.Services = append(out.Definition.Services, w.httpService(key, w.table(key, v)))
+		case "services":
+			for i, s := range w.tables(key, v) {
+				out.Definition.Services = append(out.Definition.Services, w.service(fmt.Sprintf("services[%d]", i), s))
+			}
+		default:
+			w.ignore(key)
+		}
+	}
+	if w.err != nil {
+		return nil, w.err
+	}
+	out.Warnings = w.warnings
+	return out, nil
+}
+
+func tomlSyntaxError(file string, err error) error {
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		row, _ := de.Position()
+		return &TOMLError{File: file, Line: row, Key: strings.Join(de.Key(), "."), Msg: de.Error()}
+	}
+	var pe *unstable.ParserError
+	if errors.As(err, &pe) {
+		return &TOMLError{File: file, Msg: pe.Message}
+	}
+	return &TOMLError{File: file, Msg: err.Error()}
+}
+
+// keyLines returns the line of every key of a TOML document, by its
+// path: dotted, with the index of each array table
+// (services[0].ports[1].handlers).
+func keyLines(data []byte) (map[string]int, error) {
+	lines := make(map[string]int)
+	counts := make(map[string]int) // array table path -> entries so far
+	var p unstable.Parser
+	p.Reset(data)
+	table := ""
+	for p.NextExpression() {
+		e := p.Expression()
+		switch e.Kind {
+		case unstable.Table, unstable.ArrayTable:
+			path := ""
+			it := e.Key()
+			for it.Next() {
+				name := string(it.Node().Data)
+				if path != "" {
+					path += "."
+				}
+				path += name
+				if n, ok := counts[path]; ok && !(it.IsLast() && e.Kind == unstable.ArrayTable) {
+					path += fmt.Sprintf("[%d]", n-1) // inside the latest entry
+				}
+			}
+			line := keyLine(&p, e)
+			if e.Kind == unstable.ArrayTable {
+				if _, ok := lines[path]; !ok {
+					lines[path] = line // the array's first entry
+				}
+				n := counts[path]
+				counts[path] = n + 1
+				path += fmt.Sprintf("[%d]", n)
+			}
+			table = path
+			lines[path] = line
+		case unstable.KeyValue:
+			path := table
+			it := e.Key()
+			for it.Next() {
+				if path != "" {
+					path += "."
+				}
+				path += string(it.Node().Data)
+			}
+			lines[path] = keyLine(&p, e)
+		}
+	}
+	return lines, p.Error()
+}
+
+// keyLine returns the line of an expression's key, 0 when unknown.
+func keyLine(p *unstable.Parser, e *unstable.Node) (line int) {
+	defer func() {
+		if recover() != nil { // a quoted key with escapes is a copy
+			line = 0
+		}
+	}()
+	it := e.Key()
+	if !it.Next() {
+		return 0
+	}
+	n := it.Node()
+	r := n.Raw
+	if r.Length == 0 {
+		r = p.Range(n.Data)
+	}
+	return p.Shape(r).Start.Line
+}
+
+// tomlWalker converts a decoded fly.toml, keeping the first error and
+// every warning.
+type tomlWalker struct {
+	file     string
+	lines    map[string]int
+	web      [2]int
+	err      error
+	warnings []string
+}
+
+// line returns the line of key, or of the nearest enclosing key written
+// on a line of its own (a key inside an inline table).
+func (w *tomlWalker) line(key string) int {
+	for k := key; k != ""; {
+		if n, ok := w.lines[k]; ok {
+			return n
+		}
+		i := strings.LastIndexAny(k, ".[")
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return 0
+}
+
+func (w *tomlWalker) fail(key, format string, args ...any) {
+	if w.err == nil {
+		w.err = &TOMLError{File: w.file, Line: w.line(key), Key: key, Msg: fmt.Sprintf(format, args...)}
+	}
+}
+
+func (w *tomlWalker) ignore(key string) {
+	msg := fmt.Sprintf("%s: %s is not implemented by flyedge; ignored", w.file, key)
+	if n := w.line(key); n > 0 {
+		msg = fmt.Sprintf("%s:%d: %s is not implemented by flyedge; ignored", w.file, n, key)
+	}
+	w.warnings = append(w.warnings, msg)
+}
+
+func (w *tomlWalker) str(key string, v any) string {
+	s, ok := v.(string)
+	if !ok {
+		w.fail(key, "%v: want a string", v)
+	}
+	return s
+}
+
+func (w *tomlWalker) boolean(key string, v any) bool {
+	b, ok := v.(bool)
+	if !ok {
+		w.fail(key, "%v: want true or false", v)
+	}
+	return b
+}
+
+// integer takes a TOML integer, or a string of digits (older fly.toml
+// files quote ports).
+func (w *tomlWalker) integer(key string, v any) int {
+	switch n := v.(type) {
+	case int64:
+		if n < math.MinInt32 || n > math.MaxInt32 {
+			break
+		}
+		return int(n)
+	case string:
+		if i, err := strconv.Atoi(n); err == nil {
+			return i
+		}
+	}
+	w.fail(key, "%v: want a number", v)
+	return 0
+}
+
+// port takes a port number, 1-65535.
+func (w *tomlWalker) port(key string, v any) int {
+	n := w.integer(key, v)
+	if w.err == nil && (n < 1 || n > 65535) {
+		w.fail(key, "%d is not a port number (1-65535)", n)
+	}
+	return n
+}
+
+// duration takes a Go duration string, or milliseconds.
+func (w *tomlWalker) duration(key string, v any) caddy.Duration {
+	switch d := v.(type) {
+	case string:
+		if dur, err := time.ParseDuration(d); err == nil && dur >= 0 {
+			return caddy.Duration(dur)
+		}
+	case int64:
+		if d >= 0 {
+			return caddy.Duration(time.Duration(d) * time.Millisecond)
+		}
+	}
+	w.fail(key, "%v: want a duration such as \"15s\" (or milliseconds)", v)
+	return 0
+}
+
+func (w *tomlWalker) strings(key string, v any) []string {
+	list, ok := v.([]any)
+	if !ok {
+		w.fail(key, "%v: want a list of strings", v)
+		return nil
+	}
+	out := make([]string, 0, len(list))
+	for i, e := range list {
+		out = append(out, w.str(fmt.Sprintf("%s[%d]", key, i), e))
+	}
+	return out
+}
+
+func (w *tomlWalker) table(key string, v any) map[string]any {
+	t, ok := v.(map[string]any)
+	if !ok {
+		w.fail(key, "want a table")
+	}
+	return t
+}
+
+func (w *tomlWalker) tables(key string, v any) []map[string]any {
+	list, ok := v.([]any)
+	if !ok {
+		w.fail(key, "want an array of tables ([[%s]])", key)
+		return nil
+	}
+	out := make([]map[string]any, 0, len(list))
+	for i, e := range list {
+		out = append(out, w.table(fmt.Sprintf("%s[%d]", key, i), e))
+	}
+	return out
+}
+
+// edgePort maps Fly's web ports to the edge's.
+func (w *tomlWalker) edgePort(p int) int {
+	switch p {
+	case 80:
+		return w.web[0]
+	case 443:
+		return w.web[1]
+	}
+	return p
+}
+
+func (w *tomlWalker) httpService(path string, t map[string]any) *routing.Service {
+	s := &routing.Service{Protocol: "tcp"}
+	http := &routing.Port{Port: w.edgePort(80), Handlers: []string{"http"}}
+	https := &routing.Port{Port: w.edgePort(443), Handlers: []string{"tls", "http"}}
+	s.Ports = []*routing.Port{http, https}
+	for _, k := range sortedKeys(t) {
+		key, v := path+"."+k, t[k]
+		switch k {
+		case "internal_port":
+			s.InternalPort = w.port(key, v)
+		case "force_https":
+			http.ForceHTTPS = w.boolean(key, v)
+		case "concurrency":
+			s.Concurrency = w.concurrency(key, w.table(key, v))
+		case "tls_options":
+			https.TLSOptions = w.tlsOptions(key, w.table(key, v))
+		case "http_options":
+			s.HTTPOptions = w.httpOptions(key, w.table(key, v))
+		case "checks":
+			for i, c := range w.tables(key, v) {
+				s.Checks = append(s.Checks, w.check(fmt.Sprintf("%s[%d]", key, i), "http", c))
+			}
+		default:
+			w.ignore(key)
+		}
+	}
+	if s.InternalPort == 0 {
+		w.fail(path+".internal_port", "missing: the port the app listens on in its machines")
+	}
+	return s
+}
+
+func (w *tomlWalker) service(path string, t map[string]any) *routing.Service {
+	s := &routing.Service{Protocol: "tcp"}
+	for _, k := range sortedKeys(t) {
+		key, v := path+"."+k, t[k]
+		switch k {
+		case "internal_port":
+			s.InternalPort = w.port(key, v)
+		case "protocol":
+			if p := w.str(key, v); p != "tcp" && w.err == nil {
+				w.fail(key, "%q: flyedge serves tcp services (udp is not implemented yet)", p)
+			}
+		case "ports":
+			for i, p := range w.tables(key, v) {
+				s.Ports = append(s.Ports, w.ports(fmt.Sprintf("%s[%d]", key, i), p, s)...)
+			}
+		case "concurrency":
+			s.Concurrency = w.concurrency(key, w.table(key, v))
+		case "tcp_checks", "http_checks":
+			typ := strings.TrimSuffix(k, "_checks")
+			for i, c := range w.tables(key, v) {
+				s.Checks = append(s.Checks, w.check(fmt.Sprintf("%s[%d]", key, i), typ, c))
+			}
+		default:
+			w.ignore(key)
+		}
+	}
+	if s.InternalPort == 0 {
+		w.fail(path+".internal_port", "missing: the port the app listens on in its machines")
+	}
+	if len(s.Ports) == 0 {
+		w.fail(path+".ports", "missing: a service needs at least one [[services.ports]]")
+	}
+	return s
+}
+
+// ports reads one [[services.ports]]: one port, or a range of them.
+func (w *tomlWalker) ports(path string, t map[string]any, s *routing.Service) []*routing.Port {
+	tmpl := &routing.Port{}
+	var port, start, end int
+	for _, k := range sortedKeys(t) {
+		key, v := path+"."+k, t[k]
+		switch k {
+		case "port":
+			port = w.port(key, v)
+		case "start_port":
+			start = w.port(key, v)
+		case "end_port":
+			end = w.port(key, v)
+		case "handlers":
+			tmpl.Handlers = w.strings(key, v)
+			if _, err := routing.ParseHandlers(tmpl.Handlers); err != nil {
+				w.fail(key, "%v", err)
+			}
+		case "force_https":
+			tmpl.ForceHTTPS = w.boolean(key, v)
+		case "tls_options":
+			tmpl.TLSOptions = w.tlsOptions(key, w.table(key, v))
+		case "http_options":
+			o := w.httpOptions(key, w.table(key, v))
+			if s.HTTPOptions != nil && w.err == nil {
+				w.fail(key, "a second http_options in one service: flyedge keeps one per service")
+			}
+			s.HTTPOptions = o
+		case "proxy_proto_options":
+			tmpl.ProxyProtoOptions = w.proxyProto(key, w.table(key, v))
+		default:
+			w.ignore(key)
+		}
+	}
+	if w.err != nil {
+		return nil
+	}
+	hs, _ := routing.ParseHandlers(tmpl.Handlers)
+	if tmpl.ForceHTTPS && !hs.Has(routing.HandlerHTTP) {
+		w.fail(path+".force_https", "needs the http handler (handlers are %v)", tmpl.Handlers)
+		return nil
+	}
+	switch {
+	case port != 0 && (start != 0 || end != 0):
+		w.fail(path+".start_port", "a port and a range: give port, or start_port and end_port")
+	case port != 0:
+		p := *tmpl
+		p.Port = w.edgePort(port)
+		return []*routing.Port{&p}
+	case start == 0 || end == 0:
+		w.fail(path+".port", "missing: give port, or start_port and end_port")
+	case end < start:
+		w.fail(path+".end_port", "%d is below start_port %d", end, start)
+	default:
+		out := make([]*routing.Port, 0, end-start+1)
+		for n := start; n <= end; n++ {
+			p := *tmpl
+			p.Port = w.edgePort(n)
+			out = append(out, &p)
+		}
+		return out
+	}
+	return nil
+}
+
+func (w *tomlWalker) concurrency(path string, t map[string]any) *routing.Concurrency {
+	c := new(routing.Concurrency)
+	for _, k := range sortedKeys(t) {
+		key, v := path+"."+k, t[k]
+		switch k {
+		case "type":
+			c.Type = w.str(key, v)
+			if c.Type != "requests" && c.Type != "connections" && w.err == nil {
+				w.fail(key, "%q: want requests or connections", c.Type)
+			}
+		case "soft_limit":
+			c.SoftLimit = w.integer(key, v)
+		case "hard_limit":
+			c.HardLimit = w.integer(key, v)
+		default:
+			w.ignore(key)
+		}
+	}
+	if w.err == nil && (c.SoftLimit < 0 || c.HardLimit < 0) {
+		w.fail(path, "limits must not be negative")
+	}
+	if w.err == nil && c.HardLimit > 0 && c.SoftLimit > c.HardLimit {
+		w.fail(path+".soft_limit", "%d is above hard_limit %d", c.SoftLimit, c.HardLimit)
+	}
+	return c
+}
+
+func (w *tomlWalker) tlsOptions(path string, t map[string]any) *routing.TLSOptions {
+	o := new(routing.TLSOptions)
+	for _, k := range sortedKeys(t) {
+		key, v := path+"."+k, t[k]
+		switch k {
+		case "alpn":
+			o.ALPN = w.strings(key, v)
+		case "versions":
+			o.Versions = w.strings(key, v)
+			if _, _, err := routing.TLSVersionRange(o.Versions); err != nil && w.err == nil {
+				w.fail(key, "%v", err)
+			}
+		case "default_self_signed":
+			o.DefaultSelfSigned = w.boolean(key, v)
+		default:
+			w.ignore(key)
+		}
+	}
+	return o
+}
+
+func (w *tomlWalker) httpOptions(path string, t map[string]any) *routing.HTTPOptions {
+	o := new(routing.HTTPOptions)
+	for _, k := range sortedKeys(t) {
+		key, v := path+"."+k, t[k]
+		switch k {
+		case "h2_backend":
+			o.H2Backend = w.boolean(key, v)
+		case "response":
+			o.Response = new(routing.HTTPResponse)
+			rt := w.table(key, v)
+			for _, rk := range sortedKeys(rt) {
+				rkey, rv := key+"."+rk, rt[rk]
+				switch rk {
+				case "headers":
+					o.Response.Headers = w.table(rkey, rv)
+				case "pristine":
+					o.Response.Pristine = w.boolean(rkey, rv)
+				default:
+					w.ignore(rkey)
+				}
+			}
+		default:
+			w.ignore(key)
+		}
+	}
+	return o
+}
+
+func (w *tomlWalker) proxyProto(path string, t map[string]any) *routing.ProxyProtoOptions {
+	o := new(routing.ProxyProtoOptions)
+	for _, k := range sortedKeys(t) {
+		key, v := path+"."+k, t[k]
+		switch k {
+		case "version":
+			o.Version = w.str(key, v)
+			if _, err := routing.ProxyProtoVersion(o.Version); err != nil && w.err == nil {
+				w.fail(key, "%v", err)
+			}
+		default:
+			w.ignore(key)
+		}
+	}
+	return o
+}
+
+// check reads a tcp or http check; typ is its type.
+func (w *tomlWalker) check(path, typ string, t map[string]any) *routing.Check {
+	c := &routing.Check{Type: typ}
+	for _, k := range sortedKeys(t) {
+		key, v := path+"."+k, t[k]
+		switch k {
+		case "interval":
+			c.Interval = w.duration(key, v)
+		case "timeout":
+			c.Timeout = w.duration(key, v)
+		case "grace_period":
+			c.GracePeriod = w.duration(key, v)
+		case "path":
+			if typ != "http" {
+				w.ignore(key)
+				continue
+			}
+			c.Path = w.str(key, v)
+			if !strings.HasPrefix(c.Path, "/") && w.err == nil {
+				w.fail(key, "%q: a path starts with /", c.Path)
+			}
+		case "method":
+			if m, ok := v.(string); !ok || !strings.EqualFold(m, "get") {
+				w.ignore(key) // the edge checks with GET
+			}
+		case "protocol":
+			if p, ok := v.(string); !ok || p != "http" {
+				w.ignore(key) // the edge checks over plain HTTP
+			}
+		default:
+			w.ignore(key)
+		}
+	}
+	return c
+}
+
+func sortedKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

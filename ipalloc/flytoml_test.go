@@ -1,0 +1,185 @@
+package ipalloc
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/flyedge/caddy-flyedge/routing"
+)
+
+func readTOML(t *testing.T, name string) *FlyTOML {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", "flytoml", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ft, err := ParseFlyTOML(name, data, [2]int{8080, 8443})
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	// what comes out is an app the admin API takes
+	def, err := json.Marshal(ft.Definition)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := routing.ParseApp("x", def); err != nil {
+		t.Fatalf("%s gives an app the edge refuses: %v\n%s", name, err, def)
+	}
+	return ft
+}
+
+func TestFlyTOMLHTTPService(t *testing.T) {
+	ft := readTOML(t, "web.toml")
+	if ft.App != "web" || ft.PrimaryRegion != "iad" {
+		t.Errorf("app %q, primary_region %q", ft.App, ft.PrimaryRegion)
+	}
+	s := ft.Definition.Services[0]
+	if len(ft.Definition.Services) != 1 || s.InternalPort != 8080 {
+		t.Fatalf("services: %+v", ft.Definition.Services)
+	}
+	http, https := s.Ports[0], s.Ports[1]
+	if http.Port != 8080 || !slices.Equal(http.Handlers, []string{"http"}) || !http.ForceHTTPS {
+		t.Errorf("Fly's port 80 became %+v (want the edge's http port 8080, http, force_https)", http)
+	}
+	if https.Port != 8443 || !slices.Equal(https.Handlers, []string{"tls", "http"}) || https.TLSOptions == nil ||
+		!slices.Equal(https.TLSOptions.ALPN, []string{"h2", "http/1.1"}) {
+		t.Errorf("Fly's port 443 became %+v", https)
+	}
+	if c := s.Concurrency; c == nil || c.Type != "requests" || c.SoftLimit != 200 || c.HardLimit != 250 {
+		t.Errorf("concurrency %+v", c)
+	}
+	o := s.HTTPOptions
+	if o == nil || !o.H2Backend || o.Response == nil || !o.Response.Pristine || o.Response.Headers["X-Frame-Options"] != "DENY" || o.Response.Headers["Server"] != false {
+		t.Errorf("http_options %+v", o)
+	}
+	if len(s.Checks) != 1 || s.Checks[0].Type != "http" || s.Checks[0].Path != "/healthz" ||
+		s.Checks[0].Interval != caddy.Duration(30*time.Second) || s.Checks[0].GracePeriod != caddy.Duration(10*time.Second) {
+		t.Errorf("checks %+v", s.Checks)
+	}
+	want := []string{"web.toml:9: build", "web.toml:14: http_service.auto_stop_machines", "web.toml:15: http_service.auto_start_machines",
+		"web.toml:16: http_service.min_machines_running", "web.toml:17: http_service.processes", "web.toml:46: vm"}
+	checkWarnings(t, ft.Warnings, want)
+}
+
+// checkWarnings wants exactly one warning starting with each of want.
+func checkWarnings(t *testing.T, got, want []string) {
+	t.Helper()
+	for _, w := range want {
+		n := 0
+		for _, g := range got {
+			if strings.HasPrefix(g, w+" ") {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("warnings: %d naming %q in\n%s", n, w, strings.Join(got, "\n"))
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("%d warnings, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
+	}
+}
+
+func TestFlyTOMLServices(t *testing.T) {
+	pg := readTOML(t, "postgres.toml")
+	s := pg.Definition.Services[0]
+	if s.InternalPort != 5432 || s.Ports[0].Port != 5432 || !slices.Equal(s.Ports[0].Handlers, []string{"pg_tls"}) || s.Concurrency.Type != "connections" {
+		t.Errorf("postgres: %+v", s)
+	}
+	if len(s.Checks) != 1 || s.Checks[0].Type != "tcp" || s.Checks[0].Timeout != caddy.Duration(2*time.Second) {
+		t.Errorf("postgres checks: %+v", s.Checks)
+	}
+	checkWarnings(t, pg.Warnings, []string{"postgres.toml:4: env", "postgres.toml:10: services[0].auto_start_machines", "postgres.toml:25: services[0].tcp_checks[0].restart_limit"})
+
+	mail := readTOML(t, "proxyproto.toml")
+	ps := mail.Definition.Services[0].Ports
+	if len(ps) != 2 || ps[0].Port != 25 || ps[0].ProxyProtoOptions.Version != "v2" || ps[1].TLSOptions == nil || ps[1].TLSOptions.ALPN[0] != "smtp" {
+		t.Errorf("proxy_proto: %+v %+v", ps[0], ps[1])
+	}
+	checkWarnings(t, mail.Warnings, nil)
+
+	game := readTOML(t, "range.toml")
+	ps = game.Definition.Services[0].Ports
+	if len(ps) != 10 || ps[0].Port != 10000 || ps[9].Port != 10009 || len(ps[3].Handlers) != 0 {
+		t.Errorf("range 10000-10009 gave %d ports, first %d", len(ps), ps[0].Port)
+	}
+	c := game.Definition.Services[0].Checks
+	if len(c) != 1 || c[0].Interval != caddy.Duration(10*time.Second) || c[0].Timeout != caddy.Duration(2*time.Second) {
+		t.Errorf("milliseconds: %+v", c)
+	}
+	checkWarnings(t, game.Warnings, []string{"range.toml:19: services[0].http_checks[0].tls_skip_verify", "range.toml:20: services[0].http_checks[0].headers"})
+
+	legacy := readTOML(t, "ignored.toml")
+	ps = legacy.Definition.Services[0].Ports
+	if len(ps) != 2 || ps[0].Port != 8080 || !ps[0].ForceHTTPS || ps[1].Port != 8443 {
+		t.Errorf("quoted ports: %+v %+v", ps[0], ps[1])
+	}
+	checkWarnings(t, legacy.Warnings, []string{"ignored.toml:2: kill_signal", "ignored.toml:3: kill_timeout", "ignored.toml:4: processes",
+		"ignored.toml:6: env", "ignored.toml:9: experimental", "ignored.toml:13: mounts", "ignored.toml:17: statics",
+		"ignored.toml:24: services[0].processes", "ignored.toml:26: services[0].script_checks",
+		"ignored.toml:45: services[0].tcp_checks[0].restart_limit"})
+}
+
+// TestFlyTOMLErrors: what Fly.io refuses is an error with the file, the
+// key and the line.
+func TestFlyTOMLErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, doc, want string
+	}{
+		{"force_https without http", "app = 'a'\n[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 443\nhandlers = ['tls']\nforce_https = true\n",
+			"fly.toml:7: services[0].ports[0].force_https: needs the http handler"},
+		{"port above 65535", "app = 'a'\n[[services]]\ninternal_port = 80\n\n[[services.ports]]\nport = 70000\n",
+			"fly.toml:6: services[0].ports[0].port: 70000 is not a port number (1-65535)"},
+		{"port 0 in a second port", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\n[[services.ports]]\nport = 0\n",
+			"fly.toml:6: services[0].ports[1].port: 0 is not a port number"},
+		{"internal port", "[http_service]\ninternal_port = 99999\n", "fly.toml:2: http_service.internal_port: 99999 is not a port number"},
+		{"missing internal port", "[http_service]\nforce_https = true\n", "fly.toml:1: http_service.internal_port: missing"},
+		{"unknown handler", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\nhandlers = ['gopher']\n", "fly.toml:5: services[0].ports[0].handlers: "},
+		{"udp", "[[services]]\ninternal_port = 53\nprotocol = 'udp'\n[[services.ports]]\nport = 53\n", "fly.toml:3: services[0].protocol: \"udp\""},
+		{"bad duration", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\n[[services.tcp_checks]]\ninterval = 'soon'\n", "fly.toml:6: services[0].tcp_checks[0].interval: soon"},
+		{"proxy proto version", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\nhandlers = ['proxy_proto']\nproxy_proto_options = { version = 'v3' }\n", "fly.toml:6: services[0].ports[0].proxy_proto_options.version"},
+		{"range backwards", "[[services]]\ninternal_port = 80\n[[services.ports]]\nstart_port = 20\nend_port = 10\n", "fly.toml:5: services[0].ports[0].end_port: 10 is below start_port 20"},
+		{"syntax", "app = 'a'\n[[services]\n", "fly.toml:2"},
+		{"a string for a number", "[http_service]\ninternal_port = 'eighty'\n", "fly.toml:2: http_service.internal_port: eighty: want a number"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseFlyTOML("fly.toml", []byte(tc.doc), [2]int{80, 443})
+			var te *TOMLError
+			if !errors.As(err, &te) || !strings.HasPrefix(err.Error(), tc.want) {
+				t.Errorf("got %v, want it to start with %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// FuzzParseFlyTOML: any bytes give an app the edge takes, or an error;
+// never a panic.
+func FuzzParseFlyTOML(f *testing.F) {
+	files, _ := filepath.Glob(filepath.Join("testdata", "flytoml", "*.toml"))
+	for _, name := range files {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ft, err := ParseFlyTOML("fly.toml", data, [2]int{80, 443})
+		if err != nil {
+			return
+		}
+		def, err := json.Marshal(ft.Definition)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = routing.ParseApp("fuzz", def) // may refuse (a port listed twice), must not panic
+	})
+}
