@@ -123,13 +123,28 @@ var errHandedOff = errors.New("connection handed to the HTTP server")
 
 type handOffKey struct{}
 
-// handOff passes a connection no route took to the HTTP server.
+// handOffTarget is where handOff delivers connections for the HTTP
+// server: the listener fly_layer4 wraps, or the edge's virtual listener.
+type handOffTarget interface {
+	deliver(c net.Conn) error // errHandedOff once the HTTP server has it
+}
+
+// handOff passes a connection no route took to the HTTP server. A TLS
+// connection a handler terminated goes as the *tls.Conn itself, so the
+// HTTP server speaks HTTP/2 over it natively; one whose TLS caddy-l4
+// terminated carries its state.
 func handOff(cx *layer4.Connection) error {
-	l := cx.Context.Value(handOffKey{}).(*wrappedListener)
+	target := cx.Context.Value(handOffKey{}).(handOffTarget)
 	var c net.Conn = cx
-	if states, _ := cx.GetVar(layer4.TLSConnectionStatesVarName).([]*tls.ConnectionState); len(states) > 0 {
+	if tc, ok := cx.Conn.(*tls.Conn); ok {
+		c = tc
+	} else if states, _ := cx.GetVar(layer4.TLSConnectionStatesVarName).([]*tls.ConnectionState); len(states) > 0 {
 		c = &tlsStateConn{Conn: cx, state: states[len(states)-1]}
 	}
+	return target.deliver(c)
+}
+
+func (l *wrappedListener) deliver(c net.Conn) error {
 	select {
 	case l.conns <- c:
 		return errHandedOff
@@ -179,14 +194,20 @@ func (l *wrappedListener) loop() {
 
 func (l *wrappedListener) handle(conn net.Conn) {
 	defer l.wg.Done()
-	cx := layer4.WrapConnection(conn, make([]byte, 0, 4096), l.lw.logger)
-	cx.Context = context.WithValue(cx.Context, handOffKey{}, l)
-	err := l.lw.handler.Handle(cx)
+	serveConn(conn, l.lw.handler, l, l.lw.logger)
+}
+
+// serveConn runs a connection through the compiled layer 4 routes; the
+// connections the routes hand off go to target.
+func serveConn(conn net.Conn, handler layer4.Handler, target handOffTarget, logger *zap.Logger) {
+	cx := layer4.WrapConnection(conn, make([]byte, 0, 4096), logger)
+	cx.Context = context.WithValue(cx.Context, handOffKey{}, target)
+	err := handler.Handle(cx)
 	if errors.Is(err, errHandedOff) {
 		return // the HTTP server owns it now
 	}
 	if err != nil {
-		l.lw.logger.Debug("handling connection", zap.String("remote", conn.RemoteAddr().String()), zap.Error(err))
+		logger.Debug("handling connection", zap.String("remote", conn.RemoteAddr().String()), zap.Error(err))
 	}
 	_ = conn.Close()
 }

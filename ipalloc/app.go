@@ -26,6 +26,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
+	"github.com/flyedge/caddy-flyedge/flyhandlers"
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
@@ -54,7 +55,20 @@ type App struct {
 	HTTPPort  int `json:"http_port,omitempty"`
 	HTTPSPort int `json:"https_port,omitempty"`
 
+	// The edge's ports: numbers or ranges ("80", "10000-10999"). The
+	// edge listens on each, on every address, and serves there every
+	// service port of every app, whatever its handlers (see Edge): no
+	// layer 4 server, listener wrapper or route per port is needed. An
+	// app with a service on another port is refused. Without ports, the
+	// config's own servers listen (the apps' ports are not checked).
+	Ports []string `json:"ports,omitempty"`
+
+	// How the edge serves its ports: the HTTP server's listener, the
+	// certificates' issuers, timeouts. Only with ports.
+	Edge *flyhandlers.Edge `json:"edge,omitempty"`
+
 	pools    *pools
+	ctx      caddy.Context
 	fly      *routing.App
 	store    *store
 	storeKey string
@@ -82,7 +96,41 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	a.ctx = ctx
+	if err := a.setupEdge(fly); err != nil {
+		return err
+	}
 	return a.setup(ctx, fly, ctx.Storage(), ctx.Logger())
+}
+
+// setupEdge parses the edge's ports and checks that every service of the
+// config's apps uses them.
+func (a *App) setupEdge(fly *routing.App) error {
+	if len(a.Ports) == 0 {
+		if a.Edge != nil {
+			return fmt.Errorf("edge: the edge's settings need its ports")
+		}
+		return nil
+	}
+	if a.Edge == nil {
+		a.Edge = new(flyhandlers.Edge)
+	}
+	if err := a.Edge.SetPorts(a.Ports); err != nil {
+		return err
+	}
+	list := "fly_ips ports: " + a.Edge.PortList()
+	fly.ServePorts(a.Edge.Serves, list)
+	names := fly.AppNames()
+	slices.Sort(names)
+	for _, name := range names {
+		if fly.AppSource(name) != routing.SourceConfig {
+			continue
+		}
+		if err := fly.CheckPorts(name, fly.AppConfig(name)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (a *App) setup(ctx context.Context, fly *routing.App, storage certmagic.Storage, logger *zap.Logger) error {
@@ -133,6 +181,11 @@ func (a *App) routesByAddress() bool {
 // with the storage, and gives new apps their automatic
 // addresses.
 func (a *App) Start() error {
+	if a.Edge != nil {
+		if err := a.Edge.Start(a.ctx); err != nil {
+			return err
+		}
+	}
 	a.store.start()
 	onChange := a.push
 	a.onChange = &onChange
@@ -155,6 +208,9 @@ func (a *App) Start() error {
 // successful reload the new config has them already, and Stop leaves
 // them alone. The store keeps following the storage either way.
 func (a *App) Stop() error {
+	if a.Edge != nil {
+		_ = a.Edge.Stop()
+	}
 	if a.onChange != nil && a.store.onChange.CompareAndSwap(a.onChange, a.prevOnChange) && a.prevOnChange != nil {
 		(*a.prevOnChange)(nil)
 	}

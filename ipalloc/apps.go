@@ -3,6 +3,7 @@ package ipalloc
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -83,6 +84,9 @@ func (a *App) PutApp(ctx context.Context, app string, data []byte, onlyNew bool)
 		return nil, false, badRequest("%v", err)
 	}
 	if err := a.fly.CheckApp(app, cfg); err != nil {
+		if errors.Is(err, routing.ErrPortNotServed) {
+			return nil, false, badRequest("%v", err)
+		}
 		return nil, false, conflict("%v", err)
 	}
 	def, err = json.Marshal(cfg)

@@ -3,7 +3,10 @@ package ipalloc
 import (
 	"strconv"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/flyedge/caddy-flyedge/flyhandlers"
 )
 
 // UnmarshalCaddyfile sets up the fly_ips app from Caddyfile tokens;
@@ -18,7 +21,13 @@ import (
 //		auto_allocate on|off
 //		http_port <port>
 //		https_port <port>
+//		ports <port|first-last...>
+//		issuer <name> [...]
+//		http_listener <name>
 //	}
+//
+// issuer takes a tls.issuance module and its Caddyfile syntax, as the
+// tls directive's issuer does (issuer internal, issuer acme { ... }).
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // option name
 	if d.NextArg() {
@@ -56,6 +65,34 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("auto_allocate: %q (want on or off)", v)
 			}
 			continue
+		case "ports":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			a.Ports = append(a.Ports, args...)
+			continue
+		case "issuer":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			name := d.Val()
+			unm, err := caddyfile.UnmarshalModule(d, "tls.issuance."+name)
+			if err != nil {
+				return err
+			}
+			a.edge().IssuersRaw = append(a.edge().IssuersRaw, caddyconfig.JSONModuleObject(unm, "module", name, nil))
+			continue
+		case "http_listener":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			if a.edge().HTTP != "" {
+				return d.Err("http_listener already specified")
+			}
+			a.edge().HTTP = v
+			continue
 		case "http_port", "https_port":
 			name := d.Val()
 			var v string
@@ -85,4 +122,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		*dst = append(*dst, args...)
 	}
 	return nil
+}
+
+// edge returns the edge settings, made on first use.
+func (a *App) edge() *flyhandlers.Edge {
+	if a.Edge == nil {
+		a.Edge = new(flyhandlers.Edge)
+	}
+	return a.Edge
 }

@@ -2,6 +2,7 @@ package ipalloc
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -81,6 +82,9 @@ func (m *MatchHTTP) MatchWithError(r *http.Request) (bool, error) {
 	if err != nil {
 		return false, nil
 	}
+	if rt.Handlers.Has(routing.HandlerTLS) != (r.TLS != nil) {
+		return false, nil // plain HTTP to a tls+http port, or the reverse
+	}
 	return len(m.Apps) == 0 || slices.Contains(m.Apps, rt.App), nil
 }
 
@@ -106,14 +110,21 @@ func (m *MatchHTTP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // pass-through), so each list gets a route with the handlers it needs;
 // with apps, only those apps. (The ClientHello is parsed by caddy-l4's tls
 // matcher, which also sets {l4.tls.server_name}.) Connections for HTTP
-// ports never match: as
-// the http server's listener wrapper, caddy-l4 passes them on to it.
+// ports match only when handlers names their list ([tls http]);
+// otherwise, as the http server's listener wrapper, caddy-l4 passes them
+// on to it.
 type MatchL4 struct {
 	// Only ports with this handler list; none matches pass-through ports.
 	Handlers []string `json:"handlers,omitempty"`
 
 	// Only these apps.
 	Apps []string `json:"apps,omitempty"`
+
+	// On a shared address, match a PostgreSQL SSLRequest instead of a TLS
+	// ClientHello: the client names the server only in the TLS handshake
+	// that follows, which pg_tls runs and resolves. Only with handlers
+	// pg_tls.
+	SSLRequest bool `json:"ssl_request,omitempty"`
 
 	fly      *routing.App
 	handlers routing.Handlers // parsed Handlers
@@ -139,10 +150,13 @@ func (m *MatchL4) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("handlers: %w", err)
 		}
-		if hs.Has(routing.HandlerHTTP) {
-			return fmt.Errorf("handlers: %v: ports with the http handler are served by the HTTP server, not at layer 4", m.Handlers)
+		if hs == routing.HandlerHTTP {
+			return fmt.Errorf("handlers: %v: plain HTTP ports are served by the HTTP server, not at layer 4", m.Handlers)
 		}
 		m.handlers = hs
+	}
+	if m.SSLRequest && (m.Handlers == nil || m.handlers != routing.HandlerPGTLS) {
+		return fmt.Errorf("ssl_request: only with handlers pg_tls")
 	}
 	fly, err := provisionFly(ctx, "apps", m.Apps)
 	m.fly = fly
@@ -154,7 +168,18 @@ func (m *MatchL4) Provision(ctx caddy.Context) error {
 
 // Match implements layer4.ConnMatcher.
 func (m *MatchL4) Match(cx *layer4.Connection) (bool, error) {
-	if m.fly.NameDecides(cx.LocalAddr()) {
+	nameDecides := m.fly.NameDecides(cx.LocalAddr())
+	if m.SSLRequest {
+		if !nameDecides {
+			return false, nil // the address decides: the route below does
+		}
+		var b [8]byte
+		if _, err := io.ReadFull(cx, b[:]); err != nil {
+			return false, err
+		}
+		return b == sslRequest, nil
+	}
+	if nameDecides {
 		if ok, err := m.hello.Match(cx); !ok || err != nil {
 			return false, err
 		}
@@ -168,19 +193,20 @@ func (m *MatchL4) Match(cx *layer4.Connection) (bool, error) {
 	if err != nil {
 		return false, nil
 	}
-	if rt.Handlers.Has(routing.HandlerHTTP) {
-		return false, nil
-	}
-	if m.Handlers != nil && rt.Handlers != m.handlers {
+	if m.Handlers == nil && rt.Handlers.Has(routing.HandlerHTTP) || m.Handlers != nil && rt.Handlers != m.handlers {
 		return false, nil
 	}
 	return len(m.Apps) == 0 || slices.Contains(m.Apps, rt.App), nil
 }
 
+// sslRequest is a PostgreSQL SSLRequest message: length 8, code 80877103.
+var sslRequest = [8]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
+
 // UnmarshalCaddyfile sets up the matcher from Caddyfile tokens:
 //
 //	fly_app [<app>...] {
 //		handlers none|<handler>...
+//		ssl_request
 //	}
 func (m *MatchL4) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // matcher name
@@ -194,6 +220,11 @@ func (m *MatchL4) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if m.Handlers = d.RemainingArgs(); len(m.Handlers) == 0 {
 				return d.ArgErr()
 			}
+		case "ssl_request":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			m.SSLRequest = true
 		default:
 			return d.Errf("unrecognized fly_app option '%s'", d.Val())
 		}

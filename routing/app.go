@@ -44,12 +44,14 @@ type App struct {
 	// The apps served by this edge, keyed by app name.
 	Apps map[string]*Application `json:"apps,omitempty"`
 
-	catalog map[string]Region
-	edge    Region
-	reg     *registry
-	health  *healthChecker
-	metrics *metrics
-	logger  *zap.Logger
+	catalog    map[string]Region
+	edge       Region
+	reg        *registry
+	serves     func(port int) bool // the edge's ports, when it lists them (guarded by reg.change)
+	servesList string
+	health     *healthChecker
+	metrics    *metrics
+	logger     *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.

@@ -183,6 +183,35 @@ var ErrAppDefined = errors.New("the app is defined in the config")
 // ErrHostTaken means that another app answers to the app's host name.
 var ErrHostTaken = errors.New("the host name is taken")
 
+// ErrPortNotServed means that a service asks for an edge port the edge
+// does not listen on.
+var ErrPortNotServed = errors.New("not one of the edge's ports")
+
+// ServePorts tells the registry which edge ports the edge listens on
+// (serves; list names them in messages): CheckApp refuses an app with a
+// service on any other port. Without it, every port is taken.
+func (a *App) ServePorts(serves func(port int) bool, list string) {
+	a.reg.change.Lock()
+	defer a.reg.change.Unlock()
+	a.serves, a.servesList = serves, list
+}
+
+// CheckPorts returns an error naming the first service port of cfg (app
+// name) that the edge does not listen on, or nil.
+func (a *App) CheckPorts(name string, cfg *Application) error {
+	if a.serves == nil {
+		return nil
+	}
+	for si, s := range cfg.Services {
+		for pi, p := range s.Ports {
+			if !a.serves(p.Port) {
+				return fmt.Errorf("apps.%s.services[%d].ports[%d].port: %d is %w (%s)", name, si, pi, p.Port, ErrPortNotServed, a.servesList)
+			}
+		}
+	}
+	return nil
+}
+
 // SetMachines replaces the machines of app that were registered at run
 // time (the admin API's machines) with live; the machines of the config
 // stay. Routes of the app see the new machines at once; nothing else is
@@ -388,12 +417,16 @@ func ParseApp(name string, data []byte) (*Application, error) {
 }
 
 // CheckApp tells whether cfg (from ParseApp) could be created or set as
-// app through the admin API on this edge: the config has no app of that
-// name, and no other app answers to <app>.<base_domain>.
+// app through the admin API on this edge: its services use the edge's
+// ports only, the config has no app of that name, and no other app
+// answers to <app>.<base_domain>.
 func (a *App) CheckApp(app string, cfg *Application) error {
 	reg := a.reg
-	reg.mu.RLock()
-	defer reg.mu.RUnlock()
+	reg.change.Lock() // a.serves
+	defer reg.change.Unlock()
+	if err := a.CheckPorts(app, cfg); err != nil {
+		return err
+	}
 	return a.checkAppLocked(app)
 }
 

@@ -1,0 +1,236 @@
+package flyhandlers
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/caddy-l4/layer4"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Edge listens on the edge's ports and gives every connection what the
+// port of its app asks for, whatever the port: the fly_ips app runs it
+// when its `ports` are set, so the user writes no layer 4 server, no
+// listener wrapper and no route per port.
+//
+// Each connection is resolved (routing.App.Resolve: the address it
+// arrived on, and on a shared address the TLS server name), and the
+// app's port's handlers run:
+//
+//   - none: fly_proxy, bytes as they came;
+//   - tls, tls proxy_proto, pg_tls, proxy_proto: fly_tls, proxy_proto
+//     and pg_tls as listed, then fly_proxy;
+//   - http: the connection goes to the HTTP server bound to fly/<http>
+//     (`bind fly/edge` in a site block);
+//   - tls http: fly_tls terminates TLS with the port's tls_options, and
+//     the TLS connection goes to that HTTP server, which speaks HTTP/1.1
+//     or HTTP/2 over it.
+//
+// A connection to a shared address that is not TLS goes to the HTTP
+// server, which finds the app by the Host header. Certificates come from
+// Caddy's tls app: the edge adds an on-demand automation policy with its
+// issuers, so the certificate of a name is obtained at its first
+// handshake (only names the resolver routes get that far).
+type Edge struct {
+	// The name of the HTTP server's listener: a site block with `bind
+	// fly/<http>` serves the edge's HTTP.
+	// Default: edge
+	HTTP string `json:"http,omitempty"`
+
+	// Issuers of the certificates the edge terminates TLS with, as in a
+	// tls automation policy (for example {"module": "internal"}).
+	// Default: Caddy's default issuers (ACME)
+	IssuersRaw []json.RawMessage `json:"issuers,omitempty" caddy:"namespace=tls.issuance inline_key=module"`
+
+	// How long the edge may wait for the bytes that decide a
+	// connection's app (a TLS ClientHello on a shared address).
+	// Default: 3s
+	MatchingTimeout caddy.Duration `json:"matching_timeout,omitempty"`
+
+	// How long the edge waits for an HTTP server on fly/<http> before it
+	// closes an HTTP connection (a config whose site block is missing).
+	// Default: 5s
+	HandOffTimeout caddy.Duration `json:"hand_off_timeout,omitempty"`
+
+	addrs     []caddy.NetworkAddress
+	ports     map[int]bool
+	listeners []net.Listener
+	wg        sync.WaitGroup
+	logger    *zap.Logger
+}
+
+// SetPorts parses the edge's ports: numbers or ranges ("80",
+// "10000-10999"), each listened on with every host address.
+func (e *Edge) SetPorts(ports []string) error {
+	e.ports = make(map[int]bool)
+	e.addrs = nil
+	for i, p := range ports {
+		na, err := caddy.ParseNetworkAddress(":" + p)
+		if err != nil || na.StartPort < 1 || na.EndPort > 65535 {
+			return fmt.Errorf("ports[%d]: %q is not a port number or a range of them (1-65535)", i, p)
+		}
+		for n := na.StartPort; n <= na.EndPort; n++ {
+			if e.ports[int(n)] {
+				return fmt.Errorf("ports[%d]: port %d is listed twice", i, n)
+			}
+			e.ports[int(n)] = true
+		}
+		e.addrs = append(e.addrs, na)
+	}
+	if e.HTTP == "" {
+		e.HTTP = "edge"
+	}
+	if strings.ContainsAny(e.HTTP, "/: ") {
+		return fmt.Errorf("http: %q is not a listener name (letters, digits, - and _)", e.HTTP)
+	}
+	if e.MatchingTimeout == 0 {
+		e.MatchingTimeout = caddy.Duration(layer4.MatchingTimeoutDefault)
+	}
+	if e.HandOffTimeout == 0 {
+		e.HandOffTimeout = caddy.Duration(5 * time.Second)
+	}
+	if e.MatchingTimeout < 0 || e.HandOffTimeout < 0 {
+		return errors.New("matching_timeout and hand_off_timeout must not be negative")
+	}
+	return nil
+}
+
+// Serves tells whether port is one of the edge's ports.
+func (e *Edge) Serves(port int) bool { return e.ports[port] }
+
+// PortList returns the edge's ports as given, for messages.
+func (e *Edge) PortList() string {
+	parts := make([]string, len(e.addrs))
+	for i, na := range e.addrs {
+		parts[i] = strconv.Itoa(int(na.StartPort))
+		if na.EndPort != na.StartPort {
+			parts[i] += "-" + strconv.Itoa(int(na.EndPort))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// edgeRoutes are the layer 4 routes of every edge port: one per handler
+// list Fly accepts without http, then tls http, which ends in the HTTP
+// server like every connection no route takes.
+const edgeRoutes = `[
+	{"match": [{"fly_app": {"handlers": ["none"]}}], "handle": [{"handler": "fly_proxy"}]},
+	{"match": [{"fly_app": {"handlers": ["tls"]}}], "handle": [{"handler": "fly_tls"}, {"handler": "fly_proxy"}]},
+	{"match": [{"fly_app": {"handlers": ["tls", "proxy_proto"]}}], "handle": [{"handler": "fly_tls"}, {"handler": "proxy_proto"}, {"handler": "fly_proxy"}]},
+	{"match": [{"fly_app": {"handlers": ["proxy_proto"]}}], "handle": [{"handler": "proxy_proto"}, {"handler": "fly_proxy"}]},
+	{"match": [{"fly_app": {"handlers": ["pg_tls"]}}, {"fly_app": {"handlers": ["pg_tls"], "ssl_request": true}}], "handle": [{"handler": "pg_tls"}, {"handler": "fly_proxy"}]},
+	{"match": [{"fly_app": {"handlers": ["tls", "http"]}}], "handle": [{"handler": "fly_tls"}]}
+]`
+
+// Start sets up the routes and the certificates' automation policy, then
+// listens. It runs when every app of the config is provisioned (the
+// handlers reach the fly, fly_ips and tls apps).
+func (e *Edge) Start(ctx caddy.Context) error {
+	e.logger = ctx.Logger().Named("edge")
+	var routes layer4.RouteList
+	if err := json.Unmarshal([]byte(edgeRoutes), &routes); err != nil {
+		return err
+	}
+	if err := routes.Provision(ctx); err != nil {
+		return fmt.Errorf("edge routes: %w", err)
+	}
+	if err := e.addAutomationPolicy(ctx); err != nil {
+		return err
+	}
+	routesLogger := e.logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return goneClients{c} }))
+	handler := routes.Compile(routesLogger, time.Duration(e.MatchingTimeout), layer4.HandlerFunc(handOff))
+	for _, na := range e.addrs {
+		for offset := range na.PortRangeSize() {
+			ln, err := na.Listen(ctx, offset, net.ListenConfig{})
+			if err != nil {
+				_ = e.Stop()
+				return fmt.Errorf("listening on %s: %w", na.JoinHostPort(offset), err)
+			}
+			l := ln.(net.Listener)
+			e.listeners = append(e.listeners, l)
+			e.wg.Go(func() { e.accept(l, handler) })
+		}
+	}
+	e.logger.Info("edge listening", zap.String("ports", e.PortList()), zap.String("http", edgeNetwork+"/"+e.HTTP))
+	return nil
+}
+
+// addAutomationPolicy gives the tls app an on-demand policy with the
+// edge's issuers, just before its first catch-all policy (the one Caddy's
+// automatic HTTPS adds, say): policies for named hosts keep their names.
+func (e *Edge) addAutomationPolicy(ctx caddy.Context) error {
+	app, err := ctx.App("tls")
+	if err != nil {
+		return fmt.Errorf("loading the tls app: %w", err)
+	}
+	tlsApp := app.(*caddytls.TLS)
+	ap := &caddytls.AutomationPolicy{OnDemand: true}
+	if e.IssuersRaw != nil {
+		vals, err := ctx.LoadModule(e, "IssuersRaw")
+		if err != nil {
+			return fmt.Errorf("loading the edge's issuers: %w", err)
+		}
+		for _, v := range vals.([]any) {
+			ap.Issuers = append(ap.Issuers, v.(certmagic.Issuer))
+		}
+	}
+	if err := ap.Provision(tlsApp); err != nil {
+		return fmt.Errorf("the edge's certificate automation: %w", err)
+	}
+	if tlsApp.Automation == nil {
+		tlsApp.Automation = new(caddytls.AutomationConfig)
+	}
+	// a new slice, assigned once: the tls app reads the list on each
+	// handshake
+	old := tlsApp.Automation.Policies
+	i := slices.IndexFunc(old, func(p *caddytls.AutomationPolicy) bool { return len(p.SubjectsRaw) == 0 })
+	if i < 0 {
+		i = len(old)
+	}
+	tlsApp.Automation.Policies = slices.Concat(old[:i:i], []*caddytls.AutomationPolicy{ap}, old[i:])
+	return nil
+}
+
+func (e *Edge) accept(ln net.Listener, handler layer4.Handler) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return
+		}
+		go serveConn(conn, handler, e, e.logger)
+	}
+}
+
+// deliver hands a connection to the HTTP server on fly/<http>.
+func (e *Edge) deliver(c net.Conn) error {
+	err := deliverTo(e.HTTP, c, time.Duration(e.HandOffTimeout))
+	if err != nil && !errors.Is(err, errHandedOff) {
+		e.logger.Error("HTTP connection closed", zap.String("remote", c.RemoteAddr().String()), zap.String("local", c.LocalAddr().String()), zap.Error(err))
+	}
+	return err
+}
+
+// Stop closes the listeners; connections in flight go on.
+func (e *Edge) Stop() error {
+	for _, l := range e.listeners {
+		_ = l.Close()
+	}
+	e.wg.Wait()
+	e.listeners = nil
+	return nil
+}

@@ -1,0 +1,258 @@
+package flyedge_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// machines of the edge whose ports the services drive
+var (
+	svcWeb  = testMachine{"0000000000e601", "iad", "127.0.59.1"}
+	svcRaw  = testMachine{"0000000000e602", "iad", "127.0.59.2"}
+	svcTLS  = testMachine{"0000000000e603", "iad", "127.0.59.3"}
+	svcPP   = testMachine{"0000000000e604", "iad", "127.0.59.4"}
+	svcGame = testMachine{"0000000000e605", "iad", "127.0.59.5"}
+	svcNew  = testMachine{"0000000000e606", "iad", "127.0.59.6"}
+)
+
+// servicesEdge is a complete edge written as the README says: the fly
+// and fly_ips options and one short site block; no layer4 server, no
+// listener wrapper, no route per port.
+const servicesEdge = `{
+	admin %[1]s
+	persist_config off
+	skip_install_trust
+	storage file_system %[2]s
+	fly {
+		region iad
+		base_domain %[3]s
+		app web {
+			service %[4]s {
+				port %[5]s http {
+					force_https
+				}
+				port %[6]s tls http
+			}
+			machine ` + "%[11]s" + ` iad %[12]s
+		}
+		app raw {
+			service %[7]s {
+				port %[6]s
+			}
+			machine %[13]s iad %[14]s
+		}
+		app secure {
+			service %[7]s {
+				port %[8]s tls
+			}
+			machine %[15]s iad %[16]s
+		}
+		app pp {
+			service %[7]s {
+				port %[9]s proxy_proto {
+					proxy_proto_version v2
+				}
+			}
+			machine %[17]s iad %[18]s
+		}
+		app game {
+			service %[7]s {
+				port %[19]s
+				port %[20]s
+			}
+			machine %[21]s iad %[22]s
+		}
+		app db {
+			service 5432 {
+				port %[10]s pg_tls
+			}
+			machine 2a6c5e8f0b1d95 iad 127.0.0.1
+		}
+	}
+	fly_ips {
+		shared_v4 ` + sharedV4 + `
+		v4 ` + v4Pool + `
+		auto_allocate off
+		ports %[5]s %[6]s %[8]s %[9]s %[10]s %[19]s-%[20]s
+		http_port %[5]s
+		https_port %[6]s
+		issuer internal
+	}
+}
+http:// {
+	bind fly/edge
+	@app fly_app
+	handle @app {
+		force_https
+		fly_headers
+		reverse_proxy {
+			dynamic fly
+			lb_policy fly
+			transport fly
+		}
+	}
+	handle {
+		abort
+	}
+}
+`
+
+// TestServicesDriveListeners: with the edge's ports stated once, every
+// handler list works on any of them, raw TCP and HTTPS on one port
+// included, through a complete edge of two global options and one site
+// block; a service on another port is refused.
+func TestServicesDriveListeners(t *testing.T) {
+	requireCaddy(t)
+	httpPort, httpsPort, tlsPort, ppPort, pgPort := freePort(), freePort(), freePort(), freePort(), freePort()
+	var gameLo, gameHi string
+	for { // two consecutive free ports
+		gameLo = freePort()
+		gameHi = fmt.Sprint(mustAtoi(gameLo) + 1)
+		if l, err := net.Listen("tcp", ":"+gameHi); err == nil {
+			l.Close()
+			break
+		}
+	}
+	machinePort, sinkPort := freePort(), freePort()
+	storage := t.TempDir()
+	edgeCount++
+	domain := fmt.Sprintf("services-%d.test", edgeCount)
+	startMachines(t, machinePort, svcWeb, svcNew)
+	startSinks(t, sinkPort, 0, svcRaw, svcTLS, svcGame)
+	startProxyProtoMachine(t, net.JoinHostPort(svcPP.ip, sinkPort))
+	cfg := fmt.Sprintf(servicesEdge, adminAddr, storage, domain, machinePort, httpPort, httpsPort, sinkPort, tlsPort, ppPort, pgPort,
+		svcWeb.id, svcWeb.ip, svcRaw.id, svcRaw.ip, svcTLS.id, svcTLS.ip, svcPP.id, svcPP.ip, gameLo, gameHi, svcGame.id, svcGame.ip)
+	mustLoad(t, cfg)
+	checkOwnListeners(t, mustAtoi(httpPort), mustAtoi(httpsPort), mustAtoi(tlsPort), mustAtoi(ppPort), mustAtoi(pgPort), mustAtoi(gameLo), mustAtoi(gameHi))
+	roots := storageRoots(t, storage)
+
+	allocate(t, adminAddr, "web", "shared_v4")
+	allocate(t, adminAddr, "secure", "shared_v4")
+	rawV4 := allocate(t, adminAddr, "raw", "v4")
+	ppV4 := allocate(t, adminAddr, "pp", "v4")
+	gameV4 := allocate(t, adminAddr, "game", "v4")
+	dbV4 := allocate(t, adminAddr, "db", "v4")
+
+	// http and tls+http, HTTP/1.1 and HTTP/2, on the shared address
+	shared := via(roots, sharedV4)
+	shared.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := shared.Get("http://web." + domain + ":" + httpPort + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "https://web."+domain+":"+httpsPort+"/x" {
+		t.Errorf("http with force_https: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	for _, h2 := range []bool{true, false} {
+		c := clientVia(roots, sharedV4, h2)
+		resp, _, s := get(t, c, "https://web."+domain+":"+httpsPort+"/", nil)
+		want := map[bool]string{true: "HTTP/2.0", false: "HTTP/1.1"}[h2]
+		if s == nil || s.Machine != svcWeb.id || resp.Proto != want {
+			t.Errorf("tls http (h2 %v): %s, machine %v", h2, resp.Proto, s)
+		}
+	}
+	// raw TCP on the same port, on raw's dedicated address
+	id, gotHash, _, _ := exchange(t, net.JoinHostPort(rawV4, httpsPort), 1<<16, "raw")
+	if id != svcRaw.id || gotHash != hashOf(stream("raw"), 1<<16) {
+		t.Errorf("raw TCP beside HTTPS on port %s: machine %s", httpsPort, id)
+	}
+	// tls on the shared address, by server name
+	tc, err := tls.Dial("tcp", net.JoinHostPort(sharedV4, tlsPort), &tls.Config{ServerName: "secure." + domain, RootCAs: roots})
+	if err != nil {
+		t.Fatalf("tls: %v", err)
+	}
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	tc.Write([]byte("over tls"))
+	tc.CloseWrite()
+	if b, _ := io.ReadAll(tc); !strings.HasPrefix(string(b), svcTLS.id+" ") {
+		t.Errorf("tls: machine answered %q", b)
+	}
+	tc.Close()
+	// proxy_proto v2 on a dedicated address
+	pc, err := net.DialTimeout("tcp", net.JoinHostPort(ppV4, ppPort), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(pc, "hello\n")
+	line, _ := bufio.NewReader(pc).ReadString('\n')
+	pc.Close()
+	if want := fmt.Sprintf("v2 %s ", pc.LocalAddr()); !strings.HasPrefix(line, want) || !strings.HasSuffix(line, "hello\n") {
+		t.Errorf("proxy_proto v2: the machine saw %q, want %q...", line, want)
+	}
+	// each port of a range
+	for _, port := range []string{gameLo, gameHi} {
+		if id, _, _, _ := exchange(t, net.JoinHostPort(gameV4, port), 10, "game"); id != svcGame.id {
+			t.Errorf("port %s of the range: machine %s", port, id)
+		}
+	}
+	// pg_tls, with a real PostgreSQL behind it when this host runs one
+	t.Run("pg_tls", func(t *testing.T) {
+		requirePostgres(t)
+		rootFile := filepath.Join(t.TempDir(), "root.crt")
+		os.WriteFile(rootFile, must(os.ReadFile(filepath.Join(storage, "pki", "authorities", "local", "root.crt"))), 0o600)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		pcfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s user=postgres dbname=postgres sslmode=verify-ca sslrootcert=%s connect_timeout=5", dbV4, pgPort, rootFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := pgx.ConnectConfig(ctx, pcfg)
+		if err != nil {
+			t.Fatalf("pg_tls: %v", err)
+		}
+		defer conn.Close(ctx)
+		var one int
+		if err := conn.QueryRow(ctx, "select 1").Scan(&one); err != nil || one != 1 {
+			t.Errorf("select 1 through pg_tls: %d, %v", one, err)
+		}
+	})
+
+	// an app created at run time may use any of the ports, with any
+	// handlers, and is served at once
+	status, body := call(t, adminAddr, http.MethodPut, "/fly/apps/fresh",
+		fmt.Sprintf(`{"services":[{"internal_port":%s,"ports":[{"port":%s,"handlers":["tls","http"]}]}]}`, machinePort, tlsPort), nil)
+	if status != http.StatusCreated {
+		t.Fatalf("PUT fresh: %d %s", status, body)
+	}
+	allocate(t, adminAddr, "fresh", "shared_v4")
+	call(t, adminAddr, http.MethodPost, "/fly/apps/fresh/machines", fmt.Sprintf(`{"id":%q,"region":"iad","address":%q}`, svcNew.id, svcNew.ip), nil)
+	if got, err := machineOf(shared, "https://fresh."+domain+":"+tlsPort+"/"); err != nil || got != svcNew.id {
+		t.Errorf("HTTPS of a new app on %s, beside secure's tls: %q, %v", tlsPort, got, err)
+	}
+	// ...but not a port the edge does not listen on
+	status, body = call(t, adminAddr, http.MethodPut, "/fly/apps/fresh2", fmt.Sprintf(`{"services":[{"internal_port":80,"ports":[{"port":%s}]}]}`, machinePort), nil)
+	if status != http.StatusBadRequest || !strings.Contains(body, "port: "+machinePort+" is not one of the edge's ports") {
+		t.Errorf("PUT with a port outside the edge's: %d %s", status, body)
+	}
+	// a plain request for a port that is tls+http goes nowhere
+	if got, err := machineOf(shared, "http://web."+domain+":"+httpsPort+"/"); err == nil {
+		t.Errorf("plain HTTP on web's tls+http port reached %s", got)
+	}
+	// the config refuses a service outside the edge's ports, naming it
+	bad := strings.Replace(cfg, "port "+pgPort+" pg_tls", "port 1 pg_tls", 1)
+	if err := load(t, bad, "caddyfile"); err == nil || !strings.Contains(err.Error(), "apps.db.services[0].ports[0].port: 1 is not one of the edge's ports") {
+		t.Errorf("a config with a service on port 1: %v", err)
+	}
+}
+
+func mustAtoi(s string) int {
+	var n int
+	if _, err := fmt.Sscan(s, &n); err != nil {
+		panic(err)
+	}
+	return n
+}
