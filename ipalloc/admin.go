@@ -139,7 +139,7 @@ func (api *adminAPI) appDef(w http.ResponseWriter, r *http.Request) error {
 				return badRequest("%v", err)
 			}
 			for _, warning := range ft.Warnings {
-				w.Header().Add("Fly-Warning", warning)
+				w.Header().Add("Fly-Warning", warning.String())
 			}
 			if body, err = json.Marshal(ft.Definition); err != nil {
 				return err

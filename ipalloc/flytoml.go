@@ -26,7 +26,21 @@ type FlyTOML struct {
 	Definition *routing.Application
 	// Warnings name the keys of the file that flyedge does not implement
 	// and left out, with their lines.
-	Warnings []string
+	Warnings []TOMLWarning
+}
+
+// TOMLWarning is a key of a fly.toml that flyedge left out.
+type TOMLWarning struct {
+	File string
+	Line int // 0 when unknown
+	Key  string
+}
+
+func (w TOMLWarning) String() string {
+	if w.Line > 0 {
+		return fmt.Sprintf("%s:%d: %s is not implemented by flyedge; ignored", w.File, w.Line, w.Key)
+	}
+	return fmt.Sprintf("%s: %s is not implemented by flyedge; ignored", w.File, w.Key)
 }
 
 // TOMLError is a fly.toml that cannot be taken: where, and why.
@@ -187,7 +201,7 @@ type tomlWalker struct {
 	lines    map[string]int
 	web      [2]int
 	err      error
-	warnings []string
+	warnings []TOMLWarning
 }
 
 // line returns the line of key, or of the nearest enclosing key written
@@ -213,11 +227,7 @@ func (w *tomlWalker) fail(key, format string, args ...any) {
 }
 
 func (w *tomlWalker) ignore(key string) {
-	msg := fmt.Sprintf("%s: %s is not implemented by flyedge; ignored", w.file, key)
-	if n := w.line(key); n > 0 {
-		msg = fmt.Sprintf("%s:%d: %s is not implemented by flyedge; ignored", w.file, n, key)
-	}
-	w.warnings = append(w.warnings, msg)
+	w.warnings = append(w.warnings, TOMLWarning{File: w.file, Line: w.line(key), Key: key})
 }
 
 func (w *tomlWalker) str(key string, v any) string {

@@ -70,8 +70,12 @@ func TestFlyTOMLHTTPService(t *testing.T) {
 }
 
 // checkWarnings wants exactly one warning starting with each of want.
-func checkWarnings(t *testing.T, got, want []string) {
+func checkWarnings(t *testing.T, warnings []TOMLWarning, want []string) {
 	t.Helper()
+	var got []string
+	for _, w := range warnings {
+		got = append(got, w.String())
+	}
 	for _, w := range want {
 		n := 0
 		for _, g := range got {
