@@ -65,6 +65,8 @@ type Edge struct {
 
 	addrs     []caddy.NetworkAddress
 	ports     map[int]bool
+	ctx       caddy.Context
+	handler   layer4.Handler
 	listeners []net.Listener
 	wg        sync.WaitGroup
 	logger    *zap.Logger
@@ -133,10 +135,12 @@ const edgeRoutes = `[
 	{"match": [{"fly_app": {"handlers": ["tls", "http"]}}], "handle": [{"handler": "fly_tls"}]}
 ]`
 
-// Start sets up the routes and the certificates' automation policy, then
-// listens. It runs when every app of the config is provisioned (the
-// handlers reach the fly, fly_ips and tls apps).
-func (e *Edge) Start(ctx caddy.Context) error {
+// Provision sets up the routes and the certificates' automation policy
+// (before the tls app starts, which reads its policies from then on).
+// The fly_ips app calls it from its own Provision, after SetPorts; the
+// handlers reach the fly and tls apps.
+func (e *Edge) Provision(ctx caddy.Context) error {
+	e.ctx = ctx
 	e.logger = ctx.Logger().Named("edge")
 	var routes layer4.RouteList
 	if err := json.Unmarshal([]byte(edgeRoutes), &routes); err != nil {
@@ -149,17 +153,22 @@ func (e *Edge) Start(ctx caddy.Context) error {
 		return err
 	}
 	routesLogger := e.logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return goneClients{c} }))
-	handler := routes.Compile(routesLogger, time.Duration(e.MatchingTimeout), layer4.HandlerFunc(handOff))
+	e.handler = routes.Compile(routesLogger, time.Duration(e.MatchingTimeout), layer4.HandlerFunc(handOff))
+	return nil
+}
+
+// Start listens on the edge's ports.
+func (e *Edge) Start() error {
 	for _, na := range e.addrs {
 		for offset := range na.PortRangeSize() {
-			ln, err := na.Listen(ctx, offset, net.ListenConfig{})
+			ln, err := na.Listen(e.ctx, offset, net.ListenConfig{})
 			if err != nil {
 				_ = e.Stop()
 				return fmt.Errorf("listening on %s: %w", na.JoinHostPort(offset), err)
 			}
 			l := ln.(net.Listener)
 			e.listeners = append(e.listeners, l)
-			e.wg.Go(func() { e.accept(l, handler) })
+			e.wg.Go(func() { e.accept(l, e.handler) })
 		}
 	}
 	e.logger.Info("edge listening", zap.String("ports", e.PortList()), zap.String("http", edgeNetwork+"/"+e.HTTP))
@@ -191,8 +200,7 @@ func (e *Edge) addAutomationPolicy(ctx caddy.Context) error {
 	if tlsApp.Automation == nil {
 		tlsApp.Automation = new(caddytls.AutomationConfig)
 	}
-	// a new slice, assigned once: the tls app reads the list on each
-	// handshake
+	// the tls app has not started: nothing reads its policies yet
 	old := tlsApp.Automation.Policies
 	i := slices.IndexFunc(old, func(p *caddytls.AutomationPolicy) bool { return len(p.SubjectsRaw) == 0 })
 	if i < 0 {

@@ -97,10 +97,20 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.ctx = ctx
+	// modules this Provision loads (the edge's handlers, the tls app's
+	// permission) find this fly_ips app through the fly app meanwhile
+	fly.SetProvisioningIPs(true)
+	defer fly.SetProvisioningIPs(false)
 	if err := a.setupEdge(fly); err != nil {
 		return err
 	}
-	return a.setup(ctx, fly, ctx.Storage(), ctx.Logger())
+	if err := a.setup(ctx, fly, ctx.Storage(), ctx.Logger()); err != nil {
+		return err
+	}
+	if a.Edge != nil {
+		return a.Edge.Provision(ctx)
+	}
+	return nil
 }
 
 // setupEdge parses the edge's ports and checks that every service of the
@@ -182,7 +192,7 @@ func (a *App) routesByAddress() bool {
 // addresses.
 func (a *App) Start() error {
 	if a.Edge != nil {
-		if err := a.Edge.Start(a.ctx); err != nil {
+		if err := a.Edge.Start(); err != nil {
 			return err
 		}
 	}

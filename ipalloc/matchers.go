@@ -40,12 +40,14 @@ type MatchHTTP struct {
 // feeds it addresses, host names and machines, runs too) and checks that
 // the matcher's app names (config field field) are apps of the fly config.
 func provisionFly(ctx caddy.Context, field string, names []string) (*routing.App, error) {
-	if _, err := ctx.App("fly_ips"); err != nil {
-		return nil, fmt.Errorf("loading the fly_ips app: %w", err)
-	}
 	fly, err := routing.FromContext(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if !fly.ProvisioningIPs() { // loading fly_ips now would provision a second one
+		if _, err := ctx.App("fly_ips"); err != nil {
+			return nil, fmt.Errorf("loading the fly_ips app: %w", err)
+		}
 	}
 	for _, name := range names {
 		if !fly.HasApp(name) {
