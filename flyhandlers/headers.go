@@ -219,7 +219,7 @@ func (h *Headers) fail(w http.ResponseWriter, r *http.Request, rt *routing.Route
 		level = zapcore.DebugLevel
 	}
 	if c := h.logger.Check(level, "request failed"); c != nil {
-		machine, _ := caddyhttp.GetVar(r.Context(), routing.MachineVarKey).(string)
+		machine := routing.MachineOf(r)
 		if machine == "" {
 			machine = r.Header.Get(routing.HeaderForceInstance)
 		}
@@ -289,7 +289,7 @@ func (h *Headers) replay(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	pass := func(rt *routing.Route, pref routing.Preference, replayable bool) (*flyResponse, error) {
 		routing.SetRequestRoute(r, rt)
 		routing.SetReplayPreference(r, pref)
-		caddyhttp.SetVar(r.Context(), routing.MachineVarKey, nil)
+		routing.ClearMachine(r)
 		routing.ClearUnroutable(r)
 		delete(r.Header, hdrPreferredUnavail)
 		if body != nil {
@@ -327,7 +327,7 @@ func (h *Headers) replay(w http.ResponseWriter, r *http.Request, next caddyhttp.
 // proxy dialed.
 func answeredBy(r *http.Request, rt *routing.Route) (id, region string) {
 	i := -1
-	if m, _ := caddyhttp.GetVar(r.Context(), routing.MachineVarKey).(string); m != "" {
+	if m := routing.MachineOf(r); m != "" {
 		i = rt.MachineIndex(m)
 	} else if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		addr, _ := repl.GetString("http.reverse_proxy.upstream.hostport")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -98,7 +99,7 @@ func TestFlyHeaders(t *testing.T) {
 			t.Errorf("%s: %q, want %q", k, got, want)
 		}
 	}
-	if app, _ := caddyhttp.GetVar(r.Context(), routing.AppVarKey).(string); app != "web" {
+	if app := fmt.Sprint(caddyhttp.GetVar(r.Context(), routing.AppVarKey)); app != "web" {
 		t.Errorf("{http.vars.fly.app} = %q, want web", app)
 	}
 }
@@ -147,7 +148,7 @@ func TestFlyHeadersNoMachine(t *testing.T) {
 			r, w := flyRequest("http://web.edge.test/", "127.0.0.1:80", map[string]string{"Fly-Force-Instance-Id": "00000000000bad"})
 			next := &recordNext{err: caddyhttp.Error(http.StatusServiceUnavailable, errors.New("no upstreams available"))}
 			// what the fly selection policy records when it picks no machine
-			caddyhttp.SetVar(r.Context(), "fly.unroutable", tc.outcome)
+			routing.SetUnroutable(r, tc.outcome)
 			if err := h.ServeHTTP(w, r, next); err != nil {
 				t.Fatal(err)
 			}

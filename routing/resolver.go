@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/mholt/caddy-l4/layer4"
@@ -186,36 +187,110 @@ const routeVarKey = "fly.route"
 // a request or connection was routed to.
 const AppVarKey = "fly.app"
 
+// requestState is what flyedge learns of one request as it goes: its
+// route, a fly-replay's preference, the machine transport fly sent it to,
+// and why no machine could be chosen. It is put in the request's
+// variables once, by the first flyedge module that sees the request
+// (before any connection to a machine is dialed); later changes are
+// atomic stores into it, never writes to the variables map, which the
+// HTTP transport's dial goroutines read concurrently.
+type requestState struct {
+	route      atomic.Pointer[Route]
+	pref       atomic.Pointer[Preference]
+	machine    atomic.Pointer[string]
+	unroutable atomic.Int32 // an Outcome plus one; 0 for none
+}
+
+// appVar is {http.vars.fly.app}: the name of the request's app.
+type appVar struct{ s *requestState }
+
+func (v appVar) String() string {
+	if rt := v.s.route.Load(); rt != nil {
+		return rt.App
+	}
+	return ""
+}
+
+// machineVar is {http.vars.fly.machine}: the machine transport fly sent
+// the request to.
+type machineVar struct{ s *requestState }
+
+func (v machineVar) String() string {
+	if m := v.s.machine.Load(); m != nil {
+		return *m
+	}
+	return ""
+}
+
+// stateOf returns the request's state, nil before any flyedge module saw
+// it.
+func stateOf(r *http.Request) *requestState {
+	st, _ := caddyhttp.GetVar(r.Context(), routeVarKey).(*requestState)
+	return st
+}
+
+// ensureState returns the request's state, putting a new one in its
+// variables first if need be.
+func ensureState(r *http.Request) *requestState {
+	if st := stateOf(r); st != nil {
+		return st
+	}
+	st := new(requestState)
+	caddyhttp.SetVar(r.Context(), routeVarKey, st)
+	caddyhttp.SetVar(r.Context(), AppVarKey, appVar{st})
+	caddyhttp.SetVar(r.Context(), MachineVarKey, machineVar{st})
+	return st
+}
+
 // RouteForRequest returns the route of an HTTP request: Resolve for the
 // address the connection arrived on and the request's Host. The answer
 // is cached in the request's variables, so every flyedge module of one
 // request sees the same route.
 func (a *App) RouteForRequest(r *http.Request) (*Route, error) {
-	if rt, ok := caddyhttp.GetVar(r.Context(), routeVarKey).(*Route); ok {
-		return rt, nil
+	if st := stateOf(r); st != nil {
+		if rt := st.route.Load(); rt != nil {
+			return rt, nil
+		}
 	}
 	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
 	rt, err := a.resolve(AddrOf(local), portOf(local), requestHost(r))
 	if err != nil {
 		return nil, err
 	}
-	caddyhttp.SetVar(r.Context(), routeVarKey, rt)
-	caddyhttp.SetVar(r.Context(), AppVarKey, rt.App)
+	ensureState(r).route.Store(rt)
 	return rt, nil
 }
 
 // SetRequestRoute makes rt the route of r for the modules that handle it
 // from now on (a fly-replay to another app).
-func SetRequestRoute(r *http.Request, rt *Route) {
-	caddyhttp.SetVar(r.Context(), routeVarKey, rt)
-	caddyhttp.SetVar(r.Context(), AppVarKey, rt.App)
-}
+func SetRequestRoute(r *http.Request, rt *Route) { ensureState(r).route.Store(rt) }
 
 // RouteOf returns the route RouteForRequest cached for r, or nil.
 func RouteOf(r *http.Request) *Route {
-	rt, _ := caddyhttp.GetVar(r.Context(), routeVarKey).(*Route)
-	return rt
+	if st := stateOf(r); st != nil {
+		return st.route.Load()
+	}
+	return nil
 }
+
+// MachineOf returns the machine transport fly sent r to, or "".
+func MachineOf(r *http.Request) string {
+	if st := stateOf(r); st != nil {
+		return machineVar{st}.String()
+	}
+	return ""
+}
+
+// ClearMachine forgets the machine r was sent to (before r is sent
+// again, by a fly-replay).
+func ClearMachine(r *http.Request) {
+	if st := stateOf(r); st != nil {
+		st.machine.Store(nil)
+	}
+}
+
+// setMachine records the machine transport fly sent r to.
+func setMachine(r *http.Request, id string) { ensureState(r).machine.Store(&id) }
 
 // RouteForConn returns the route of a layer 4 connection: the one a
 // handler recorded with SetConnRoute (fly_tls and pg_tls, after the

@@ -8,7 +8,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -99,7 +98,7 @@ func (s *FlySelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	case PreferredUnavailable:
 		r.Header.Set(HeaderPreferredUnavailable, pref.PreferInstance)
 	case ForcedUnknown, ForcedUnavailable, ForcedRegionUnavailable, NoneAvailable:
-		caddyhttp.SetVar(r.Context(), unroutableVarKey, outcome)
+		SetUnroutable(r, outcome)
 	}
 	if i < 0 {
 		if c := s.logger.Check(zapcore.DebugLevel, "no machine selected"); c != nil {
@@ -113,15 +112,11 @@ func (s *FlySelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	return pool[i]
 }
 
-// replayVarKey is the request variable with the preference of a
-// fly-replay, which replaces the client's.
-const replayVarKey = "fly.replay_preference"
-
 // SetReplayPreference makes pref the preference machine selection uses
 // for r from now on, in place of its Fly-* headers (a fly-replay's
 // region, instance and elsewhere).
 func SetReplayPreference(r *http.Request, pref Preference) {
-	caddyhttp.SetVar(r.Context(), replayVarKey, pref)
+	ensureState(r).pref.Store(&pref)
 }
 
 // MachineVarKey is the request variable ({http.vars.fly.machine}) with
@@ -135,8 +130,10 @@ func RequestPreference(r *http.Request) Preference { return preferenceOf(r) }
 // preferenceOf returns what a request asks for: a fly-replay's
 // preference, else its Fly-* headers.
 func preferenceOf(r *http.Request) Preference {
-	if p, ok := caddyhttp.GetVar(r.Context(), replayVarKey).(Preference); ok {
-		return p
+	if st := stateOf(r); st != nil {
+		if p := st.pref.Load(); p != nil {
+			return *p
+		}
 	}
 	return Preference{
 		ForceInstance:  r.Header.Get(HeaderForceInstance),
@@ -146,21 +143,27 @@ func preferenceOf(r *http.Request) Preference {
 	}
 }
 
-// unroutableVarKey is the request variable where Select records why it
-// chose no machine.
-const unroutableVarKey = "fly.unroutable"
-
 // ClearUnroutable forgets what Unroutable would say of r (before r is
 // sent again, by a fly-replay).
 func ClearUnroutable(r *http.Request) {
-	caddyhttp.SetVar(r.Context(), unroutableVarKey, nil)
+	if st := stateOf(r); st != nil {
+		st.unroutable.Store(0)
+	}
 }
+
+// SetUnroutable records why no machine could take r (what the fly
+// selection policy and transport do), for fly_headers to tell the client.
+func SetUnroutable(r *http.Request, o Outcome) { ensureState(r).unroutable.Store(int32(o) + 1) }
 
 // Unroutable returns why the fly selection policy chose no machine for r,
 // and false when it did not fail.
 func Unroutable(r *http.Request) (Outcome, bool) {
-	o, ok := caddyhttp.GetVar(r.Context(), unroutableVarKey).(Outcome)
-	return o, ok
+	if st := stateOf(r); st != nil {
+		if v := st.unroutable.Load(); v != 0 {
+			return Outcome(v - 1), true
+		}
+	}
+	return 0, false
 }
 
 // UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
@@ -98,6 +97,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if rt == nil {
 		return t.HTTPTransport.RoundTrip(req)
 	}
+	ensureState(req) // before any dial: later changes are no map writes
 	tr := &t.HTTPTransport
 	if rt.Service.HTTPOptions != nil && rt.Service.HTTPOptions.H2Backend {
 		tr = t.h2c
@@ -112,7 +112,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	var de reverseproxy.DialError
 	if err == nil || !errors.As(err, &de) || i < 0 {
 		if err == nil && i >= 0 {
-			caddyhttp.SetVar(req.Context(), MachineVarKey, rt.machines[i].id)
+			setMachine(req, rt.machines[i].id)
 		}
 		if err == nil {
 			watchApp(rt, resp)
@@ -130,7 +130,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 				outcome = Refused
 			}
 			rt.countSelection(outcome)
-			caddyhttp.SetVar(req.Context(), unroutableVarKey, outcome)
+			SetUnroutable(req, outcome)
 			return nil, err
 		}
 		rt.countSelection(outcome)
@@ -146,7 +146,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		r2.URL.Host = m.dial
 		if resp, err = tr.RoundTrip(r2); err == nil || !errors.As(err, &de) {
 			if err == nil {
-				caddyhttp.SetVar(req.Context(), MachineVarKey, m.id)
+				setMachine(req, m.id)
 				watchApp(rt, resp)
 			}
 			return resp, err
@@ -154,7 +154,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	rt.machines[i].health.failedUntil.Store(time.Now().Add(failDuration).UnixNano())
 	rt.countSelection(Refused)
-	caddyhttp.SetVar(req.Context(), unroutableVarKey, Refused)
+	SetUnroutable(req, Refused)
 	return nil, err
 }
 
