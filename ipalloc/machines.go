@@ -52,10 +52,8 @@ func (a *App) PutMachine(ctx context.Context, app string, m *routing.Machine, on
 		if onlyNew && !created {
 			return conflict("app %s already has machine %s; update it with PUT", app, m.ID)
 		}
-		for name, other := range t.st.apps {
-			if name != app && other.machines[m.ID] != nil {
-				return conflict("machine ID %s is taken by app %s", m.ID, name)
-			}
+		if owner, ok := t.st.owners[m.ID]; ok && owner != app {
+			return conflict("machine ID %s is taken by app %s", m.ID, owner)
 		}
 		return t.put(machineKey(app, m.ID), m)
 	})

@@ -59,6 +59,7 @@ type state struct {
 	apps    map[string]*appState
 	certs   map[string]*Cert
 	egress  map[netip.Addr]*EgressIP
+	owners  map[string]string // machine ID -> app, for the run-time machines
 }
 
 // holders are the apps on one address: one app for a dedicated address,
@@ -85,6 +86,7 @@ func newState() *state {
 		apps:    make(map[string]*appState),
 		certs:   make(map[string]*Cert),
 		egress:  make(map[netip.Addr]*EgressIP),
+		owners:  make(map[string]string),
 	}
 }
 
@@ -193,9 +195,13 @@ func (s *state) index(key string, raw json.RawMessage, add bool, changed map[str
 		changed[app] = true
 		if !add {
 			delete(s.app(app).machines, v.ID)
+			if s.owners[v.ID] == app {
+				delete(s.owners, v.ID)
+			}
 			return nil
 		}
 		s.app(app).machines[v.ID] = &v
+		s.owners[v.ID] = app
 	case "egress":
 		var v EgressIP
 		if err := json.Unmarshal(raw, &v); err != nil {
