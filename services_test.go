@@ -25,6 +25,7 @@ var (
 	svcPP   = testMachine{"0000000000e604", "iad", "127.0.59.4"}
 	svcGame = testMachine{"0000000000e605", "iad", "127.0.59.5"}
 	svcNew  = testMachine{"0000000000e606", "iad", "127.0.59.6"}
+	svcTPP  = testMachine{"0000000000e607", "iad", "127.0.59.7"}
 )
 
 // servicesEdge is a complete edge written as the README says: the fly
@@ -80,12 +81,18 @@ const servicesEdge = `{
 			}
 			machine 2a6c5e8f0b1d95 iad 127.0.0.1
 		}
+		app tpp {
+			service %[7]s {
+				port %[23]s tls proxy_proto
+			}
+			machine %[24]s iad %[25]s
+		}
 	}
 	fly_ips {
 		shared_v4 ` + sharedV4 + `
 		v4 ` + v4Pool + `
 		auto_allocate off
-		ports %[5]s %[6]s %[8]s %[9]s %[10]s %[19]s-%[20]s
+		ports %[5]s %[6]s %[8]s %[9]s %[10]s %[19]s-%[20]s %[23]s
 		http_port %[5]s
 		https_port %[6]s
 		issuer internal
@@ -125,21 +132,24 @@ func TestServicesDriveListeners(t *testing.T) {
 			break
 		}
 	}
-	machinePort, sinkPort := freePort(), freePort()
+	machinePort, sinkPort, tppPort := freePort(), freePort(), freePort()
 	storage := t.TempDir()
 	edgeCount++
 	domain := fmt.Sprintf("services-%d.test", edgeCount)
 	startMachines(t, machinePort, svcWeb, svcNew)
 	startSinks(t, sinkPort, 0, svcRaw, svcTLS, svcGame)
 	startProxyProtoMachine(t, net.JoinHostPort(svcPP.ip, sinkPort))
+	startProxyProtoMachine(t, net.JoinHostPort(svcTPP.ip, sinkPort))
 	cfg := fmt.Sprintf(servicesEdge, adminAddr, storage, domain, machinePort, httpPort, httpsPort, sinkPort, tlsPort, ppPort, pgPort,
-		svcWeb.id, svcWeb.ip, svcRaw.id, svcRaw.ip, svcTLS.id, svcTLS.ip, svcPP.id, svcPP.ip, gameLo, gameHi, svcGame.id, svcGame.ip)
+		svcWeb.id, svcWeb.ip, svcRaw.id, svcRaw.ip, svcTLS.id, svcTLS.ip, svcPP.id, svcPP.ip, gameLo, gameHi, svcGame.id, svcGame.ip,
+		tppPort, svcTPP.id, svcTPP.ip)
 	mustLoad(t, cfg)
 	checkOwnListeners(t, mustAtoi(httpPort), mustAtoi(httpsPort), mustAtoi(tlsPort), mustAtoi(ppPort), mustAtoi(pgPort), mustAtoi(gameLo), mustAtoi(gameHi))
 	roots := storageRoots(t, storage)
 
 	allocate(t, adminAddr, "web", "shared_v4")
 	allocate(t, adminAddr, "secure", "shared_v4")
+	allocate(t, adminAddr, "tpp", "shared_v4")
 	rawV4 := allocate(t, adminAddr, "raw", "v4")
 	ppV4 := allocate(t, adminAddr, "pp", "v4")
 	gameV4 := allocate(t, adminAddr, "game", "v4")
@@ -192,6 +202,18 @@ func TestServicesDriveListeners(t *testing.T) {
 	pc.Close()
 	if want := fmt.Sprintf("v2 %s ", pc.LocalAddr()); !strings.HasPrefix(line, want) || !strings.HasSuffix(line, "hello\n") {
 		t.Errorf("proxy_proto v2: the machine saw %q, want %q...", line, want)
+	}
+	// tls then proxy_proto, on the shared address
+	tc, err = tls.Dial("tcp", net.JoinHostPort(sharedV4, tppPort), &tls.Config{ServerName: "tpp." + domain, RootCAs: roots})
+	if err != nil {
+		t.Fatalf("tls proxy_proto: %v", err)
+	}
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(tc, "hello\n")
+	line, _ = bufio.NewReader(tc).ReadString('\n')
+	tc.Close()
+	if want := fmt.Sprintf("v1 %s ", tc.LocalAddr()); !strings.HasPrefix(line, want) || !strings.HasSuffix(line, "hello\n") {
+		t.Errorf("tls proxy_proto: the machine saw %q, want %q...", line, want)
 	}
 	// each port of a range
 	for _, port := range []string{gameLo, gameHi} {
