@@ -14,6 +14,8 @@ import (
 	_ "github.com/flyedge/caddy-flyedge/ipalloc"
 	// PostgreSQL TLS termination
 	_ "github.com/flyedge/caddy-flyedge/pgtls"
+	// Caddy's storage on PostgreSQL
+	_ "github.com/flyedge/caddy-flyedge/pgstore"
 	// Caddyfile global option and directives
 	_ "github.com/flyedge/caddy-flyedge/caddyfile"
 )

@@ -29,6 +29,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 var (
@@ -680,6 +682,30 @@ func requirePostgres(t *testing.T) {
 		t.Skip(msg)
 	}
 	c.Close()
+}
+
+// testDatabase creates a PostgreSQL database of the test's own and
+// returns its DSN; it is dropped when the test ends.
+func testDatabase(t *testing.T) string {
+	t.Helper()
+	requirePostgres(t)
+	name := fmt.Sprintf("flyedge_test_%d_%d", os.Getpid(), rand.Uint32())
+	ctx := context.Background()
+	admin, err := pgx.Connect(ctx, "postgres://postgres@"+pgAddr+"/postgres?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if admin, err := pgx.Connect(ctx, "postgres://postgres@"+pgAddr+"/postgres?sslmode=disable"); err == nil {
+			admin.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)")
+			admin.Close(ctx)
+		}
+	})
+	return "postgres://postgres@" + pgAddr + "/" + name + "?sslmode=disable"
 }
 
 // openFiles counts the open file descriptors of a process.

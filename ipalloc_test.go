@@ -638,6 +638,15 @@ type storageNode struct {
 	log   *logBuf
 }
 
+// storageLine is the Caddyfile storage option for storage: a folder, or
+// a PostgreSQL DSN.
+func storageLine(storage string) string {
+	if strings.HasPrefix(storage, "postgres://") {
+		return "storage postgres " + storage
+	}
+	return "storage file_system " + storage
+}
+
 func startStorageNode(t *testing.T, storage string) *storageNode {
 	t.Helper()
 	requireCaddy(t)
@@ -649,7 +658,7 @@ func startStorageNode(t *testing.T, storage string) *storageNode {
 	cfg := fmt.Sprintf(`{
 	admin %s
 	persist_config off
-	storage file_system %s
+	%s
 	fly {
 		base_domain edge.test
 %s	}
@@ -660,7 +669,7 @@ func startStorageNode(t *testing.T, storage string) *storageNode {
 		auto_allocate off
 	}
 }
-`, n.admin, storage, apps.String())
+`, n.admin, storageLine(storage), apps.String())
 	dir := t.TempDir()
 	file := dir + "/Caddyfile"
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
@@ -712,8 +721,13 @@ func noDuplicates(t *testing.T, asgs []assignment) {
 // TestSharedStorage: two Caddy processes sharing one storage folder, hit
 // by 50 concurrent allocations each, never hand out an address twice,
 // and each sees the other's assignments within 2 s.
-func TestSharedStorage(t *testing.T) {
-	storage := t.TempDir()
+func TestSharedStorage(t *testing.T) { testSharedStorage(t, t.TempDir()) }
+
+// TestSharedStorageOnPostgres: the same, with the storage in PostgreSQL
+// (caddy.storage.postgres).
+func TestSharedStorageOnPostgres(t *testing.T) { testSharedStorage(t, testDatabase(t)) }
+
+func testSharedStorage(t *testing.T, storage string) {
 	nodes := []*storageNode{startStorageNode(t, storage), startStorageNode(t, storage)}
 	var wg sync.WaitGroup
 	var failed atomic.Int32
@@ -773,8 +787,13 @@ func TestSharedStorage(t *testing.T) {
 // TestCrashDuringStorm: a Caddy killed with SIGKILL in the middle of an
 // allocation storm restarts with every assignment it acknowledged, and
 // its state loads and takes new allocations.
-func TestCrashDuringStorm(t *testing.T) {
-	storage := t.TempDir()
+func TestCrashDuringStorm(t *testing.T) { testCrashDuringStorm(t, t.TempDir()) }
+
+// TestCrashDuringStormOnPostgres: the same, with the storage in
+// PostgreSQL; the killed process's lock is taken over after its lease.
+func TestCrashDuringStormOnPostgres(t *testing.T) { testCrashDuringStorm(t, testDatabase(t)) }
+
+func testCrashDuringStorm(t *testing.T, storage string) {
 	n := startStorageNode(t, storage)
 	type ack struct{ app, address string }
 	acks := make(chan ack, 100000)

@@ -1,0 +1,334 @@
+package pgstore
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/certmagic"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// The tests use the PostgreSQL server at 127.0.0.1:5432 (user postgres,
+// trust authentication), in a database of their own per run.
+const pgAddr = "127.0.0.1:5432"
+
+// testDSN creates a database for this run and returns its DSN; it is
+// dropped when the test ends. Without a server the test is skipped, or
+// fails under CI=true.
+func testDSN(t testing.TB) string {
+	t.Helper()
+	if c, err := net.DialTimeout("tcp", pgAddr, 2*time.Second); err != nil {
+		msg := fmt.Sprintf("PostgreSQL is not running at %s (start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %v", pgAddr, err)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	} else {
+		c.Close()
+	}
+	var b [6]byte
+	rand.Read(b[:])
+	name := "flyedge_pgstore_" + hex.EncodeToString(b[:])
+	ctx := context.Background()
+	admin, err := pgx.Connect(ctx, "postgres://postgres@"+pgAddr+"/postgres?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatal(err)
+	}
+	admin.Close(ctx)
+	t.Cleanup(func() {
+		admin, err := pgx.Connect(ctx, "postgres://postgres@"+pgAddr+"/postgres?sslmode=disable")
+		if err == nil {
+			admin.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)")
+			admin.Close(ctx)
+		}
+	})
+	return "postgres://postgres@" + pgAddr + "/" + name + "?sslmode=disable"
+}
+
+// newStorage provisions a Storage on dsn, with a connection pool of its
+// own (as another process would have).
+func newStorage(t testing.TB, dsn string, lease time.Duration) certmagic.Storage {
+	t.Helper()
+	s := &Storage{DSN: dsn, LockLease: caddy.Duration(lease), LockPoll: caddy.Duration(50 * time.Millisecond)}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := s.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Cleanup() })
+	pool, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	s.db = &db{pool: pool, table: s.Table}
+	st, err := s.CertMagicStorage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// TestStorageAsFileStorage runs one script of Store, Load, Exists, Stat,
+// List and Delete against certmagic's FileStorage and against
+// PostgreSQL, and wants the same answers.
+func TestStorageAsFileStorage(t *testing.T) {
+	pg := newStorage(t, testDSN(t), 10*time.Second)
+	file := &certmagic.FileStorage{Path: t.TempDir()}
+	ctx := context.Background()
+	run := func(st certmagic.Storage) []string {
+		var out []string
+		say := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
+		for _, k := range []string{"certificates/acme/a.example/a.example.crt", "certificates/acme/a.example/a.example.key",
+			"certificates/acme/b.example/b.example.crt", "fly/state/snapshot", "fly/state/log/0000000000000001", "top"} {
+			if err := st.Store(ctx, k, []byte("value of "+k)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		st.Store(ctx, "top", []byte("new"))
+		st.Store(ctx, "empty", nil)
+		for _, k := range []string{"top", "empty", "fly/state/snapshot", "missing", "fly/state"} {
+			v, err := st.Load(ctx, k)
+			// a directory is no key: FileStorage says "is a directory"
+			say("load %s: %q error %v", k, v, err != nil)
+		}
+		for _, k := range []string{"top", "fly", "fly/state", "certificates/acme", "fly/sta", "nope"} {
+			say("exists %s: %v", k, st.Exists(ctx, k))
+			info, err := st.Stat(ctx, k)
+			if !info.IsTerminal {
+				info.Size = 0 // a directory's size is the file system's
+			}
+			say("stat %s: %s terminal %v size %d notexist %v", k, info.Key, info.IsTerminal, info.Size, errors.Is(err, fs.ErrNotExist))
+		}
+		for _, p := range []string{"certificates", "certificates/acme", "fly", "fly/state/log", "nope"} {
+			for _, rec := range []bool{false, true} {
+				keys, err := st.List(ctx, p, rec)
+				slices.Sort(keys)
+				say("list %s recursive %v: %v notexist %v", p, rec, keys, errors.Is(err, fs.ErrNotExist))
+			}
+		}
+		say("delete missing: %v", st.Delete(ctx, "not/there"))
+		say("delete dir: %v", st.Delete(ctx, "certificates/acme/a.example"))
+		say("after: a %v b %v", st.Exists(ctx, "certificates/acme/a.example/a.example.crt"), st.Exists(ctx, "certificates/acme/b.example/b.example.crt"))
+		say("delete key: %v, exists %v", st.Delete(ctx, "top"), st.Exists(ctx, "top"))
+		return out
+	}
+	want, got := run(file), run(pg)
+	for i := range max(len(want), len(got)) {
+		var w, g string
+		if i < len(want) {
+			w = want[i]
+		}
+		if i < len(got) {
+			g = got[i]
+		}
+		if w != g {
+			t.Errorf("FileStorage: %s\nPostgreSQL:  %s", w, g)
+		}
+	}
+	if info, err := pg.Stat(ctx, "fly/state/snapshot"); err != nil || time.Since(info.Modified) > time.Minute {
+		t.Errorf("Stat's modification time: %v, %v", info.Modified, err)
+	}
+	if _, err := pg.Load(ctx, "missing"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Load of a missing key: %v, want fs.ErrNotExist", err)
+	}
+	if s := fmt.Sprint(pg); strings.Contains(s, "password") || !strings.HasPrefix(s, "postgres:postgres@127.0.0.1:5432/flyedge_pgstore_") {
+		t.Errorf("the storage's name: %s", s)
+	}
+}
+
+// TestLockContention: one holder at a time across two storages with
+// pools of their own; a waiter gets the lock once it is released, and a
+// holder keeps it past its lease by renewing.
+func TestLockContention(t *testing.T) {
+	dsn := testDSN(t)
+	lease := time.Second
+	a, b := newStorage(t, dsn, lease), newStorage(t, dsn, lease)
+	ctx := context.Background()
+	if err := a.Lock(ctx, "job"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.(certmagic.TryLocker).TryLock(ctx, "job"); ok || err != nil {
+		t.Fatalf("a second holder: %v, %v", ok, err)
+	}
+	// a holds it three leases long; b tries all along
+	waitCtx, cancel := context.WithTimeout(ctx, 3*lease)
+	err := b.Lock(waitCtx, "job")
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("b took the lock a holds and renews: %v", err)
+	}
+	got := make(chan time.Time, 1)
+	go func() {
+		if err := b.Lock(ctx, "job"); err == nil {
+			got <- time.Now()
+		}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	released := time.Now()
+	if err := a.Unlock(ctx, "job"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case at := <-got:
+		t.Logf("b got the lock %v after a released it", at.Sub(released).Round(time.Millisecond))
+	case <-time.After(2 * time.Second):
+		t.Fatal("b did not get the released lock")
+	}
+	if err := b.Unlock(ctx, "job"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Unlock(ctx, "job"); err == nil {
+		t.Error("unlocking a lock not held: no error")
+	}
+	// other names are independent
+	if err := a.Lock(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := b.(certmagic.TryLocker).TryLock(ctx, "y"); !ok {
+		t.Error("lock y taken because x is")
+	}
+	a.Unlock(ctx, "x")
+	b.Unlock(ctx, "y")
+}
+
+// TestLockOfKilledHolder: a process that holds a lock and is killed
+// (SIGKILL: no unlock, no renewal) gives the lock up after its lease.
+func TestLockOfKilledHolder(t *testing.T) {
+	if os.Getenv("PGSTORE_HOLDER_DSN") != "" {
+		holdLock()
+		return
+	}
+	dsn := testDSN(t)
+	lease := 2 * time.Second
+	cmd := exec.Command(os.Args[0], "-test.run=^TestLockOfKilledHolder$")
+	cmd.Env = append(os.Environ(), "PGSTORE_HOLDER_DSN="+dsn, "PGSTORE_HOLDER_LEASE="+lease.String())
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if line != "locked\n" {
+		t.Fatalf("the holder says %q", line)
+	}
+	st := newStorage(t, dsn, lease)
+	ctx := context.Background()
+	if ok, _ := st.(certmagic.TryLocker).TryLock(ctx, "job"); ok {
+		t.Fatal("the lock of a live holder was taken")
+	}
+	// it renews: still held after more than a lease
+	time.Sleep(lease + lease/2)
+	if ok, _ := st.(certmagic.TryLocker).TryLock(ctx, "job"); ok {
+		t.Fatal("the lock of a live, renewing holder was taken after its first lease")
+	}
+	cmd.Process.Signal(os.Kill)
+	cmd.Wait()
+	killed := time.Now()
+	waitCtx, cancel := context.WithTimeout(ctx, lease+2*time.Second)
+	defer cancel()
+	if err := st.Lock(waitCtx, "job"); err != nil {
+		t.Fatalf("the lock of a killed holder: %v", err)
+	}
+	t.Logf("taken %v after the holder was killed (lease %v)", time.Since(killed).Round(time.Millisecond), lease)
+	st.Unlock(ctx, "job")
+}
+
+// holdLock is the holder process of TestLockOfKilledHolder.
+func holdLock() {
+	lease, _ := time.ParseDuration(os.Getenv("PGSTORE_HOLDER_LEASE"))
+	s := &Storage{DSN: os.Getenv("PGSTORE_HOLDER_DSN"), LockLease: caddy.Duration(lease), LockPoll: caddy.Duration(50 * time.Millisecond)}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := s.Provision(ctx); err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	st, _ := s.CertMagicStorage()
+	if err := st.Lock(context.Background(), "job"); err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	fmt.Println("locked")
+	select {} // until killed
+}
+
+func TestCaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Storage
+		err  string
+	}{
+		{in: `postgres {env.FLYEDGE_STORAGE_DSN}`, want: Storage{DSN: "{env.FLYEDGE_STORAGE_DSN}"}},
+		{in: "postgres {\n dsn postgres://db/x\n table edge_a\n lock_lease 5s\n lock_poll 100ms\n}",
+			want: Storage{DSN: "postgres://db/x", Table: "edge_a", LockLease: caddy.Duration(5 * time.Second), LockPoll: caddy.Duration(100 * time.Millisecond)}},
+		{in: "postgres a b", err: "wrong argument count"},
+		{in: "postgres a {\n dsn b\n}", err: "dsn already specified"},
+		{in: "postgres {\n lease 5s\n}", err: "unrecognized postgres storage option 'lease'"},
+		{in: "postgres {\n lock_lease soon\n}", err: `lock_lease "soon"`},
+	} {
+		var s Storage
+		err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.in))
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || s != tc.want {
+			t.Errorf("%q: %+v, %v", tc.in, s, err)
+		}
+	}
+}
+
+func TestProvisionErrors(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	t.Setenv("FLYEDGE_TEST_DSN", "postgres://u:secret@127.0.0.1:1/db")
+	for _, tc := range []struct {
+		s    Storage
+		want string
+	}{
+		{Storage{}, "dsn: the PostgreSQL connection string is required"},
+		{Storage{DSN: "{env.FLYEDGE_NOT_SET}"}, "dsn: the PostgreSQL connection string is required"},
+		{Storage{DSN: "postgres://x/y", Table: "drop table;"}, `table: "drop table;" is not a table name`},
+		{Storage{DSN: "postgres://x/y", LockLease: caddy.Duration(time.Millisecond)}, "lock_lease must be at least 1s"},
+		{Storage{DSN: "postgres://u:secret@host:notaport/db"}, "dsn: "},
+	} {
+		err := tc.s.Provision(ctx)
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) || strings.Contains(err.Error(), "secret") {
+			t.Errorf("%+v: %v, want %q (and no password)", tc.s, err, tc.want)
+		}
+	}
+	s := Storage{DSN: "{env.FLYEDGE_TEST_DSN}"}
+	if err := s.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Cleanup()
+	st, _ := s.CertMagicStorage()
+	if name := fmt.Sprint(st); name != "postgres:u@127.0.0.1:1/db/flyedge_storage" {
+		t.Errorf("the storage's name is %q", name)
+	}
+}
