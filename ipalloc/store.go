@@ -9,6 +9,7 @@ import (
 	"maps"
 	"path"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,6 +75,19 @@ type store struct {
 	// onChange is told which apps changed (nil: all apps); the commit
 	// calls it before it acknowledges the change.
 	onChange atomic.Pointer[func(apps map[string]bool)]
+
+	// changes tells of keys stored by any edge, on a storage that pushes
+	// them (caddy.storage.postgres); nil otherwise, and the poll alone
+	// finds other edges' changes.
+	changes     <-chan string
+	unsubscribe func()
+}
+
+// changeNotifier is a storage that tells when keys are stored, by this
+// edge or another (caddy.storage.postgres, with PostgreSQL's
+// LISTEN/NOTIFY). A key means "something changed"; keys may be dropped.
+type changeNotifier interface {
+	SubscribeChanges() (<-chan string, func())
 }
 
 // request is a change waiting for the committer.
@@ -130,6 +144,9 @@ func openStore(ctx context.Context, storage certmagic.Storage, logger *zap.Logge
 // validate` provisions without starting.)
 func (s *store) start() {
 	s.started.Do(func() {
+		if n, ok := s.storage.(changeNotifier); ok {
+			s.changes, s.unsubscribe = n.SubscribeChanges()
+		}
 		go s.loop()
 	})
 }
@@ -139,6 +156,9 @@ func (s *store) Destruct() error {
 	close(s.quit)
 	s.started.Do(func() { close(s.done) }) // never started
 	<-s.done
+	if s.unsubscribe != nil {
+		s.unsubscribe()
+	}
 	return nil
 }
 
@@ -192,18 +212,26 @@ func (s *store) loop() {
 				}
 			}
 			s.safely("committing IP state changes", func() { s.commit(batch) })
+		case key := <-s.changes:
+			if key != "" && !strings.HasPrefix(key, storagePrefix+"/") {
+				continue // a certificate, a lock: not the state
+			}
+			s.safely("reading IP state changes", s.follow)
 		case <-t.C:
-			s.safely("reading IP state changes", func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				changed, err := s.catchUp(ctx)
-				if err != nil {
-					s.logger.Error("reading IP state changes from storage", zap.Error(err))
-				}
-				s.notify(changed)
-			})
+			s.safely("reading IP state changes", s.follow)
 		}
 	}
+}
+
+// follow applies what other edges stored since this one last looked.
+func (s *store) follow() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	changed, err := s.catchUp(ctx)
+	if err != nil {
+		s.logger.Error("reading IP state changes from storage", zap.Error(err))
+	}
+	s.notify(changed)
 }
 
 // safely runs fn, logging a panic instead of ending the process; the

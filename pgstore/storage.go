@@ -124,7 +124,7 @@ func (s *Storage) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return nil, err
 		}
-		return &db{pool: pool, table: s.Table}, nil
+		return &db{pool: pool, table: s.Table, logger: s.logger}, nil
 	})
 	if err != nil {
 		return fmt.Errorf("dsn: %v", redact(err, dsn))
@@ -209,17 +209,106 @@ func redact(err error, dsn string) string {
 // db is a connection pool and its table, shared by the configs that use
 // them.
 type db struct {
-	pool  *pgxpool.Pool
-	table string
+	pool   *pgxpool.Pool
+	table  string
+	logger *zap.Logger
 
 	mu      sync.Mutex
 	created bool
+
+	subsMu sync.Mutex
+	subs   map[chan string]bool
+	stop   context.CancelFunc // ends the listener, once started
+	done   chan struct{}
 }
 
 // Destruct closes the pool.
 func (d *db) Destruct() error {
+	d.subsMu.Lock()
+	stop, done := d.stop, d.done
+	d.subsMu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
 	d.pool.Close()
 	return nil
+}
+
+// subscribe returns a channel that receives the keys stored by any edge
+// on this table (PostgreSQL's NOTIFY, sent by Store in the same
+// statement), and a function that ends the subscription. A subscriber
+// that falls behind misses keys: it must treat a key as "something
+// changed", not as the list of changes.
+func (d *db) subscribe() (<-chan string, func()) {
+	ch := make(chan string, 64)
+	d.subsMu.Lock()
+	defer d.subsMu.Unlock()
+	if d.subs == nil {
+		d.subs = make(map[chan string]bool)
+	}
+	d.subs[ch] = true
+	if d.stop == nil {
+		ctx, stop := context.WithCancel(context.Background())
+		d.stop, d.done = stop, make(chan struct{})
+		go d.listen(ctx)
+	}
+	return ch, func() {
+		d.subsMu.Lock()
+		defer d.subsMu.Unlock()
+		delete(d.subs, ch)
+	}
+}
+
+// listen holds a connection that LISTENs on the table's channel and fans
+// the notifications out, reconnecting after a failure.
+func (d *db) listen(ctx context.Context) {
+	defer close(d.done)
+	for ctx.Err() == nil {
+		err := d.listenOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if d.logger != nil {
+			d.logger.Warn("listening for storage changes; trying again in 1s", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (d *db) listenOnce(ctx context.Context) error {
+	conn, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `LISTEN "`+d.table+`"`); err != nil {
+		return err
+	}
+	d.fanOut("") // what changed while no one listened
+	for {
+		n, err := conn.Conn().WaitForNotification(ctx)
+		if err != nil {
+			conn.Conn().Close(context.Background()) // do not return a listening connection to the pool
+			return err
+		}
+		d.fanOut(n.Payload)
+	}
+}
+
+func (d *db) fanOut(key string) {
+	d.subsMu.Lock()
+	defer d.subsMu.Unlock()
+	for ch := range d.subs {
+		select {
+		case ch <- key:
+		default: // it has changes to read already
+		}
+	}
 }
 
 // ready creates the table if need be (once it worked).
@@ -291,9 +380,17 @@ func (s *store) Store(ctx context.Context, key string, value []byte) error {
 	if value == nil {
 		value = []byte{}
 	}
-	return s.exec(ctx, `INSERT INTO $table (kind, key, value, modified) VALUES ('k', $1, $2, now())
-		ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, modified = now()`, key, value)
+	return s.exec(ctx, `WITH stored AS (INSERT INTO $table (kind, key, value, modified) VALUES ('k', $1, $2, now())
+		ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, modified = now() RETURNING key)
+		SELECT pg_notify('$table', key) FROM stored`, key, value)
 }
+
+// SubscribeChanges returns a channel that receives the keys any edge
+// stores in this table, as PostgreSQL notifies them ("" when the
+// listener reconnected and changes may have been missed), and a function
+// that ends the subscription. Keys may be dropped when the subscriber
+// falls behind: a key means "something changed".
+func (s *store) SubscribeChanges() (<-chan string, func()) { return s.db.subscribe() }
 
 // Load implements certmagic.Storage.
 func (s *store) Load(ctx context.Context, key string) ([]byte, error) {

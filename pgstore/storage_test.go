@@ -78,8 +78,9 @@ func newStorage(t testing.TB, dsn string, lease time.Duration) certmagic.Storage
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(pool.Close)
-	s.db = &db{pool: pool, table: s.Table}
+	own := &db{pool: pool, table: s.Table}
+	t.Cleanup(func() { own.Destruct() }) // stops a listener, then closes the pool
+	s.db = own
 	st, err := s.CertMagicStorage()
 	if err != nil {
 		t.Fatal(err)
@@ -330,5 +331,39 @@ func TestProvisionErrors(t *testing.T) {
 	st, _ := s.CertMagicStorage()
 	if name := fmt.Sprint(st); name != "postgres:u@127.0.0.1:1/db/flyedge_storage" {
 		t.Errorf("the storage's name is %q", name)
+	}
+}
+
+// TestSubscribeChanges: a key stored through one pool is told to the
+// subscribers of another, as PostgreSQL notifies it.
+func TestSubscribeChanges(t *testing.T) {
+	dsn := testDSN(t)
+	a, b := newStorage(t, dsn, 10*time.Second), newStorage(t, dsn, 10*time.Second)
+	ch, stop := b.(interface {
+		SubscribeChanges() (<-chan string, func())
+	}).SubscribeChanges()
+	defer stop()
+	// the listener says "" once it listens
+	select {
+	case k := <-ch:
+		if k != "" {
+			t.Fatalf("first notification %q, want the listener's start", k)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the listener did not start")
+	}
+	ctx := context.Background()
+	for _, key := range []string{"fly/state/log/0000000000000001", "certificates/x/y.crt"} {
+		if err := a.Store(ctx, key, []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case k := <-ch:
+			if k != key {
+				t.Errorf("notified %q, want %q", k, key)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no notification for %s", key)
+		}
 	}
 }
