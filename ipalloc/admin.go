@@ -360,6 +360,8 @@ func statusOf(err error) int {
 		return http.StatusNotFound
 	case Conflict:
 		return http.StatusConflict
+	case Unavailable:
+		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
 }

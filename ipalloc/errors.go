@@ -12,9 +12,10 @@ type Kind int
 
 // Kinds of refusal.
 const (
-	Invalid  Kind = iota + 1 // the input is malformed or not allowed
-	NotFound                 // unknown app, address, host name or machine
-	Conflict                 // held by another app, pool exhausted, name taken
+	Invalid     Kind = iota + 1 // the input is malformed or not allowed
+	NotFound                    // unknown app, address, host name or machine
+	Conflict                    // held by another app, pool exhausted, name taken
+	Unavailable                 // the storage cannot be reached: nothing changed
 )
 
 // Error is a refusal of a change or a lookup, with what kind it is.
@@ -35,6 +36,10 @@ func notFound(format string, args ...any) error {
 
 func conflict(format string, args ...any) error {
 	return &Error{Conflict, fmt.Sprintf(format, args...)}
+}
+
+func unavailable(format string, args ...any) error {
+	return &Error{Unavailable, "the state's storage is unavailable; nothing changed: " + fmt.Sprintf(format, args...)}
 }
 
 // KindOf returns the kind of err, 0 when it is not a refusal (a failure

@@ -4,9 +4,15 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/netip"
 	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -124,4 +130,256 @@ func TestPushOnPostgres(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// outageProxy relays TCP to PostgreSQL until it is cut: then it closes
+// every connection and refuses new ones, as a database that went away.
+type outageProxy struct {
+	ln     net.Listener
+	mu     sync.Mutex
+	down   bool
+	conns  map[net.Conn]bool
+	target string
+}
+
+func newOutageProxy(t *testing.T, target string) *outageProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &outageProxy{ln: ln, conns: map[net.Conn]bool{}, target: target}
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			if p.down {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			p.conns[c], p.conns[up] = true, true
+			p.mu.Unlock()
+			go func() { io.Copy(up, c); up.Close() }()
+			go func() { io.Copy(c, up); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *outageProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for c := range p.conns {
+		c.Close()
+	}
+	p.conns = map[net.Conn]bool{}
+}
+
+func (p *outageProxy) restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = false
+}
+
+// pgNodes starts n edges (their own fly apps, stores and connection
+// pools) on the PostgreSQL database of dsn.
+func pgNodes(t *testing.T, dsn string, n int, pools Pools) []*App {
+	t.Helper()
+	var nodes []*App
+	for range n {
+		fly := newFly(t, 3)
+		a := &App{Pools: pools}
+		st := pgStorage(t, dsn)
+		if err := a.setup(context.Background(), fly, st, zap.NewNop()); err != nil {
+			t.Fatal(err)
+		}
+		stores.Delete(a.storeKey)
+		s, err := openStore(context.Background(), st, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.store, a.storeKey = s, ""
+		push := a.push
+		s.onChange.Store(&push)
+		s.start()
+		t.Cleanup(func() { s.Destruct() })
+		nodes = append(nodes, a)
+	}
+	return nodes
+}
+
+// TestPostgresOutage: while the database is unreachable, every edge
+// routes what it has from memory, a change fails fast with Unavailable
+// (503) and changes nothing; once the database is back, changes work
+// and both edges agree on every acknowledged change.
+func TestPostgresOutage(t *testing.T) {
+	dsn := testDSN(t)
+	proxy := newOutageProxy(t, "127.0.0.1:5432")
+	dsn = strings.Replace(dsn, "127.0.0.1:5432", proxy.ln.Addr().String(), 1)
+	nodes := pgNodes(t, dsn, 2, testPools)
+	ctx := context.Background()
+	v4, _, err := nodes[0].Allocate(ctx, "app1", TypeV4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &routing.Machine{ID: "0000000000d001", Region: "iad", Address: "10.8.0.1"}
+	if _, err := nodes[0].PutMachine(ctx, "app1", m, true); err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.MustParseAddr(v4.Address)
+	eventually(t, func() string {
+		if appAt(nodes[1], addr, "") != "app1" {
+			return "the other edge does not route the address yet"
+		}
+		if rt, err := nodes[1].fly.AppRoute("app1", 443); err != nil || rt.MachineIndex(m.ID) < 0 {
+			return "the other edge does not have the machine yet"
+		}
+		return ""
+	})
+
+	proxy.cut()
+	for i, node := range nodes {
+		began := time.Now()
+		_, _, err := node.Allocate(ctx, "app2", TypeV4)
+		if KindOf(err) != Unavailable || statusOf(err) != 503 {
+			t.Errorf("edge %d: a change during the outage: %v (status %d), want 503", i, err, statusOf(err))
+		}
+		if d := time.Since(began); d > 15*time.Second {
+			t.Errorf("edge %d: the refusal took %v", i, d)
+		} else {
+			t.Logf("edge %d: refused in %v", i, d.Round(time.Millisecond))
+		}
+		if _, err := node.PutMachine(ctx, "app1", &routing.Machine{ID: "0000000000d002", Region: "iad", Address: "10.8.0.2"}, true); KindOf(err) != Unavailable {
+			t.Errorf("edge %d: a machine during the outage: %v", i, err)
+		}
+		// memory still routes everything, and holds nothing unstored
+		if got := appAt(node, addr, ""); got != "app1" {
+			t.Errorf("edge %d: during the outage %s routes to %q", i, addr, got)
+		}
+		if rt, err := node.fly.AppRoute("app1", 443); err != nil || rt.MachineIndex(m.ID) < 0 || rt.MachineIndex("0000000000d002") >= 0 {
+			t.Errorf("edge %d: app1's machines during the outage: %v", i, err)
+		}
+		if ips, _ := node.IPs("app2"); len(ips) != 0 {
+			t.Errorf("edge %d: an unstored allocation is in memory: %v", i, ips)
+		}
+	}
+
+	proxy.restore()
+	var after Assignment
+	eventually(t, func() string {
+		var err error
+		after, _, err = nodes[1].Allocate(ctx, "app2", TypeV4)
+		if err != nil {
+			return "after the outage: " + err.Error()
+		}
+		return ""
+	})
+	eventually(t, func() string {
+		for i, node := range nodes {
+			all, _ := node.IPs("")
+			if len(all) != 2 {
+				return fmt.Sprintf("edge %d has %d assignments, want 2", i, len(all))
+			}
+			if appAt(node, netip.MustParseAddr(after.Address), "") != "app2" {
+				return fmt.Sprintf("edge %d does not route app2's address", i)
+			}
+		}
+		return ""
+	})
+}
+
+// TestLastAddressRace: two edges racing for the last free address of a
+// pool: exactly one gets it.
+func TestLastAddressRace(t *testing.T) {
+	nodes := pgNodes(t, testDSN(t), 2, Pools{V4: []string{"127.30.0.1"}})
+	var wg sync.WaitGroup
+	results := make([]error, 2)
+	for i, node := range nodes {
+		wg.Go(func() {
+			_, _, results[i] = node.Allocate(context.Background(), fmt.Sprintf("app%d", i), TypeV4)
+		})
+	}
+	wg.Wait()
+	won := 0
+	for i, err := range results {
+		switch {
+		case err == nil:
+			won++
+		case statusOf(err) != 409:
+			t.Errorf("edge %d: %v, want a success or 409", i, err)
+		}
+	}
+	if won != 1 {
+		t.Errorf("%d edges got the last address: %v", won, results)
+	}
+}
+
+// failingStorage is a file storage whose Store fails while failing is
+// set: the lock is taken, the write is not.
+type failingStorage struct {
+	*certmagic.FileStorage
+	failing atomic.Bool
+}
+
+func (f *failingStorage) Store(ctx context.Context, key string, value []byte) error {
+	if f.failing.Load() {
+		return errors.New("disk full")
+	}
+	return f.FileStorage.Store(ctx, key, value)
+}
+
+// TestUnstoredChangeUndone: a change whose write fails is answered 503
+// and leaves nothing in memory or in routing.
+func TestUnstoredChangeUndone(t *testing.T) {
+	st := &failingStorage{FileStorage: &certmagic.FileStorage{Path: t.TempDir()}}
+	a := &App{Pools: testPools}
+	fly := newFly(t, 3)
+	if err := a.setup(context.Background(), fly, st, zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	stores.Delete(a.storeKey)
+	s, err := openStore(context.Background(), st, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.store = s
+	push := a.push
+	s.onChange.Store(&push)
+	s.start()
+	t.Cleanup(func() { s.Destruct() })
+	ctx := context.Background()
+	kept, _, err := a.Allocate(ctx, "app0", TypeV4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.failing.Store(true)
+	if _, _, err := a.Allocate(ctx, "app1", TypeV4); statusOf(err) != 503 || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("an allocation whose write fails: %v", err)
+	}
+	if err := a.Release(ctx, "app0", kept.Address); statusOf(err) != 503 {
+		t.Fatalf("a release whose write fails: %v", err)
+	}
+	if ips, _ := a.IPs(""); len(ips) != 1 || ips[0].App != "app0" {
+		t.Errorf("after the failed writes memory holds %v", ips)
+	}
+	if got := appAt(a, netip.MustParseAddr(kept.Address), ""); got != "app0" {
+		t.Errorf("the address whose release failed routes to %q", got)
+	}
+	st.failing.Store(false)
+	next, _, err := a.Allocate(ctx, "app1", TypeV4)
+	if err != nil || next.Address == kept.Address {
+		t.Errorf("after the storage recovers: %+v, %v", next, err)
+	}
 }

@@ -265,7 +265,7 @@ func (s *store) commit(batch []*request) {
 		}
 	}
 	if err := s.storage.Lock(ctx, lockName); err != nil {
-		fail(fmt.Errorf("taking the storage lock: %w", err))
+		fail(unavailable("taking the storage lock: %v", err))
 		return
 	}
 	defer func() {
@@ -275,12 +275,20 @@ func (s *store) commit(batch []*request) {
 	}()
 	changed, err := s.catchUp(ctx)
 	if err != nil {
-		fail(fmt.Errorf("reading the IP state: %w", err))
+		fail(unavailable("reading the state: %v", err))
 		return
 	}
 	e := &entry{Seq: s.seq + 1, Puts: make(map[string]json.RawMessage)}
 	errs := make([]error, len(batch))
 	now := time.Now().UTC()
+	// what the keys held before this change, to undo it in memory if it
+	// cannot be stored
+	undo := make(map[string]json.RawMessage)
+	remember := func(k string) {
+		if _, ok := undo[k]; !ok {
+			undo[k] = s.st.records[k] // nil when absent
+		}
+	}
 	s.mu.Lock()
 	for i, r := range batch {
 		t := &txn{st: s.st, now: now}
@@ -288,6 +296,7 @@ func (s *store) commit(batch []*request) {
 			continue
 		}
 		for _, k := range t.dels {
+			remember(k)
 			if err := s.st.apply(k, nil, changed); err != nil {
 				errs[i] = err
 			}
@@ -295,6 +304,7 @@ func (s *store) commit(batch []*request) {
 			e.Dels = append(e.Dels, k)
 		}
 		for k, v := range t.puts {
+			remember(k)
 			if err := s.st.apply(k, v, changed); err != nil {
 				errs[i] = err
 			}
@@ -304,17 +314,19 @@ func (s *store) commit(batch []*request) {
 	s.mu.Unlock()
 	if len(e.Puts) > 0 || len(e.Dels) > 0 {
 		if err := s.write(ctx, e); err != nil {
-			s.logger.Error("storing an IP state change; reloading the state", zap.Error(err))
+			s.logger.Error("storing an IP state change; undoing it", zap.Error(err))
 			for i := range errs {
 				if errs[i] == nil {
-					errs[i] = fmt.Errorf("storing the change: %w", err)
+					errs[i] = unavailable("storing the change: %v", err)
 				}
 			}
-			if err := s.reload(ctx); err != nil {
-				s.logger.Error("reloading the IP state", zap.Error(err))
+			s.mu.Lock()
+			for k, old := range undo {
+				if err := s.st.apply(k, old, changed); err != nil {
+					s.logger.Error("undoing an unstored change", zap.String("key", k), zap.Error(err))
+				}
 			}
-			changed = nil // all apps
-			s.notifyAll()
+			s.mu.Unlock()
 		} else {
 			s.seq = e.Seq
 		}
@@ -423,16 +435,6 @@ func (s *store) loadSnapshot(ctx context.Context) (*snapshot, error) {
 		return nil, fmt.Errorf("%s: %w", snapshotKey, err)
 	}
 	return &snap, nil
-}
-
-// reload reads the whole state again.
-func (s *store) reload(ctx context.Context) error {
-	s.mu.Lock()
-	s.st = newState()
-	s.mu.Unlock()
-	s.seq, s.snapSeq, s.snapMod = 0, 0, time.Time{}
-	_, err := s.catchUp(ctx)
-	return err
 }
 
 // compact writes the state as a snapshot and deletes the log entries

@@ -118,6 +118,10 @@ func (s *Storage) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("dsn: %v", redact(err, dsn))
 	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		// an unreachable database fails a change in seconds, not minutes
+		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
 	s.key = fmt.Sprintf("%s@%s:%d/%s/%s", cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database, s.Table)
 	v, _, err := pools.LoadOrNew(s.key+"|"+dsn, func() (caddy.Destructor, error) {
 		pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
