@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
@@ -46,6 +48,78 @@ func BenchmarkAllocate(b *testing.B) {
 				if _, _, err := a.Allocate(ctx, "app0", TypeV4); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+	}
+}
+
+// BenchmarkAllocateStorage: one dedicated IPv4 allocation with 100,000
+// existing assignments, on the file storage and on PostgreSQL
+// (caddy.storage.postgres, the server at 127.0.0.1:5432), with its p99.
+func BenchmarkAllocateStorage(b *testing.B) {
+	const n = 100_000
+	for _, kind := range []string{"file", "postgres"} {
+		b.Run(kind, func(b *testing.B) {
+			var st certmagic.Storage = &certmagic.FileStorage{Path: b.TempDir()}
+			if kind == "postgres" {
+				st = pgStorage(b, testDSN(b))
+			}
+			a := nodeOn(b, newFly(b, n), st, Pools{V6: []string{"fd00:fe::/64"}, V4: []string{"10.0.0.0/8"}})
+			seed(b, a, n)
+			ctx := context.Background()
+			var took []time.Duration
+			b.ResetTimer()
+			for b.Loop() {
+				began := time.Now()
+				if _, _, err := a.Allocate(ctx, "app0", TypeV4); err != nil {
+					b.Fatal(err)
+				}
+				took = append(took, time.Since(began))
+			}
+			slices.Sort(took)
+			b.ReportMetric(float64(took[len(took)*99/100].Microseconds())/1000, "p99-ms")
+		})
+	}
+}
+
+// BenchmarkLoadStorage: opening the state of 100,000 assignments (a
+// snapshot plus 500 changes after it) on the file storage and on
+// PostgreSQL.
+func BenchmarkLoadStorage(b *testing.B) {
+	const n = 100_000
+	for _, kind := range []string{"file", "postgres"} {
+		b.Run(kind, func(b *testing.B) {
+			var st certmagic.Storage = &certmagic.FileStorage{Path: b.TempDir()}
+			if kind == "postgres" {
+				st = pgStorage(b, testDSN(b))
+			}
+			a := nodeOn(b, newFly(b, n), st, Pools{V6: []string{"fd00:fe::/64"}})
+			seed(b, a, n)
+			ctx := context.Background()
+			if err := st.Lock(ctx, lockName); err != nil {
+				b.Fatal(err)
+			}
+			if err := a.store.compact(ctx); err != nil {
+				b.Fatal(err)
+			}
+			st.Unlock(ctx, lockName)
+			for i := range 500 {
+				if _, _, err := a.Allocate(ctx, fmt.Sprintf("app%d", i), TypeV6); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				s, err := openStore(ctx, st, zap.NewNop())
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				if len(s.st.records) != n+500 {
+					b.Fatalf("loaded %d records, want %d", len(s.st.records), n+500)
+				}
+				s.Destruct()
+				b.StartTimer()
 			}
 		})
 	}

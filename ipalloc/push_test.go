@@ -27,7 +27,7 @@ import (
 
 // pgStorage returns a caddy.storage.postgres storage in a database of the
 // test's own (dropped at the end), as one edge process would open it.
-func pgStorage(t *testing.T, dsn string) certmagic.Storage {
+func pgStorage(t testing.TB, dsn string) certmagic.Storage {
 	t.Helper()
 	s := &pgstore.Storage{DSN: dsn}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
@@ -43,7 +43,7 @@ func pgStorage(t *testing.T, dsn string) certmagic.Storage {
 	return st
 }
 
-func testDSN(t *testing.T) string {
+func testDSN(t testing.TB) string {
 	t.Helper()
 	const addr = "127.0.0.1:5432"
 	if c, err := net.DialTimeout("tcp", addr, 2*time.Second); err != nil {
@@ -199,25 +199,31 @@ func pgNodes(t *testing.T, dsn string, n int, pools Pools) []*App {
 	t.Helper()
 	var nodes []*App
 	for range n {
-		fly := newFly(t, 3)
-		a := &App{Pools: pools}
-		st := pgStorage(t, dsn)
-		if err := a.setup(context.Background(), fly, st, zap.NewNop()); err != nil {
-			t.Fatal(err)
-		}
-		stores.Delete(a.storeKey)
-		s, err := openStore(context.Background(), st, zap.NewNop())
-		if err != nil {
-			t.Fatal(err)
-		}
-		a.store, a.storeKey = s, ""
-		push := a.push
-		s.onChange.Store(&push)
-		s.start()
-		t.Cleanup(func() { s.Destruct() })
-		nodes = append(nodes, a)
+		nodes = append(nodes, nodeOn(t, newFly(t, 3), pgStorage(t, dsn), pools))
 	}
 	return nodes
+}
+
+// nodeOn sets up a fly_ips app on storage with a store of its own (as a
+// separate Caddy process would have).
+func nodeOn(t testing.TB, fly *routing.App, st certmagic.Storage, pools Pools) *App {
+	t.Helper()
+	a := &App{Pools: pools}
+	if err := a.setup(context.Background(), fly, st, zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	stores.Delete(a.storeKey)
+	s, err := openStore(context.Background(), st, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.store, a.storeKey = s, ""
+	push := a.push
+	s.onChange.Store(&push)
+	a.push(nil)
+	s.start()
+	t.Cleanup(func() { s.Destruct() })
+	return a
 }
 
 // TestPostgresOutage: while the database is unreachable, every edge
