@@ -86,7 +86,9 @@ func (*Storage) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-var tableRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
+// tableRE leaves room for the "_l" of the locks' notification channel
+// in PostgreSQL's 63-byte identifiers.
+var tableRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,60}$`)
 
 // pools shares one connection pool per DSN and table across config loads.
 var pools = caddy.NewUsagePool()
@@ -220,10 +222,11 @@ type db struct {
 	mu      sync.Mutex
 	created bool
 
-	subsMu sync.Mutex
-	subs   map[chan string]bool
-	stop   context.CancelFunc // ends the listener, once started
-	done   chan struct{}
+	subsMu   sync.Mutex
+	subs     map[chan string]bool // keys stored
+	lockSubs map[chan string]bool // locks released
+	stop     context.CancelFunc   // ends the listener, once started
+	done     chan struct{}
 }
 
 // Destruct closes the pool.
@@ -244,14 +247,19 @@ func (d *db) Destruct() error {
 // statement), and a function that ends the subscription. A subscriber
 // that falls behind misses keys: it must treat a key as "something
 // changed", not as the list of changes.
-func (d *db) subscribe() (<-chan string, func()) {
+func (d *db) subscribe() (<-chan string, func()) { return d.subscribeTo(&d.subs) }
+
+// subscribeLocks is subscribe for the names of released locks.
+func (d *db) subscribeLocks() (<-chan string, func()) { return d.subscribeTo(&d.lockSubs) }
+
+func (d *db) subscribeTo(subs *map[chan string]bool) (<-chan string, func()) {
 	ch := make(chan string, 64)
 	d.subsMu.Lock()
 	defer d.subsMu.Unlock()
-	if d.subs == nil {
-		d.subs = make(map[chan string]bool)
+	if *subs == nil {
+		*subs = make(map[chan string]bool)
 	}
-	d.subs[ch] = true
+	(*subs)[ch] = true
 	if d.stop == nil {
 		ctx, stop := context.WithCancel(context.Background())
 		d.stop, d.done = stop, make(chan struct{})
@@ -260,7 +268,7 @@ func (d *db) subscribe() (<-chan string, func()) {
 	return ch, func() {
 		d.subsMu.Lock()
 		defer d.subsMu.Unlock()
-		delete(d.subs, ch)
+		delete(*subs, ch)
 	}
 }
 
@@ -290,24 +298,30 @@ func (d *db) listenOnce(ctx context.Context) error {
 		return err
 	}
 	defer conn.Release()
-	if _, err := conn.Exec(ctx, `LISTEN "`+d.table+`"`); err != nil {
+	if _, err := conn.Exec(ctx, `LISTEN "`+d.table+`"; LISTEN "`+d.table+`_l"`); err != nil {
 		return err
 	}
-	d.fanOut("") // what changed while no one listened
+	// what changed while no one listened
+	d.fanOut(d.subs, "")
+	d.fanOut(d.lockSubs, "")
 	for {
 		n, err := conn.Conn().WaitForNotification(ctx)
 		if err != nil {
 			conn.Conn().Close(context.Background()) // do not return a listening connection to the pool
 			return err
 		}
-		d.fanOut(n.Payload)
+		if n.Channel == d.table+"_l" {
+			d.fanOut(d.lockSubs, n.Payload)
+		} else {
+			d.fanOut(d.subs, n.Payload)
+		}
 	}
 }
 
-func (d *db) fanOut(key string) {
+func (d *db) fanOut(subs map[chan string]bool, key string) {
 	d.subsMu.Lock()
 	defer d.subsMu.Unlock()
-	for ch := range d.subs {
+	for ch := range subs {
 		select {
 		case ch <- key:
 		default: // it has changes to read already
@@ -501,18 +515,30 @@ func dirPrefix(key string) string {
 }
 
 // Lock implements certmagic.Locker: it takes the lock when it is free or
-// its lease ran out, polling until then or until ctx ends, and renews
-// the lease while it holds it.
+// its lease ran out, trying again when a holder releases a lock (Unlock
+// notifies) or every lock_poll until then (a lease that runs out tells
+// no one), until ctx ends; it renews the lease while it holds it.
 func (s *store) Lock(ctx context.Context, name string) error {
+	var released <-chan string
 	for {
 		ok, err := s.TryLock(ctx, name)
 		if err != nil || ok {
 			return err
 		}
+		if released == nil {
+			ch, unsubscribe := s.db.subscribeLocks()
+			defer unsubscribe()
+			released = ch
+			continue // released between the try and the subscription?
+		}
+		timer := time.NewTimer(s.poll)
 		select {
 		case <-ctx.Done():
+			timer.Stop()
 			return ctx.Err()
-		case <-time.After(s.poll):
+		case <-timer.C:
+		case <-released:
+			timer.Stop()
 		}
 	}
 }
@@ -575,7 +601,8 @@ func (s *store) Unlock(ctx context.Context, name string) error {
 	}
 	l.stop()
 	<-l.done
-	return s.exec(ctx, `DELETE FROM $table WHERE kind = 'l' AND key = $1 AND owner = $2`, name, l.owner)
+	return s.exec(ctx, `WITH released AS (DELETE FROM $table WHERE kind = 'l' AND key = $1 AND owner = $2 RETURNING key)
+		SELECT pg_notify('$table_l', key) FROM released`, name, l.owner)
 }
 
 func newOwner() string {

@@ -367,3 +367,32 @@ func TestSubscribeChanges(t *testing.T) {
 		}
 	}
 }
+
+// TestLockWokenByRelease: a waiter learns of the release from
+// PostgreSQL, not from its poll (which this test makes an hour long).
+func TestLockWokenByRelease(t *testing.T) {
+	dsn := testDSN(t)
+	a, b := newStorage(t, dsn, 10*time.Second), newStorage(t, dsn, 10*time.Second)
+	b.(*store).poll = time.Hour
+	ctx := context.Background()
+	if err := a.Lock(ctx, "job"); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() { got <- b.Lock(ctx, "job") }()
+	time.Sleep(300 * time.Millisecond) // b is waiting
+	released := time.Now()
+	if err := a.Unlock(ctx, "job"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("the waiter got the lock %v after the release", time.Since(released).Round(time.Microsecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiter was not woken by the release")
+	}
+	b.Unlock(ctx, "job")
+}
