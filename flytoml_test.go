@@ -35,15 +35,7 @@ func TestFlyTOMLAdapter(t *testing.T) {
 	apps := filepath.Join(dir, "apps")
 	os.Mkdir(apps, 0o700)
 	webHTTP, webHTTPS, pgPort, ppPort, legacyPort := freePort(), freePort(), freePort(), freePort(), freePort()
-	var gameLo, gameHi string
-	for {
-		gameLo = freePort()
-		gameHi = fmt.Sprint(mustAtoi(gameLo) + 1)
-		if l, err := net.Listen("tcp", ":"+gameHi); err == nil {
-			l.Close()
-			break
-		}
-	}
+	gameLo, gameHi := freePortPair()
 	machinePort, sinkPort := freePort(), freePort()
 	startMachines(t, machinePort, tomlWeb)
 	startSinks(t, sinkPort, 0, tomlGame, tomlLegacy)

@@ -191,6 +191,19 @@ func freePort() string {
 }
 
 // requireCaddy skips or fails a test when the shared Caddy is not there.
+// freePortPair returns two consecutive free ports, for a port range.
+func freePortPair() (string, string) {
+	for {
+		lo := freePort()
+		n, _ := strconv.Atoi(lo)
+		hi := strconv.Itoa(n + 1)
+		if l, err := net.Listen("tcp", ":"+hi); err == nil {
+			l.Close()
+			return lo, hi
+		}
+	}
+}
+
 func requireCaddy(t *testing.T) {
 	t.Helper()
 	if testing.Short() {

@@ -123,15 +123,7 @@ http:// {
 func TestServicesDriveListeners(t *testing.T) {
 	requireCaddy(t)
 	httpPort, httpsPort, tlsPort, ppPort, pgPort := freePort(), freePort(), freePort(), freePort(), freePort()
-	var gameLo, gameHi string
-	for { // two consecutive free ports
-		gameLo = freePort()
-		gameHi = fmt.Sprint(mustAtoi(gameLo) + 1)
-		if l, err := net.Listen("tcp", ":"+gameHi); err == nil {
-			l.Close()
-			break
-		}
-	}
+	gameLo, gameHi := freePortPair()
 	machinePort, sinkPort, tppPort := freePort(), freePort(), freePort()
 	storage := t.TempDir()
 	edgeCount++

@@ -52,24 +52,7 @@ func newFly(t testing.TB, n int) *routing.App {
 // of its own (as a separate Caddy process would have).
 func newNode(t testing.TB, fly *routing.App, dir string, pools Pools) *App {
 	t.Helper()
-	a := &App{Pools: pools}
-	if err := a.setup(context.Background(), fly, &certmagic.FileStorage{Path: dir}, zap.NewNop()); err != nil {
-		t.Fatal(err)
-	}
-	// a store of its own instead of the process-wide one
-	stores.Delete(a.storeKey)
-	st, err := openStore(context.Background(), &certmagic.FileStorage{Path: dir}, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.store = st
-	a.storeKey = ""
-	push := a.push
-	st.onChange.Store(&push)
-	a.push(nil)
-	st.start()
-	t.Cleanup(func() { st.Destruct() })
-	return a
+	return nodeOn(t, fly, &certmagic.FileStorage{Path: dir}, pools)
 }
 
 // appAt returns the app the fly app routes a connection to addr, port

@@ -204,6 +204,7 @@ func edgeAppFiles(edgeFile string, apps any) ([]string, error) {
 		return nil, &TOMLError{File: edgeFile, Key: "edge.apps", Msg: fmt.Sprintf("%v: want a path or a list of them", apps)}
 	}
 	dir := filepath.Dir(edgeFile)
+	self, _ := filepath.Abs(edgeFile)
 	var files []string
 	for _, e := range entries {
 		p := e
@@ -218,18 +219,13 @@ func edgeAppFiles(edgeFile string, apps any) ([]string, error) {
 			return nil, &TOMLError{File: edgeFile, Key: "edge.apps", Msg: fmt.Sprintf("%q: no fly.toml file there", e)}
 		}
 		for _, m := range matches {
-			if abs, _ := filepath.Abs(m); abs != mustAbs(edgeFile) {
+			if abs, _ := filepath.Abs(m); abs != self { // the edge file may sit among its apps
 				files = append(files, m)
 			}
 		}
 	}
 	slices.Sort(files)
 	return slices.Compact(files), nil
-}
-
-func mustAbs(p string) string {
-	abs, _ := filepath.Abs(p)
-	return abs
 }
 
 // dropEmpty removes nil, empty strings and empty lists from a config

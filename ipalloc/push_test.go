@@ -82,27 +82,7 @@ func TestPushOnPostgres(t *testing.T) {
 	old := pollInterval
 	pollInterval = time.Hour
 	t.Cleanup(func() { pollInterval = old })
-	dsn := testDSN(t)
-	var nodes []*App
-	for range 2 {
-		fly := newFly(t, 3)
-		a := &App{Pools: testPools}
-		st := pgStorage(t, dsn) // a pool of its own per edge
-		if err := a.setup(context.Background(), fly, st, zap.NewNop()); err != nil {
-			t.Fatal(err)
-		}
-		stores.Delete(a.storeKey)
-		s, err := openStore(context.Background(), st, zap.NewNop())
-		if err != nil {
-			t.Fatal(err)
-		}
-		a.store, a.storeKey = s, ""
-		push := a.push
-		s.onChange.Store(&push)
-		s.start()
-		t.Cleanup(func() { s.Destruct() })
-		nodes = append(nodes, a)
-	}
+	nodes := pgNodes(t, testDSN(t), 2, testPools)
 	ctx := context.Background()
 	for i := range 20 {
 		id := fmt.Sprintf("0000000000c%03x", i)
@@ -350,21 +330,7 @@ func (f *failingStorage) Store(ctx context.Context, key string, value []byte) er
 // and leaves nothing in memory or in routing.
 func TestUnstoredChangeUndone(t *testing.T) {
 	st := &failingStorage{FileStorage: &certmagic.FileStorage{Path: t.TempDir()}}
-	a := &App{Pools: testPools}
-	fly := newFly(t, 3)
-	if err := a.setup(context.Background(), fly, st, zap.NewNop()); err != nil {
-		t.Fatal(err)
-	}
-	stores.Delete(a.storeKey)
-	s, err := openStore(context.Background(), st, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.store = s
-	push := a.push
-	s.onChange.Store(&push)
-	s.start()
-	t.Cleanup(func() { s.Destruct() })
+	a := nodeOn(t, newFly(t, 3), st, testPools)
 	ctx := context.Background()
 	kept, _, err := a.Allocate(ctx, "app0", TypeV4)
 	if err != nil {
