@@ -23,6 +23,7 @@ var (
 	CodeForcedUnknown     = Code{"PR02", http.StatusNotFound}              // Fly-Force-Instance-Id names no machine of the app
 	CodeForcedUnavailable = Code{"PR03", http.StatusServiceUnavailable}    // the forced machine cannot take the request
 	CodeForcedRegion      = Code{"PR04", http.StatusServiceUnavailable}    // no machine of the Fly-Force-Region region can
+	CodeAtHardLimit       = Code{"PR05", http.StatusServiceUnavailable}    // every machine stayed at its concurrency hard limit for the queue timeout
 	CodeRefused           = Code{"PC01", http.StatusBadGateway}            // the machines tried refused the connection
 	CodeIncomplete        = Code{"PU02", http.StatusBadGateway}            // the machine did not complete the response
 	CodeTimeout           = Code{"PU05", http.StatusGatewayTimeout}        // the machine did not answer in time

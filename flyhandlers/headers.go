@@ -357,6 +357,8 @@ func failure(r *http.Request, rt *routing.Route, err error) (Code, string, bool)
 			return CodeForcedUnavailable, fmt.Sprintf("%s: machine %s of app %s cannot take requests now", routing.HeaderForceInstance, pref.ForceInstance, rt.App), true
 		case routing.ForcedRegionUnavailable:
 			return CodeForcedRegion, fmt.Sprintf("%s: no machine of app %s in %s can take requests now", routing.HeaderForceRegion, rt.App, pref.ForceRegion), true
+		case routing.AtHardLimit:
+			return CodeAtHardLimit, fmt.Sprintf("every machine of app %s is at its concurrency hard limit", rt.App), true
 		case routing.Refused:
 			return CodeRefused, fmt.Sprintf("the machines of app %s refused the connection", rt.App), true
 		default:

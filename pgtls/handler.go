@@ -297,6 +297,9 @@ func (h *Handler) proceed(cx *layer4.Connection, client net.Conn, rt *routing.Ro
 		return &keySniffer{Conn: up, session: session{machine: up.RemoteAddr().String(), app: rt.App, name: name}}, nil
 	})
 	err := next.Handle(out)
+	if errors.Is(err, routing.ErrAtHardLimit) {
+		return writeError(client, "53300", fmt.Sprintf("PR05: every machine of app %q is at its concurrency hard limit", rt.App))
+	}
 	if errors.Is(err, routing.ErrNoMachine) {
 		return writeError(client, "57P03", fmt.Sprintf("PC01: no machine of app %q is reachable", rt.App))
 	}

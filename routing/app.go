@@ -38,6 +38,13 @@ type App struct {
 	// Default: flyedge
 	Via string `json:"via,omitempty"`
 
+	// How long a request or connection waits for a machine when every
+	// machine it may go to is at its service's concurrency hard_limit;
+	// then an HTTP client gets a 503 (PR05), a PostgreSQL client an
+	// ErrorResponse and a TCP client a close.
+	// Default: 5s
+	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
+
 	// Regions added to the built-in catalog of Fly.io regions, or
 	// replacing entries of it, keyed by region code.
 	Regions map[string]Region `json:"regions,omitempty"`
@@ -76,6 +83,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.BaseDomain = strings.ToLower(strings.TrimSuffix(a.BaseDomain, "."))
 	if a.Via == "" {
 		a.Via = "flyedge"
+	}
+	if a.QueueTimeout < 0 {
+		return fmt.Errorf("queue_timeout: %s must not be negative", time.Duration(a.QueueTimeout))
+	}
+	if a.QueueTimeout == 0 {
+		a.QueueTimeout = caddy.Duration(DefaultQueueTimeout)
 	}
 	if !viaRE.MatchString(a.Via) {
 		return fmt.Errorf("via: %q is not a token (letters, digits and -._~)", a.Via)
@@ -182,7 +195,7 @@ func (m *machine) available() bool {
 }
 
 func (a *App) newServiceEntry(app string, s *Service, machines []*Machine, refs *healthRefs) *serviceEntry {
-	se := &serviceEntry{app: app, config: s, metrics: newRouteMetrics(a.metrics, app, s)}
+	se := &serviceEntry{app: app, config: s, metrics: newRouteMetrics(a.metrics, app, s), queueTimeout: time.Duration(a.QueueTimeout)}
 	for _, m := range machines {
 		mm := &machine{
 			id:      m.ID,

@@ -15,6 +15,7 @@ import (
 //		region <code>
 //		base_domain <domain>
 //		via <name>
+//		queue_timeout <duration>
 //		add_region <code> <country> <continent> <latitude> <longitude> [<city>]
 //		app <name> {
 //			hostnames <hostname...>
@@ -71,6 +72,19 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&a.Via) {
 				return d.ArgErr()
 			}
+		case "queue_timeout":
+			if a.QueueTimeout != 0 {
+				return d.Err("queue_timeout already specified")
+			}
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil {
+				return d.Errf("queue_timeout %q: %v", v, err)
+			}
+			a.QueueTimeout = caddy.Duration(dur)
 		case "add_region":
 			args := d.RemainingArgs()
 			if len(args) != 5 && len(args) != 6 {

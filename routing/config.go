@@ -109,16 +109,20 @@ type ProxyProtoOptions struct {
 // Concurrency limits the load on each machine, like fly.toml's
 // services.concurrency.
 type Concurrency struct {
-	// "requests" or "connections", as in fly.toml. Accepted and checked,
-	// but the edge counts what it proxies (requests on HTTP ports,
-	// connections at layer 4) whatever it says.
+	// What a machine's load counts, as in fly.toml: "requests" (HTTP
+	// requests in flight; connections to the machine are reused) or
+	// "connections" (open connections; on HTTP ports each request gets
+	// a connection of its own, closed when its response ends). Layer 4
+	// services count connections.
+	// Default: connections
 	Type string `json:"type,omitempty"`
 
-	// Above this load a machine is used only when no machine in any
-	// region is below its soft limit.
+	// At or above this load a machine is chosen only when no machine in
+	// any region is below its soft limit.
 	SoftLimit int `json:"soft_limit,omitempty"`
 
-	// At this load a machine receives nothing more.
+	// At this load a machine gets no new work; when every machine is at
+	// it, a request waits up to the fly app's queue_timeout for a slot.
 	HardLimit int `json:"hard_limit,omitempty"`
 }
 

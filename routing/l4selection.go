@@ -53,11 +53,11 @@ func (s *FlyL4Selection) Provision(ctx caddy.Context) error {
 
 // subsetPool allows only the machines present in the proxy's pool.
 type subsetPool struct {
-	connPool
 	inPool []int // machine index -> pool index + 1 (0: absent)
 }
 
-func (p subsetPool) Usable(i int) bool { return p.inPool[i] > 0 && p.connPool.Usable(i) }
+func (p subsetPool) Usable(i int) bool { return p.inPool[i] > 0 }
+func (subsetPool) Load(int) int        { return 0 }
 
 // Select chooses the upstream for the connection.
 func (s *FlyL4Selection) Select(pool l4proxy.UpstreamPool, cx *layer4.Connection) *l4proxy.Upstream {
@@ -65,7 +65,7 @@ func (s *FlyL4Selection) Select(pool l4proxy.UpstreamPool, cx *layer4.Connection
 	if err != nil {
 		return nil
 	}
-	sp := subsetPool{connPool: connPool{rt}, inPool: make([]int, len(rt.machines))}
+	sp := subsetPool{inPool: make([]int, len(rt.machines))}
 	for k, u := range pool {
 		for _, d := range u.Dial {
 			if i, ok := rt.byDial[strings.TrimPrefix(d, "tcp/")]; ok {
@@ -73,7 +73,7 @@ func (s *FlyL4Selection) Select(pool l4proxy.UpstreamPool, cx *layer4.Connection
 			}
 		}
 	}
-	i, outcome := Select(rt, sp, Preference{})
+	i, outcome, _ := SelectUnderLimits(rt, sp, Preference{})
 	rt.countSelection(outcome)
 	if i < 0 {
 		return nil

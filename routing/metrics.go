@@ -84,6 +84,7 @@ var outcomeNames = [...]string{
 	NoneAvailable:           "none_available",
 	ForcedRegionUnavailable: "forced_region_failed",
 	Refused:                 "refused",
+	AtHardLimit:             "at_hard_limit",
 }
 
 // routeMetrics are one route's series, resolved on first use.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Where an app is defined: in Caddy's config, or created at run time
@@ -92,6 +93,9 @@ type serviceEntry struct {
 	groups    map[string][][]int // tiers of the machines in a region, country or continent
 	softLimit int
 	metrics   *routeMetrics
+
+	queue        slotQueue     // requests waiting for a machine below the hard limit
+	queueTimeout time.Duration // how long they wait
 }
 
 // build indexes the config's apps into a registry.

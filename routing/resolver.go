@@ -199,6 +199,14 @@ type requestState struct {
 	pref       atomic.Pointer[Preference]
 	machine    atomic.Pointer[string]
 	unroutable atomic.Int32 // an Outcome plus one; 0 for none
+	slot       atomic.Pointer[slot]
+	watching   atomic.Bool // the request's end gives back its slot
+}
+
+// slot is the unit of a machine's load a request holds (Acquire).
+type slot struct {
+	rt *Route
+	i  int
 }
 
 // appVar is {http.vars.fly.app}: the name of the request's app.

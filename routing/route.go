@@ -188,6 +188,7 @@ const (
 	NoneAvailable                          // no machine can take traffic
 	ForcedRegionUnavailable                // no machine of the forced region can take traffic
 	Refused                                // every machine tried refused the connection
+	AtHardLimit                            // every machine that could be chosen stayed at its hard limit for the queue timeout
 )
 
 // Select chooses a machine of the route for one request or connection and

@@ -92,12 +92,12 @@ func (s *FlySelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 		return s.fallback.Select(pool, r, w)
 	}
 	pref := preferenceOf(r)
-	i, outcome := Select(rt, httpPool(pool), pref)
+	i, outcome := chooseFor(r, rt, httpPool(pool), pref)
 	rt.countSelection(outcome)
 	switch outcome {
 	case PreferredUnavailable:
 		r.Header.Set(HeaderPreferredUnavailable, pref.PreferInstance)
-	case ForcedUnknown, ForcedUnavailable, ForcedRegionUnavailable, NoneAvailable:
+	case ForcedUnknown, ForcedUnavailable, ForcedRegionUnavailable, NoneAvailable, AtHardLimit:
 		SetUnroutable(r, outcome)
 	}
 	if i < 0 {

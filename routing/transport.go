@@ -124,7 +124,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	for range failoverAttempts - 1 {
 		tried.tried[i] = true
 		rt.machines[i].health.failedUntil.Store(time.Now().Add(failDuration).UnixNano())
-		next, outcome := Select(rt, tried, pref)
+		next, outcome := chooseFor(req, rt, tried, pref)
 		if next < 0 {
 			if outcome == NoneAvailable {
 				outcome = Refused

@@ -58,10 +58,8 @@ func (u *FlyUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, 
 	n := len(rt.machines)
 	ups := make([]reverseproxy.Upstream, n)
 	pool := make([]*reverseproxy.Upstream, n)
-	limit := rt.HardLimit()
 	for i, m := range rt.machines {
 		ups[i].Dial = m.dial
-		ups[i].MaxRequests = limit
 		pool[i] = &ups[i]
 	}
 	return pool, nil
