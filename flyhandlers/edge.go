@@ -63,8 +63,16 @@ type Edge struct {
 	// Default: 5s
 	HandOffTimeout caddy.Duration `json:"hand_off_timeout,omitempty"`
 
+	// How long a UDP flow lasts with no datagram either way; the next
+	// datagram of the client starts a new one.
+	// Default: 30s
+	UDPIdleTimeout caddy.Duration `json:"udp_idle_timeout,omitempty"`
+
 	addrs     []caddy.NetworkAddress
 	ports     map[int]bool
+	udpAddrs  []caddy.NetworkAddress
+	udpPorts  map[int]bool
+	udp       []*udpPort
 	ctx       caddy.Context
 	handler   layer4.Handler
 	listeners []net.Listener
@@ -72,23 +80,24 @@ type Edge struct {
 	logger    *zap.Logger
 }
 
-// SetPorts parses the edge's ports: numbers or ranges ("80",
-// "10000-10999"), each listened on with every host address.
-func (e *Edge) SetPorts(ports []string) error {
-	e.ports = make(map[int]bool)
-	e.addrs = nil
-	for i, p := range ports {
-		na, err := caddy.ParseNetworkAddress(":" + p)
-		if err != nil || na.StartPort < 1 || na.EndPort > 65535 {
-			return fmt.Errorf("ports[%d]: %q is not a port number or a range of them (1-65535)", i, p)
-		}
-		for n := na.StartPort; n <= na.EndPort; n++ {
-			if e.ports[int(n)] {
-				return fmt.Errorf("ports[%d]: port %d is listed twice", i, n)
-			}
-			e.ports[int(n)] = true
-		}
-		e.addrs = append(e.addrs, na)
+// SetPorts parses the edge's TCP and UDP ports: numbers or ranges
+// ("80", "10000-10999"), each listened on with every host address.
+func (e *Edge) SetPorts(ports, udpPorts []string) error {
+	var err error
+	if e.addrs, e.ports, err = parsePorts("ports", ports); err != nil {
+		return err
+	}
+	if e.udpAddrs, e.udpPorts, err = parsePorts("udp_ports", udpPorts); err != nil {
+		return err
+	}
+	if len(e.udpPorts) > 1024 {
+		return fmt.Errorf("udp_ports: %d ports; at most 1024 (the edge holds a socket and a goroutine for each)", len(e.udpPorts))
+	}
+	if e.UDPIdleTimeout < 0 {
+		return errors.New("udp_idle_timeout must not be negative")
+	}
+	if e.UDPIdleTimeout == 0 {
+		e.UDPIdleTimeout = caddy.Duration(DefaultUDPIdleTimeout)
 	}
 	if e.HTTP == "" {
 		e.HTTP = "edge"
@@ -108,13 +117,44 @@ func (e *Edge) SetPorts(ports []string) error {
 	return nil
 }
 
-// Serves tells whether port is one of the edge's ports.
+// parsePorts parses a list of ports and ranges (field names it in errors).
+func parsePorts(field string, ports []string) ([]caddy.NetworkAddress, map[int]bool, error) {
+	set := make(map[int]bool)
+	var addrs []caddy.NetworkAddress
+	for i, p := range ports {
+		na, err := caddy.ParseNetworkAddress(":" + p)
+		if err != nil || na.StartPort < 1 || na.EndPort > 65535 {
+			return nil, nil, fmt.Errorf("%s[%d]: %q is not a port number or a range of them (1-65535)", field, i, p)
+		}
+		for n := na.StartPort; n <= na.EndPort; n++ {
+			if set[int(n)] {
+				return nil, nil, fmt.Errorf("%s[%d]: port %d is listed twice", field, i, n)
+			}
+			set[int(n)] = true
+		}
+		addrs = append(addrs, na)
+	}
+	return addrs, set, nil
+}
+
+// Serves tells whether port is one of the edge's TCP ports.
 func (e *Edge) Serves(port int) bool { return e.ports[port] }
+
+// ServesUDP tells whether port is one of the edge's UDP ports.
+func (e *Edge) ServesUDP(port int) bool { return e.udpPorts[port] }
 
 // PortList returns the edge's ports as given, for messages.
 func (e *Edge) PortList() string {
-	parts := make([]string, len(e.addrs))
-	for i, na := range e.addrs {
+	list := portList(e.addrs)
+	if len(e.udpAddrs) > 0 {
+		list += "; udp_ports: " + portList(e.udpAddrs)
+	}
+	return list
+}
+
+func portList(addrs []caddy.NetworkAddress) string {
+	parts := make([]string, len(addrs))
+	for i, na := range addrs {
 		parts[i] = strconv.Itoa(int(na.StartPort))
 		if na.EndPort != na.StartPort {
 			parts[i] += "-" + strconv.Itoa(int(na.EndPort))
@@ -170,6 +210,10 @@ func (e *Edge) Start() error {
 			e.listeners = append(e.listeners, l)
 			e.wg.Go(func() { e.accept(l, e.handler) })
 		}
+	}
+	if err := e.startUDP(); err != nil {
+		_ = e.Stop()
+		return err
 	}
 	e.logger.Info("edge listening", zap.String("ports", e.PortList()), zap.String("http", edgeNetwork+"/"+e.HTTP))
 	return nil
@@ -238,7 +282,10 @@ func (e *Edge) Stop() error {
 	for _, l := range e.listeners {
 		_ = l.Close()
 	}
+	for _, u := range e.udp {
+		u.close()
+	}
 	e.wg.Wait()
-	e.listeners = nil
+	e.listeners, e.udp = nil, nil
 	return nil
 }

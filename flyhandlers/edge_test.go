@@ -10,7 +10,7 @@ import (
 
 func TestEdgePorts(t *testing.T) {
 	var e Edge
-	if err := e.SetPorts([]string{"80", "443", "10000-10002"}); err != nil {
+	if err := e.SetPorts([]string{"80", "443", "10000-10002"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	for port, want := range map[int]bool{80: true, 443: true, 10000: true, 10002: true, 10003: false, 8080: false} {
@@ -34,7 +34,7 @@ func TestEdgePorts(t *testing.T) {
 		{[]string{"80", "79-81"}, "ports[1]: port 80 is listed twice"},
 	} {
 		var e Edge
-		if err := e.SetPorts(tc.ports); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+		if err := e.SetPorts(tc.ports, nil); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want %q", tc.ports, err, tc.want)
 		}
 	}

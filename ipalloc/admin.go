@@ -119,6 +119,11 @@ func (api *adminAPI) appDef(w http.ResponseWriter, r *http.Request) error {
 	switch r.Method {
 	case http.MethodGet:
 		def, _, err := api.app.GetApp(app)
+		if cfg := api.app.fly.AppConfig(app); err == nil && cfg != nil {
+			for _, note := range api.app.Notes(app, cfg) {
+				w.Header().Add("Fly-Warning", note)
+			}
+		}
 		return reply(w, http.StatusOK, def, err)
 	case http.MethodPut:
 		body, err := io.ReadAll(io.LimitReader(r.Body, maxAppBody+1))
@@ -146,6 +151,11 @@ func (api *adminAPI) appDef(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 		def, created, err := api.app.PutApp(r.Context(), app, body, onlyNew)
+		if cfg := api.app.fly.AppConfig(app); err == nil && cfg != nil {
+			for _, note := range api.app.Notes(app, cfg) {
+				w.Header().Add("Fly-Warning", note)
+			}
+		}
 		return reply(w, createdOr(created), def, err)
 	case http.MethodDelete:
 		return reply(w, http.StatusNoContent, nil, api.app.DestroyApp(r.Context(), app))

@@ -63,6 +63,10 @@ type App struct {
 	// config's own servers listen (the apps' ports are not checked).
 	Ports []string `json:"ports,omitempty"`
 
+	// The edge's UDP ports, as ports: the ports udp services may use.
+	// The edge serves UDP on apps' dedicated IPv4 addresses only.
+	UDPPorts []string `json:"udp_ports,omitempty"`
+
 	// How the edge serves its ports: the HTTP server's listener, the
 	// certificates' issuers, timeouts. Only with ports.
 	Edge *flyhandlers.Edge `json:"edge,omitempty"`
@@ -116,7 +120,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 // setupEdge parses the edge's ports and checks that every service of the
 // config's apps uses them.
 func (a *App) setupEdge(fly *routing.App) error {
-	if len(a.Ports) == 0 {
+	if len(a.Ports) == 0 && len(a.UDPPorts) == 0 {
 		if a.Edge != nil {
 			return fmt.Errorf("edge: the edge's settings need its ports")
 		}
@@ -125,11 +129,11 @@ func (a *App) setupEdge(fly *routing.App) error {
 	if a.Edge == nil {
 		a.Edge = new(flyhandlers.Edge)
 	}
-	if err := a.Edge.SetPorts(a.Ports); err != nil {
+	if err := a.Edge.SetPorts(a.Ports, a.UDPPorts); err != nil {
 		return err
 	}
 	list := "fly_ips ports: " + a.Edge.PortList()
-	fly.ServePorts(a.Edge.Serves, list)
+	fly.ServePorts(a.Edge.Serves, a.Edge.ServesUDP, list)
 	names := fly.AppNames()
 	slices.Sort(names)
 	for _, name := range names {

@@ -25,6 +25,33 @@ type AppInfo struct {
 	Org string `json:"org,omitempty"`
 	// The edge ports of its services.
 	Ports []int `json:"ports"`
+	// What keeps part of the app from being served, such as a udp
+	// service without a dedicated IPv4 address.
+	Notes []string `json:"notes,omitempty"`
+}
+
+// Notes tells what keeps part of app (defined by cfg) from being served:
+// UDP is served on an app's dedicated IPv4 addresses only, as on Fly.io,
+// so a udp service of an app without one gets nothing.
+func (a *App) Notes(app string, cfg *routing.Application) []string {
+	var notes []string
+	for si, s := range cfg.Services {
+		if s.Protocol != "udp" {
+			continue
+		}
+		hasV4 := false
+		a.store.read(func(st *state) {
+			if as := st.apps[app]; as != nil {
+				for _, v := range as.ips {
+					hasV4 = hasV4 || v.Type == TypeV4
+				}
+			}
+		})
+		if !hasV4 {
+			notes = append(notes, fmt.Sprintf("services[%d] (udp): UDP is served on dedicated IPv4 addresses only, and app %s has none, so its datagrams are dropped; allocate one with: caddy fly ips allocate-v4 -a %s", si, app, app))
+		}
+	}
+	return notes
 }
 
 // Apps returns every app of the edge, by name.
@@ -38,7 +65,7 @@ func (a *App) Apps() []AppInfo {
 		if cfg == nil {
 			continue // destroyed meanwhile
 		}
-		info := AppInfo{Name: name, Source: src, Org: cfg.Org, Ports: []int{}}
+		info := AppInfo{Name: name, Source: src, Org: cfg.Org, Ports: []int{}, Notes: a.Notes(name, cfg)}
 		for _, s := range cfg.Services {
 			for _, p := range s.Ports {
 				info.Ports = append(info.Ports, p.Port)

@@ -3,6 +3,7 @@ package ipalloc
 import (
 	"strconv"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
@@ -22,6 +23,8 @@ import (
 //		http_port <port>
 //		https_port <port>
 //		ports <port|first-last...>
+//		udp_ports <port|first-last...>
+//		udp_idle_timeout <duration>
 //		issuer <name> [...]
 //		http_listener <name>
 //	}
@@ -65,12 +68,31 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("auto_allocate: %q (want on or off)", v)
 			}
 			continue
-		case "ports":
+		case "ports", "udp_ports":
+			name := d.Val()
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
-			a.Ports = append(a.Ports, args...)
+			if name == "udp_ports" {
+				a.UDPPorts = append(a.UDPPorts, args...)
+			} else {
+				a.Ports = append(a.Ports, args...)
+			}
+			continue
+		case "udp_idle_timeout":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			if a.edge().UDPIdleTimeout != 0 {
+				return d.Err("udp_idle_timeout already specified")
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil {
+				return d.Errf("udp_idle_timeout %q: %v", v, err)
+			}
+			a.edge().UDPIdleTimeout = caddy.Duration(dur)
 			continue
 		case "issuer":
 			if !d.NextArg() {

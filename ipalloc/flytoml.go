@@ -374,8 +374,13 @@ func (w *tomlWalker) service(path string, t map[string]any) *routing.Service {
 		case "internal_port":
 			s.InternalPort = w.port(key, v)
 		case "protocol":
-			if p := w.str(key, v); p != "tcp" && w.err == nil {
-				w.fail(key, "%q: flyedge serves tcp services (udp is not implemented yet)", p)
+			switch p := w.str(key, v); p {
+			case "tcp", "udp":
+				s.Protocol = p
+			default:
+				if w.err == nil {
+					w.fail(key, "%q (want tcp or udp)", p)
+				}
 			}
 		case "ports":
 			for i, p := range w.tables(key, v) {

@@ -147,7 +147,7 @@ func TestFlyTOMLErrors(t *testing.T) {
 		{"internal port", "[http_service]\ninternal_port = 99999\n", "fly.toml:2: http_service.internal_port: 99999 is not a port number"},
 		{"missing internal port", "[http_service]\nforce_https = true\n", "fly.toml:1: http_service.internal_port: missing"},
 		{"unknown handler", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\nhandlers = ['gopher']\n", "fly.toml:5: services[0].ports[0].handlers: "},
-		{"udp", "[[services]]\ninternal_port = 53\nprotocol = 'udp'\n[[services.ports]]\nport = 53\n", "fly.toml:3: services[0].protocol: \"udp\""},
+		{"sctp", "[[services]]\ninternal_port = 53\nprotocol = 'sctp'\n[[services.ports]]\nport = 53\n", "fly.toml:3: services[0].protocol: \"sctp\" (want tcp or udp)"},
 		{"bad duration", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\n[[services.tcp_checks]]\ninterval = 'soon'\n", "fly.toml:6: services[0].tcp_checks[0].interval: soon"},
 		{"proxy proto version", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\nhandlers = ['proxy_proto']\nproxy_proto_options = { version = 'v3' }\n", "fly.toml:6: services[0].ports[0].proxy_proto_options.version"},
 		{"range backwards", "[[services]]\ninternal_port = 80\n[[services.ports]]\nstart_port = 20\nend_port = 10\n", "fly.toml:5: services[0].ports[0].end_port: 10 is below start_port 20"},
@@ -186,4 +186,22 @@ func FuzzParseFlyTOML(f *testing.F) {
 		}
 		_, _ = routing.ParseApp("fuzz", def) // may refuse (a port listed twice), must not panic
 	})
+}
+
+// TestFlyTOMLUDP: a udp service comes through as one, with its ports and
+// no handlers, and is a valid app.
+func TestFlyTOMLUDP(t *testing.T) {
+	src := "app = 'dns'\n[[services]]\ninternal_port = 5353\nprotocol = 'udp'\n[[services.ports]]\nport = 53\n"
+	ft, err := ParseFlyTOML("fly.toml", []byte(src), [2]int{80, 443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := ft.Definition.Services[0]
+	if s.Protocol != "udp" || s.InternalPort != 5353 || len(s.Ports) != 1 || s.Ports[0].Port != 53 || len(s.Ports[0].Handlers) != 0 {
+		t.Fatalf("service %+v, ports %+v", s, s.Ports[0])
+	}
+	raw, _ := json.Marshal(ft.Definition)
+	if _, err := routing.ParseApp("dns", raw); err != nil {
+		t.Fatalf("the udp app does not validate: %v", err)
+	}
 }

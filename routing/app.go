@@ -57,6 +57,7 @@ type App struct {
 	reg             *registry
 	provisioningIPs atomic.Bool         // the fly_ips app of this config is being provisioned
 	serves          func(port int) bool // the edge's ports, when it lists them (guarded by reg.change)
+	servesUDP       func(port int) bool // its UDP ports
 	servesList      string
 	health          *healthChecker
 	metrics         *metrics

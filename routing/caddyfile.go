@@ -21,7 +21,7 @@ import (
 //			hostnames <hostname...>
 //			org <name>
 //			machine <id> <region> <address> [started|stopped]
-//			service <internal_port> {
+//			service <internal_port> [tcp|udp] {
 //				port <port> [<handler...>] [{
 //					force_https
 //					alpn <protocol...>
@@ -166,14 +166,21 @@ func (app *Application) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.Args(&port) {
 				return d.ArgErr()
 			}
+			var proto string
 			if d.NextArg() {
-				return d.ArgErr()
+				proto = d.Val()
+				if proto != "tcp" && proto != "udp" {
+					return d.Errf("service %s: protocol %q (want tcp or udp)", port, proto)
+				}
+				if d.NextArg() {
+					return d.ArgErr()
+				}
 			}
 			ip, err := strconv.Atoi(port)
 			if err != nil {
 				return d.Errf("service: internal port %q: not a number", port)
 			}
-			s := &Service{InternalPort: ip}
+			s := &Service{InternalPort: ip, Protocol: proto}
 			if err := s.unmarshalCaddyfile(d); err != nil {
 				return err
 			}

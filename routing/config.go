@@ -39,7 +39,9 @@ type Service struct {
 	// The port the app listens on inside each machine. Required.
 	InternalPort int `json:"internal_port,omitempty"`
 
-	// Transport protocol. Only "tcp" is supported.
+	// Transport protocol: "tcp", or "udp", which the edge serves on the
+	// app's dedicated IPv4 addresses only, as Fly.io does. A udp
+	// service's ports take no handlers.
 	// Default: tcp
 	Protocol string `json:"protocol,omitempty"`
 
@@ -294,9 +296,10 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 	if s.InternalPort < 1 || s.InternalPort > 65535 {
 		return fmt.Errorf("%s.internal_port: %d is not a port number (1-65535)", field, s.InternalPort)
 	}
-	if s.Protocol != "" && s.Protocol != "tcp" {
-		return fmt.Errorf("%s.protocol: %q is not supported (only tcp)", field, s.Protocol)
+	if s.Protocol != "" && s.Protocol != "tcp" && s.Protocol != "udp" {
+		return fmt.Errorf("%s.protocol: %q (want tcp or udp)", field, s.Protocol)
 	}
+	udp := s.Protocol == "udp"
 	if len(s.Ports) == 0 {
 		return fmt.Errorf("%s.ports: a service needs at least one port", field)
 	}
@@ -305,10 +308,24 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 		if p.Port < 1 || p.Port > 65535 {
 			return fmt.Errorf("%s.port: %d is not a port number (1-65535)", pf, p.Port)
 		}
-		if edgePorts[p.Port] {
-			return fmt.Errorf("%s.port: %d is already used by another service of this app", pf, p.Port)
+		key := p.Port // the port's number in its protocol's range of keys
+		if udp {
+			key += 1 << 16
 		}
-		edgePorts[p.Port] = true
+		if edgePorts[key] {
+			proto := ""
+			if udp {
+				proto = "/udp"
+			}
+			return fmt.Errorf("%s.port: %d%s is already used by another service of this app", pf, p.Port, proto)
+		}
+		edgePorts[key] = true
+		if udp {
+			if len(p.Handlers) > 0 || p.ForceHTTPS || p.TLSOptions != nil || p.ProxyProtoOptions != nil {
+				return fmt.Errorf("%s: port %d of a udp service takes no handlers and no options (datagrams go to the machines as they came)", pf, p.Port)
+			}
+			continue
+		}
 		hs, err := ParseHandlers(p.Handlers)
 		if err != nil {
 			return fmt.Errorf("%s.handlers: port %d: %w", pf, p.Port, err)
@@ -343,6 +360,12 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 		if c.HardLimit > 0 && c.SoftLimit > c.HardLimit {
 			return fmt.Errorf("%s.concurrency.soft_limit: %d is above hard_limit %d", field, c.SoftLimit, c.HardLimit)
 		}
+	}
+	if udp && len(s.Checks) > 0 {
+		return fmt.Errorf("%s.checks: a udp service takes no checks", field)
+	}
+	if udp && s.HTTPOptions != nil {
+		return fmt.Errorf("%s.http_options: a udp service takes no http_options", field)
 	}
 	for ci, c := range s.Checks {
 		cf := fmt.Sprintf("%s.checks[%d]", field, ci)

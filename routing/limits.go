@@ -216,3 +216,14 @@ func chooseFor[P Pool](r *http.Request, rt *Route, p P, pref Preference) (int, O
 	}
 	return i, outcome
 }
+
+// AllMachines is a pool that adds nothing to the edge's own view: every
+// machine its health allows may be chosen.
+type AllMachines struct{}
+
+func (AllMachines) Usable(int) bool { return true }
+func (AllMachines) Load(int) int    { return 0 }
+
+// TryAcquire takes a unit of machine i's load unless it is at the
+// service's hard limit (see Acquire); Release gives it back.
+func (rt *Route) TryAcquire(i int) bool { return rt.machines[i].tryAcquire(rt.HardLimit()) }

@@ -175,8 +175,8 @@ func (rt *Route) CountReplay(result string) {
 	}
 }
 
-// OpenConn records a layer 4 connection being relayed for the route; the
-// returned func records its end.
+// OpenConn records a layer 4 connection (or UDP flow) being relayed for
+// the route; the returned func records its end.
 func (rt *Route) OpenConn() func() {
 	rm := rt.metrics
 	if rm == nil {
@@ -184,7 +184,11 @@ func (rt *Route) OpenConn() func() {
 	}
 	gp := rt.conns.Load()
 	if gp == nil {
-		g := rm.m.conns.WithLabelValues(rm.app, rm.svc, rt.Handlers.Label())
+		label := rt.Handlers.Label()
+		if rt.Service.Protocol == "udp" {
+			label = "udp"
+		}
+		g := rm.m.conns.WithLabelValues(rm.app, rm.svc, label)
 		rt.conns.Store(&g)
 		gp = &g
 	}

@@ -75,8 +75,9 @@ type appEntry struct {
 	name     string
 	source   string
 	config   *Application
-	live     []*Machine // machines registered through SetMachines
-	routes   map[int]*Route
+	live     []*Machine     // machines registered through SetMachines
+	routes   map[int]*Route // by edge port: tcp services
+	udp      map[int]*Route // by edge port: udp services
 	services []*serviceEntry
 	health   *healthRefs
 }
@@ -130,6 +131,9 @@ func (a *App) build(apps map[string]*Application) (*registry, error) {
 
 func (reg *registry) addPorts(name string, cfg *Application, slot *appSlot) {
 	for _, s := range cfg.Services {
+		if s.Protocol == "udp" {
+			continue // reached by dedicated address only
+		}
 		for _, p := range s.Ports {
 			m := reg.ports[p.Port]
 			if m == nil {
@@ -143,6 +147,9 @@ func (reg *registry) addPorts(name string, cfg *Application, slot *appSlot) {
 
 func (reg *registry) removePorts(name string, cfg *Application) {
 	for _, s := range cfg.Services {
+		if s.Protocol == "udp" {
+			continue
+		}
 		for _, p := range s.Ports {
 			delete(reg.ports[p.Port], name)
 			if len(reg.ports[p.Port]) == 0 {
@@ -167,6 +174,13 @@ func (a *App) newAppEntry(name, source string, cfg *Application, live []*Machine
 		for _, p := range s.Ports {
 			rt := newRoute(name, name+"."+a.BaseDomain, a.Via, p, se, cfg.Services)
 			rt.life = life
+			if s.Protocol == "udp" {
+				if e.udp == nil {
+					e.udp = make(map[int]*Route)
+				}
+				e.udp[p.Port] = rt
+				continue
+			}
 			e.routes[p.Port] = rt
 		}
 	}
@@ -192,12 +206,13 @@ var ErrHostTaken = errors.New("the host name is taken")
 var ErrPortNotServed = errors.New("not one of the edge's ports")
 
 // ServePorts tells the registry which edge ports the edge listens on
-// (serves; list names them in messages): CheckApp refuses an app with a
-// service on any other port. Without it, every port is taken.
-func (a *App) ServePorts(serves func(port int) bool, list string) {
+// for TCP and for UDP (serves; list names them in messages): CheckApp
+// refuses an app with a service on any other port. Without it, every
+// port is taken.
+func (a *App) ServePorts(serves, servesUDP func(port int) bool, list string) {
 	a.reg.change.Lock()
 	defer a.reg.change.Unlock()
-	a.serves, a.servesList = serves, list
+	a.serves, a.servesUDP, a.servesList = serves, servesUDP, list
 }
 
 // CheckPorts returns an error naming the first service port of cfg (app
@@ -207,9 +222,13 @@ func (a *App) CheckPorts(name string, cfg *Application) error {
 		return nil
 	}
 	for si, s := range cfg.Services {
+		serves, proto := a.serves, ""
+		if s.Protocol == "udp" {
+			serves, proto = a.servesUDP, "udp "
+		}
 		for pi, p := range s.Ports {
-			if !a.serves(p.Port) {
-				return fmt.Errorf("apps.%s.services[%d].ports[%d].port: %d is %w (%s)", name, si, pi, p.Port, ErrPortNotServed, a.servesList)
+			if !serves(p.Port) {
+				return fmt.Errorf("apps.%s.services[%d].ports[%d].port: %s%d is %w (%s)", name, si, pi, proto, p.Port, ErrPortNotServed, a.servesList)
 			}
 		}
 	}

@@ -111,6 +111,37 @@ func (reg *registry) resolvePort(port int, name string) (*Route, error) {
 	return slot.load().route(port)
 }
 
+// ErrNotDedicatedV4 means that a datagram came to an address that is no
+// app's dedicated IPv4 address: UDP is served there only.
+var ErrNotDedicatedV4 = errors.New("UDP is served on an app's dedicated IPv4 addresses only")
+
+// ResolveUDP returns the route of a datagram that arrived at dst:port:
+// the udp service of the app whose dedicated IPv4 address dst is. On a
+// shared or IPv6 address, or an address no app holds, it is denied.
+func (a *App) ResolveUDP(dst netip.Addr, port int) (*Route, error) {
+	dst = dst.Unmap()
+	reg := a.reg
+	reg.mu.RLock()
+	var app string
+	if dst.Is4() {
+		app = reg.dedicated[dst]
+	}
+	var slot *appSlot
+	if app != "" {
+		slot = reg.apps[app]
+	}
+	reg.mu.RUnlock()
+	if slot == nil {
+		return nil, fmt.Errorf("%w: %s", ErrNotDedicatedV4, dst)
+	}
+	e := slot.load()
+	rt := e.udp[port]
+	if rt == nil {
+		return nil, fmt.Errorf("%w: app %s, udp port %d", ErrNoService, e.name, port)
+	}
+	return rt, nil
+}
+
 func (e *appEntry) route(port int) (*Route, error) {
 	rt := e.routes[port]
 	if rt == nil {

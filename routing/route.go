@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -71,6 +72,15 @@ func (rt *Route) NumMachines() int { return len(rt.machines) }
 
 // MachineID returns the ID of machine i.
 func (rt *Route) MachineID(i int) string { return rt.machines[i].id }
+
+// MachineDial returns the address:internal_port machine i is reached at.
+func (rt *Route) MachineDial(i int) string { return rt.machines[i].dial }
+
+// MachineFailed leaves machine i out of selection for d (a connection
+// attempt or a datagram failed).
+func (rt *Route) MachineFailed(i int, d time.Duration) {
+	rt.machines[i].health.failedUntil.Store(time.Now().Add(d).UnixNano())
+}
 
 // MachineRegion returns the region of machine i.
 func (rt *Route) MachineRegion(i int) string { return rt.machines[i].region }

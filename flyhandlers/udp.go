@@ -1,0 +1,336 @@
+package flyhandlers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/flyedge/caddy-flyedge/routing"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/net/ipv4"
+)
+
+// UDP on the edge, as Fly.io serves it: on an app's dedicated IPv4
+// addresses only, on the ports of its udp services. The edge holds one
+// socket per UDP port on the wildcard address and learns each datagram's
+// destination from IP_PKTINFO, so one socket serves every app's address
+// and answers come back from the address and port the client sent to.
+// (caddy-l4's UDP server cannot tell the destination of a datagram on a
+// wildcard socket, which the resolver needs, hence this.)
+//
+// A flow is a client address and port and the edge address and port it
+// sent to. Its first datagram picks a machine (the nearest available,
+// under the service's concurrency limits, a flow counting as a
+// connection), and the flow stays on that machine while datagrams move
+// either way; after the idle timeout it ends, and the next datagram
+// starts a new one. Each flow has its own socket towards the machine.
+// A machine that answers with an ICMP error (nothing listens) is left
+// out for 10s and the flow ends, so the client's next datagram goes to
+// another machine.
+//
+// Datagrams the edge does not serve are dropped: to a shared or IPv6
+// address, to an address no app holds, to a port the app has no udp
+// service on, for an app with no machine available, and beyond an app's
+// flow limit.
+
+const (
+	// udpBufSize is the largest datagram the edge relays either way:
+	// jumbo frames, as caddy-l4 does. Longer ones are cut.
+	udpBufSize = 9000
+
+	// maxUDPFlowsPerApp bounds the flows (and so the sockets towards
+	// machines) one app's clients can open on an edge; beyond it new
+	// flows' datagrams are dropped, and other apps are not affected.
+	maxUDPFlowsPerApp = 4096
+
+	// udpFailDuration is how long a machine that refused a datagram is
+	// left out.
+	udpFailDuration = 10 * time.Second
+
+	// DefaultUDPIdleTimeout is how long a flow lasts with no datagram
+	// either way.
+	DefaultUDPIdleTimeout = 30 * time.Second
+)
+
+// udpKey identifies a flow: the client, and the edge address it sent to
+// (the port is the socket's).
+type udpKey struct {
+	client netip.AddrPort
+	dst    netip.Addr
+}
+
+// udpPort is the edge's socket on one UDP port and its flows.
+type udpPort struct {
+	port  int
+	conn  *net.UDPConn
+	pc    *ipv4.PacketConn
+	fly   *routing.App
+	idle  time.Duration
+	log   *zap.Logger
+	mu    sync.Mutex
+	flows map[udpKey]*udpFlow
+	apps  map[string]int // flows per app
+	wg    sync.WaitGroup
+}
+
+// udpFlow is one client's flow to one machine.
+type udpFlow struct {
+	key      udpKey
+	rt       *routing.Route
+	machine  int
+	up       *net.UDPConn
+	lastSeen atomic.Int64 // unix nanoseconds of the latest datagram either way
+	in, out  atomic.Int64
+	done     chan struct{}
+	once     sync.Once
+}
+
+// listenUDP opens the edge's socket on port: every IPv4 address, with
+// SO_REUSEPORT (so a config reload overlaps without a gap, as Caddy's own
+// listeners do) and IP_PKTINFO.
+func listenUDP(port int) (*net.UDPConn, *ipv4.PacketConn, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, 0xf /* SO_REUSEPORT */, 1)
+		})
+		return errors.Join(err, serr)
+	}}
+	c, err := lc.ListenPacket(context.Background(), "udp4", ":"+strconv.Itoa(port))
+	if err != nil {
+		return nil, nil, err
+	}
+	conn := c.(*net.UDPConn)
+	pc := ipv4.NewPacketConn(conn)
+	if err := pc.SetControlMessage(ipv4.FlagDst, true); err != nil {
+		_ = conn.Close()
+		return nil, nil, fmt.Errorf("IP_PKTINFO: %w", err)
+	}
+	return conn, pc, nil
+}
+
+// serve reads datagrams until the socket is closed.
+func (u *udpPort) serve() {
+	buf := make([]byte, udpBufSize)
+	for {
+		n, cm, src, err := u.pc.ReadFrom(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return
+		}
+		if cm == nil || src == nil {
+			continue
+		}
+		dst, ok := netip.AddrFromSlice(cm.Dst)
+		client := src.(*net.UDPAddr).AddrPort()
+		if !ok {
+			continue
+		}
+		f := u.flow(udpKey{client: netip.AddrPortFrom(client.Addr().Unmap(), client.Port()), dst: dst.Unmap()})
+		if f == nil {
+			continue
+		}
+		f.lastSeen.Store(time.Now().UnixNano())
+		if _, err := f.up.Write(buf[:n]); err != nil {
+			u.machineFailed(f, err)
+			continue
+		}
+		f.in.Add(int64(n))
+	}
+}
+
+// flow returns the flow of key, starting one when there is none and the
+// datagram is for an app's udp service; nil drops the datagram.
+func (u *udpPort) flow(key udpKey) *udpFlow {
+	u.mu.Lock()
+	f := u.flows[key]
+	u.mu.Unlock()
+	if f != nil {
+		return f
+	}
+	rt, err := u.fly.ResolveUDP(key.dst, u.port)
+	if err != nil {
+		if c := u.log.Check(zapcore.DebugLevel, "datagram dropped"); c != nil {
+			c.Write(zap.String("client", key.client.String()), zap.String("local", netip.AddrPortFrom(key.dst, uint16(u.port)).String()), zap.Error(err))
+		}
+		return nil
+	}
+	u.mu.Lock()
+	if u.apps[rt.App] >= maxUDPFlowsPerApp {
+		u.mu.Unlock()
+		if c := u.log.Check(zapcore.DebugLevel, "datagram dropped: too many flows"); c != nil {
+			c.Write(zap.String("app", rt.App), zap.Int("flows", maxUDPFlowsPerApp))
+		}
+		return nil
+	}
+	u.apps[rt.App]++
+	u.mu.Unlock()
+	f, err = u.start(key, rt)
+	if err != nil {
+		u.mu.Lock()
+		u.apps[rt.App]--
+		u.mu.Unlock()
+		if c := u.log.Check(zapcore.DebugLevel, "datagram dropped"); c != nil {
+			c.Write(zap.String("app", rt.App), zap.String("client", key.client.String()), zap.Error(err))
+		}
+		return nil
+	}
+	u.mu.Lock()
+	u.flows[key] = f
+	u.mu.Unlock()
+	u.wg.Go(func() { u.relayBack(f) })
+	return f
+}
+
+// start picks the flow's machine and opens its socket towards it.
+func (u *udpPort) start(key udpKey, rt *routing.Route) (*udpFlow, error) {
+	for range 3 {
+		i, outcome, _ := routing.SelectUnderLimits(rt, routing.AllMachines{}, routing.Preference{})
+		if i < 0 {
+			return nil, fmt.Errorf("no machine (%d)", outcome)
+		}
+		if !rt.TryAcquire(i) {
+			continue // its last slot went to another flow
+		}
+		addr, err := net.ResolveUDPAddr("udp", rt.MachineDial(i))
+		var up *net.UDPConn
+		if err == nil {
+			up, err = net.DialUDP("udp", nil, addr)
+		}
+		if err != nil {
+			rt.Release(i)
+			return nil, fmt.Errorf("machine %s: %w", rt.MachineID(i), err)
+		}
+		f := &udpFlow{key: key, rt: rt, machine: i, up: up, done: make(chan struct{})}
+		f.lastSeen.Store(time.Now().UnixNano())
+		if c := u.log.Check(zapcore.DebugLevel, "udp flow started"); c != nil {
+			c.Write(zap.String("app", rt.App), zap.String("machine", rt.MachineID(i)), zap.String("client", key.client.String()))
+		}
+		return f, nil
+	}
+	return nil, errors.New("every machine is at its hard limit")
+}
+
+// relayBack sends the machine's datagrams to the client, from the address
+// the client sent to, until the flow is idle, fails or the app goes.
+func (u *udpPort) relayBack(f *udpFlow) {
+	defer u.end(f)
+	defer f.rt.OpenConn()()
+	stop := context.AfterFunc(f.rt.AppContext(), func() { f.close() })
+	defer stop()
+	buf := make([]byte, udpBufSize)
+	src := &ipv4.ControlMessage{Src: f.key.dst.AsSlice()}
+	client := net.UDPAddrFromAddrPort(f.key.client)
+	for {
+		_ = f.up.SetReadDeadline(time.Unix(0, f.lastSeen.Load()).Add(u.idle))
+		n, err := f.up.Read(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				if time.Since(time.Unix(0, f.lastSeen.Load())) < u.idle {
+					continue // the client sent meanwhile
+				}
+				return
+			}
+			select {
+			case <-f.done:
+			default:
+				u.machineFailed(f, err)
+			}
+			return
+		}
+		f.lastSeen.Store(time.Now().UnixNano())
+		if _, err := u.pc.WriteTo(buf[:n], src, client); err != nil {
+			if c := u.log.Check(zapcore.DebugLevel, "udp answer not sent"); c != nil {
+				c.Write(zap.String("app", f.rt.App), zap.String("client", f.key.client.String()), zap.Error(err))
+			}
+			continue
+		}
+		f.out.Add(int64(n))
+	}
+}
+
+// machineFailed leaves the flow's machine out for a while (it answered a
+// datagram with an ICMP error: nothing listens there) and ends the flow.
+func (u *udpPort) machineFailed(f *udpFlow, err error) {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		f.rt.MachineFailed(f.machine, udpFailDuration)
+	}
+	if c := u.log.Check(zapcore.DebugLevel, "udp flow failed"); c != nil {
+		c.Write(zap.String("app", f.rt.App), zap.String("machine", f.rt.MachineID(f.machine)), zap.Error(err))
+	}
+	f.close()
+	u.mu.Lock()
+	if u.flows[f.key] == f {
+		delete(u.flows, f.key) // the next datagram starts a new flow
+	}
+	u.mu.Unlock()
+}
+
+func (f *udpFlow) close() {
+	f.once.Do(func() {
+		close(f.done)
+		_ = f.up.Close()
+	})
+}
+
+// end forgets the flow and gives back its machine's slot.
+func (u *udpPort) end(f *udpFlow) {
+	f.close()
+	u.mu.Lock()
+	if u.flows[f.key] == f {
+		delete(u.flows, f.key)
+	}
+	u.apps[f.rt.App]--
+	if u.apps[f.rt.App] <= 0 {
+		delete(u.apps, f.rt.App)
+	}
+	u.mu.Unlock()
+	f.rt.Release(f.machine)
+	f.rt.CountBytes(f.in.Load(), f.out.Load())
+	if c := u.log.Check(zapcore.DebugLevel, "udp flow ended"); c != nil {
+		c.Write(zap.String("app", f.rt.App), zap.String("machine", f.rt.MachineID(f.machine)), zap.String("client", f.key.client.String()), zap.Int64("in", f.in.Load()), zap.Int64("out", f.out.Load()))
+	}
+}
+
+// close closes the socket and every flow, and waits for them.
+func (u *udpPort) close() {
+	_ = u.conn.Close()
+	u.mu.Lock()
+	for _, f := range u.flows {
+		f.close()
+	}
+	u.mu.Unlock()
+	u.wg.Wait()
+}
+
+// startUDP listens on the edge's UDP ports.
+func (e *Edge) startUDP() error {
+	app, err := e.ctx.App("fly")
+	if err != nil {
+		return err
+	}
+	fly := app.(*routing.App)
+	idle := time.Duration(e.UDPIdleTimeout)
+	for port := range e.udpPorts {
+		conn, pc, err := listenUDP(port)
+		if err != nil {
+			return fmt.Errorf("listening on udp port %d: %w", port, err)
+		}
+		u := &udpPort{port: port, conn: conn, pc: pc, fly: fly, idle: idle, log: e.logger, flows: make(map[udpKey]*udpFlow), apps: make(map[string]int)}
+		e.udp = append(e.udp, u)
+		e.wg.Go(u.serve)
+	}
+	return nil
+}
