@@ -67,6 +67,7 @@ func (api *adminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/fly/apps/{app}/machines/{id}", Handler: api.handle(api.machine)},
 		{Pattern: "/fly/apps/{app}/machines/{id}/egress-ips", Handler: api.handle(api.egressIPs)},
 		{Pattern: "/fly/apps/{app}/machines/{id}/egress-ips/{address}", Handler: api.handle(api.egressIP)},
+		{Pattern: "/fly/egress-rules", Handler: api.handle(api.egressRules)},
 		{Pattern: "/fly/", Handler: api.handle(func(_ http.ResponseWriter, r *http.Request) error {
 			return apiError(http.StatusNotFound, "no such endpoint: %s", r.URL.Path)
 		})},
@@ -161,6 +162,14 @@ func (api *adminAPI) appDef(w http.ResponseWriter, r *http.Request) error {
 		return reply(w, http.StatusNoContent, nil, api.app.DestroyApp(r.Context(), app))
 	}
 	return methods(r, http.MethodGet, http.MethodPut, http.MethodDelete)
+}
+
+// GET /fly/egress-rules
+func (api *adminAPI) egressRules(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return methods(r, http.MethodGet)
+	}
+	return reply(w, http.StatusOK, api.app.EgressRules(), nil)
 }
 
 // maxAppBody bounds the definition of one app.

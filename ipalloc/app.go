@@ -18,8 +18,10 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -49,6 +51,13 @@ type App struct {
 	// an app's first deploy. Default: true.
 	AutoAllocate *bool `json:"auto_allocate,omitempty"`
 
+	// Install the egress rules (GET /fly/egress-rules) on this host with
+	// nft whenever the egress pairs or machines change, so each machine's
+	// outbound traffic leaves from its pair. For an edge that runs on the
+	// host of its machines (or their router). Needs nft and the right to
+	// change the host's nftables (root or CAP_NET_ADMIN).
+	ApplyEgressRules bool `json:"apply_egress_rules,omitempty"`
+
 	// The edge ports that count as Fly's 80 (http) and 443 (tls, http)
 	// for the automatic shared IPv4 address, for an edge that serves the
 	// web on other ports. Default: 80 and 443.
@@ -72,6 +81,7 @@ type App struct {
 	Edge *flyhandlers.Edge `json:"edge,omitempty"`
 
 	pools    *pools
+	started  atomic.Bool // push applies egress rules from Start on, not at provisioning
 	ctx      caddy.Context
 	fly      *routing.App
 	store    *store
@@ -165,6 +175,11 @@ func (a *App) setup(ctx context.Context, fly *routing.App, storage certmagic.Sto
 	if err != nil {
 		return err
 	}
+	if a.ApplyEgressRules {
+		if _, err := exec.LookPath("nft"); err != nil {
+			return fmt.Errorf("apply_egress_rules: nft is not installed (Debian: apt-get install nftables): %w", err)
+		}
+	}
 	a.pools = p
 	a.fly = fly
 	a.cursors = make(map[string]netip.Addr)
@@ -201,6 +216,7 @@ func (a *App) Start() error {
 		}
 	}
 	a.store.start()
+	a.started.Store(true)
 	onChange := a.push
 	a.onChange = &onChange
 	a.prevOnChange = a.store.onChange.Swap(a.onChange)
@@ -267,6 +283,9 @@ func (a *App) push(apps map[string]bool) {
 		if err := a.fly.SetLive(name, l); err != nil {
 			a.logger.Error("taking the app's changes", zap.String("app", name), zap.Error(err))
 		}
+	}
+	if a.ApplyEgressRules && a.started.Load() {
+		a.applyEgressRules()
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 //		egress_v4 <prefix|first-last...>
 //		egress_v6 <prefix|first-last...>
 //		auto_allocate on|off
+//		apply_egress_rules
 //		http_port <port>
 //		https_port <port>
 //		ports <port|first-last...>
@@ -104,6 +105,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.edge().IssuersRaw = append(a.edge().IssuersRaw, caddyconfig.JSONModuleObject(unm, "module", name, nil))
+			continue
+		case "apply_egress_rules":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			a.ApplyEgressRules = true
 			continue
 		case "http_listener":
 			var v string

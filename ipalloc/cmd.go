@@ -49,6 +49,7 @@ flyctl manages apps on Fly.io:
   caddy fly machine egress-ip allocate <machine-id> -a <app>
   caddy fly machine egress-ip list -a <app>
   caddy fly machine egress-ip release <address> -a <app>
+  caddy fly machine egress-ip rules [--apply]
 
 The admin endpoint is found as 'caddy reload' finds it: --address, else
 the admin address of --config, else localhost:2019.`,
@@ -415,8 +416,43 @@ func (c *client) egressCommand() *cobra.Command {
 				}
 				return fmt.Errorf("no machine of app %s has the egress address %s", c.app, args[0])
 			}},
+		c.egressRulesCommand(),
 	)
 	return egress
+}
+
+// egressRulesCommand prints, or installs with nft, the source-NAT rules
+// of every machine with an egress pair (all apps: they share one table).
+func (c *client) egressRulesCommand() *cobra.Command {
+	var apply bool
+	cmd := &cobra.Command{Use: "rules", Short: "Print (or --apply with nft) the nftables rules that make each machine's outbound traffic leave from its egress pair",
+		Long: "Print the nftables script that source-NATs each machine's outbound traffic (by its address) to its egress pair, for every app's machines: " +
+			"one transaction that replaces the table " + EgressTable + " and nothing else. With --apply, run it with `nft -f -` on this host " +
+			"(the host where the machines run, or their router; needs root or CAP_NET_ADMIN).",
+		Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			var out EgressRules
+			if err := c.call(http.MethodGet, "/fly/egress-rules", nil, &out); err != nil {
+				return err
+			}
+			for _, s := range out.Skipped {
+				fmt.Fprintln(os.Stderr, "skipped:", s)
+			}
+			if apply {
+				if err := ApplyNFT(context.Background(), out.NFT); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.out, "Applied %d egress rules (nftables table %s)\n", len(out.Rules), EgressTable)
+				return nil
+			}
+			if c.jsonOut {
+				return c.print(out, nil)
+			}
+			_, err := io.WriteString(c.out, out.NFT)
+			return err
+		}}
+	cmd.Flags().BoolVar(&apply, "apply", false, "install the rules with nft -f - (one transaction)")
+	return cmd
 }
 
 // egressIPs lists the egress pairs of every machine of the app.

@@ -212,6 +212,7 @@ func (s *state) index(key string, raw json.RawMessage, add bool, changed map[str
 		if err4 != nil || err6 != nil {
 			return fmt.Errorf("record %s: bad addresses %q, %q", key, v.V4, v.V6)
 		}
+		changed[v.App] = true // the egress rules follow (apply_egress_rules)
 		if !add {
 			delete(s.egress, v4)
 			delete(s.egress, v6)

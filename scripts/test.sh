@@ -3,14 +3,17 @@
 # build and run a real Caddy with flyedge), and the xcaddy build check.
 # It installs what it needs: xcaddy (pinned, with go install) and, where
 # it can (root and apt-get), the peers some end-to-end tests run beside
-# the edge: nginx and HAProxy as PROXY protocol receivers, pgbouncer.
-# Without them those tests are skipped, except under CI=true, where they
+# the edge: nginx and HAProxy as PROXY protocol receivers, pgbouncer,
+# and nftables and iproute2 for the egress rules test (which also needs
+# root, to create network namespaces). Without them those tests are skipped, except under CI=true, where they
 # fail. PostgreSQL tests need the server at 127.0.0.1:5432.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in nginx haproxy pgbouncer; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in nginx:nginx haproxy:haproxy pgbouncer:pgbouncer nft:nftables ip:iproute2; do
+	command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+done
 if [ ${#missing[@]} -gt 0 ]; then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 		echo "== installing ${missing[*]}"
