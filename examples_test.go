@@ -160,6 +160,24 @@ func TestExamplesRun(t *testing.T) {
 				}
 				conn.Close()
 			}
+			// echo's udp service, on its dedicated address only
+			for _, to := range []string{echoV4 + ":9053", "127.0.0.1:9053"} {
+				uc, err := net.Dial("udp4", to)
+				if err != nil {
+					t.Fatal(err)
+				}
+				uc.SetDeadline(time.Now().Add(2 * time.Second))
+				fmt.Fprintf(uc, "hello\n")
+				b := make([]byte, 100)
+				n, err := uc.Read(b)
+				switch {
+				case to == "127.0.0.1:9053" && err == nil:
+					t.Errorf("UDP on the shared address answered %q", b[:n])
+				case to != "127.0.0.1:9053" && (err != nil || string(b[:n]) != "hello\n"):
+					t.Errorf("UDP echo through %s: %q, %v", to, b[:n], err)
+				}
+				uc.Close()
+			}
 
 			// the PostgreSQL app, when this host runs PostgreSQL
 			if pg, err := net.DialTimeout("tcp", pgAddr, time.Second); err == nil {

@@ -16,6 +16,9 @@
 #   NETNS=1   run the harness in a private network namespace (root only), for
 #             when its fixed ports are taken, e.g. 8443 by the Caddyfile.example demo
 #   HARNESS=<dir of run.sh>   (default: <repo>/../shared/bench/http)
+#   LIMITS="requests 10000 20000"   give the flyedge app's service this
+#             concurrency line, so the limits' accounting runs on every request
+#             (limits that never bind: the cost of keeping them)
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "$0")" && pwd)
@@ -65,6 +68,11 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/flyedge-bench.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 echo "bench/http.sh: building $REPO/cmd/caddy" >&2
 (cd "$REPO" && "$GO" build -o "$TMP/caddy" ./cmd/caddy)
+if [[ -n ${LIMITS:-} ]]; then
+  sed "s/^\(\t*\)port 8444 tls http$/&\n\1concurrency $LIMITS/" "$CADDYFILE" > "$TMP/http.Caddyfile"
+  grep -q "concurrency $LIMITS" "$TMP/http.Caddyfile" || { echo "bench/http.sh: LIMITS: no port 8444 line to add it after" >&2; exit 2; }
+  CADDYFILE=$TMP/http.Caddyfile
+fi
 # Fail early, with Caddy's own message, if the template does not adapt.
 "$TMP/caddy" adapt --config "$CADDYFILE" --adapter caddyfile >/dev/null
 
