@@ -189,8 +189,10 @@ func (e *Edge) Provision(ctx caddy.Context) error {
 	if err := routes.Provision(ctx); err != nil {
 		return fmt.Errorf("edge routes: %w", err)
 	}
-	if err := e.addAutomationPolicy(ctx); err != nil {
-		return err
+	if len(e.ports) > 0 { // a UDP-only edge terminates no TLS
+		if err := e.addAutomationPolicy(ctx); err != nil {
+			return err
+		}
 	}
 	routesLogger := e.logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return goneClients{c} }))
 	e.handler = routes.Compile(routesLogger, time.Duration(e.MatchingTimeout), layer4.HandlerFunc(handOff))

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/flyedge/caddy-flyedge/routing"
 	"go.uber.org/zap"
@@ -117,11 +118,14 @@ func listenUDP(port int) (*net.UDPConn, *ipv4.PacketConn, error) {
 	return conn, pc, nil
 }
 
-// serve reads datagrams until the socket is closed.
+// serve reads datagrams until the socket is closed. It reads the
+// destination from the IP_PKTINFO message by hand: x/net's parser
+// allocates for each datagram.
 func (u *udpPort) serve() {
 	buf := make([]byte, udpBufSize)
+	oob := make([]byte, 128)
 	for {
-		n, cm, src, err := u.pc.ReadFrom(buf)
+		n, oobn, _, src, err := u.conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
@@ -129,15 +133,11 @@ func (u *udpPort) serve() {
 			}
 			return
 		}
-		if cm == nil || src == nil {
-			continue
-		}
-		dst, ok := netip.AddrFromSlice(cm.Dst)
-		client := src.(*net.UDPAddr).AddrPort()
+		dst, ok := pktinfoDst(oob[:oobn])
 		if !ok {
 			continue
 		}
-		f := u.flow(udpKey{client: netip.AddrPortFrom(client.Addr().Unmap(), client.Port()), dst: dst.Unmap()})
+		f := u.flow(udpKey{client: netip.AddrPortFrom(src.Addr().Unmap(), src.Port()), dst: dst})
 		if f == nil {
 			continue
 		}
@@ -148,6 +148,24 @@ func (u *udpPort) serve() {
 		}
 		f.in.Add(int64(n))
 	}
+}
+
+// pktinfoDst returns the header destination address of an IP_PKTINFO
+// control message (struct in_pktinfo: ifindex, spec_dst, addr).
+func pktinfoDst(oob []byte) (netip.Addr, bool) {
+	const hdr = syscall.SizeofCmsghdr
+	for len(oob) >= hdr {
+		h := (*syscall.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		l := int(h.Len)
+		if l < hdr || l > len(oob) {
+			return netip.Addr{}, false
+		}
+		if h.Level == syscall.IPPROTO_IP && h.Type == syscall.IP_PKTINFO && l >= hdr+12 {
+			return netip.AddrFrom4([4]byte(oob[hdr+8 : hdr+12])), true
+		}
+		oob = oob[min(len(oob), (l+7)&^7):]
+	}
+	return netip.Addr{}, false
 }
 
 // flow returns the flow of key, starting one when there is none and the
@@ -230,16 +248,17 @@ func (u *udpPort) relayBack(f *udpFlow) {
 	stop := context.AfterFunc(f.rt.AppContext(), func() { f.close() })
 	defer stop()
 	buf := make([]byte, udpBufSize)
-	src := &ipv4.ControlMessage{Src: f.key.dst.AsSlice()}
-	client := net.UDPAddrFromAddrPort(f.key.client)
+	src := (&ipv4.ControlMessage{Src: f.key.dst.AsSlice()}).Marshal() // answer from the address the client sent to
+	_ = f.up.SetReadDeadline(time.Now().Add(u.idle))
 	for {
-		_ = f.up.SetReadDeadline(time.Unix(0, f.lastSeen.Load()).Add(u.idle))
 		n, err := f.up.Read(buf)
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				if time.Since(time.Unix(0, f.lastSeen.Load())) < u.idle {
-					continue // the client sent meanwhile
+				last := time.Unix(0, f.lastSeen.Load())
+				if time.Since(last) < u.idle {
+					_ = f.up.SetReadDeadline(last.Add(u.idle)) // datagrams moved meanwhile
+					continue
 				}
 				return
 			}
@@ -251,7 +270,7 @@ func (u *udpPort) relayBack(f *udpFlow) {
 			return
 		}
 		f.lastSeen.Store(time.Now().UnixNano())
-		if _, err := u.pc.WriteTo(buf[:n], src, client); err != nil {
+		if _, _, err := u.conn.WriteMsgUDPAddrPort(buf[:n], src, f.key.client); err != nil {
 			if c := u.log.Check(zapcore.DebugLevel, "udp answer not sent"); c != nil {
 				c.Write(zap.String("app", f.rt.App), zap.String("client", f.key.client.String()), zap.Error(err))
 			}
