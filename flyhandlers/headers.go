@@ -129,6 +129,11 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return writeError(w, r, code, err.Error(), id)
 	}
 
+	// the machine slot the fly policy takes for the request (concurrency
+	// limits) is given back here, when the handlers after this return
+	routing.HoldSlots(r)
+	defer routing.ReleaseSlot(r)
+
 	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	if !trusted {
 		for k := range hdr {

@@ -186,6 +186,21 @@ func Acquire[P Pool](ctx context.Context, rt *Route, p P, pref Preference) (int,
 	}
 }
 
+// HoldSlots tells machine selection that the caller gives back the slot
+// request r takes (concurrency limits) with ReleaseSlot when r ends, as
+// fly_headers does after the handlers after it return. Without it, the
+// slot is given back when r's context ends, which costs a goroutine.
+func HoldSlots(r *http.Request) { ensureState(r).watching.Store(true) }
+
+// ReleaseSlot gives back the machine slot r holds, if any.
+func ReleaseSlot(r *http.Request) {
+	if st := stateOf(r); st != nil {
+		if s := st.slot.Swap(nil); s != nil {
+			s.rt.Release(s.i)
+		}
+	}
+}
+
 // chooseFor picks a machine of rt for request r among p. When the
 // service has concurrency limits, it takes a unit of the machine's load
 // (waiting in the queue when every machine is at its hard limit) and
@@ -204,7 +219,7 @@ func chooseFor[P Pool](r *http.Request, rt *Route, p P, pref Preference) (int, O
 	if old := st.slot.Swap(&slot{rt, i}); old != nil {
 		old.rt.Release(old.i)
 	}
-	if st.watching.CompareAndSwap(false, true) {
+	if st.watching.CompareAndSwap(false, true) { // nobody gives it back: r's end does
 		context.AfterFunc(r.Context(), func() {
 			if s := st.slot.Swap(nil); s != nil {
 				s.rt.Release(s.i)

@@ -2,12 +2,15 @@ package routing
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // limitedApp is an app with two machines in iad and one in ord, and the
@@ -146,4 +149,41 @@ func TestAcquireQueue(t *testing.T) {
 	if i >= 0 || outcome != NoneAvailable {
 		t.Fatalf("every machine down: want NoneAvailable at once, got %d (%d)", i, outcome)
 	}
+}
+
+// BenchmarkChooseFor measures what concurrency limits add to choosing a
+// machine for an HTTP request: the choice, the slot taken and, at the
+// request's end (its context cancelled, as net/http does), given back.
+func BenchmarkChooseFor(b *testing.B) {
+	for _, limits := range []bool{false, true} {
+		b.Run(map[bool]string{false: "no-limits", true: "limits"}[limits], func(b *testing.B) {
+			a := benchApp(b, 1)
+			if limits {
+				a.Apps["app0"].Services[0].Concurrency = &Concurrency{Type: "requests", SoftLimit: 1000, HardLimit: 2000}
+				if err := provision(b, a); err != nil {
+					b.Fatal(err)
+				}
+			}
+			rt, err := routeFor(a, "app0.edge.test", 443)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				ctx, cancel := context.WithCancel(context.Background())
+				r := httptest.NewRequest(http.MethodGet, "/", nil).WithContext(caddyhttpVars(ctx))
+				HoldSlots(r) // as fly_headers does
+				if i, _ := chooseFor(r, rt, pool{}, Preference{}); i < 0 {
+					b.Fatal("no machine")
+				}
+				ReleaseSlot(r)
+				cancel()
+			}
+		})
+	}
+}
+
+// caddyhttpVars gives ctx the request variables Caddy's HTTP server adds.
+func caddyhttpVars(ctx context.Context) context.Context {
+	return context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{})
 }
