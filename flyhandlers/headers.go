@@ -131,8 +131,7 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// the machine slot the fly policy takes for the request (concurrency
 	// limits) is given back here, when the handlers after this return
-	routing.HoldSlots(r)
-	defer routing.ReleaseSlot(r)
+	defer routing.HoldSlots(r).Release()
 
 	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	if !trusted {

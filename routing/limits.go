@@ -186,18 +186,24 @@ func Acquire[P Pool](ctx context.Context, rt *Route, p P, pref Preference) (int,
 	}
 }
 
-// HoldSlots tells machine selection that the caller gives back the slot
-// request r takes (concurrency limits) with ReleaseSlot when r ends, as
-// fly_headers does after the handlers after it return. Without it, the
-// slot is given back when r's context ends, which costs a goroutine.
-func HoldSlots(r *http.Request) { ensureState(r).watching.Store(true) }
+// SlotHolder gives back the machine slot of a request (see HoldSlots).
+type SlotHolder struct{ st *requestState }
 
-// ReleaseSlot gives back the machine slot r holds, if any.
-func ReleaseSlot(r *http.Request) {
-	if st := stateOf(r); st != nil {
-		if s := st.slot.Swap(nil); s != nil {
-			s.rt.Release(s.i)
-		}
+// HoldSlots tells machine selection that the caller gives back the slot
+// request r takes (concurrency limits) with the holder's Release when r
+// ends, as fly_headers does after the handlers after it return. Without
+// it, the slot is given back when r's context ends, which costs a
+// goroutine.
+func HoldSlots(r *http.Request) SlotHolder {
+	st := ensureState(r)
+	st.watching.Store(true)
+	return SlotHolder{st}
+}
+
+// Release gives back the machine slot the request holds, if any.
+func (h SlotHolder) Release() {
+	if s := h.st.slot.Swap(nil); s != nil {
+		s.rt.Release(s.i)
 	}
 }
 

@@ -172,11 +172,11 @@ func BenchmarkChooseFor(b *testing.B) {
 			for b.Loop() {
 				ctx, cancel := context.WithCancel(context.Background())
 				r := httptest.NewRequest(http.MethodGet, "/", nil).WithContext(caddyhttpVars(ctx))
-				HoldSlots(r) // as fly_headers does
+				h := HoldSlots(r) // as fly_headers does
 				if i, _ := chooseFor(r, rt, pool{}, Preference{}); i < 0 {
 					b.Fatal("no machine")
 				}
-				ReleaseSlot(r)
+				h.Release()
 				cancel()
 			}
 		})

@@ -328,8 +328,6 @@ func ClearMachine(r *http.Request) {
 	}
 }
 
-// setMachine records the machine transport fly sent r to.
-func setMachine(r *http.Request, id string) { ensureState(r).machine.Store(&id) }
 
 // RouteForConn returns the route of a layer 4 connection: the one a
 // handler recorded with SetConnRoute (fly_tls and pg_tls, after the

@@ -87,11 +87,15 @@ func (p httpPool) Load(i int) int    { return p[i].NumRequests() }
 
 // Select chooses a machine for the request.
 func (s *FlySelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
-	rt := RouteOf(r)
+	st := stateOf(r) // one lookup: the context chain is deep here
+	var rt *Route
+	if st != nil {
+		rt = st.route.Load()
+	}
 	if rt == nil || len(rt.machines) != len(pool) || (len(pool) > 0 && pool[0].Dial != rt.machines[0].dial) {
 		return s.fallback.Select(pool, r, w)
 	}
-	pref := preferenceOf(r)
+	pref := st.preference(r)
 	i, outcome := chooseFor(r, rt, httpPool(pool), pref)
 	rt.countSelection(outcome)
 	switch outcome {
@@ -129,8 +133,11 @@ func RequestPreference(r *http.Request) Preference { return preferenceOf(r) }
 
 // preferenceOf returns what a request asks for: a fly-replay's
 // preference, else its Fly-* headers.
-func preferenceOf(r *http.Request) Preference {
-	if st := stateOf(r); st != nil {
+func preferenceOf(r *http.Request) Preference { return stateOf(r).preference(r) }
+
+// preference is preferenceOf with the request's state (nil: none yet).
+func (st *requestState) preference(r *http.Request) Preference {
+	if st != nil {
 		if p := st.pref.Load(); p != nil {
 			return *p
 		}

@@ -93,11 +93,14 @@ const dialInfoCtxKey caddy.CtxKey = "reverse_proxy.dial_info"
 // RoundTrip sends the request over the connection kind the app asks
 // for, to the next machine when one does not take the connection.
 func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	rt := RouteOf(req)
+	st := stateOf(req) // one lookup: the context chain is deep here
+	var rt *Route
+	if st != nil {
+		rt = st.route.Load()
+	}
 	if rt == nil {
 		return t.HTTPTransport.RoundTrip(req)
 	}
-	ensureState(req) // before any dial: later changes are no map writes
 	tr := &t.HTTPTransport
 	if rt.Service.HTTPOptions != nil && rt.Service.HTTPOptions.H2Backend {
 		tr = t.h2c
@@ -112,14 +115,14 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	var de reverseproxy.DialError
 	if err == nil || !errors.As(err, &de) || i < 0 {
 		if err == nil && i >= 0 {
-			setMachine(req, rt.machines[i].id)
+			st.machine.Store(&rt.machines[i].id)
 		}
 		if err == nil {
 			watchApp(rt, resp)
 		}
 		return resp, err
 	}
-	pref := preferenceOf(req)
+	pref := st.preference(req)
 	tried := failover{tried: make([]bool, len(rt.machines))}
 	for range failoverAttempts - 1 {
 		tried.tried[i] = true
@@ -146,7 +149,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		r2.URL.Host = m.dial
 		if resp, err = tr.RoundTrip(r2); err == nil || !errors.As(err, &de) {
 			if err == nil {
-				setMachine(req, m.id)
+				st.machine.Store(&m.id)
 				watchApp(rt, resp)
 			}
 			return resp, err
