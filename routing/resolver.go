@@ -328,7 +328,6 @@ func ClearMachine(r *http.Request) {
 	}
 }
 
-
 // RouteForConn returns the route of a layer 4 connection: the one a
 // handler recorded with SetConnRoute (fly_tls and pg_tls, after the
 // handshake), else Resolve for the address the connection arrived on
