@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/flyedge/caddy-flyedge/routing"
 	"go.uber.org/zap"
@@ -48,9 +47,14 @@ const (
 	udpBufSize = 9000
 
 	// maxUDPFlowsPerApp bounds the flows (and so the sockets towards
-	// machines) one app's clients can open on an edge; beyond it new
-	// flows' datagrams are dropped, and other apps are not affected.
+	// machines) one app's clients can open on an edge, over all its UDP
+	// ports; beyond it new flows' datagrams are dropped, and other apps
+	// are not affected.
 	maxUDPFlowsPerApp = 4096
+
+	// maxUDPFlowsPerClient bounds the flows of one client address, so one
+	// client cannot take an app's flows from the others.
+	maxUDPFlowsPerClient = 256
 
 	// udpFailDuration is how long a machine that refused a datagram is
 	// left out.
@@ -68,18 +72,52 @@ type udpKey struct {
 	dst    netip.Addr
 }
 
+// udpQuota counts flows per app and per client address over all of an
+// edge's UDP ports.
+type udpQuota struct {
+	mu      sync.Mutex
+	apps    map[string]int
+	clients map[netip.Addr]int
+}
+
+// take counts a new flow of app from client, unless either is at its
+// limit.
+func (q *udpQuota) take(app string, client netip.Addr) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.apps[app] >= maxUDPFlowsPerApp || q.clients[client] >= maxUDPFlowsPerClient {
+		return false
+	}
+	q.apps[app]++
+	q.clients[client]++
+	return true
+}
+
+// give forgets a flow take counted.
+func (q *udpQuota) give(app string, client netip.Addr) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.apps[app]--; q.apps[app] <= 0 {
+		delete(q.apps, app)
+	}
+	if q.clients[client]--; q.clients[client] <= 0 {
+		delete(q.clients, client)
+	}
+}
+
 // udpPort is the edge's socket on one UDP port and its flows.
 type udpPort struct {
-	port  int
-	conn  *net.UDPConn
-	pc    *ipv4.PacketConn
-	fly   *routing.App
-	idle  time.Duration
-	log   *zap.Logger
-	mu    sync.Mutex
-	flows map[udpKey]*udpFlow
-	apps  map[string]int // flows per app
-	wg    sync.WaitGroup
+	port   int
+	conn   *net.UDPConn
+	pc     *ipv4.PacketConn
+	fly    *routing.App
+	idle   time.Duration
+	log    *zap.Logger
+	quota  *udpQuota
+	mu     sync.Mutex
+	flows  map[udpKey]*udpFlow
+	closed bool // no flow starts any more
+	wg     sync.WaitGroup
 }
 
 // udpFlow is one client's flow to one machine.
@@ -92,30 +130,6 @@ type udpFlow struct {
 	in, out  atomic.Int64
 	done     chan struct{}
 	once     sync.Once
-}
-
-// listenUDP opens the edge's socket on port: every IPv4 address, with
-// SO_REUSEPORT (so a config reload overlaps without a gap, as Caddy's own
-// listeners do) and IP_PKTINFO.
-func listenUDP(port int) (*net.UDPConn, *ipv4.PacketConn, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, 0xf /* SO_REUSEPORT */, 1)
-		})
-		return errors.Join(err, serr)
-	}}
-	c, err := lc.ListenPacket(context.Background(), "udp4", ":"+strconv.Itoa(port))
-	if err != nil {
-		return nil, nil, err
-	}
-	conn := c.(*net.UDPConn)
-	pc := ipv4.NewPacketConn(conn)
-	if err := pc.SetControlMessage(ipv4.FlagDst, true); err != nil {
-		_ = conn.Close()
-		return nil, nil, fmt.Errorf("IP_PKTINFO: %w", err)
-	}
-	return conn, pc, nil
 }
 
 // serve reads datagrams until the socket is closed. It reads the
@@ -150,24 +164,6 @@ func (u *udpPort) serve() {
 	}
 }
 
-// pktinfoDst returns the header destination address of an IP_PKTINFO
-// control message (struct in_pktinfo: ifindex, spec_dst, addr).
-func pktinfoDst(oob []byte) (netip.Addr, bool) {
-	const hdr = syscall.SizeofCmsghdr
-	for len(oob) >= hdr {
-		h := (*syscall.Cmsghdr)(unsafe.Pointer(&oob[0]))
-		l := int(h.Len)
-		if l < hdr || l > len(oob) {
-			return netip.Addr{}, false
-		}
-		if h.Level == syscall.IPPROTO_IP && h.Type == syscall.IP_PKTINFO && l >= hdr+12 {
-			return netip.AddrFrom4([4]byte(oob[hdr+8 : hdr+12])), true
-		}
-		oob = oob[min(len(oob), (l+7)&^7):]
-	}
-	return netip.Addr{}, false
-}
-
 // flow returns the flow of key, starting one when there is none and the
 // datagram is for an app's udp service; nil drops the datagram.
 func (u *udpPort) flow(key udpKey) *udpFlow {
@@ -184,30 +180,35 @@ func (u *udpPort) flow(key udpKey) *udpFlow {
 		}
 		return nil
 	}
-	u.mu.Lock()
-	if u.apps[rt.App] >= maxUDPFlowsPerApp {
-		u.mu.Unlock()
+	if !u.quota.take(rt.App, key.client.Addr()) {
 		if c := u.log.Check(zapcore.DebugLevel, "datagram dropped: too many flows"); c != nil {
-			c.Write(zap.String("app", rt.App), zap.Int("flows", maxUDPFlowsPerApp))
+			c.Write(zap.String("app", rt.App), zap.String("client", key.client.String()), zap.Int("per_app", maxUDPFlowsPerApp), zap.Int("per_client", maxUDPFlowsPerClient))
 		}
 		return nil
 	}
-	u.apps[rt.App]++
-	u.mu.Unlock()
 	f, err = u.start(key, rt)
 	if err != nil {
-		u.mu.Lock()
-		u.apps[rt.App]--
-		u.mu.Unlock()
+		u.quota.give(rt.App, key.client.Addr())
 		if c := u.log.Check(zapcore.DebugLevel, "datagram dropped"); c != nil {
 			c.Write(zap.String("app", rt.App), zap.String("client", key.client.String()), zap.Error(err))
 		}
 		return nil
 	}
 	u.mu.Lock()
+	if u.closed { // the edge stopped meanwhile
+		u.mu.Unlock()
+		f.close()
+		f.rt.Release(f.machine)
+		u.quota.give(rt.App, key.client.Addr())
+		return nil
+	}
 	u.flows[key] = f
+	u.wg.Add(1) // under mu, so never after close's Wait began
 	u.mu.Unlock()
-	u.wg.Go(func() { u.relayBack(f) })
+	go func() {
+		defer u.wg.Done()
+		u.relayBack(f)
+	}()
 	return f
 }
 
@@ -221,7 +222,7 @@ func (u *udpPort) start(key udpKey, rt *routing.Route) (*udpFlow, error) {
 		if !rt.TryAcquire(i) {
 			continue // its last slot went to another flow
 		}
-		addr, err := net.ResolveUDPAddr("udp", rt.MachineDial(i))
+		addr, err := machineUDPAddr(rt.MachineDial(i))
 		var up *net.UDPConn
 		if err == nil {
 			up, err = net.DialUDP("udp", nil, addr)
@@ -238,6 +239,27 @@ func (u *udpPort) start(key udpKey, rt *routing.Route) (*udpFlow, error) {
 		return f, nil
 	}
 	return nil, errors.New("every machine is at its hard limit")
+}
+
+// machineUDPAddr returns a machine's address: a literal IP at once, a
+// host name looked up within 500ms (the port's reader waits meanwhile;
+// give UDP machines IP addresses).
+func machineUDPAddr(dial string) (*net.UDPAddr, error) {
+	if ap, err := netip.ParseAddrPort(dial); err == nil {
+		return net.UDPAddrFromAddrPort(ap), nil
+	}
+	host, port, err := net.SplitHostPort(dial)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(ips) == 0 {
+		return nil, fmt.Errorf("looking up %s: %v", host, err)
+	}
+	p, _ := strconv.Atoi(port)
+	return net.UDPAddrFromAddrPort(netip.AddrPortFrom(ips[0].Unmap(), uint16(p))), nil
 }
 
 // relayBack sends the machine's datagrams to the client, from the address
@@ -311,11 +333,8 @@ func (u *udpPort) end(f *udpFlow) {
 	if u.flows[f.key] == f {
 		delete(u.flows, f.key)
 	}
-	u.apps[f.rt.App]--
-	if u.apps[f.rt.App] <= 0 {
-		delete(u.apps, f.rt.App)
-	}
 	u.mu.Unlock()
+	u.quota.give(f.rt.App, f.key.client.Addr())
 	f.rt.Release(f.machine)
 	f.rt.CountBytes(f.in.Load(), f.out.Load())
 	if c := u.log.Check(zapcore.DebugLevel, "udp flow ended"); c != nil {
@@ -327,6 +346,7 @@ func (u *udpPort) end(f *udpFlow) {
 func (u *udpPort) close() {
 	_ = u.conn.Close()
 	u.mu.Lock()
+	u.closed = true
 	for _, f := range u.flows {
 		f.close()
 	}
@@ -342,12 +362,13 @@ func (e *Edge) startUDP() error {
 	}
 	fly := app.(*routing.App)
 	idle := time.Duration(e.UDPIdleTimeout)
+	quota := &udpQuota{apps: make(map[string]int), clients: make(map[netip.Addr]int)}
 	for port := range e.udpPorts {
 		conn, pc, err := listenUDP(port)
 		if err != nil {
 			return fmt.Errorf("listening on udp port %d: %w", port, err)
 		}
-		u := &udpPort{port: port, conn: conn, pc: pc, fly: fly, idle: idle, log: e.logger, flows: make(map[udpKey]*udpFlow), apps: make(map[string]int)}
+		u := &udpPort{port: port, conn: conn, pc: pc, fly: fly, idle: idle, log: e.logger, flows: make(map[udpKey]*udpFlow), quota: quota}
 		e.udp = append(e.udp, u)
 		e.wg.Go(u.serve)
 	}

@@ -285,7 +285,7 @@ func (a *App) push(apps map[string]bool) {
 		}
 	}
 	if a.ApplyEgressRules && a.started.Load() {
-		a.applyEgressRules()
+		a.scheduleEgressRules()
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -50,8 +51,8 @@ func (a *App) EgressRules() EgressRules {
 			for id, e := range as.egress {
 				addr := a.machineAddress(st, app, id)
 				ip, err := netip.ParseAddr(addr)
-				if err != nil {
-					out.Skipped = append(out.Skipped, fmt.Sprintf("app %s machine %s: address %q is not an IP address", app, id, addr))
+				if err != nil || ip.Zone() != "" {
+					out.Skipped = append(out.Skipped, fmt.Sprintf("app %s machine %s: address %q is not an IP address without a zone", app, id, addr))
 					continue
 				}
 				ip = ip.Unmap()
@@ -129,18 +130,31 @@ func ApplyNFT(ctx context.Context, script string) error {
 }
 
 // egressApplied is the script this process applied last, so a change
-// that leaves the rules as they are runs nothing.
+// that leaves the rules as they are runs nothing; pending is set while a
+// run is due that has not read the state yet.
 var egressApplied struct {
 	sync.Mutex
-	script string
+	script  string
+	pending atomic.Bool
+}
+
+// scheduleEgressRules applies the rules soon, off the store's goroutine
+// (nft may take its time; changes must not wait for it). Runs are one at
+// a time, and each reads the state when it starts, so the last one
+// applies the latest rules; changes meanwhile share a run.
+func (a *App) scheduleEgressRules() {
+	if egressApplied.pending.CompareAndSwap(false, true) {
+		go a.applyEgressRules()
+	}
 }
 
 // applyEgressRules installs the current rules when they differ from the
 // ones applied last (apply_egress_rules).
 func (a *App) applyEgressRules() {
-	rules := a.EgressRules()
 	egressApplied.Lock()
 	defer egressApplied.Unlock()
+	egressApplied.pending.Store(false)
+	rules := a.EgressRules()
 	if rules.NFT == egressApplied.script {
 		return
 	}

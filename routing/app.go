@@ -205,7 +205,11 @@ func (a *App) newServiceEntry(app string, s *Service, machines []*Machine, refs 
 			km:      distanceKm(a.edge, a.catalog[m.Region]),
 			stopped: m.State == "stopped",
 		}
-		mm.health = refs.state(mm.id, mm.dial)
+		key := mm.dial // a machine's load and failures are its service's: tcp and udp on one port are two
+		if s.Protocol == "udp" {
+			key = "udp/" + key
+		}
+		mm.health = refs.state(mm.id, key)
 		for _, c := range s.Checks {
 			mm.checks = append(mm.checks, refs.check(mm.id, mm.dial, c))
 		}

@@ -210,21 +210,23 @@ func (h SlotHolder) Release() {
 // chooseFor picks a machine of rt for request r among p. When the
 // service has concurrency limits, it takes a unit of the machine's load
 // (waiting in the queue when every machine is at its hard limit) and
-// holds it until r ends, giving back the one r held before (a failover
-// or a retry); for type connections, r then closes its connection to the
-// machine when its response ends.
+// holds it until r ends. The slot r held before (a failover, a retry, a
+// replay) is given back first, so r never waits for itself. For type
+// connections, r then closes its connection to the machine when its
+// response ends.
 func chooseFor[P Pool](r *http.Request, rt *Route, p P, pref Preference) (int, Outcome) {
 	if rt.Service.Concurrency == nil {
 		return Select(rt, p, pref)
+	}
+	st := ensureState(r)
+	if old := st.slot.Swap(nil); old != nil {
+		old.rt.Release(old.i)
 	}
 	i, outcome := Acquire(r.Context(), rt, p, pref)
 	if i < 0 {
 		return i, outcome
 	}
-	st := ensureState(r)
-	if old := st.slot.Swap(&slot{rt, i}); old != nil {
-		old.rt.Release(old.i)
-	}
+	st.slot.Store(&slot{rt, i})
 	if st.watching.CompareAndSwap(false, true) { // nobody gives it back: r's end does
 		context.AfterFunc(r.Context(), func() {
 			if s := st.slot.Swap(nil); s != nil {

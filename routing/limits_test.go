@@ -187,3 +187,29 @@ func BenchmarkChooseFor(b *testing.B) {
 func caddyhttpVars(ctx context.Context) context.Context {
 	return context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{})
 }
+
+// TestChooseForRetryKeepsNoSlot: a request chosen again (a retry, a
+// failover) gives its slot back first, so with every other slot taken it
+// gets its machine again at once instead of waiting for itself.
+func TestChooseForRetryKeepsNoSlot(t *testing.T) {
+	rt := limitedApp(t, 0, 1, 2*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := httptest.NewRequest(http.MethodGet, "/", nil).WithContext(caddyhttpVars(ctx))
+	h := HoldSlots(r)
+	first, _ := chooseFor(r, rt, pool{}, Preference{})
+	for range 2 {
+		if i, _ := Acquire(context.Background(), rt, pool{}, Preference{}); i < 0 || i == first {
+			t.Fatalf("filling the other machines: got %d", i)
+		}
+	}
+	start := time.Now()
+	again, outcome := chooseFor(r, rt, pool{}, Preference{})
+	if again != first || time.Since(start) > time.Second {
+		t.Fatalf("retry: machine %d (%d) after %s; want %d at once", again, outcome, time.Since(start), first)
+	}
+	h.Release()
+	if rt.Load(first) != 0 {
+		t.Fatalf("machine %d: load %d after the request ended", first, rt.Load(first))
+	}
+}
