@@ -272,8 +272,20 @@ func TestEgressRules(t *testing.T) {
 		t.Fatalf("allocate for m3: %d", s)
 	}
 
-	// the edge applies the rules just after the change (off the store's path)
-	waitFor(t, "m1's rule", func() bool { return l.sourceFrom("m1", "10.77.9.2") == p1.V4 })
+	// the edge applies the rules just after the change (off the store's
+	// path): wait for them before connecting, so no connection meets the
+	// table being replaced
+	rules := func() string {
+		out, _ := exec.Command("ip", "netns", "exec", l.name("r"), "nft", "list", "table", "inet", "flyedge_egress").Output()
+		return string(out)
+	}
+	waitFor(t, "the rules of m1 and m3", func() bool {
+		r := rules()
+		return strings.Contains(r, "10.77.1.2") && strings.Contains(r, "fd77:3::2")
+	})
+	if got := l.sourceFrom("m1", "10.77.9.2"); got != p1.V4 {
+		t.Errorf("m1 (egress pair %s) reached the server from %s", p1.V4, got)
+	}
 	if got := l.sourceFrom("m2", "10.77.9.2"); got != "10.77.2.2" {
 		t.Errorf("m2 (no egress pair) reached the server from %s; want its own address", got)
 	}
@@ -285,7 +297,10 @@ func TestEgressRules(t *testing.T) {
 	if s := api(http.MethodDelete, "/fly/apps/web/machines/0000000000e101/egress-ips/"+p1.V4, nil); s != http.StatusNoContent {
 		t.Fatalf("release m1's pair: %d", s)
 	}
-	waitFor(t, "m1's rule to go", func() bool { return l.sourceFrom("m1", "10.77.9.2") == "10.77.1.2" })
+	waitFor(t, "m1's rule to go", func() bool { return !strings.Contains(rules(), "10.77.1.2") })
+	if got := l.sourceFrom("m1", "10.77.9.2"); got != "10.77.1.2" {
+		t.Errorf("after the release m1 reached the server from %s; want 10.77.1.2", got)
+	}
 
 	// the CLI prints the rules, and --apply installs them in one go
 	printed := run(t, caddyBin, "fly", "machine", "egress-ip", "rules", "--address", "unix/"+sock)

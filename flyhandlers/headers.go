@@ -130,8 +130,12 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// the machine slot the fly policy takes for the request (concurrency
-	// limits) is given back here, when the handlers after this return
-	defer routing.HoldSlots(r).Release()
+	// limits) is given back here, when the handlers after this return (a
+	// replay to another app's limited service falls back to the request's
+	// end)
+	if rt.Service.Concurrency != nil {
+		defer routing.HoldSlots(r).Release()
+	}
 
 	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	if !trusted {

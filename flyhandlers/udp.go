@@ -109,7 +109,6 @@ func (q *udpQuota) give(app string, client netip.Addr) {
 type udpPort struct {
 	port   int
 	conn   *net.UDPConn
-	pc     *ipv4.PacketConn
 	fly    *routing.App
 	idle   time.Duration
 	log    *zap.Logger
@@ -364,11 +363,11 @@ func (e *Edge) startUDP() error {
 	idle := time.Duration(e.UDPIdleTimeout)
 	quota := &udpQuota{apps: make(map[string]int), clients: make(map[netip.Addr]int)}
 	for port := range e.udpPorts {
-		conn, pc, err := listenUDP(port)
+		conn, err := listenUDP(port)
 		if err != nil {
 			return fmt.Errorf("listening on udp port %d: %w", port, err)
 		}
-		u := &udpPort{port: port, conn: conn, pc: pc, fly: fly, idle: idle, log: e.logger, flows: make(map[udpKey]*udpFlow), quota: quota}
+		u := &udpPort{port: port, conn: conn, fly: fly, idle: idle, log: e.logger, flows: make(map[udpKey]*udpFlow), quota: quota}
 		e.udp = append(e.udp, u)
 		e.wg.Go(u.serve)
 	}

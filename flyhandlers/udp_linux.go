@@ -18,7 +18,7 @@ import (
 // listenUDP opens the edge's socket on port: every IPv4 address, with
 // SO_REUSEPORT (so a config reload overlaps without a gap, as Caddy's own
 // listeners do) and IP_PKTINFO.
-func listenUDP(port int) (*net.UDPConn, *ipv4.PacketConn, error) {
+func listenUDP(port int) (*net.UDPConn, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
@@ -28,15 +28,14 @@ func listenUDP(port int) (*net.UDPConn, *ipv4.PacketConn, error) {
 	}}
 	c, err := lc.ListenPacket(context.Background(), "udp4", ":"+strconv.Itoa(port))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	conn := c.(*net.UDPConn)
-	pc := ipv4.NewPacketConn(conn)
-	if err := pc.SetControlMessage(ipv4.FlagDst, true); err != nil {
+	if err := ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst, true); err != nil {
 		_ = conn.Close()
-		return nil, nil, fmt.Errorf("IP_PKTINFO: %w", err)
+		return nil, fmt.Errorf("IP_PKTINFO: %w", err)
 	}
-	return conn, pc, nil
+	return conn, nil
 }
 
 // pktinfoDst returns the header destination address of an IP_PKTINFO

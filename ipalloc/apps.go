@@ -35,18 +35,21 @@ type AppInfo struct {
 // so a udp service of an app without one gets nothing.
 func (a *App) Notes(app string, cfg *routing.Application) []string {
 	var notes []string
+	checked, hasV4 := false, false
 	for si, s := range cfg.Services {
 		if s.Protocol != "udp" {
 			continue
 		}
-		hasV4 := false
-		a.store.read(func(st *state) {
-			if as := st.apps[app]; as != nil {
-				for _, v := range as.ips {
-					hasV4 = hasV4 || v.Type == TypeV4
+		if !checked {
+			checked = true
+			a.store.read(func(st *state) {
+				if as := st.apps[app]; as != nil {
+					for _, v := range as.ips {
+						hasV4 = hasV4 || v.Type == TypeV4
+					}
 				}
-			}
-		})
+			})
+		}
 		if !hasV4 {
 			notes = append(notes, fmt.Sprintf("services[%d] (udp): UDP is served on dedicated IPv4 addresses only, and app %s has none, so its datagrams are dropped; allocate one with: caddy fly ips allocate-v4 -a %s", si, app, app))
 		}

@@ -8,13 +8,6 @@ import (
 	"time"
 )
 
-// connPool is the edge's own view of a route's machines for layer 4:
-// every machine it has not tried for this connection.
-type connPool struct{ tried []bool }
-
-func (p connPool) Usable(i int) bool { return !p.tried[i] }
-func (connPool) Load(int) int        { return 0 }
-
 // ErrNoMachine means that no machine of the app could be reached.
 var ErrNoMachine = errors.New("no machine of the app can be reached")
 
@@ -31,7 +24,7 @@ var ErrAtHardLimit = errors.New("every machine of the app is at its concurrency 
 // connection ends; it gives back the machine's unit of load.
 func (rt *Route) DialMachine(ctx context.Context, dialer *net.Dialer, tries int, failDuration time.Duration) (net.Conn, int, func(), error) {
 	var lastErr error
-	pool := connPool{tried: make([]bool, len(rt.machines))}
+	pool := failover{tried: make([]bool, len(rt.machines))}
 	for range max(tries, 1) {
 		i, outcome := Acquire(ctx, rt, pool, Preference{})
 		if i < 0 {

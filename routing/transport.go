@@ -205,8 +205,9 @@ func (b *appBody) Close() error {
 	return b.ReadCloser.Close()
 }
 
-// failover is the pool of a request's failover: every machine it has not
-// tried yet, as the edge's own view allows.
+// failover is the pool of a request's (or a layer 4 connection's)
+// failover: every machine it has not tried yet, as the edge's own view
+// allows.
 type failover struct{ tried []bool }
 
 func (f failover) Usable(i int) bool { return !f.tried[i] }
