@@ -105,7 +105,8 @@ var (
 
 // ServeHTTP sets the Fly headers and passes the request on.
 func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
+	vars := routing.RequestVars(r) // one walk of the context chain for every variable below
+	trusted, _ := vars[caddyhttp.TrustedProxyVarKey].(bool)
 	hdr := r.Header
 	id := ""
 	if trusted {
@@ -114,9 +115,11 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if id == "" {
 		id = newRequestID(time.Now(), h.region)
 	}
-	caddyhttp.SetVar(r.Context(), RequestIDVarKey, id)
+	if vars != nil {
+		vars[RequestIDVarKey] = id
+	}
 
-	rt, err := h.app.RouteForRequest(r)
+	rt, err := h.app.RouteForVars(r, vars)
 	if err != nil {
 		code := CodeNoApp
 		if errors.Is(err, routing.ErrNoService) {
@@ -137,7 +140,7 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		defer routing.HoldSlots(r).Release()
 	}
 
-	clientIP, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	clientIP, _ := vars[caddyhttp.ClientIPVarKey].(string)
 	if !trusted {
 		for k := range hdr {
 			if len(k) > 4 && k[:4] == "Fly-" && !clientFlyHeaders[k] {
@@ -401,7 +404,7 @@ type flyResponse struct {
 	rt   *routing.Route
 	resp *routing.HTTPResponse
 	id   string
-	hdr  http.Header // this pass's header, copied out when written
+	hdr  http.Header // the client's header as this pass found it
 	done bool        // the final header is written
 
 	// a response that asks for a replay is kept from the client
@@ -434,7 +437,7 @@ var flyResponses = sync.Pool{New: func() any { return &flyResponse{hdr: make(htt
 // returns it to the pool when the request is done.
 func newFlyResponse(w http.ResponseWriter, rt *routing.Route, id string, replayable bool, st *reqStats) *flyResponse {
 	fw := flyResponses.Get().(*flyResponse)
-	hdr := fw.hdr
+	hdr := fw.hdr // what the handlers before us put in the header, to go back to if this pass asks for a replay
 	clear(hdr)
 	maps.Copy(hdr, w.Header()) // the values' slices are shared, never written in place
 	*fw = flyResponse{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, rt: rt, id: id, replayable: replayable,
@@ -459,14 +462,15 @@ func (st *reqStats) release() {
 	st.writers = st.writers[:0]
 }
 
-// Header returns the header of this pass, which reaches the client's
-// when the final header is written (so a response that asks for a replay
-// leaves nothing there); after that, the client's, where trailers go.
+// Header returns the client's header. A response that asks for a replay
+// leaves nothing there: when its header is written, the client's goes
+// back to what it was before the pass, and what the pass adds after
+// that goes nowhere.
 func (w *flyResponse) Header() http.Header {
-	if w.done {
-		return w.ResponseWriter.Header()
+	if w.intercept {
+		return w.hdr
 	}
-	return w.hdr
+	return w.ResponseWriter.Header()
 }
 
 func (w *flyResponse) WriteHeader(status int) {
@@ -477,9 +481,9 @@ func (w *flyResponse) WriteHeader(status int) {
 		w.ResponseWriter.WriteHeader(status) // Caddy's superfluous-call warning, as without us
 		return
 	}
-	h := w.hdr
+	h := w.ResponseWriter.Header()
 	if status >= 200 || status == http.StatusSwitchingProtocols {
-		if v := h.Get(hdrFlyReplay); status != http.StatusSwitchingProtocols && (v != "" || strings.HasPrefix(h.Get("Content-Type"), replayContentType)) {
+		if v := first(h[hdrFlyReplay]); status != http.StatusSwitchingProtocols && (v != "" || strings.HasPrefix(first(h["Content-Type"]), replayContentType)) {
 			w.intercept = true
 			switch {
 			case !w.replayable:
@@ -492,6 +496,8 @@ func (w *flyResponse) WriteHeader(status int) {
 			default:
 				w.jsonBody = new(bytes.Buffer)
 			}
+			clear(h)
+			maps.Copy(h, w.hdr)
 			return
 		}
 		w.done = true
@@ -517,9 +523,6 @@ func (w *flyResponse) WriteHeader(status int) {
 			}
 		}
 	}
-	dst := w.ResponseWriter.Header()
-	clear(dst)
-	maps.Copy(dst, h)
 	w.ResponseWriter.WriteHeader(status)
 }
 
@@ -585,6 +588,15 @@ func (w *flyResponse) finish() {
 		}
 		w.jsonBody = nil
 	}
+}
+
+// first returns a header's first value, or "" (http.Header.Get for a
+// name known to be canonical, without checking it again).
+func first(vs []string) string {
+	if len(vs) == 0 {
+		return ""
+	}
+	return vs[0]
 }
 
 type writerFunc func([]byte) (int, error)

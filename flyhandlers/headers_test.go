@@ -263,3 +263,45 @@ func TestErrorBodies(t *testing.T) {
 		}
 	}
 }
+
+// replayOnce asks for a replay on its first pass, leaving headers of its
+// own, and answers the second.
+type replayOnce struct{ passes int }
+
+func (n *replayOnce) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
+	n.passes++
+	if n.passes == 1 {
+		w.Header().Set("X-Replayed-Pass", "must not reach the client")
+		w.Header().Set("Server", "the machine that replayed")
+		w.Header().Set("Fly-Replay", "region=iad")
+		w.WriteHeader(http.StatusConflict)
+		_, _ = w.Write([]byte("must not reach the client"))
+		w.Header().Set("X-After-Intercept", "must not reach the client")
+		return nil
+	}
+	w.Header().Set("X-Answer", "yes")
+	_, err := w.Write([]byte("answer"))
+	return err
+}
+
+// TestReplayLeavesNoHeader: the client gets none of the headers of a
+// response that asked for a replay, and keeps those set before
+// fly_headers ran.
+func TestReplayLeavesNoHeader(t *testing.T) {
+	h := &Headers{app: webApps(t), region: "iad", logger: zap.NewNop()}
+	r, rec := flyRequest("http://web.edge.test/x", "127.0.0.1:80", nil)
+	rec.Header().Set("Server", "Caddy") // as Caddy's server does first
+	next := &replayOnce{}
+	if err := h.ServeHTTP(rec, r, next); err != nil {
+		t.Fatal(err)
+	}
+	res := rec.Result()
+	if next.passes != 2 || res.StatusCode != http.StatusOK || rec.Body.String() != "answer" {
+		t.Fatalf("%d passes, %d %q; want 2 passes, 200 answer", next.passes, res.StatusCode, rec.Body.String())
+	}
+	for k, want := range map[string]string{"X-Replayed-Pass": "", "Fly-Replay": "", "X-After-Intercept": "", "Server": "Caddy", "X-Answer": "yes"} {
+		if got := strings.Join(res.Header[k], ","); got != want {
+			t.Errorf("%s: %q, want %q", k, got, want)
+		}
+	}
+}

@@ -264,21 +264,35 @@ func (v machineVar) String() string {
 // stateOf returns the request's state, nil before any flyedge module saw
 // it.
 func stateOf(r *http.Request) *requestState {
-	st, _ := caddyhttp.GetVar(r.Context(), routeVarKey).(*requestState)
+	st, _ := RequestVars(r)[routeVarKey].(*requestState)
 	return st
 }
 
 // ensureState returns the request's state, putting a new one in its
 // variables first if need be.
-func ensureState(r *http.Request) *requestState {
-	if st := stateOf(r); st != nil {
+func ensureState(r *http.Request) *requestState { return ensureStateIn(RequestVars(r)) }
+
+// ensureStateIn is ensureState with the request's variables at hand.
+func ensureStateIn(vars map[string]any) *requestState {
+	if st, ok := vars[routeVarKey].(*requestState); ok {
 		return st
 	}
 	st := new(requestState)
-	caddyhttp.SetVar(r.Context(), routeVarKey, st)
-	caddyhttp.SetVar(r.Context(), AppVarKey, appVar{st})
-	caddyhttp.SetVar(r.Context(), MachineVarKey, machineVar{st})
+	if vars != nil { // outside Caddy's HTTP server: the state lives as long as the call
+		vars[routeVarKey] = st
+		vars[AppVarKey] = appVar{st}
+		vars[MachineVarKey] = machineVar{st}
+	}
 	return st
+}
+
+// RequestVars returns the request's variables (caddyhttp.GetVar and
+// SetVar's map), nil outside Caddy's HTTP server. Each lookup walks the
+// request's context chain, which is deep by the time a handler runs, so
+// a module that reads or sets several variables fetches the map once.
+func RequestVars(r *http.Request) map[string]any {
+	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	return vars
 }
 
 // RouteForRequest returns the route of an HTTP request: Resolve for the
@@ -286,7 +300,13 @@ func ensureState(r *http.Request) *requestState {
 // is cached in the request's variables, so every flyedge module of one
 // request sees the same route.
 func (a *App) RouteForRequest(r *http.Request) (*Route, error) {
-	if st := stateOf(r); st != nil {
+	return a.RouteForVars(r, RequestVars(r))
+}
+
+// RouteForVars is RouteForRequest with the request's variables at hand
+// (RequestVars).
+func (a *App) RouteForVars(r *http.Request, vars map[string]any) (*Route, error) {
+	if st, ok := vars[routeVarKey].(*requestState); ok {
 		if rt := st.route.Load(); rt != nil {
 			return rt, nil
 		}
@@ -296,7 +316,7 @@ func (a *App) RouteForRequest(r *http.Request) (*Route, error) {
 	if err != nil {
 		return nil, err
 	}
-	ensureState(r).route.Store(rt)
+	ensureStateIn(vars).route.Store(rt)
 	return rt, nil
 }
 

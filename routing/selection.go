@@ -142,12 +142,22 @@ func (st *requestState) preference(r *http.Request) Preference {
 			return *p
 		}
 	}
+	h := r.Header // the names are canonical: index the map, as Get would after checking that
 	return Preference{
-		ForceInstance:  r.Header.Get(HeaderForceInstance),
-		PreferInstance: r.Header.Get(HeaderPreferInstance),
-		PreferRegions:  r.Header.Get(HeaderPreferRegion),
-		ForceRegion:    r.Header.Get(HeaderForceRegion),
+		ForceInstance:  first(h[HeaderForceInstance]),
+		PreferInstance: first(h[HeaderPreferInstance]),
+		PreferRegions:  first(h[HeaderPreferRegion]),
+		ForceRegion:    first(h[HeaderForceRegion]),
 	}
+}
+
+// first returns a header's first value, or "" (http.Header.Get for a
+// name known to be canonical).
+func first(vs []string) string {
+	if len(vs) == 0 {
+		return ""
+	}
+	return vs[0]
 }
 
 // ClearUnroutable forgets what Unroutable would say of r (before r is

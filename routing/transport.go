@@ -112,8 +112,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		i = rt.MachineByDial(di.Address)
 	}
 	resp, err := tr.RoundTrip(req)
-	var de reverseproxy.DialError
-	if err == nil || !errors.As(err, &de) || i < 0 {
+	if err == nil || !isDialError(err) || i < 0 {
 		if err == nil && i >= 0 {
 			st.machine.Store(&rt.machines[i].id)
 		}
@@ -147,7 +146,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		next2.Network, next2.Address, next2.Host, next2.Port = "tcp", m.dial, host, port
 		r2 := req.WithContext(context.WithValue(req.Context(), dialInfoCtxKey, next2))
 		r2.URL.Host = m.dial
-		if resp, err = tr.RoundTrip(r2); err == nil || !errors.As(err, &de) {
+		if resp, err = tr.RoundTrip(r2); err == nil || !isDialError(err) {
 			if err == nil {
 				st.machine.Store(&m.id)
 				watchApp(rt, resp)
@@ -159,6 +158,14 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	rt.countSelection(Refused)
 	SetUnroutable(req, Refused)
 	return nil, err
+}
+
+// isDialError reports whether err is the proxy's failure to connect to
+// the machine (a function of its own: the target errors.As needs
+// escapes, and should cost an allocation only when there is an error).
+func isDialError(err error) bool {
+	var de reverseproxy.DialError
+	return errors.As(err, &de)
 }
 
 // watchApp makes a response that may last (a protocol switch, such as a
