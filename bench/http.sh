@@ -16,6 +16,8 @@
 #   NETNS=1   run the harness in a private network namespace (root only), for
 #             when its fixed ports are taken, e.g. 8443 by the Caddyfile.example demo
 #   HARNESS=<dir of run.sh>   (default: <repo>/../shared/bench/http)
+#   REPLAY=0  skip the fly-replay comparison that follows the harness
+#             (bench/replay.sh with REPS=REPLAY_REPS [REPS] and DURATION)
 #   LIMITS="requests 10000 20000"   give the flyedge app's service this
 #             concurrency line, so the limits' accounting runs on every request
 #             (limits that never bind: the cost of keeping them)
@@ -87,4 +89,11 @@ EXTRA_CADDY="$TMP/caddy" EXTRA_CADDYFILE="$CADDYFILE" EXTRA_NAME=flyedge \
 EXTRA_HTTP_PORT=8084 EXTRA_HTTPS_PORT=8444 \
   "${WRAP[@]}" "$RUNSH"
 rc=$?
+# ---------- fly-replay of a 1 KiB POST, in the same run ----------
+if [[ $rc == 0 && ${REPLAY:-1} == 1 ]]; then
+  echo
+  echo "# fly-replay of a 1 KiB POST against the same POST answered at once (bench/replay.sh)"
+  REPS=${REPLAY_REPS:-${REPS:-3}} DURATION=${DURATION:-10} "${WRAP[@]}" "$BENCH/replay.sh"
+  rc=$?
+fi
 exit $rc

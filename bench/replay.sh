@@ -30,6 +30,7 @@ for path in plain replay; do # warm up, and check the answers
 done
 echo "# $(date -u +%F) REPS=$REPS DURATION=$DURATION THREADS=$THREADS CONNS=$CONNS; host: $(nproc) cpus"
 printf '%-8s %-4s %12s %10s %8s\n' path rep rps p99_ms errors
+declare -A RPS P99
 for rep in $(seq "$REPS"); do
 	for path in plain replay; do
 		res=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$REPO/bench/replay/post.lua" "http://127.0.0.1:8085/$path")
@@ -37,5 +38,11 @@ for rep in $(seq "$REPS"); do
 		p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$res")
 		errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$res" | tr '\n' ' ')
 		printf '%-8s %-4s %12s %10s %8s\n' "$path" "$rep" "$rps" "$p99" "${errs:-0}"
+		RPS[$path]+="$rps " P99[$path]+="$p99 "
 	done
 done
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+rp=$(median "${RPS[plain]}") rr=$(median "${RPS[replay]}") pp=$(median "${P99[plain]}") pr=$(median "${P99[replay]}")
+awk -v rp="$rp" -v rr="$rr" -v pp="$pp" -v pr="$pr" 'BEGIN {
+	printf "medians: plain %.0f rps, p99 %.2f ms; replay %.0f rps, p99 %.2f ms\n", rp, pp, rr, pr
+	printf "a replayed POST costs %.2f times a plain one (rps), p99 %.2f times (goal: under 2)\n", rp / rr, pr / pp }'
