@@ -24,11 +24,15 @@
 # admin 2991/2992/2993, backend 9011
 # (the harness's ports plus 10, so it runs beside the demo and bench/http.sh's ports).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 BENCH=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$BENCH/.." && pwd)
 HARNESS=${HARNESS:-"$REPO/../shared/bench/http"}
 REPS=${REPS:-5} DURATION=${DURATION:-8} CONNS=${CONNS:-64} TESTS=${TESTS:-"h1 tls"} PIN=${PIN:-1}
 NAMES=${NAMES:-"caddy caddy-fly flyedge"}
+for n in $NAMES; do
+	[[ $n =~ ^(caddy|caddy-fly|flyedge)$ ]] || { echo "bench/allocs.sh: NAMES: $n is none of caddy, caddy-fly, flyedge" >&2; exit 2; }
+done
 for t in wrk curl python3 taskset; do
 	command -v "$t" >/dev/null || { echo "bench/allocs.sh: $t is missing" >&2; exit 2; }
 done
@@ -44,17 +48,16 @@ trap cleanup EXIT
 (cd "$REPO" && go build -o "$TMP/caddy" ./cmd/caddy)
 (cd "$HARNESS/backend" && go build -o "$TMP/backend" .)
 
-# the two configs on ports of their own, admin on (for memstats)
+# the three configs on ports of their own, admin on (for memstats)
 sed -e 's/admin off/admin 127.0.0.1:2991/' -e "s#__RUN__#$TMP#" \
 	-e 's/:8083/:8093/; s/:8443/:8453/; s/127.0.0.1:9001/127.0.0.1:9011/' \
 	"$HARNESS/Caddyfile" >"$TMP/caddy.Caddyfile"
 sed -e 's/admin off/admin 127.0.0.1:2992/' -e "s#__RUN__#$TMP#" \
 	-e 's/8084/8094/g; s/8444/8454/g; s/service 9001/service 9011/' \
 	"$BENCH/http.Caddyfile" >"$TMP/flyedge.Caddyfile"
-sed -e 's/admin off/admin 127.0.0.1:2993/' -e "s#__RUN__#$TMP#" \
-	-e 's/:8083/:8095/; s/:8443/:8455/; s/127.0.0.1:9001/127.0.0.1:9011/' \
+sed -e 's/127.0.0.1:2991/127.0.0.1:2993/; s/:8093/:8095/; s/:8453/:8455/' \
 	-e 's/^\( *\)header_up Fly-Region iad$/&\n\1header_up X-Forwarded-Ssl {http.request.scheme}\n\1header_up X-Forwarded-Port {http.request.local.port}\n\1header_up Fly-Request-Id {http.request.uuid}\n\1header_down Fly-Request-Id {http.request.uuid}/' \
-	"$HARNESS/Caddyfile" >"$TMP/caddy-fly.Caddyfile"
+	"$TMP/caddy.Caddyfile" >"$TMP/caddy-fly.Caddyfile"
 grep -q 'header_down Fly-Request-Id' "$TMP/caddy-fly.Caddyfile" || { echo "bench/allocs.sh: no header_up Fly-Region line in $HARNESS/Caddyfile" >&2; exit 2; }
 for n in caddy caddy-fly flyedge; do
 	"$TMP/caddy" adapt --config "$TMP/$n.Caddyfile" --adapter caddyfile >/dev/null 2>"$TMP/adapt.log" || { cat "$TMP/adapt.log" >&2; exit 2; }
@@ -70,7 +73,7 @@ declare -A URL=([caddy:h1]=http://127.0.0.1:8093/ [caddy:tls]=https://127.0.0.1:
 	[caddy-fly:h1]=http://127.0.0.1:8095/ [caddy-fly:tls]=https://127.0.0.1:8455/)
 
 memstats() { # Mallocs TotalAlloc of the process behind admin $1
-	curl -fsS "http://$1/debug/vars" | python3 -c 'import json,sys; m=json.load(sys.stdin)["memstats"]; print(m["Mallocs"], m["TotalAlloc"])'
+	curl -fsS -m 5 "http://$1/debug/vars" | python3 -c 'import json,sys; m=json.load(sys.stdin)["memstats"]; print(m["Mallocs"], m["TotalAlloc"])'
 }
 cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
@@ -85,7 +88,7 @@ for test in $TESTS; do
 			pid=$!
 			pids+=("$pid")
 			url=${URL[$name:$test]}
-			for _ in $(seq 100); do curl -ksf -o /dev/null "$url" && break; sleep 0.1; done
+			for _ in $(seq 100); do curl -ksf -m 2 -o /dev/null "$url" && break; sleep 0.1; done
 			# the process answering is the one just started (Caddy binds with SO_REUSEPORT)
 			port=${url##*:} port=${port%/}
 			owner=$(ss -Hltnp "sport = :$port" | grep -o 'pid=[0-9]*' | sort -u | tr '\n' ' ')
@@ -108,7 +111,6 @@ for test in $TESTS; do
 		done
 	done
 done
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 echo "# medians"
 printf '%-9s %-4s %9s %10s %12s %10s\n' name test rps allocs/r bytes/r cpu_us/r
 for test in $TESTS; do

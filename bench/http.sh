@@ -8,7 +8,7 @@
 # standard modules, so the baseline and flyedge rows share one Caddy and Go
 # version) and as the extra proxy "flyedge" with bench/http.Caddyfile.
 #
-# Usage: bench/http.sh                                   (full run, ~11 min)
+# Usage: bench/http.sh                                   (full run, ~13 min with the replay comparison)
 #        MODES=unpinned TESTS="h1 tls h2" REPS=1 DURATION=3 H2_N=20000 bench/http.sh   (smoke)
 # Knobs (environment, passed through to run.sh; see bench/README.md):
 #   PEERS MODES TESTS REPS DURATION THREADS CONNS H2_N H2_C H2_M H2_T

@@ -9,6 +9,7 @@
 #        REPS=1 DURATION=3 bench/replay.sh    (smoke)
 # Knobs: REPS DURATION THREADS CONNS
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 REPS=${REPS:-3} DURATION=${DURATION:-8} THREADS=${THREADS:-2} CONNS=${CONNS:-64}
 command -v wrk >/dev/null || { echo "bench/replay.sh: wrk is missing (apt-get install -y wrk)" >&2; exit 2; }
@@ -41,7 +42,6 @@ for rep in $(seq "$REPS"); do
 		RPS[$path]+="$rps " P99[$path]+="$p99 "
 	done
 done
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 rp=$(median "${RPS[plain]}") rr=$(median "${RPS[replay]}") pp=$(median "${P99[plain]}") pr=$(median "${P99[replay]}")
 awk -v rp="$rp" -v rr="$rr" -v pp="$pp" -v pr="$pr" 'BEGIN {
 	printf "medians: plain %.0f rps, p99 %.2f ms; replay %.0f rps, p99 %.2f ms\n", rp, pp, rr, pr
