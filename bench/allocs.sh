@@ -20,6 +20,8 @@
 #
 # Knobs: REPS [5] DURATION [8] CONNS [64] TESTS ["h1 tls"] NAMES ["caddy caddy-fly flyedge"]
 #        PIN [1]: the proxy on CPU 1 with GOMAXPROCS=1, wrk and the backend on CPU 0
+#        HEADERS: extra request headers, "Name: value" lines, sent by wrk (say, a
+#        browser's), so that the incoming header set is not wrk's bare one
 # Ports: plain Caddy 8093/8453, flyedge 8094/8454, caddy-fly 8095/8455,
 # admin 2991/2992/2993, backend 9011
 # (the harness's ports plus 10, so it runs beside the demo and bench/http.sh's ports).
@@ -29,6 +31,7 @@ BENCH=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$BENCH/.." && pwd)
 HARNESS=${HARNESS:-"$REPO/../shared/bench/http"}
 REPS=${REPS:-5} DURATION=${DURATION:-8} CONNS=${CONNS:-64} TESTS=${TESTS:-"h1 tls"} PIN=${PIN:-1}
+HEADERS=${HEADERS:-}
 NAMES=${NAMES:-"caddy caddy-fly flyedge"}
 for n in $NAMES; do
 	[[ $n =~ ^(caddy|caddy-fly|flyedge)$ ]] || { echo "bench/allocs.sh: NAMES: $n is none of caddy, caddy-fly, flyedge" >&2; exit 2; }
@@ -48,17 +51,8 @@ trap cleanup EXIT
 (cd "$REPO" && go build -o "$TMP/caddy" ./cmd/caddy)
 (cd "$HARNESS/backend" && go build -o "$TMP/backend" .)
 
-# the three configs on ports of their own, admin on (for memstats)
-sed -e 's/admin off/admin 127.0.0.1:2991/' -e "s#__RUN__#$TMP#" \
-	-e 's/:8083/:8093/; s/:8443/:8453/; s/127.0.0.1:9001/127.0.0.1:9011/' \
-	"$HARNESS/Caddyfile" >"$TMP/caddy.Caddyfile"
-sed -e 's/admin off/admin 127.0.0.1:2992/' -e "s#__RUN__#$TMP#" \
-	-e 's/8084/8094/g; s/8444/8454/g; s/service 9001/service 9011/' \
-	"$BENCH/http.Caddyfile" >"$TMP/flyedge.Caddyfile"
-sed -e 's/127.0.0.1:2991/127.0.0.1:2993/; s/:8093/:8095/; s/:8453/:8455/' \
-	-e 's/^\( *\)header_up Fly-Region iad$/&\n\1header_up X-Forwarded-Ssl {http.request.scheme}\n\1header_up X-Forwarded-Port {http.request.local.port}\n\1header_up Fly-Request-Id {http.request.uuid}\n\1header_down Fly-Request-Id {http.request.uuid}/' \
-	"$TMP/caddy.Caddyfile" >"$TMP/caddy-fly.Caddyfile"
-grep -q 'header_down Fly-Request-Id' "$TMP/caddy-fly.Caddyfile" || { echo "bench/allocs.sh: no header_up Fly-Region line in $HARNESS/Caddyfile" >&2; exit 2; }
+# the three configs on ports of their own (the harness's plus 10), admin on (for memstats)
+render_configs "$TMP" 10
 for n in caddy caddy-fly flyedge; do
 	"$TMP/caddy" adapt --config "$TMP/$n.Caddyfile" --adapter caddyfile >/dev/null 2>"$TMP/adapt.log" || { cat "$TMP/adapt.log" >&2; exit 2; }
 done
@@ -76,8 +70,10 @@ memstats() { # Mallocs TotalAlloc of the process behind admin $1
 	curl -fsS -m 5 "http://$1/debug/vars" | python3 -c 'import json,sys; m=json.load(sys.stdin)["memstats"]; print(m["Mallocs"], m["TotalAlloc"])'
 }
 cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hdrs=()
+while IFS= read -r h; do [[ -n $h ]] && hdrs+=(-H "$h"); done <<<"$HEADERS"
 
-echo "# $(date -u +%F) REPS=$REPS DURATION=$DURATION CONNS=$CONNS PIN=$PIN; host: $(nproc) cpus"
+echo "# $(date -u +%F) REPS=$REPS DURATION=$DURATION CONNS=$CONNS PIN=$PIN HEADERS=$(grep -c . <<<"$HEADERS" || true) lines; host: $(nproc) cpus"
 printf '%-9s %-4s %-4s %9s %10s %12s %10s\n' name test rep rps allocs/r bytes/r cpu_us/r
 declare -A A B C R
 for test in $TESTS; do
@@ -93,10 +89,10 @@ for test in $TESTS; do
 			port=${url##*:} port=${port%/}
 			owner=$(ss -Hltnp "sport = :$port" | grep -o 'pid=[0-9]*' | sort -u | tr '\n' ' ')
 			[[ $owner == "pid=$pid " ]] || { echo "bench/allocs.sh: ${url} is served by ${owner:-nobody}, not pid $pid" >&2; exit 1; }
-			"${LOAD[@]}" wrk -t1 -c"$CONNS" -d2s "$url" >/dev/null # warm up
+			"${LOAD[@]}" wrk -t1 -c"$CONNS" -d2s "${hdrs[@]}" "$url" >/dev/null # warm up
 			read -r m0 b0 <<<"$(memstats "${ADMIN[$name]}")"
 			t0=$(cputicks "$pid")
-			out=$("${LOAD[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" "$url")
+			out=$("${LOAD[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" "${hdrs[@]}" "$url")
 			t1=$(cputicks "$pid")
 			read -r m1 b1 <<<"$(memstats "${ADMIN[$name]}")"
 			kill "$pid"
