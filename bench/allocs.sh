@@ -40,7 +40,7 @@ for t in wrk curl python3 taskset; do
 	command -v "$t" >/dev/null || { echo "bench/allocs.sh: $t is missing" >&2; exit 2; }
 done
 for p in 8093 8094 8095 8453 8454 8455 2991 2992 2993 9011; do
-	if ss -Hltn "sport = :$p" | grep -q .; then echo "bench/allocs.sh: port $p is in use" >&2; exit 2; fi
+	[[ -z $(ss -Hltn "sport = :$p") ]] || { echo "bench/allocs.sh: port $p is in use" >&2; exit 2; }
 done
 [[ -f $HARNESS/Caddyfile ]] || { echo "bench/allocs.sh: no $HARNESS/Caddyfile (set HARNESS)" >&2; exit 2; }
 
@@ -87,7 +87,7 @@ for test in $TESTS; do
 			for _ in $(seq 100); do curl -ksf -m 2 -o /dev/null "$url" && break; sleep 0.1; done
 			# the process answering is the one just started (Caddy binds with SO_REUSEPORT)
 			port=${url##*:} port=${port%/}
-			owner=$(ss -Hltnp "sport = :$port" | grep -o 'pid=[0-9]*' | sort -u | tr '\n' ' ')
+			owner=$(ss -Hltnp "sport = :$port" | { grep -o 'pid=[0-9]*' || true; } | sort -u | tr '\n' ' ')
 			[[ $owner == "pid=$pid " ]] || { echo "bench/allocs.sh: ${url} is served by ${owner:-nobody}, not pid $pid" >&2; exit 1; }
 			"${LOAD[@]}" wrk -t1 -c"$CONNS" -d2s "${hdrs[@]}" "$url" >/dev/null # warm up
 			read -r m0 b0 <<<"$(memstats "${ADMIN[$name]}")"

@@ -18,15 +18,16 @@
 # dumped. Printed per request: all instructions (Ir/req), those under
 # zap.(*Logger).With (reverse_proxy encodes the request with every header
 # for its "upstream roundtrip" debug log on every round trip, whatever the
-# log level), and those in flyedge's own functions (self cost).
+# log level), and those in flyedge's own functions (their self cost: what
+# they call, allocation and map writes included, is not in it).
 #
 # Usage: bench/instr.sh                  (N=20000, h1 and tls: ~12 min)
 #        N=2000 TESTS=h1 bench/instr.sh  (smoke, ~2 min)
 # Knobs: N [20000] WARM [1000] CONNS [16] TESTS ["h1 tls"] NAMES ["caddy caddy-fly flyedge"]
 #        HEADERS: extra request headers, "Name: value" lines, sent by h2load
-#        (say, a browser's), so that the incoming header set is not wrk's bare one
+#        (say, bench/browser-headers.txt), so that the request is not h2load's bare one
 # Ports: the harness's plus 20: caddy 8103/8463, flyedge 8104/8464,
-# caddy-fly 8105/8465, backend 9021.
+# caddy-fly 8105/8465, admin 3001-3003, backend 9021.
 # Needs valgrind and h2load (Debian: valgrind nghttp2-client).
 #
 # Go programs run under valgrind with GODEBUG=cpu.rdtscp=off (valgrind does
@@ -45,12 +46,14 @@ done
 for t in $TESTS; do
 	[[ $t =~ ^(h1|tls)$ ]] || { echo "bench/instr.sh: TESTS: $t is neither h1 nor tls" >&2; exit 2; }
 done
-[[ $N =~ ^[0-9]+$ && $N -gt 0 && $WARM =~ ^[0-9]+$ ]] || { echo "bench/instr.sh: N and WARM are request counts" >&2; exit 2; }
+[[ $N =~ ^[0-9]+$ && $WARM =~ ^[0-9]+$ && $CONNS =~ ^[0-9]+$ && $CONNS -gt 0 ]] || { echo "bench/instr.sh: N, WARM and CONNS are counts" >&2; exit 2; }
+# h2load refuses fewer requests than connections
+[[ $N -ge $CONNS && ($WARM == 0 || $WARM -ge $CONNS) ]] || { echo "bench/instr.sh: N and WARM (unless 0) must be at least CONNS ($CONNS)" >&2; exit 2; }
 for t in valgrind callgrind_control callgrind_annotate h2load curl ss; do
 	command -v "$t" >/dev/null || { echo "bench/instr.sh: $t is missing (Debian: apt-get install valgrind nghttp2-client)" >&2; exit 2; }
 done
 for p in 8103 8104 8105 8463 8464 8465 3001 3002 3003 9021; do
-	if ss -Hltn "sport = :$p" | grep -q .; then echo "bench/instr.sh: port $p is in use" >&2; exit 2; fi
+	[[ -z $(ss -Hltn "sport = :$p") ]] || { echo "bench/instr.sh: port $p is in use" >&2; exit 2; }
 done
 [[ -f $HARNESS/Caddyfile ]] || { echo "bench/instr.sh: no $HARNESS/Caddyfile (set HARNESS)" >&2; exit 2; }
 
@@ -84,26 +87,33 @@ for test in $TESTS; do
 			"$TMP/caddy" run --config "$TMP/$name.Caddyfile" --adapter caddyfile >"$TMP/$name.$test.log" 2>&1 &
 		pid=$!
 		pids+=("$pid")
-		for _ in $(seq 300); do curl -ksf -m 2 -o /dev/null "$url" && break; sleep 0.5; done
+		for _ in $(seq 300); do
+			curl -ksf -m 2 -o /dev/null "$url" && break
+			kill -0 "$pid" 2>/dev/null || break # it died: the check below says so
+			sleep 0.5
+		done
 		# the process answering is the one just started (Caddy binds with SO_REUSEPORT)
 		port=${url##*:} port=${port%/}
-		owner=$(ss -Hltnp "sport = :$port" | grep -o 'pid=[0-9]*' | sort -u | tr '\n' ' ')
+		owner=$(ss -Hltnp "sport = :$port" | { grep -o 'pid=[0-9]*' || true; } | sort -u | tr '\n' ' ')
 		[[ $owner == "pid=$pid " ]] || { echo "bench/instr.sh: $url is served by ${owner:-nobody}, not pid $pid" >&2; tail -5 "$TMP/$name.$test.log" >&2; exit 1; }
 		run() { # h2load over HTTP/1.1, $1 requests; fails unless every one succeeded
 			local out
-			out=$(timeout 600 h2load --h1 -n "$1" -c "$CONNS" "${hdrs[@]}" "$url")
-			grep -q "requests: $1 total, $1 started, $1 done, $1 succeeded" <<<"$out" || { echo "bench/instr.sh: $name $test: $(grep 'requests:' <<<"$out")" >&2; return 1; }
+			out=$(timeout 600 h2load --h1 -n "$1" -c "$CONNS" "${hdrs[@]}" "$url" 2>&1) || true
+			grep -q "requests: $1 total, $1 started, $1 done, $1 succeeded" <<<"$out" || { echo "bench/instr.sh: $name $test: h2load: $(grep 'requests:' <<<"$out" || tail -2 <<<"$out")" >&2; return 1; }
 		}
 		[[ $WARM == 0 ]] || run "$WARM"
-		callgrind_control -i on "$pid" >/dev/null 2>&1
+		callgrind_control -i on "$pid" >"$TMP/cc.log" 2>&1
 		run "$N"
-		callgrind_control -d "$pid" >/dev/null 2>&1
+		callgrind_control -d "$pid" >>"$TMP/cc.log" 2>&1
 		kill "$pid"
 		wait "$pid" 2>/dev/null || true
-		f=$(ls -S "$TMP/cg.$name.$test".* | head -1) # the dump, not the empty file written at exit
+		f=$TMP/cg.$name.$test.1 # the dump (-d); the file without a suffix is written at exit
+		[[ -s $f ]] || { echo "bench/instr.sh: $name $test: callgrind wrote no dump ($f)" >&2; cat "$TMP/cc.log" >&2; exit 1; }
 		total=$(callgrind_annotate "$f" | awk '/PROGRAM TOTALS/ && !n++ {gsub(",", "", $1); print $1}')
-		zapw=$(callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$f" | awk '/:go\.uber\.org\/zap\.\(\*Logger\)\.With / && !n++ {gsub(",", "", $1); print $1}')
-		own=$(callgrind_annotate --auto=no --threshold=100 "$f" | awk '/caddy-flyedge/ && /%\)/ {gsub(",", "", $1); s += $1} END {print s + 0}')
+		[[ ${total:-0} -gt 0 ]] || { echo "bench/instr.sh: $name $test: no instructions counted" >&2; cat "$TMP/cc.log" >&2; exit 1; }
+		# a function's cost may be split over rows, one per source file (inlining): add them up
+		zapw=$(callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$f" | awk '/:go\.uber\.org\/zap\.\(\*Logger\)\.With / {gsub(",", "", $1); s += $1} END {print s + 0}')
+		own=$(callgrind_annotate --auto=no --threshold=100 "$f" | awk '/:github\.com\/flyedge\/caddy-flyedge\// {gsub(",", "", $1); s += $1} END {print s + 0}')
 		read -r ir zw ow < <(awk -v t="$total" -v z="${zapw:-0}" -v o="$own" -v n="$N" 'BEGIN {printf "%.0f %.0f %.0f\n", t / n, z / n, o / n}')
 		printf '%-9s %-4s %10s %12s %12s\n' "$name" "$test" "$ir" "$zw" "$ow"
 		IR[$name:$test]=$ir
