@@ -33,45 +33,27 @@ HARNESS=${HARNESS:-"$REPO/../shared/bench/http"}
 REPS=${REPS:-5} DURATION=${DURATION:-8} CONNS=${CONNS:-64} TESTS=${TESTS:-"h1 tls"} PIN=${PIN:-1}
 HEADERS=${HEADERS:-}
 NAMES=${NAMES:-"caddy caddy-fly flyedge"}
-for n in $NAMES; do
-	[[ $n =~ ^(caddy|caddy-fly|flyedge)$ ]] || { echo "bench/allocs.sh: NAMES: $n is none of caddy, caddy-fly, flyedge" >&2; exit 2; }
-done
 for t in wrk curl python3 taskset; do
 	command -v "$t" >/dev/null || { echo "bench/allocs.sh: $t is missing" >&2; exit 2; }
 done
-for p in 8093 8094 8095 8453 8454 8455 2991 2992 2993 9011; do
-	[[ -z $(ss -Hltn "sport = :$p") ]] || { echo "bench/allocs.sh: port $p is in use" >&2; exit 2; }
-done
-[[ -f $HARNESS/Caddyfile ]] || { echo "bench/allocs.sh: no $HARNESS/Caddyfile (set HARNESS)" >&2; exit 2; }
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/flyedge-allocs.XXXXXX")
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
-(cd "$REPO" && go build -o "$TMP/caddy" ./cmd/caddy)
-(cd "$HARNESS/backend" && go build -o "$TMP/backend" .)
-
 # the three configs on ports of their own (the harness's plus 10), admin on (for memstats)
-render_configs "$TMP" 10
-for n in caddy caddy-fly flyedge; do
-	"$TMP/caddy" adapt --config "$TMP/$n.Caddyfile" --adapter caddyfile >/dev/null 2>"$TMP/adapt.log" || { cat "$TMP/adapt.log" >&2; exit 2; }
-done
+prepare_three bench/allocs.sh "$TMP" 10
 
 LOAD=() PROXY=()
 if [[ $PIN == 1 ]]; then LOAD=(taskset -c 0) PROXY=(env GOMAXPROCS=1 taskset -c 1); fi
 "${LOAD[@]}" "$TMP/backend" -addr 127.0.0.1:9011 >"$TMP/backend.log" 2>&1 & pids+=($!)
 
 declare -A ADMIN=([caddy]=127.0.0.1:2991 [flyedge]=127.0.0.1:2992 [caddy-fly]=127.0.0.1:2993)
-declare -A URL=([caddy:h1]=http://127.0.0.1:8093/ [caddy:tls]=https://127.0.0.1:8453/
-	[flyedge:h1]=http://127.0.0.1:8094/ [flyedge:tls]=https://127.0.0.1:8454/
-	[caddy-fly:h1]=http://127.0.0.1:8095/ [caddy-fly:tls]=https://127.0.0.1:8455/)
 
 memstats() { # Mallocs TotalAlloc of the process behind admin $1
 	curl -fsS -m 5 "http://$1/debug/vars" | python3 -c 'import json,sys; m=json.load(sys.stdin)["memstats"]; print(m["Mallocs"], m["TotalAlloc"])'
 }
 cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hdrs=()
-while IFS= read -r h; do [[ -n $h ]] && hdrs+=(-H "$h"); done <<<"$HEADERS"
 
 echo "# $(date -u +%F) REPS=$REPS DURATION=$DURATION CONNS=$CONNS PIN=$PIN HEADERS=$(grep -c . <<<"$HEADERS" || true) lines; host: $(nproc) cpus"
 printf '%-9s %-4s %-4s %9s %10s %12s %10s\n' name test rep rps allocs/r bytes/r cpu_us/r
@@ -85,10 +67,7 @@ for test in $TESTS; do
 			pids+=("$pid")
 			url=${URL[$name:$test]}
 			for _ in $(seq 100); do curl -ksf -m 2 -o /dev/null "$url" && break; sleep 0.1; done
-			# the process answering is the one just started (Caddy binds with SO_REUSEPORT)
-			port=${url##*:} port=${port%/}
-			owner=$(ss -Hltnp "sport = :$port" | { grep -o 'pid=[0-9]*' || true; } | sort -u | tr '\n' ' ')
-			[[ $owner == "pid=$pid " ]] || { echo "bench/allocs.sh: ${url} is served by ${owner:-nobody}, not pid $pid" >&2; exit 1; }
+			served_by bench/allocs.sh "$url" "$pid" "$TMP/$name.log"
 			"${LOAD[@]}" wrk -t1 -c"$CONNS" -d2s "${hdrs[@]}" "$url" >/dev/null # warm up
 			read -r m0 b0 <<<"$(memstats "${ADMIN[$name]}")"
 			t0=$(cputicks "$pid")

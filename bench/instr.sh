@@ -40,9 +40,6 @@ REPO=$(cd "$BENCH/.." && pwd)
 HARNESS=${HARNESS:-"$REPO/../shared/bench/http"}
 N=${N:-20000} WARM=${WARM:-1000} CONNS=${CONNS:-16} TESTS=${TESTS:-"h1 tls"}
 NAMES=${NAMES:-"caddy caddy-fly flyedge"} HEADERS=${HEADERS:-}
-for n in $NAMES; do
-	[[ $n =~ ^(caddy|caddy-fly|flyedge)$ ]] || { echo "bench/instr.sh: NAMES: $n is none of caddy, caddy-fly, flyedge" >&2; exit 2; }
-done
 for t in $TESTS; do
 	[[ $t =~ ^(h1|tls)$ ]] || { echo "bench/instr.sh: TESTS: $t is neither h1 nor tls" >&2; exit 2; }
 done
@@ -52,28 +49,13 @@ done
 for t in valgrind callgrind_control callgrind_annotate h2load curl ss; do
 	command -v "$t" >/dev/null || { echo "bench/instr.sh: $t is missing (Debian: apt-get install valgrind nghttp2-client)" >&2; exit 2; }
 done
-for p in 8103 8104 8105 8463 8464 8465 3001 3002 3003 9021; do
-	[[ -z $(ss -Hltn "sport = :$p") ]] || { echo "bench/instr.sh: port $p is in use" >&2; exit 2; }
-done
-[[ -f $HARNESS/Caddyfile ]] || { echo "bench/instr.sh: no $HARNESS/Caddyfile (set HARNESS)" >&2; exit 2; }
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/flyedge-instr.XXXXXX")
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
-(cd "$REPO" && go build -o "$TMP/caddy" ./cmd/caddy)
-(cd "$HARNESS/backend" && go build -o "$TMP/backend" .)
-render_configs "$TMP" 20
-for n in caddy caddy-fly flyedge; do
-	"$TMP/caddy" adapt --config "$TMP/$n.Caddyfile" --adapter caddyfile >/dev/null 2>"$TMP/adapt.log" || { cat "$TMP/adapt.log" >&2; exit 2; }
-done
+prepare_three bench/instr.sh "$TMP" 20
 "$TMP/backend" -addr 127.0.0.1:9021 >"$TMP/backend.log" 2>&1 & pids+=($!)
-
-declare -A URL=([caddy:h1]=http://127.0.0.1:8103/ [caddy:tls]=https://127.0.0.1:8463/
-	[flyedge:h1]=http://127.0.0.1:8104/ [flyedge:tls]=https://127.0.0.1:8464/
-	[caddy-fly:h1]=http://127.0.0.1:8105/ [caddy-fly:tls]=https://127.0.0.1:8465/)
-hdrs=()
-while IFS= read -r h; do [[ -n $h ]] && hdrs+=(-H "$h"); done <<<"$HEADERS"
 
 echo "# $(date -u +%F) N=$N WARM=$WARM CONNS=$CONNS HEADERS=$(grep -c . <<<"$HEADERS" || true) lines; $(valgrind --version)"
 printf '%-9s %-4s %10s %12s %12s\n' name test Ir/req zap.With/req flyedge/req
@@ -92,10 +74,7 @@ for test in $TESTS; do
 			kill -0 "$pid" 2>/dev/null || break # it died: the check below says so
 			sleep 0.5
 		done
-		# the process answering is the one just started (Caddy binds with SO_REUSEPORT)
-		port=${url##*:} port=${port%/}
-		owner=$(ss -Hltnp "sport = :$port" | { grep -o 'pid=[0-9]*' || true; } | sort -u | tr '\n' ' ')
-		[[ $owner == "pid=$pid " ]] || { echo "bench/instr.sh: $url is served by ${owner:-nobody}, not pid $pid" >&2; tail -5 "$TMP/$name.$test.log" >&2; exit 1; }
+		served_by bench/instr.sh "$url" "$pid" "$TMP/$name.$test.log"
 		run() { # h2load over HTTP/1.1, $1 requests; fails unless every one succeeded
 			local out
 			out=$(timeout 600 h2load --h1 -n "$1" -c "$CONNS" "${hdrs[@]}" "$url" 2>&1) || true

@@ -32,3 +32,51 @@ render_configs() {
 		return 2
 	}
 }
+
+# prepare_three PROG DIR OFFSET: what allocs.sh and instr.sh do before they
+# measure. It checks NAMES, that HARNESS has its Caddyfile and that the ports
+# of render_configs at OFFSET are free; builds this repo's Caddy and the
+# harness's backend into DIR; renders and adapts the three configs; and
+# fills URL[name:test] (test h1 or tls) and hdrs (the lines of HEADERS as
+# -H arguments, for wrk or h2load).
+prepare_three() {
+	local prog=$1 dir=$2 off=$3 n p i
+	for n in $NAMES; do
+		[[ $n =~ ^(caddy|caddy-fly|flyedge)$ ]] || { echo "$prog: NAMES: $n is none of caddy, caddy-fly, flyedge" >&2; exit 2; }
+	done
+	[[ -f $HARNESS/Caddyfile ]] || { echo "$prog: no $HARNESS/Caddyfile (set HARNESS)" >&2; exit 2; }
+	for p in 8083 8084 8085 8443 8444 8445 2981 2982 2983 9001; do
+		[[ -z $(ss -Hltn "sport = :$((p + off))") ]] || { echo "$prog: port $((p + off)) is in use" >&2; exit 2; }
+	done
+	(cd "$REPO" && go build -o "$dir/caddy" ./cmd/caddy)
+	(cd "$HARNESS/backend" && go build -o "$dir/backend" .)
+	render_configs "$dir" "$off"
+	for n in caddy caddy-fly flyedge; do
+		"$dir/caddy" adapt --config "$dir/$n.Caddyfile" --adapter caddyfile >/dev/null 2>"$dir/adapt.log" || { cat "$dir/adapt.log" >&2; exit 2; }
+	done
+	declare -gA URL=()
+	i=3
+	for n in caddy flyedge caddy-fly; do # render_configs' order of ports
+		URL[$n:h1]=http://127.0.0.1:$((8080 + i + off))/
+		URL[$n:tls]=https://127.0.0.1:$((8440 + i + off))/
+		i=$((i + 1))
+	done
+	hdrs=()
+	while IFS= read -r p; do
+		if [[ -n $p ]]; then hdrs+=(-H "$p"); fi
+	done <<<"${HEADERS:-}"
+}
+
+# served_by PROG URL PID [LOG]: exits 1, showing the end of LOG, unless the
+# port of URL is served by PID alone (Caddy binds with SO_REUSEPORT, so a
+# stray one would share it).
+served_by() {
+	local port=${2##*:} owner
+	port=${port%/}
+	owner=$(ss -Hltnp "sport = :$port" | { grep -o 'pid=[0-9]*' || true; } | sort -u | tr '\n' ' ')
+	[[ $owner == "pid=$3 " ]] || {
+		echo "$1: $2 is served by ${owner:-nobody}, not pid $3" >&2
+		[[ -z ${4:-} ]] || tail -5 "$4" >&2
+		exit 1
+	}
+}
