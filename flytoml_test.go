@@ -168,6 +168,8 @@ admin = "`+admin+`"
 	if err := waitAdmin(admin, 60*time.Second); err != nil {
 		t.Fatalf("%v\n%s", err, log.String())
 	}
+	// issuer = "internal" leaves the host's trust stores alone
+	waitLog(t, &log, "root certificate trust store installation disabled")
 	checkOwnListeners(t, mustAtoi(webHTTP), mustAtoi(webHTTPS), mustAtoi(pgPort), mustAtoi(ppPort), mustAtoi(gameLo), mustAtoi(gameHi), mustAtoi(legacyPort))
 	for _, m := range []struct {
 		app string

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddypki"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/caddy-l4/layer4"
@@ -237,6 +238,9 @@ func (e *Edge) addAutomationPolicy(ctx caddy.Context) error {
 			return fmt.Errorf("loading the edge's issuers: %w", err)
 		}
 		for _, v := range vals.([]any) {
+			if err := keepTrustStore(ctx, v); err != nil {
+				return err
+			}
 			ap.Issuers = append(ap.Issuers, v.(certmagic.Issuer))
 		}
 	}
@@ -253,6 +257,30 @@ func (e *Edge) addAutomationPolicy(ctx caddy.Context) error {
 		i = len(old)
 	}
 	tlsApp.Automation.Policies = slices.Concat(old[:i:i], []*caddytls.AutomationPolicy{ap}, old[i:])
+	return nil
+}
+
+// keepTrustStore keeps the edge from installing the root of the CA an
+// internal issuer signs with into the host's trust stores: Caddy does
+// that at start unless told not to, which suits a laptop and not a server
+// that serves other people's names. A CA whose install_trust the pki app
+// sets explicitly keeps it; `caddy trust` installs the root by hand.
+func keepTrustStore(ctx caddy.Context, issuer any) error {
+	iss, ok := issuer.(*caddytls.InternalIssuer)
+	if !ok {
+		return nil
+	}
+	app, err := ctx.App("pki")
+	if err != nil {
+		return fmt.Errorf("loading the pki app: %w", err)
+	}
+	ca, err := app.(*caddypki.PKI).GetCA(ctx, iss.CA)
+	if err != nil {
+		return fmt.Errorf("the edge's internal issuer: %w", err)
+	}
+	if ca.InstallTrust == nil {
+		ca.InstallTrust = new(bool)
+	}
 	return nil
 }
 

@@ -41,9 +41,13 @@ func (*Permission) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision finds the fly app.
+// Provision finds the fly app. It does not load the fly_ips app, as the
+// matchers do: the tls app provisions its permission halfway through its
+// own Provision, and fly_ips, which adds the edge's automation policy to
+// the tls app, must find that app whole (with this permission set). The
+// fly_ips app of the config is loaded as an app of its own.
 func (p *Permission) Provision(ctx caddy.Context) error {
-	fly, err := provisionFly(ctx, "", nil)
+	fly, err := routing.FromContext(ctx)
 	p.fly = fly
 	return err
 }
