@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -238,7 +239,7 @@ func TestServicesDriveListeners(t *testing.T) {
 	// an app created at run time may use any of the ports, with any
 	// handlers, and is served at once
 	status, body := call(t, adminAddr, http.MethodPut, "/fly/apps/fresh",
-		fmt.Sprintf(`{"services":[{"internal_port":%s,"ports":[{"port":%s,"handlers":["tls","http"]}]}]}`, machinePort, tlsPort), nil)
+		fmt.Sprintf(`{"services":[{"internal_port":%s,"ports":[{"port":%s,"handlers":["tls","http"]},{"port":%s,"handlers":["tls","http"]}]}]}`, machinePort, tlsPort, httpsPort), nil)
 	if status != http.StatusCreated {
 		t.Fatalf("PUT fresh: %d %s", status, body)
 	}
@@ -247,6 +248,33 @@ func TestServicesDriveListeners(t *testing.T) {
 	if got, err := machineOf(shared, "https://fresh."+domain+":"+tlsPort+"/"); err != nil || got != svcNew.id {
 		t.Errorf("HTTPS of a new app on %s, beside secure's tls: %q, %v", tlsPort, got, err)
 	}
+
+	// a connection set up for one app's name carries no request for
+	// another app: 421, over HTTP/1.1 and HTTP/2 (a coalesced connection)
+	for _, h2 := range []bool{false, true} {
+		c := clientNamed(roots, sharedV4, "web."+domain, h2)
+		resp, body, s := get(t, c, "https://fresh."+domain+":"+httpsPort+"/", nil)
+		if resp.StatusCode != http.StatusMisdirectedRequest || s != nil || !strings.HasPrefix(body, "PA03: ") {
+			t.Errorf("Host of fresh over a connection for web (h2 %v): %d %q, machine %v; want 421 PA03", h2, resp.StatusCode, body, s)
+		}
+		// the connection's own app, by its name
+		if _, _, s := get(t, c, "https://web."+domain+":"+httpsPort+"/", nil); s == nil || s.Machine != svcWeb.id {
+			t.Errorf("web over its own connection (h2 %v): machine %v", h2, s)
+		}
+	}
+	if got, err := machineOf(shared, "https://fresh."+domain+":"+httpsPort+"/"); err != nil || got != svcNew.id {
+		t.Errorf("fresh over a connection of its own: %q, %v", got, err)
+	}
+
+	// a TLS client that names no app here gets a TLS alert, not a
+	// plain-text HTTP answer in its handshake
+	for _, name := range []string{"nobody." + domain, ""} {
+		_, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", net.JoinHostPort(sharedV4, httpsPort), &tls.Config{ServerName: name, InsecureSkipVerify: true})
+		if err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+			t.Errorf("TLS for %q on the shared address: %v; want the alert unrecognized_name", name, err)
+		}
+	}
+
 	// ...but not a port the edge does not listen on
 	status, body = call(t, adminAddr, http.MethodPut, "/fly/apps/fresh2", fmt.Sprintf(`{"services":[{"internal_port":80,"ports":[{"port":%s}]}]}`, machinePort), nil)
 	if status != http.StatusBadRequest || !strings.Contains(body, "port: "+machinePort+" is not one of the edge's ports") {
@@ -261,6 +289,24 @@ func TestServicesDriveListeners(t *testing.T) {
 	if err := load(t, bad, "caddyfile"); err == nil || !strings.Contains(err.Error(), "apps.db.services[0].ports[0].port: 1 is not one of the edge's ports") {
 		t.Errorf("a config with a service on port 1: %v", err)
 	}
+}
+
+// clientNamed is an HTTPS client whose every connection goes to ip and
+// names server in its TLS handshake, whatever the URL's host: a client
+// that reuses one connection for several names.
+func clientNamed(roots *x509.CertPool, ip, server string, h2 bool) *http.Client {
+	protos := []string{"http/1.1"}
+	if h2 {
+		protos = []string{"h2"}
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		ForceAttemptHTTP2: h2,
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			_, port, _ := net.SplitHostPort(addr)
+			d := tls.Dialer{Config: &tls.Config{ServerName: server, RootCAs: roots, NextProtos: protos}}
+			return d.DialContext(ctx, network, net.JoinHostPort(ip, port))
+		},
+	}}
 }
 
 func mustAtoi(s string) int {

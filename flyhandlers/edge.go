@@ -298,13 +298,33 @@ func (e *Edge) accept(ln net.Listener, handler layer4.Handler) {
 	}
 }
 
-// deliver hands a connection to the HTTP server on fly/<http>.
+// deliver hands a connection to the HTTP server on fly/<http>. A TLS
+// handshake that no route took names a host no app answers to on its
+// address (a typo, no server name on a shared address): the client gets
+// a TLS alert, unrecognized_name, where the HTTP server would write a
+// plain-text 400 into its handshake.
 func (e *Edge) deliver(c net.Conn) error {
+	if cx, ok := c.(*layer4.Connection); ok && isTLSHandshake(cx.MatchingBytes()) {
+		_, _ = c.Write(alertUnrecognizedName[:])
+		return errNoAppForName
+	}
 	err := deliverTo(e.HTTP, c, time.Duration(e.HandOffTimeout))
 	if err != nil && !errors.Is(err, errHandedOff) {
 		e.logger.Error("HTTP connection closed", zap.String("remote", c.RemoteAddr().String()), zap.String("local", c.LocalAddr().String()), zap.Error(err))
 	}
 	return err
+}
+
+// errNoAppForName means that a TLS client named a host no app answers to.
+var errNoAppForName = errors.New("TLS for a host name no app answers to here: refused with unrecognized_name")
+
+// alertUnrecognizedName is a TLS record with a fatal unrecognized_name
+// alert (RFC 8446 section 6; plaintext, as before any handshake keys).
+var alertUnrecognizedName = [...]byte{0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112}
+
+// isTLSHandshake tells whether b starts with a TLS handshake record.
+func isTLSHandshake(b []byte) bool {
+	return len(b) >= 3 && b[0] == 0x16 && b[1] == 0x03 && b[2] <= 0x04
 }
 
 // Stop closes the listeners; connections in flight go on.

@@ -19,6 +19,7 @@ type Code struct {
 var (
 	CodeNoApp             = Code{"PA01", http.StatusNotFound}              // no app at this address with this host name
 	CodeNoService         = Code{"PA02", http.StatusNotFound}              // the app has no service on this port
+	CodeMisdirected       = Code{"PA03", http.StatusMisdirectedRequest}    // the Host reaches another app than the connection's TLS server name
 	CodeNoMachine         = Code{"PR01", http.StatusServiceUnavailable}    // no machine can take the request
 	CodeForcedUnknown     = Code{"PR02", http.StatusNotFound}              // Fly-Force-Instance-Id names no machine of the app
 	CodeForcedUnavailable = Code{"PR03", http.StatusServiceUnavailable}    // the forced machine cannot take the request

@@ -122,8 +122,11 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	rt, err := h.app.RouteForVars(r, vars)
 	if err != nil {
 		code := CodeNoApp
-		if errors.Is(err, routing.ErrNoService) {
+		switch {
+		case errors.Is(err, routing.ErrNoService):
 			code = CodeNoService
+		case errors.Is(err, routing.ErrMisdirected):
+			code = CodeMisdirected
 		}
 		if c := h.logger.Check(zapcore.DebugLevel, "request denied"); c != nil {
 			c.Write(zap.String("hostname", r.Host), zap.String("request_id", id), zap.String("code", code.ID), zap.Error(err))
@@ -173,7 +176,7 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	hdr[hdrFlyRegion] = v[6:7:7]
 	hdr[hdrFlyRequestID] = v[7:8:8]
 
-	st := &reqStats{start: time.Now()}
+	st := &reqStats{start: time.Now(), proto: viaProto(r)}
 	st.writers = st.buf[:0]
 	var body *replayBody
 	defer func() {
@@ -427,6 +430,19 @@ type reqStats struct {
 	writers []*flyResponse
 	buf     [2]*flyResponse // writers' first room
 	body    *replayBody     // the request's body, when it has one
+	proto   string          // the client's protocol, as Via writes it
+}
+
+// viaProto returns the request's protocol version as Via writes it
+// ("1.1", "2", "3").
+func viaProto(r *http.Request) string {
+	switch r.ProtoMajor {
+	case 2:
+		return "2"
+	case 3:
+		return "3"
+	}
+	return "1.1"
 }
 
 // flyResponses reuses the response writers of requests that are done,
@@ -511,7 +527,11 @@ func (w *flyResponse) WriteHeader(status int) {
 			delete(h, "Via")
 		} else {
 			h[hdrFlyRequestID] = []string{w.id}
-			routing.RenameVia(h, w.rt.Via)
+			proto := ""
+			if w.stats != nil {
+				proto = w.stats.proto
+			}
+			routing.RenameVia(h, proto, w.rt.Via) // the client's protocol, as Fly's proxy writes it
 		}
 		if w.resp != nil {
 			for _, op := range w.resp.HeaderOps() {

@@ -1,6 +1,7 @@
 package ipalloc
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -81,6 +82,9 @@ func (m *MatchHTTP) Match(r *http.Request) bool {
 // MatchWithError implements caddyhttp.RequestMatcherWithError.
 func (m *MatchHTTP) MatchWithError(r *http.Request) (bool, error) {
 	rt, err := m.fly.RouteForRequest(r)
+	if errors.Is(err, routing.ErrMisdirected) {
+		return len(m.Apps) == 0, nil // fly_headers answers it with 421
+	}
 	if err != nil {
 		return false, nil
 	}

@@ -46,6 +46,11 @@ var ErrNoApp = errors.New("no app answers to this host name")
 // ErrNoService means that the app has no service on the edge port.
 var ErrNoService = errors.New("the app has no service on this port")
 
+// ErrMisdirected means that a request's host name reaches another app
+// than the TLS server name its connection was set up for (a client that
+// completed the handshake for one app's name and asks for another's).
+var ErrMisdirected = errors.New("misdirected request")
+
 // Resolve returns the route of a connection or request that arrived on
 // local naming server name (the TLS server name or the HTTP host, any
 // case, without port; "" for none), or the reason it reaches no app.
@@ -312,9 +317,17 @@ func (a *App) RouteForVars(r *http.Request, vars map[string]any) (*Route, error)
 		}
 	}
 	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-	rt, err := a.resolve(AddrOf(local), portOf(local), requestHost(r))
+	addr, port, host := AddrOf(local), portOf(local), requestHost(r)
+	rt, err := a.resolve(addr, port, host)
 	if err != nil {
 		return nil, err
+	}
+	if r.TLS != nil && r.TLS.ServerName != "" {
+		if sni := normalizeName(r.TLS.ServerName); sni != host {
+			if byName, err := a.resolve(addr, port, sni); err == nil && byName.App != rt.App {
+				return nil, fmt.Errorf("%w: the connection was set up for %q (app %s), the request is for %q (app %s); open a connection for it", ErrMisdirected, sni, byName.App, host, rt.App)
+			}
+		}
 	}
 	ensureStateIn(vars).route.Store(rt)
 	return rt, nil

@@ -105,7 +105,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if rt.Service.HTTPOptions != nil && rt.Service.HTTPOptions.H2Backend {
 		tr = t.h2c
 	}
-	RenameVia(req.Header, rt.Via)
+	RenameVia(req.Header, "", rt.Via)
 	di, ok := reverseproxy.GetDialInfo(req.Context())
 	i := -1
 	if ok {
@@ -237,16 +237,21 @@ var (
 
 // RenameVia gives the Via entry Caddy's reverse proxy appended
 // ("1.1 Caddy", the last entry naming Caddy) the edge's name, in Fly.io's
-// form: "1.1 <name>", "2 <name>".
-func RenameVia(h http.Header, name string) {
+// form: "1.1 <name>", "2 <name>". A proto other than "" replaces the
+// protocol version Caddy wrote (a response's Via carries the client's
+// protocol, as Fly's proxy writes it, not the machine's).
+func RenameVia(h http.Header, proto, name string) {
 	vias := h["Via"]
 	for i := len(vias) - 1; i >= 0; i-- {
-		proto, ok := strings.CutSuffix(vias[i], " Caddy")
+		was, ok := strings.CutSuffix(vias[i], " Caddy")
 		if !ok {
 			continue
 		}
-		if proto == "2.0" || proto == "3.0" {
-			proto = proto[:1]
+		if proto == "" {
+			proto = was
+			if proto == "2.0" || proto == "3.0" {
+				proto = proto[:1]
+			}
 		}
 		vias[i] = proto + " " + name
 		return
