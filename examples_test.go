@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -108,6 +109,9 @@ func TestExamplesRun(t *testing.T) {
 				}
 			}
 			checkOwnListeners(t, demoPorts...)
+			if strings.Contains(log.String(), `without \"transport fly\"`) {
+				t.Errorf("the demo's site cannot fail over:\n%s", log.String())
+			}
 			if !strings.Contains(body, " in iad ") {
 				t.Errorf("nearest machine: %q, want one in iad", body)
 			}
@@ -230,4 +234,52 @@ func allocateWithCLI(t *testing.T, fly func(...string) (string, error), app stri
 		t.Fatalf("caddy fly ips allocate-v4 --json printed %q", out)
 	}
 	return a.Address
+}
+
+// TestDocumentedSitesFailOver: every reverse_proxy block the README, the
+// example config and the module docs show that sends requests to the
+// apps' machines (dynamic fly, lb_policy fly) has transport fly, where
+// failover lives: a user who copies one gets an edge that goes on to
+// the next machine when one refuses connections.
+func TestDocumentedSitesFailOver(t *testing.T) {
+	files, _ := filepath.Glob("docs/*.md")
+	more, _ := filepath.Glob("docs/modules/*.md")
+	files = append(append(files, more...), "README.md", "Caddyfile.example")
+	blocks := 0
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := string(b)
+		for i := strings.Index(text, "reverse_proxy {"); i >= 0; {
+			block := text[i:]
+			depth := 0
+			for j, r := range block {
+				if r == '{' {
+					depth++
+				} else if r == '}' {
+					if depth--; depth == 0 {
+						block = block[:j+1]
+						break
+					}
+				}
+			}
+			if strings.Contains(block, "dynamic fly") || strings.Contains(block, "lb_policy fly") {
+				blocks++
+				if !strings.Contains(block, "transport fly") {
+					line := strings.Count(text[:i], "\n") + 1
+					t.Errorf("%s:%d: reverse_proxy with the fly upstreams or policy has no transport fly, so it cannot fail over:\n%s", f, line, block)
+				}
+			}
+			next := strings.Index(text[i+1:], "reverse_proxy {")
+			if next < 0 {
+				break
+			}
+			i += 1 + next
+		}
+	}
+	if blocks < 5 {
+		t.Fatalf("found %d documented reverse_proxy blocks; the scan is broken", blocks)
+	}
 }

@@ -1,6 +1,7 @@
 package flyedge_test
 
 import (
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -206,5 +207,28 @@ func TestDeadMachines(t *testing.T) {
 	resp, body, s = get(t, e.h1, url, nil)
 	if s != nil || resp.StatusCode != http.StatusBadGateway || !strings.HasPrefix(body, "PC01: the machines of app web refused the connection") {
 		t.Errorf("every machine dead: status %d %q; want a readable 502 PC01", resp.StatusCode, body)
+	}
+}
+
+// TestFailoverWarning: a site that sends requests to the apps' machines
+// without transport fly, which holds the failover, is told at load what
+// line to add.
+func TestFailoverWarning(t *testing.T) {
+	requireCaddy(t)
+	const warning = `reverse_proxy sends requests to the apps' machines without \"transport fly\"`
+	before := strings.Count(caddyLog.String(), warning)
+	cfg := strings.Replace(edgeConfig, "transport fly", "", 1)
+	mustLoad(t, fmt.Sprintf(cfg, freePort(), freePort(), freePort(), "", "", "", adminAddr, secureMachine.id))
+	waitFor(t, "the warning", func() bool { return strings.Count(caddyLog.String(), warning) > before })
+	if !strings.Contains(caddyLog.String(), `add the line \"transport fly\" to its block`) {
+		t.Errorf("the warning does not name the line to add")
+	}
+	before = strings.Count(caddyLog.String(), warning)
+	e := startEdge(t, "", "") // with transport fly: no warning
+	if _, _, s := get(t, e.h1, "http://web.edge.test:"+e.httpPort+"/", nil); s == nil {
+		t.Fatal("the edge does not serve")
+	}
+	if n := strings.Count(caddyLog.String(), warning); n != before {
+		t.Errorf("a site with transport fly was warned about")
 	}
 }

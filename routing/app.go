@@ -62,6 +62,7 @@ type App struct {
 	health          *healthChecker
 	metrics         *metrics
 	logger          *zap.Logger
+	ctx             caddy.Context
 }
 
 // CaddyModule returns the Caddy module information.
@@ -74,6 +75,7 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 
 // Provision builds the catalog and the registry.
 func (a *App) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
 	a.logger = ctx.Logger()
 	if a.Region == "" {
 		a.Region = "iad"
@@ -119,9 +121,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Start starts the active health checks.
+// Start starts the active health checks and warns about HTTP proxies
+// that cannot fail over.
 func (a *App) Start() error {
 	a.health.start(a.reg)
+	a.warnWithoutFailover(a.ctx)
 	return nil
 }
 
