@@ -94,7 +94,7 @@ func (a *App) allocate(t *txn, app, typ string) (Assignment, bool, error) {
 	if pl == nil {
 		return Assignment{}, false, conflict("no %s pool is configured", typ)
 	}
-	addr, ok := a.pick(t.st, pl)
+	addr, ok := a.pick(t, pl)
 	if !ok {
 		return Assignment{}, false, conflict("the %s pool is exhausted", typ)
 	}
@@ -102,11 +102,14 @@ func (a *App) allocate(t *txn, app, typ string) (Assignment, bool, error) {
 	return asg, true, t.put(ipKey(app, addr), asg)
 }
 
-// pick returns a free address of pl and moves the pool's cursor past it.
-// The first pick after a start puts the cursor after the highest address
-// in use, so allocation goes on in order.
-func (a *App) pick(st *state, pl *pool) (netip.Addr, bool) {
-	cur, ok := a.cursors[pl.name]
+// pick returns a free address of pl and moves the pool's cursor past it
+// (back again if the change t is undone). The first pick after a start
+// puts the cursor after the highest address in use, so allocation goes
+// on in order.
+func (a *App) pick(t *txn, pl *pool) (netip.Addr, bool) {
+	st := t.st
+	prev, had := a.cursors[pl.name]
+	cur, ok := prev, had
 	if !ok {
 		for addr := range st.addrs {
 			if pl.contains(addr) && (!cur.IsValid() || cur.Less(addr)) {
@@ -125,6 +128,13 @@ func (a *App) pick(st *state, pl *pool) (netip.Addr, bool) {
 	addr, ok := pl.next(cur, st.used)
 	if ok {
 		a.cursors[pl.name] = addr.Next()
+		t.onUndo(func() {
+			if had {
+				a.cursors[pl.name] = prev
+			} else {
+				delete(a.cursors, pl.name)
+			}
+		})
 	}
 	return addr, ok
 }
@@ -217,7 +227,7 @@ func (a *App) autoAllocateApp(t *txn, name string, cfg *routing.Application) err
 		}
 		// allocate reads the state, which holds the change only after
 		// the transaction; apply it now so the next pick sees it
-		if err := a.applyPending(t); err != nil {
+		if err := t.applyPuts(); err != nil {
 			return err
 		}
 	}
@@ -225,20 +235,7 @@ func (a *App) autoAllocateApp(t *txn, name string, cfg *routing.Application) err
 		if _, _, err := a.allocate(t, name, TypeSharedV4); err != nil {
 			return err
 		}
-		if err := a.applyPending(t); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// applyPending applies the puts of t to the state (inside a change that
-// makes many allocations), so that later picks see them. The store
-// applies them again at the end, which is harmless.
-func (a *App) applyPending(t *txn) error {
-	for ; t.applied < len(t.order); t.applied++ {
-		k := t.order[t.applied]
-		if err := t.st.apply(k, t.puts[k], map[string]bool{}); err != nil {
+		if err := t.applyPuts(); err != nil {
 			return err
 		}
 	}

@@ -355,3 +355,42 @@ func TestUnstoredChangeUndone(t *testing.T) {
 		t.Errorf("after the storage recovers: %+v, %v", next, err)
 	}
 }
+
+// TestUnstoredCreateUndone: creating an app whose write fails is
+// answered 503 and leaves memory as it was: the app is not there, takes
+// no machine (which would be stored for an app that is not) and holds no
+// automatic address.
+func TestUnstoredCreateUndone(t *testing.T) {
+	dir := t.TempDir()
+	st := &failingStorage{FileStorage: &certmagic.FileStorage{Path: dir}}
+	a := nodeOn(t, newFly(t, 2), st, testPools)
+	ctx := context.Background()
+	st.failing.Store(true)
+	if _, _, err := a.PutApp(ctx, "fresh", webApp(3000), true); statusOf(err) != 503 {
+		t.Fatalf("creating an app whose write fails: %v (status %d), want 503", err, statusOf(err))
+	}
+	if _, _, err := a.GetApp("fresh"); statusOf(err) != 404 {
+		t.Errorf("after the 503, GET: %v, want 404", err)
+	}
+	if a.fly.HasApp("fresh") {
+		t.Error("after the 503 routing has the app")
+	}
+	if _, err := a.PutMachine(ctx, "fresh", &routing.Machine{ID: "0000000000ee01", Region: "iad", Address: "10.7.0.1"}, true); statusOf(err) != 404 {
+		t.Errorf("after the 503, a machine for the app: %v, want 404", err)
+	}
+	if ips, err := a.IPs(""); err != nil || len(ips) != 0 {
+		t.Errorf("after the 503 memory holds the addresses %v (%v)", ips, err)
+	}
+	a.store.read(func(st *state) {
+		for k := range st.records {
+			t.Errorf("after the 503 memory holds the record %s", k)
+		}
+	})
+	st.failing.Store(false)
+	if _, created, err := a.PutApp(ctx, "fresh", webApp(3000), true); err != nil || !created {
+		t.Fatalf("once the storage recovers: %v, %v", created, err)
+	}
+	if ips, _ := a.IPs("fresh"); len(ips) != 2 || ips[0].Address != "127.20.0.1" || ips[1].Address != "fd00:fe::1" {
+		t.Errorf("the app's automatic addresses once the storage recovers: %v", ips)
+	}
+}
