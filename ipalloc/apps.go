@@ -3,7 +3,6 @@ package ipalloc
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -113,12 +112,6 @@ func (a *App) PutApp(ctx context.Context, app string, data []byte, onlyNew bool)
 	if err != nil {
 		return nil, false, badRequest("%v", err)
 	}
-	if err := a.fly.CheckApp(app, cfg); err != nil {
-		if errors.Is(err, routing.ErrPortNotServed) {
-			return nil, false, badRequest("%v", err)
-		}
-		return nil, false, conflict("%v", err)
-	}
 	def, err = json.Marshal(cfg)
 	if err != nil {
 		return nil, false, err
@@ -130,6 +123,18 @@ func (a *App) PutApp(ctx context.Context, app string, data []byte, onlyNew bool)
 		created = as == nil || as.def == nil
 		if onlyNew && !created {
 			return conflict("app %s exists already; change it with PUT (caddy fly deploy)", app)
+		}
+		if err := a.fly.CheckApp(app, cfg); err != nil {
+			return refusal(err)
+		}
+		if created && as != nil {
+			// routing takes what the app holds with it: machines it
+			// registered before it left the config
+			for _, m := range as.machines {
+				if err := a.checkMachine(t.st, app, m); err != nil {
+					return conflict("app %s still holds machine %s: %v; deregister it first (DELETE /fly/apps/%s/machines/%s)", app, m.ID, err, app, m.ID)
+				}
+			}
 		}
 		if err := t.put(appKey(app), json.RawMessage(def)); err != nil {
 			return err

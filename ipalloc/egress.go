@@ -35,10 +35,10 @@ func (a *App) EgressIPs(app, id string) ([]EgressIP, error) {
 
 // AllocateEgress gives machine id of app a static egress pair.
 func (a *App) AllocateEgress(ctx context.Context, app, id string) (e EgressIP, err error) {
-	if err := a.checkApp(app); err != nil {
-		return EgressIP{}, err
-	}
 	err = a.store.do(ctx, func(t *txn) error {
+		if err := a.known(t.st, app); err != nil {
+			return err
+		}
 		if !a.hasMachine(t.st, app, id) {
 			return notFound("app %s has no machine %s", app, id)
 		}

@@ -39,15 +39,15 @@ func (a *App) IPs(app string) ([]Assignment, error) {
 // Asking for a shared address an app already has returns that one, with
 // created false.
 func (a *App) Allocate(ctx context.Context, app, typ string) (asg Assignment, created bool, err error) {
-	if err := a.checkApp(app); err != nil {
-		return Assignment{}, false, err
-	}
 	switch typ {
 	case TypeV6, TypeSharedV4, TypeV4:
 	default:
 		return Assignment{}, false, badRequest("type: %q (want v6, shared_v4 or v4)", typ)
 	}
 	err = a.store.do(ctx, func(t *txn) error {
+		if err := a.known(t.st, app); err != nil {
+			return err
+		}
 		var err error
 		asg, created, err = a.allocate(t, app, typ)
 		return err
