@@ -1,8 +1,10 @@
 package ipalloc
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -96,10 +98,52 @@ func (a *App) allocate(t *txn, app, typ string) (Assignment, bool, error) {
 	}
 	addr, ok := a.pick(t, pl)
 	if !ok {
-		return Assignment{}, false, conflict("the %s pool is exhausted", typ)
+		return Assignment{}, false, a.exhausted(t.st, pl, typ)
 	}
 	asg := Assignment{Address: addr.String(), Type: typ, App: app, Region: "global", CreatedAt: t.now}
 	return asg, true, t.put(ipKey(app, addr), asg)
+}
+
+// exhausted is the refusal of an allocation from the dedicated pool pl,
+// which has no free address: it says how many of the pool's addresses
+// apps no longer in the config hold (they route nowhere, and stay taken
+// until released), which apps (the first few, most addresses first) and
+// how to release them.
+func (a *App) exhausted(st *state, pl *pool, typ string) error {
+	gone := map[string]int{}
+	n := 0
+	for addr, h := range st.addrs {
+		if h.dedicated == nil || !pl.contains(addr) || a.known(st, h.dedicated.App) == nil {
+			continue
+		}
+		gone[h.dedicated.App]++
+		n++
+	}
+	if n == 0 {
+		return conflict("the %s pool is exhausted", typ)
+	}
+	apps := slices.Collect(maps.Keys(gone))
+	slices.SortFunc(apps, func(x, y string) int {
+		return cmp.Or(cmp.Compare(gone[y], gone[x]), strings.Compare(x, y))
+	})
+	const most = 3
+	var list []string
+	for _, app := range apps[:min(len(apps), most)] {
+		list = append(list, fmt.Sprintf("%s (%d)", app, gone[app]))
+	}
+	if len(apps) > most {
+		list = append(list, fmt.Sprintf("%d more", len(apps)-most))
+	}
+	held := fmt.Sprintf("%d of its addresses are held by apps", n)
+	if n == 1 {
+		held = "1 of its addresses is held by an app"
+	}
+	app := apps[0]
+	if len(apps) > 1 {
+		app = "<app>"
+	}
+	return conflict("the %s pool is exhausted; %s no longer in the config: %s; release with DELETE /fly/apps/%s/ips/<address>, or everything an app holds with DELETE /fly/apps/%s",
+		typ, held, strings.Join(list, ", "), app, app)
 }
 
 // pick returns a free address of pl and moves the pool's cursor past it
