@@ -1,6 +1,7 @@
 package flyedge_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -253,6 +254,24 @@ primary_region = 'iad'
 	}
 	if got, err := machineOf(shared, "http://shop."+e.domain+":"+e.httpPort+"/"); err != nil || got != deployed.id {
 		t.Errorf("after the update, plain HTTP: machine %q, %v", got, err)
+	}
+
+	// a deploy keeps the org the app was created with: a fly.toml has none
+	if out, err := fly(t, adminAddr, "apps", "create", "shop2", "--org", "victim"); err != nil {
+		t.Fatalf("apps create --org: %v\n%s", err, out)
+	}
+	if out, err := fly(t, adminAddr, "deploy", "-c", file, "-a", "shop2"); err != nil {
+		t.Fatalf("deploying an app created with --org: %v\n%s", err, out)
+	}
+	out3, err := fly(t, adminAddr, "apps", "list", "--json")
+	var apps []struct{ Name, Org string }
+	if err := json.Unmarshal([]byte(out3), &apps); err != nil {
+		t.Fatalf("apps list --json: %v\n%s", err, out3)
+	}
+	for _, a := range apps {
+		if a.Name == "shop2" && a.Org != "victim" {
+			t.Errorf("after a deploy, shop2's org is %q, want victim", a.Org)
+		}
 	}
 
 	// refused: file, key and line; the app is left as it was

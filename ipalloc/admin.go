@@ -139,7 +139,9 @@ func (api *adminAPI) appDef(w http.ResponseWriter, r *http.Request) error {
 		}
 		// If-None-Match: * creates and never replaces (caddy fly apps create)
 		onlyNew := strings.TrimSpace(r.Header.Get("If-None-Match")) == "*"
+		put := api.app.PutApp
 		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "application/toml" {
+			put = api.app.DeployApp // a fly.toml has no org: the app keeps its own
 			ft, err := ParseFlyTOML("fly.toml", body, [2]int{api.app.HTTPPort, api.app.HTTPSPort})
 			if err != nil {
 				return badRequest("%v", err)
@@ -151,7 +153,7 @@ func (api *adminAPI) appDef(w http.ResponseWriter, r *http.Request) error {
 				return err
 			}
 		}
-		def, created, err := api.app.PutApp(r.Context(), app, body, onlyNew)
+		def, created, err := put(r.Context(), app, body, onlyNew)
 		if cfg := api.app.fly.AppConfig(app); err == nil && cfg != nil {
 			for _, note := range api.app.Notes(app, cfg) {
 				w.Header().Add("Fly-Warning", note)

@@ -15,6 +15,7 @@ package ipalloc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -262,7 +263,11 @@ func (a *App) Cleanup() error {
 // change is acknowledged, so a 2xx from the admin API means that routing
 // already uses the change; it calls it too when it reads other edges'
 // changes. Pushes are serialized and each reads the store's current
-// state, so the last one leaves the fly app up to date.
+// state, so the last one leaves the fly app up to date. A change made
+// here passed routing's checks inside its transaction (see known,
+// checkMachine and PutApp), so SetLive takes it; what SetLive still
+// refuses came from elsewhere (another edge with another config, a
+// reload), is left out and logged.
 func (a *App) push(apps map[string]bool) {
 	a.pushMu.Lock()
 	defer a.pushMu.Unlock()
@@ -314,13 +319,32 @@ func (a *App) liveOf(as *appState) *routing.LiveApp {
 	return l
 }
 
-// checkApp refuses an app the fly config does not have: new addresses,
-// host names, machines and egress pairs are for configured apps only.
-func (a *App) checkApp(app string) error {
-	if !a.fly.HasApp(app) {
-		return notFound("unknown app %q", app)
+// known refuses, inside a change, an app that is neither the config's
+// nor created through the API in st: new addresses, host names, machines
+// and egress pairs are for apps the edge serves. It reads the store's
+// state, not routing's, which learns of a change only after it is
+// stored: an app destroyed earlier in the same batch is gone.
+func (a *App) known(st *state, app string) error {
+	if a.fly.AppSource(app) == routing.SourceConfig {
+		return nil
 	}
-	return nil
+	if as := st.apps[app]; as != nil && as.def != nil {
+		return nil
+	}
+	return notFound("unknown app %q", app)
+}
+
+// refusal gives routing's refusal of a change its kind: a port the edge
+// does not serve or a bad field is invalid input (400), a name or
+// machine ID another app has is a conflict (409).
+func refusal(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, routing.ErrAppDefined), errors.Is(err, routing.ErrHostTaken), errors.Is(err, routing.ErrMachineTaken):
+		return conflict("%v", err)
+	}
+	return badRequest("%v", err)
 }
 
 // checkHeld refuses an app that is neither in the config nor holds

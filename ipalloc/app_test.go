@@ -513,3 +513,40 @@ func TestFailedStartGivesBack(t *testing.T) {
 		t.Errorf("a machine registered after the failed start: %v in the running config", got)
 	}
 }
+
+// TestExhaustedByAppsGone: a pool exhausted by addresses that apps no
+// longer in the config hold says so, naming them and how to release
+// them; releasing one gives it out again.
+func TestExhaustedByAppsGone(t *testing.T) {
+	ctx := context.Background()
+	for _, typ := range []string{TypeV4, TypeV6} {
+		t.Run(typ, func(t *testing.T) {
+			dir := t.TempDir()
+			pools := Pools{V4: []string{"127.30.0.1-127.30.0.2"}, V6: []string{"fd00:fe::1-fd00:fe::2"}}
+			a := newNode(t, newFly(t, 3), dir, pools)
+			var held []Assignment
+			for range 2 {
+				asg, _, err := a.Allocate(ctx, "app2", typ)
+				if err != nil {
+					t.Fatal(err)
+				}
+				held = append(held, asg)
+			}
+			b := newNode(t, newFly(t, 2), dir, pools) // a reload without app2
+			_, _, err := b.Allocate(ctx, "app0", typ)
+			want := "the " + typ + " pool is exhausted; 2 of its addresses are held by apps no longer in the config: app2 (2); release with DELETE /fly/apps/app2/ips/<address>"
+			if statusOf(err) != 409 || !strings.Contains(fmt.Sprint(err), want) {
+				t.Errorf("allocating from a pool that an app gone holds: %v (status %d), want 409 %q", err, statusOf(err), want)
+			}
+			if err := b.Release(ctx, "app2", held[1].Address); err != nil {
+				t.Fatal(err)
+			}
+			if asg, _, err := b.Allocate(ctx, "app0", typ); err != nil || asg.Address != held[1].Address {
+				t.Errorf("after the release: %+v, %v", asg, err)
+			}
+			if _, _, err := b.Allocate(ctx, "app1", typ); statusOf(err) != 409 || !strings.Contains(err.Error(), "1 of its addresses is held by an app no longer in the config: app2 (1); release with DELETE /fly/apps/app2/ips/<address>") {
+				t.Errorf("exhausted again: %v", err)
+			}
+		})
+	}
+}

@@ -3,7 +3,6 @@ package ipalloc
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -107,17 +106,26 @@ func (a *App) GetApp(app string) (json.RawMessage, string, error) {
 // edge when PutApp returns, and reaches every edge sharing the store. A
 // new app gets its automatic addresses with it, as on its first deploy
 // on Fly.io. With onlyNew, an app that exists is refused (409) and left
-// as it is.
+// as it is. The definition is the whole app: one without an org takes
+// the app out of its org.
 func (a *App) PutApp(ctx context.Context, app string, data []byte, onlyNew bool) (def json.RawMessage, created bool, err error) {
+	return a.putApp(ctx, app, data, onlyNew, false)
+}
+
+// DeployApp is PutApp for the definition a fly.toml gives (what `caddy
+// fly deploy` sends): a fly.toml has no org (Fly.io sets it when the app
+// is created, and a deploy never changes it), so the app keeps the org it
+// has, as it keeps its machines, addresses and host names.
+func (a *App) DeployApp(ctx context.Context, app string, data []byte, onlyNew bool) (def json.RawMessage, created bool, err error) {
+	return a.putApp(ctx, app, data, onlyNew, true)
+}
+
+// putApp is PutApp; with keepOrg, a definition without an org gets the
+// app's.
+func (a *App) putApp(ctx context.Context, app string, data []byte, onlyNew, keepOrg bool) (def json.RawMessage, created bool, err error) {
 	cfg, err := routing.ParseApp(app, data)
 	if err != nil {
 		return nil, false, badRequest("%v", err)
-	}
-	if err := a.fly.CheckApp(app, cfg); err != nil {
-		if errors.Is(err, routing.ErrPortNotServed) {
-			return nil, false, badRequest("%v", err)
-		}
-		return nil, false, conflict("%v", err)
 	}
 	def, err = json.Marshal(cfg)
 	if err != nil {
@@ -130,6 +138,26 @@ func (a *App) PutApp(ctx context.Context, app string, data []byte, onlyNew bool)
 		created = as == nil || as.def == nil
 		if onlyNew && !created {
 			return conflict("app %s exists already; change it with PUT (caddy fly deploy)", app)
+		}
+		if err := a.fly.CheckApp(app, cfg); err != nil {
+			return refusal(err)
+		}
+		if created && as != nil {
+			// routing takes what the app holds with it: machines it
+			// registered before it left the config
+			for _, m := range as.machines {
+				if err := a.checkMachine(t.st, app, m); err != nil {
+					return conflict("app %s still holds machine %s: %v; deregister it first (DELETE /fly/apps/%s/machines/%s)", app, m.ID, err, app, m.ID)
+				}
+			}
+		}
+		if keepOrg && cfg.Org == "" && !created && as.def.Org != "" {
+			kept := *cfg
+			kept.Org = as.def.Org
+			var err error
+			if def, err = json.Marshal(&kept); err != nil {
+				return err
+			}
 		}
 		if err := t.put(appKey(app), json.RawMessage(def)); err != nil {
 			return err

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
@@ -285,4 +286,119 @@ func TestConcurrentPuts(t *testing.T) {
 			t.Errorf("routing serves another contested: %v", err)
 		}
 	}
+}
+
+// TestRoutingRefusalNotStored: a change that routing would not take is
+// refused (4xx) inside the store's transaction and stored nowhere,
+// instead of being acknowledged while the edge serves without it.
+func TestRoutingRefusalNotStored(t *testing.T) {
+	ctx := context.Background()
+	t.Run("an app created with a machine the config now uses", func(t *testing.T) {
+		dir := t.TempDir()
+		a := newNode(t, newFly(t, 3), dir, testPools)
+		const id = "0000000000bb01"
+		if _, err := a.PutMachine(ctx, "app2", &routing.Machine{ID: id, Region: "iad", Address: "10.2.0.1"}, true); err != nil {
+			t.Fatal(err)
+		}
+		// a reload: app2 left the config, which gives app0 a machine with
+		// the ID app2 still holds
+		fly := &routing.App{BaseDomain: "edge.test", Apps: map[string]*routing.Application{
+			"app0": {Machines: []*routing.Machine{{ID: id, Region: "iad", Address: "10.0.0.1"}}},
+			"app1": {},
+		}}
+		provision(t, fly)
+		b := newNode(t, fly, dir, testPools)
+		_, _, err := b.PutApp(ctx, "app2", webApp(3000), false)
+		if statusOf(err) != 409 || !strings.Contains(err.Error(), id) {
+			t.Errorf("creating app2, whose machine %s routing would leave out: %v (status %d), want 409 naming the machine", id, err, statusOf(err))
+		}
+		if _, _, err := b.GetApp("app2"); statusOf(err) != 404 {
+			t.Errorf("after the refusal, GET: %v, want 404", err)
+		}
+		if err := b.RemoveMachine(ctx, "app2", id); err != nil {
+			t.Fatal(err)
+		}
+		if _, created, err := b.PutApp(ctx, "app2", webApp(3000), false); err != nil || !created {
+			t.Errorf("once the machine is deregistered: %v, %v", created, err)
+		}
+	})
+	t.Run("a machine for an app destroyed meanwhile", func(t *testing.T) {
+		st := &gatedStorage{FileStorage: &certmagic.FileStorage{Path: t.TempDir()}}
+		a := nodeOn(t, newFly(t, 1), st, testPools)
+		if _, _, err := a.PutApp(ctx, "web", webApp(3000), true); err != nil {
+			t.Fatal(err)
+		}
+		gate := st.close()
+		destroyed := make(chan error, 1)
+		go func() { destroyed <- a.DestroyApp(ctx, "web") }()
+		<-gate.entered // the destruction waits for the storage lock
+		added := make(chan error, 1)
+		go func() {
+			_, err := a.PutMachine(ctx, "web", &routing.Machine{ID: "0000000000bb02", Region: "iad", Address: "10.2.0.2"}, true)
+			added <- err
+		}()
+		eventually(t, func() string {
+			if len(a.store.reqs) == 0 {
+				return "the machine's registration never queued"
+			}
+			return ""
+		})
+		close(gate.open)
+		if err := <-destroyed; err != nil {
+			t.Fatal(err)
+		}
+		if err := <-added; statusOf(err) != 404 {
+			t.Errorf("a machine for an app destroyed before the change: %v (status %d), want 404", err, statusOf(err))
+		}
+		if ms, err := a.Machines("web"); statusOf(err) != 404 {
+			t.Errorf("the destroyed app's machines: %v, %v; want 404", ms, err)
+		}
+	})
+}
+
+// provision provisions a fly app for a test.
+func provision(t *testing.T, fly *routing.App) {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := fly.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fly.Cleanup() })
+}
+
+// gatedStorage is a file storage whose Lock, once closed, waits until
+// the gate opens.
+type gatedStorage struct {
+	*certmagic.FileStorage
+	mu   sync.Mutex
+	gate *storageGate
+}
+
+type storageGate struct {
+	entered chan struct{} // closed when a Lock waits
+	open    chan struct{} // close to let it through
+	once    sync.Once
+}
+
+func (g *gatedStorage) close() *storageGate {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.gate = &storageGate{entered: make(chan struct{}), open: make(chan struct{})}
+	return g.gate
+}
+
+func (g *gatedStorage) Lock(ctx context.Context, name string) error {
+	g.mu.Lock()
+	gate := g.gate
+	g.mu.Unlock()
+	if gate != nil {
+		gate.once.Do(func() { close(gate.entered) })
+		select {
+		case <-gate.open:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return g.FileStorage.Lock(ctx, name)
 }

@@ -176,7 +176,7 @@ func BenchmarkResolve(b *testing.B) {
 						return err
 					}
 				}
-				if err := a.applyPending(t); err != nil {
+				if err := t.applyPuts(); err != nil {
 					return err
 				}
 			}

@@ -32,14 +32,14 @@ func (a *App) Certs(app string) ([]Cert, error) {
 // has returns it with created false. The name must be claimable (see
 // claimable).
 func (a *App) AddCert(ctx context.Context, app, hostname string) (c Cert, created bool, err error) {
-	if err := a.checkApp(app); err != nil {
-		return Cert{}, false, err
-	}
 	host := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(hostname), "."))
-	if err := a.claimable(app, host); err != nil {
-		return Cert{}, false, err
-	}
 	err = a.store.do(ctx, func(t *txn) error {
+		if err := a.known(t.st, app); err != nil {
+			return err
+		}
+		if err := a.claimable(app, host); err != nil {
+			return err
+		}
 		if old := t.st.certs[host]; old != nil {
 			if old.App != app {
 				return conflict("hostname %s is taken by app %s", host, old.App)

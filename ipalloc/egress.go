@@ -35,10 +35,10 @@ func (a *App) EgressIPs(app, id string) ([]EgressIP, error) {
 
 // AllocateEgress gives machine id of app a static egress pair.
 func (a *App) AllocateEgress(ctx context.Context, app, id string) (e EgressIP, err error) {
-	if err := a.checkApp(app); err != nil {
-		return EgressIP{}, err
-	}
 	err = a.store.do(ctx, func(t *txn) error {
+		if err := a.known(t.st, app); err != nil {
+			return err
+		}
 		if !a.hasMachine(t.st, app, id) {
 			return notFound("app %s has no machine %s", app, id)
 		}
@@ -48,8 +48,8 @@ func (a *App) AllocateEgress(ctx context.Context, app, id string) (e EgressIP, e
 		if a.pools.egressV4 == nil || a.pools.egressV6 == nil {
 			return conflict("egress pairs need both an egress_v4 and an egress_v6 pool")
 		}
-		v4, ok4 := a.pick(t.st, a.pools.egressV4)
-		v6, ok6 := a.pick(t.st, a.pools.egressV6)
+		v4, ok4 := a.pick(t, a.pools.egressV4)
+		v6, ok6 := a.pick(t, a.pools.egressV6)
 		if !ok4 || !ok6 {
 			return conflict("the egress pool is exhausted")
 		}

@@ -1,8 +1,10 @@
 package ipalloc
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -39,15 +41,15 @@ func (a *App) IPs(app string) ([]Assignment, error) {
 // Asking for a shared address an app already has returns that one, with
 // created false.
 func (a *App) Allocate(ctx context.Context, app, typ string) (asg Assignment, created bool, err error) {
-	if err := a.checkApp(app); err != nil {
-		return Assignment{}, false, err
-	}
 	switch typ {
 	case TypeV6, TypeSharedV4, TypeV4:
 	default:
 		return Assignment{}, false, badRequest("type: %q (want v6, shared_v4 or v4)", typ)
 	}
 	err = a.store.do(ctx, func(t *txn) error {
+		if err := a.known(t.st, app); err != nil {
+			return err
+		}
 		var err error
 		asg, created, err = a.allocate(t, app, typ)
 		return err
@@ -94,19 +96,64 @@ func (a *App) allocate(t *txn, app, typ string) (Assignment, bool, error) {
 	if pl == nil {
 		return Assignment{}, false, conflict("no %s pool is configured", typ)
 	}
-	addr, ok := a.pick(t.st, pl)
+	addr, ok := a.pick(t, pl)
 	if !ok {
-		return Assignment{}, false, conflict("the %s pool is exhausted", typ)
+		return Assignment{}, false, a.exhausted(t.st, pl, typ)
 	}
 	asg := Assignment{Address: addr.String(), Type: typ, App: app, Region: "global", CreatedAt: t.now}
 	return asg, true, t.put(ipKey(app, addr), asg)
 }
 
-// pick returns a free address of pl and moves the pool's cursor past it.
-// The first pick after a start puts the cursor after the highest address
-// in use, so allocation goes on in order.
-func (a *App) pick(st *state, pl *pool) (netip.Addr, bool) {
-	cur, ok := a.cursors[pl.name]
+// exhausted is the refusal of an allocation from the dedicated pool pl,
+// which has no free address: it says how many of the pool's addresses
+// apps no longer in the config hold (they route nowhere, and stay taken
+// until released), which apps (the first few, most addresses first) and
+// how to release them.
+func (a *App) exhausted(st *state, pl *pool, typ string) error {
+	gone := map[string]int{}
+	n := 0
+	for addr, h := range st.addrs {
+		if h.dedicated == nil || !pl.contains(addr) || a.known(st, h.dedicated.App) == nil {
+			continue
+		}
+		gone[h.dedicated.App]++
+		n++
+	}
+	if n == 0 {
+		return conflict("the %s pool is exhausted", typ)
+	}
+	apps := slices.Collect(maps.Keys(gone))
+	slices.SortFunc(apps, func(x, y string) int {
+		return cmp.Or(cmp.Compare(gone[y], gone[x]), strings.Compare(x, y))
+	})
+	const most = 3
+	var list []string
+	for _, app := range apps[:min(len(apps), most)] {
+		list = append(list, fmt.Sprintf("%s (%d)", app, gone[app]))
+	}
+	if len(apps) > most {
+		list = append(list, fmt.Sprintf("%d more", len(apps)-most))
+	}
+	held := fmt.Sprintf("%d of its addresses are held by apps", n)
+	if n == 1 {
+		held = "1 of its addresses is held by an app"
+	}
+	app := apps[0]
+	if len(apps) > 1 {
+		app = "<app>"
+	}
+	return conflict("the %s pool is exhausted; %s no longer in the config: %s; release with DELETE /fly/apps/%s/ips/<address>, or everything an app holds with DELETE /fly/apps/%s",
+		typ, held, strings.Join(list, ", "), app, app)
+}
+
+// pick returns a free address of pl and moves the pool's cursor past it
+// (back again if the change t is undone). The first pick after a start
+// puts the cursor after the highest address in use, so allocation goes
+// on in order.
+func (a *App) pick(t *txn, pl *pool) (netip.Addr, bool) {
+	st := t.st
+	prev, had := a.cursors[pl.name]
+	cur, ok := prev, had
 	if !ok {
 		for addr := range st.addrs {
 			if pl.contains(addr) && (!cur.IsValid() || cur.Less(addr)) {
@@ -125,6 +172,13 @@ func (a *App) pick(st *state, pl *pool) (netip.Addr, bool) {
 	addr, ok := pl.next(cur, st.used)
 	if ok {
 		a.cursors[pl.name] = addr.Next()
+		t.onUndo(func() {
+			if had {
+				a.cursors[pl.name] = prev
+			} else {
+				delete(a.cursors, pl.name)
+			}
+		})
 	}
 	return addr, ok
 }
@@ -217,7 +271,7 @@ func (a *App) autoAllocateApp(t *txn, name string, cfg *routing.Application) err
 		}
 		// allocate reads the state, which holds the change only after
 		// the transaction; apply it now so the next pick sees it
-		if err := a.applyPending(t); err != nil {
+		if err := t.applyPuts(); err != nil {
 			return err
 		}
 	}
@@ -225,20 +279,7 @@ func (a *App) autoAllocateApp(t *txn, name string, cfg *routing.Application) err
 		if _, _, err := a.allocate(t, name, TypeSharedV4); err != nil {
 			return err
 		}
-		if err := a.applyPending(t); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// applyPending applies the puts of t to the state (inside a change that
-// makes many allocations), so that later picks see them. The store
-// applies them again at the end, which is harmless.
-func (a *App) applyPending(t *txn) error {
-	for ; t.applied < len(t.order); t.applied++ {
-		k := t.order[t.applied]
-		if err := t.st.apply(k, t.puts[k], map[string]bool{}); err != nil {
+		if err := t.applyPuts(); err != nil {
 			return err
 		}
 	}

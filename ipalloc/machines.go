@@ -33,27 +33,17 @@ func (a *App) Machines(app string) ([]*routing.Machine, error) {
 // PutMachine registers machine m of app, or updates it; with onlyNew, a
 // machine the app already has is refused (409) and left as it is.
 func (a *App) PutMachine(ctx context.Context, app string, m *routing.Machine, onlyNew bool) (created bool, err error) {
-	if err := a.checkApp(app); err != nil {
-		return false, err
-	}
-	if a.configMachine(app, m.ID) {
-		return false, conflict("machine %s of app %s is defined in the config; change it there", m.ID, app)
-	}
-	// validate against the fly app's catalog and other apps' machines
-	if err := a.fly.CheckMachine(app, m); err != nil {
-		if errors.Is(err, routing.ErrMachineTaken) {
-			return false, conflict("%v", err)
-		}
-		return false, badRequest("%v", err)
-	}
 	err = a.store.do(ctx, func(t *txn) error {
+		if err := a.known(t.st, app); err != nil {
+			return err
+		}
 		as := t.st.apps[app]
 		created = as == nil || as.machines[m.ID] == nil
 		if onlyNew && !created {
 			return conflict("app %s already has machine %s; update it with PUT", app, m.ID)
 		}
-		if owner, ok := t.st.owners[m.ID]; ok && owner != app {
-			return conflict("machine ID %s is taken by app %s", m.ID, owner)
+		if err := a.checkMachine(t.st, app, m); err != nil {
+			return err
 		}
 		return t.put(machineKey(app, m.ID), m)
 	})
@@ -91,6 +81,20 @@ func (a *App) RemoveMachine(ctx context.Context, app, id string) error {
 		a.logger.Info("machine deregistered", zap.String("app", app), zap.String("machine", id))
 	}
 	return err
+}
+
+// checkMachine refuses, inside a change, a machine that routing would
+// not take for app (see routing's CheckMachine: a bad field, an ID of the
+// config's machines) or whose ID another app registered (st.owners): the
+// one check of a machine's ID.
+func (a *App) checkMachine(st *state, app string, m *routing.Machine) error {
+	if err := a.fly.CheckMachine(app, m); err != nil {
+		return refusal(err)
+	}
+	if owner, ok := st.owners[m.ID]; ok && owner != app {
+		return conflict("%v: machine %s belongs to app %s", routing.ErrMachineTaken, m.ID, owner)
+	}
+	return nil
 }
 
 // configMachine tells whether machine id of app is defined in the config.

@@ -355,3 +355,90 @@ func TestUnstoredChangeUndone(t *testing.T) {
 		t.Errorf("after the storage recovers: %+v, %v", next, err)
 	}
 }
+
+// TestUnstoredCreateUndone: creating an app whose write fails is
+// answered 503 and leaves memory as it was: the app is not there, takes
+// no machine (which would be stored for an app that is not) and holds no
+// automatic address.
+func TestUnstoredCreateUndone(t *testing.T) {
+	dir := t.TempDir()
+	st := &failingStorage{FileStorage: &certmagic.FileStorage{Path: dir}}
+	a := nodeOn(t, newFly(t, 2), st, testPools)
+	ctx := context.Background()
+	st.failing.Store(true)
+	if _, _, err := a.PutApp(ctx, "fresh", webApp(3000), true); statusOf(err) != 503 {
+		t.Fatalf("creating an app whose write fails: %v (status %d), want 503", err, statusOf(err))
+	}
+	if _, _, err := a.GetApp("fresh"); statusOf(err) != 404 {
+		t.Errorf("after the 503, GET: %v, want 404", err)
+	}
+	if a.fly.HasApp("fresh") {
+		t.Error("after the 503 routing has the app")
+	}
+	if _, err := a.PutMachine(ctx, "fresh", &routing.Machine{ID: "0000000000ee01", Region: "iad", Address: "10.7.0.1"}, true); statusOf(err) != 404 {
+		t.Errorf("after the 503, a machine for the app: %v, want 404", err)
+	}
+	if ips, err := a.IPs(""); err != nil || len(ips) != 0 {
+		t.Errorf("after the 503 memory holds the addresses %v (%v)", ips, err)
+	}
+	a.store.read(func(st *state) {
+		for k := range st.records {
+			t.Errorf("after the 503 memory holds the record %s", k)
+		}
+	})
+	st.failing.Store(false)
+	if _, created, err := a.PutApp(ctx, "fresh", webApp(3000), true); err != nil || !created {
+		t.Fatalf("once the storage recovers: %v, %v", created, err)
+	}
+	if ips, _ := a.IPs("fresh"); len(ips) != 2 || ips[0].Address != "127.20.0.1" || ips[1].Address != "fd00:fe::1" {
+		t.Errorf("the app's automatic addresses once the storage recovers: %v", ips)
+	}
+}
+
+// TestUnstoredCreateOnPostgres: two edges on PostgreSQL, whose database
+// refuses the entry that creates an app (a trigger raises): the edge
+// that took the request answers 503 and neither edge has the app, then
+// or after later changes; the two agree.
+func TestUnstoredCreateOnPostgres(t *testing.T) {
+	dsn := testDSN(t)
+	nodes := pgNodes(t, dsn, 2, testPools)
+	ctx := context.Background()
+	db, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	if _, err := db.Exec(ctx, `CREATE FUNCTION refuse_fresh() RETURNS trigger AS $$
+		BEGIN
+			IF NEW.key LIKE 'fly/state/log/%' AND position('"app/fresh"' in convert_from(NEW.value, 'UTF8')) > 0 THEN
+				RAISE EXCEPTION 'no room for app fresh';
+			END IF;
+			RETURN NEW;
+		END $$ LANGUAGE plpgsql;
+		CREATE TRIGGER refuse_fresh BEFORE INSERT OR UPDATE ON flyedge_storage FOR EACH ROW EXECUTE FUNCTION refuse_fresh()`); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := nodes[0].PutApp(ctx, "fresh", webApp(3000), true); statusOf(err) != 503 || !strings.Contains(err.Error(), "no room for app fresh") {
+		t.Fatalf("creating an app whose entry the database refuses: %v (status %d), want 503", err, statusOf(err))
+	}
+	if _, err := nodes[0].PutMachine(ctx, "fresh", &routing.Machine{ID: "0000000000ee02", Region: "iad", Address: "10.7.0.2"}, true); statusOf(err) != 404 {
+		t.Errorf("a machine for the app that was not created: %v, want 404", err)
+	}
+	if _, _, err := nodes[1].Allocate(ctx, "app1", TypeV4); err != nil { // a later change, from the other edge
+		t.Fatal(err)
+	}
+	eventually(t, func() string {
+		for i, node := range nodes {
+			if _, _, err := node.GetApp("fresh"); statusOf(err) != 404 {
+				return fmt.Sprintf("edge %d has the app whose creation failed", i)
+			}
+			if node.fly.HasApp("fresh") {
+				return fmt.Sprintf("edge %d routes the app whose creation failed", i)
+			}
+			if all, _ := node.IPs(""); len(all) != 1 {
+				return fmt.Sprintf("edge %d holds %d addresses, want the other edge's one allocation", i, len(all))
+			}
+		}
+		return ""
+	})
+}

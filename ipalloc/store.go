@@ -97,14 +97,21 @@ type request struct {
 }
 
 // txn is one change as it is being made: reads see the state before the
-// change, writes are collected and applied only if fn succeeds.
+// change (and what the change applied to it early, see applyPuts),
+// writes are collected and applied only if fn succeeds.
 type txn struct {
 	st      *state
 	now     time.Time
 	puts    map[string]json.RawMessage
 	dels    []string
 	order   []string // keys of puts, in order
-	applied int      // how many of order applyPending applied
+	applied int      // how many of order applyPuts applied
+	// what the keys the change applied to st held before (nil: absent),
+	// recorded before the change first touched them, so that undo
+	// restores the state as it was
+	prior   map[string]json.RawMessage
+	undos   []func()        // what else to restore on undo, in the reverse order
+	changed map[string]bool // the apps whose state the change touched
 }
 
 func (t *txn) put(key string, v any) error {
@@ -123,6 +130,60 @@ func (t *txn) put(key string, v any) error {
 }
 
 func (t *txn) del(key string) { t.dels = append(t.dels, key) }
+
+// apply puts raw under key in the state (nil deletes it), recording
+// first what the key held.
+func (t *txn) apply(key string, raw json.RawMessage) error {
+	if _, ok := t.prior[key]; !ok {
+		if t.prior == nil {
+			t.prior = make(map[string]json.RawMessage)
+		}
+		t.prior[key] = t.st.records[key] // nil when absent
+	}
+	return t.st.apply(key, raw, t.changed)
+}
+
+// applyPuts applies the puts made so far to the state, so that later
+// reads of the same change see them (a change that makes several
+// allocations); the commit applies the rest, and undoes all of it if
+// the change fails or cannot be stored.
+func (t *txn) applyPuts() error {
+	for ; t.applied < len(t.order); t.applied++ {
+		k := t.order[t.applied]
+		if err := t.apply(k, t.puts[k]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyAll applies the whole change to the state: its deletes, then
+// its puts.
+func (t *txn) applyAll() error {
+	for _, k := range t.dels {
+		if err := t.apply(k, nil); err != nil {
+			return err
+		}
+	}
+	t.applied = 0 // a put applied early is applied again after the deletes: harmless
+	return t.applyPuts()
+}
+
+// onUndo has fn run if the change is undone (refused, or not stored):
+// for what a change moves outside the state, such as a pool's cursor.
+func (t *txn) onUndo(fn func()) { t.undos = append(t.undos, fn) }
+
+// undo restores in the state what the change applied to it.
+func (t *txn) undo(logger *zap.Logger) {
+	for k, old := range t.prior {
+		if err := t.st.apply(k, old, t.changed); err != nil {
+			logger.Error("undoing a change in memory", zap.String("key", k), zap.Error(err))
+		}
+	}
+	for i := len(t.undos) - 1; i >= 0; i-- {
+		t.undos[i]()
+	}
+}
 
 func openStore(ctx context.Context, storage certmagic.Storage, logger *zap.Logger) (*store, error) {
 	s := &store{
@@ -281,33 +342,33 @@ func (s *store) commit(batch []*request) {
 	e := &entry{Seq: s.seq + 1, Puts: make(map[string]json.RawMessage)}
 	errs := make([]error, len(batch))
 	now := time.Now().UTC()
-	// what the keys held before this change, to undo it in memory if it
+	// what the keys held before this batch, to undo it in memory if it
 	// cannot be stored
 	undo := make(map[string]json.RawMessage)
-	remember := func(k string) {
-		if _, ok := undo[k]; !ok {
-			undo[k] = s.st.records[k] // nil when absent
-		}
-	}
+	var undos []func()
 	s.mu.Lock()
 	for i, r := range batch {
-		t := &txn{st: s.st, now: now}
-		if errs[i] = runChange(r.fn, t); errs[i] != nil {
+		t := &txn{st: s.st, now: now, changed: changed}
+		err := runChange(r.fn, t)
+		if err == nil {
+			err = t.applyAll()
+		}
+		if err != nil {
+			t.undo(s.logger) // a refused change leaves nothing behind
+			errs[i] = err
 			continue
 		}
-		for _, k := range t.dels {
-			remember(k)
-			if err := s.st.apply(k, nil, changed); err != nil {
-				errs[i] = err
+		for k, old := range t.prior {
+			if _, ok := undo[k]; !ok {
+				undo[k] = old
 			}
+		}
+		undos = append(undos, t.undos...)
+		for _, k := range t.dels {
 			delete(e.Puts, k)
 			e.Dels = append(e.Dels, k)
 		}
 		for k, v := range t.puts {
-			remember(k)
-			if err := s.st.apply(k, v, changed); err != nil {
-				errs[i] = err
-			}
 			e.Puts[k] = v
 		}
 	}
@@ -325,6 +386,9 @@ func (s *store) commit(batch []*request) {
 				if err := s.st.apply(k, old, changed); err != nil {
 					s.logger.Error("undoing an unstored change", zap.String("key", k), zap.Error(err))
 				}
+			}
+			for i := len(undos) - 1; i >= 0; i-- {
+				undos[i]()
 			}
 			s.mu.Unlock()
 		} else {

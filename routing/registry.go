@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -37,6 +38,8 @@ type registry struct {
 	hosts    map[string]*appSlot         // <app>.<base_domain> and config host names
 	ports    map[int]map[string]*appSlot // the apps with a service on an edge port
 	machines map[string]string           // machine ID -> app
+	// the config's machines: machine ID -> app; set by build, never changed
+	configMachines map[string]string
 
 	// learned from the store
 	byAddress   bool
@@ -126,6 +129,7 @@ func (a *App) build(apps map[string]*Application) (*registry, error) {
 		slot.cur.Store(a.newAppEntry(name, SourceConfig, cfg, nil))
 		reg.apps[name] = slot
 	}
+	reg.configMachines = maps.Clone(reg.machines)
 	return reg, nil
 }
 
@@ -282,21 +286,23 @@ func (a *App) setMachines(app string, live []*Machine) error {
 	return nil
 }
 
-// CheckMachine tells whether m could be registered as a machine of app
-// (as SetMachines would take it): its fields are valid and its ID is not
-// one of the config's or another app's.
+// CheckMachine tells whether SetLive would take m as a machine of app
+// as far as the config decides: its fields are valid (its region in this
+// edge's catalog) and its ID is not one of the config's machines. The
+// caller (the fly_ips store, inside the change) checks that no other app
+// registered the ID at run time, and that app exists.
 func (a *App) CheckMachine(app string, m *Machine) error {
 	if err := m.validate("machine", a.catalog); err != nil {
 		return err
 	}
-	reg := a.reg
-	reg.mu.RLock()
-	defer reg.mu.RUnlock()
-	slot := reg.apps[app]
-	if slot == nil {
-		return fmt.Errorf("%w: %s", ErrUnknownApp, app)
+	switch owner, ok := a.reg.configMachines[m.ID]; {
+	case !ok:
+		return nil
+	case owner == app:
+		return fmt.Errorf("%w: machine %s of app %s is defined in the config; change it there", ErrMachineTaken, m.ID, app)
+	default:
+		return fmt.Errorf("%w: machine %s belongs to app %s in the config", ErrMachineTaken, m.ID, owner)
 	}
-	return reg.checkTaken(app, m.ID, slot.load().live)
 }
 
 // checkTaken refuses a machine ID that the config or another app uses;
