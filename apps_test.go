@@ -1,6 +1,7 @@
 package flyedge_test
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -271,4 +272,50 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// TestNullEntries: a null where the config has a list of objects
+// (services, ports, checks, machines) is refused with its field on every
+// way in: PUT /fly/apps/{app} answers 400, POST /load answers 400 and
+// the admin endpoint keeps serving, and caddy validate says which field
+// (exit status 1, no stack).
+func TestNullEntries(t *testing.T) {
+	startIPEdge(t)
+	svc := `{"internal_port":8080,"ports":[{"port":80}]}`
+	for _, tc := range []struct{ body, want string }{
+		{`{"services":[null]}`, "apps.nul.services[0]: null"},
+		{`{"services":[{"internal_port":8080,"ports":[null]}]}`, "apps.nul.services[0].ports[0]: null"},
+		{`{"services":[{"internal_port":8080,"ports":[{"port":80}],"checks":[null]}]}`, "apps.nul.services[0].checks[0]: null"},
+	} {
+		if status, body := call(t, adminAddr, http.MethodPut, "/fly/apps/nul", tc.body, nil); status != 400 || !strings.Contains(body, tc.want) {
+			t.Errorf("PUT %s: %d %s; want 400 naming %q", tc.body, status, body, tc.want)
+		}
+	}
+
+	dir := t.TempDir()
+	for i, tc := range []struct{ app, want string }{
+		{`{"services":[null]}`, "apps.nul.services[0]: null"},
+		{`{"services":[{"internal_port":8080,"ports":[{"port":80},null]}]}`, "apps.nul.services[0].ports[1]: null"},
+		{`{"services":[` + svc[:len(svc)-1] + `,"checks":[null]}]}`, "apps.nul.services[0].checks[0]: null"},
+		{`{"machines":[null]}`, "apps.nul.machines[0]: null"},
+	} {
+		config := `{"admin":{"listen":"` + adminAddr + `","config":{"persist":false}},"apps":{"fly":{"region":"iad","base_domain":"nul.test","apps":{"nul":` + tc.app + `}}}}`
+		err := load(t, config, "")
+		if err == nil || !strings.HasPrefix(err.Error(), "400: ") || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("POST /load with %s: %v; want 400 naming %q", tc.app, err, tc.want)
+		}
+		if status, body := call(t, adminAddr, http.MethodGet, "/fly/apps", "", nil); status != 200 {
+			t.Fatalf("the admin endpoint after that load: %d %s", status, body)
+		}
+
+		file := filepath.Join(dir, fmt.Sprintf("null%d.json", i))
+		os.WriteFile(file, []byte(config), 0o600)
+		cmd := exec.Command(caddyBin, "validate", "--config", file)
+		cmd.Env = caddyEnv(filepath.Join(dir, "home"))
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), tc.want) || strings.Contains(string(out), "goroutine ") {
+			t.Errorf("caddy validate with %s: %v; want exit status 1 naming %q\n%s", tc.app, err, tc.want, out)
+		}
+	}
 }

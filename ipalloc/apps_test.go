@@ -184,6 +184,9 @@ func TestPutAppRefusals(t *testing.T) {
 		{"hostnames", "web", `{"hostnames":["shop.example.com"]}`, 400, "certs"},
 		{"not JSON", "web", `services: []`, 400, "invalid character"},
 		{"two values", "web", `{} {}`, 400, "more follows"},
+		{"null service", "web", `{"services":[null]}`, 400, "apps.web.services[0]: null"},
+		{"null port", "web", `{"services":[{"internal_port":80,"ports":[{"port":80},null]}]}`, 400, "apps.web.services[0].ports[1]: null"},
+		{"null check", "web", `{"services":[{"internal_port":80,"ports":[{"port":80}],"checks":[null]}]}`, 400, "apps.web.services[0].checks[0]: null"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := a.PutApp(ctx, tc.app, []byte(tc.body), false)

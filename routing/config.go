@@ -293,6 +293,9 @@ func (a *Application) validate(name string, catalog map[string]Region) error {
 }
 
 func (s *Service) validate(field string, edgePorts map[int]bool) error {
+	if s == nil {
+		return fmt.Errorf("%s: null (want a service)", field)
+	}
 	if s.InternalPort < 1 || s.InternalPort > 65535 {
 		return fmt.Errorf("%s.internal_port: %d is not a port number (1-65535)", field, s.InternalPort)
 	}
@@ -305,6 +308,9 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 	}
 	for pi, p := range s.Ports {
 		pf := fmt.Sprintf("%s.ports[%d]", field, pi)
+		if p == nil {
+			return fmt.Errorf("%s: null (want a port)", pf)
+		}
 		if p.Port < 1 || p.Port > 65535 {
 			return fmt.Errorf("%s.port: %d is not a port number (1-65535)", pf, p.Port)
 		}
@@ -369,6 +375,9 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 	}
 	for ci, c := range s.Checks {
 		cf := fmt.Sprintf("%s.checks[%d]", field, ci)
+		if c == nil {
+			return fmt.Errorf("%s: null (want a check)", cf)
+		}
 		if c.Type != "tcp" && c.Type != "http" {
 			return fmt.Errorf("%s.type: %q (want tcp or http)", cf, c.Type)
 		}
@@ -383,6 +392,9 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 }
 
 func (m *Machine) validate(field string, catalog map[string]Region) error {
+	if m == nil {
+		return fmt.Errorf("%s: null (want a machine)", field)
+	}
 	if !machineIDRE.MatchString(m.ID) {
 		return fmt.Errorf("%s.id: %q must be 14 lower-case hexadecimal characters", field, m.ID)
 	}
