@@ -187,6 +187,20 @@ func TestPutAppRefusals(t *testing.T) {
 		{"null service", "web", `{"services":[null]}`, 400, "apps.web.services[0]: null"},
 		{"null port", "web", `{"services":[{"internal_port":80,"ports":[{"port":80},null]}]}`, 400, "apps.web.services[0].ports[1]: null"},
 		{"null check", "web", `{"services":[{"internal_port":80,"ports":[{"port":80}],"checks":[null]}]}`, 400, "apps.web.services[0].checks[0]: null"},
+		// a body is exactly one JSON object, its keys exact and once each
+		{"trailing brace", "web", string(webApp(3000)) + `}`, 400, "more follows"},
+		{"trailing bracket", "web", string(webApp(3000)) + ` ]`, 400, "more follows"},
+		{"null body", "web", `null`, 400, "apps.web: null (want an object)"},
+		{"a list", "web", `[]`, 400, "apps.web: a list (want an object)"},
+		{"key in another case", "web", `{"services":[{"internal_port":80,"ports":[{"port":443}]}],"Services":[]}`, 400,
+			`apps.web: unknown field "Services" (field names are case-sensitive: did you mean "services"?)`},
+		{"nested key in another case", "web", `{"services":[{"internal_port":80,"ports":[{"Port":443}]}]}`, 400,
+			`apps.web.services[0].ports[0]: unknown field "Port"`},
+		{"duplicate key", "web", `{"services":[{"internal_port":80,"ports":[{"port":443}]}],"services":[]}`, 400, `apps.web: field "services" appears twice`},
+		{"nested duplicate key", "web", `{"services":[{"internal_port":80,"internal_port":81,"ports":[{"port":443}]}]}`, 400, `apps.web.services[0]: field "internal_port" appears twice`},
+		{"null field", "web", `{"services":null}`, 400, "apps.web.services: null"},
+		{"truncated", "web", `{"services":[`, 400, "unexpected EOF"},
+		{"deep", "web", `{"services":[{"internal_port":80,"ports":[{"port":443}],"http_options":{"response":{"headers":{"X-A":` + strings.Repeat("[", 100) + strings.Repeat("]", 100) + `}}}}]}`, 400, "nested deeper than"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := a.PutApp(ctx, tc.app, []byte(tc.body), false)

@@ -211,6 +211,11 @@ func (c *client) appsCommand() *cobra.Command {
 				def = b
 			}
 			if org != "" {
+				// the merge below would hide what the edge refuses
+				// (null, a key twice): check first, as the edge does
+				if err := routing.DecodeStrict(from, def, new(routing.Application)); err != nil {
+					return err
+				}
 				var m map[string]json.RawMessage
 				if err := json.Unmarshal(def, &m); err != nil {
 					return fmt.Errorf("%s: %w", from, err)
