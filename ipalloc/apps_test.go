@@ -201,6 +201,12 @@ func TestPutAppRefusals(t *testing.T) {
 		{"null field", "web", `{"services":null}`, 400, "apps.web.services: null"},
 		{"truncated", "web", `{"services":[`, 400, "unexpected EOF"},
 		{"deep", "web", `{"services":[{"internal_port":80,"ports":[{"port":443}],"http_options":{"response":{"headers":{"X-A":` + strings.Repeat("[", 100) + strings.Repeat("]", 100) + `}}}}]}`, 400, "nested deeper than"},
+		{"org too long", "web", `{"org":"` + strings.Repeat("o", 64) + `"}`, 400, "apps.web.org: 64 bytes"},
+		{"org with NUL", "web", `{"org":"acme\u0000"}`, 400, `apps.web.org: "acme\x00"`},
+		{"tls_options without tls", "web", `{"services":[{"internal_port":80,"ports":[{"port":443,"handlers":["http"],"tls_options":{"alpn":["h2"]}}]}]}`, 400,
+			"apps.web.services[0].ports[0].tls_options: port 443 has handlers [http]; tls_options needs the tls handler"},
+		{"proxy_proto_options without proxy_proto", "web", `{"services":[{"internal_port":80,"ports":[{"port":443,"handlers":["tls"],"proxy_proto_options":{"version":"v2"}}]}]}`, 400,
+			"apps.web.services[0].ports[0].proxy_proto_options: port 443 has handlers [tls]; proxy_proto_options needs the proxy_proto handler"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := a.PutApp(ctx, tc.app, []byte(tc.body), false)

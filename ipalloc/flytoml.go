@@ -448,6 +448,14 @@ func (w *tomlWalker) ports(path string, t map[string]any, s *routing.Service) []
 		w.fail(path+".force_https", "needs the http handler (handlers are %v)", tmpl.Handlers)
 		return nil
 	}
+	if tmpl.TLSOptions != nil && !hs.Has(routing.HandlerTLS) {
+		w.fail(path+".tls_options", "needs the tls handler (handlers are %v)", tmpl.Handlers)
+		return nil
+	}
+	if tmpl.ProxyProtoOptions != nil && !hs.Has(routing.HandlerProxyProto) {
+		w.fail(path+".proxy_proto_options", "needs the proxy_proto handler (handlers are %v)", tmpl.Handlers)
+		return nil
+	}
 	switch {
 	case port != 0 && (start != 0 || end != 0):
 		w.fail(path+".start_port", "a port and a range: give port, or start_port and end_port")
