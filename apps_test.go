@@ -211,6 +211,7 @@ primary_region = 'iad'
   force_https = true
   auto_stop_machines = 'stop'
   processes = ['app']
+  force_http = true
 
   [http_service.concurrency]
     type = 'requests'
@@ -224,7 +225,8 @@ primary_region = 'iad'
 	if err != nil || !strings.Contains(string(out), "Deployed shop from "+file) {
 		t.Fatalf("deploy: %v\n%s%s", err, out, stderr.String())
 	}
-	for _, want := range []string{"fly.toml:5: build is not implemented", "fly.toml:11: http_service.auto_stop_machines is not implemented", "fly.toml:12: http_service.processes"} {
+	for _, want := range []string{"fly.toml:5: build is not implemented", "fly.toml:11: http_service.auto_stop_machines is not implemented", "fly.toml:12: http_service.processes",
+		`fly.toml:13: http_service.force_http is not a key flyedge knows; ignored: did you mean "force_https"?`} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("deploy warnings lack %q:\n%s", want, stderr.String())
 		}

@@ -209,3 +209,71 @@ func TestFlyTOMLUDP(t *testing.T) {
 		t.Fatalf("the udp app does not validate: %v", err)
 	}
 }
+
+// TestFlyTOMLDidYouMean: a key that is a near miss of a key flyedge
+// knows in the same table says which one in its warning; the keys of
+// Fly.io that flyedge leaves out (the testdata files) get no guess.
+func TestFlyTOMLDidYouMean(t *testing.T) {
+	doc := `app = 'typo'
+primary_regin = 'iad'
+
+[http_service]
+  internal_port = 8080
+  force_http = true
+  Concurrency = { type = 'requests' }
+
+[[services]]
+  internal_port = 5432
+  protocl = 'tcp'
+  [[services.ports]]
+    port = 5432
+    handler = ['pg_tls']
+  [[services.ports]]
+    port = 5433
+    handlers = ['tls']
+    tls_option = { alpn = ['h2'] }
+  [services.concurrency]
+    softlimit = 20
+  [[services.tcp_checks]]
+    intervall = '15s'
+    grace = '1s'
+
+[[service]]
+  internal_port = 1
+`
+	ft, err := ParseFlyTOML("fly.toml", []byte(doc), [2]int{80, 443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`fly.toml:2: primary_regin is not a key flyedge knows; ignored: did you mean "primary_region"?`,
+		`fly.toml:6: http_service.force_http is not a key flyedge knows; ignored: did you mean "force_https"?`,
+		`fly.toml:7: http_service.Concurrency is not a key flyedge knows; ignored: did you mean "concurrency"?`,
+		`fly.toml:11: services[0].protocl is not a key flyedge knows; ignored: did you mean "protocol"?`,
+		`fly.toml:14: services[0].ports[0].handler is not a key flyedge knows; ignored: did you mean "handlers"?`,
+		`fly.toml:18: services[0].ports[1].tls_option is not a key flyedge knows; ignored: did you mean "tls_options"?`,
+		`fly.toml:20: services[0].concurrency.softlimit is not a key flyedge knows; ignored: did you mean "soft_limit"?`,
+		`fly.toml:22: services[0].tcp_checks[0].intervall is not a key flyedge knows; ignored: did you mean "interval"?`,
+		`fly.toml:23: services[0].tcp_checks[0].grace is not a key flyedge knows; ignored: did you mean "grace_period"?`,
+		`fly.toml:25: service is not a key flyedge knows; ignored: did you mean "services"?`,
+	}
+	var got []string
+	for _, w := range ft.Warnings {
+		got = append(got, w.String())
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+
+	files, _ := filepath.Glob(filepath.Join("testdata", "flytoml", "*.toml"))
+	for _, name := range files {
+		ft := readTOML(t, filepath.Base(name))
+		for _, w := range ft.Warnings {
+			if strings.Contains(w.String(), "did you mean") {
+				t.Errorf("a key of Fly.io got a guess: %s", w)
+			}
+		}
+	}
+}
