@@ -231,6 +231,10 @@ primary_region = 'iad'
 			t.Errorf("deploy warnings lack %q:\n%s", want, stderr.String())
 		}
 	}
+	// machine add names the flag it lacks, not the API's field
+	if out, err := fly(t, adminAddr, "machine", "add", "-a", "shop", "--region", "iad"); err == nil || !strings.Contains(out, "Error: machine add needs --machine-address <host or IP>") || strings.Contains(out, "machine.address") {
+		t.Errorf("machine add without an address: %v\n%s", err, out)
+	}
 	allocate(t, adminAddr, "shop", "shared_v4")
 	if out, err := fly(t, adminAddr, "machine", "add", "-a", "shop", "--id", deployed.id, "--region", "iad", "--machine-address", deployed.ip); err != nil {
 		t.Fatalf("machine add: %v\n%s", err, out)

@@ -362,6 +362,17 @@ func (c *client) machineAdd() *cobra.Command {
 	var m routing.Machine
 	cmd := &cobra.Command{Use: "add", Short: "Register a machine of the app", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
+			// name the flags, not the API's fields
+			var missing []string
+			if m.Region == "" {
+				missing = append(missing, "--region <code> (the region the machine runs in)")
+			}
+			if m.Address == "" {
+				missing = append(missing, "--machine-address <host or IP> (where the edge reaches the machine)")
+			}
+			if len(missing) > 0 {
+				return fmt.Errorf("machine add needs %s", strings.Join(missing, " and "))
+			}
 			var out routing.Machine
 			if err := c.call(http.MethodPost, c.appPath("machines"), m, &out); err != nil {
 				return err
@@ -372,8 +383,8 @@ func (c *client) machineAdd() *cobra.Command {
 		}}
 	f := cmd.Flags()
 	f.StringVar(&m.ID, "id", "", "Machine ID, 14 hexadecimal characters (default: a random one)")
-	f.StringVarP(&m.Region, "region", "r", "", "Region code of the machine")
-	f.StringVar(&m.Address, "machine-address", "", "Host or IP address the machine is reachable on")
+	f.StringVarP(&m.Region, "region", "r", "", "Region code of the machine (required)")
+	f.StringVar(&m.Address, "machine-address", "", "Host or IP address the machine is reachable on (required)")
 	f.StringVar(&m.State, "state", "", "started or stopped (default started)")
 	return cmd
 }
