@@ -231,6 +231,10 @@ primary_region = 'iad'
 			t.Errorf("deploy warnings lack %q:\n%s", want, stderr.String())
 		}
 	}
+	// no machines yet: the first request would get PR01, so deploy says how to add one
+	if want := "App shop has no machines yet: its requests get PR01 (no machine can take the request) until one is registered with\n  caddy fly machine add -a shop --region iad --machine-address <host or IP> --address " + adminAddr + "\n"; !strings.Contains(string(out), want) {
+		t.Errorf("deploy of an app without machines does not say %q:\n%s", want, out)
+	}
 	// machine add names the flag it lacks, not the API's field
 	if out, err := fly(t, adminAddr, "machine", "add", "-a", "shop", "--region", "iad"); err == nil || !strings.Contains(out, "Error: machine add needs --machine-address <host or IP>") || strings.Contains(out, "machine.address") {
 		t.Errorf("machine add without an address: %v\n%s", err, out)
@@ -255,8 +259,8 @@ primary_region = 'iad'
 
 	// a second deploy updates it: no force_https any more
 	write(strings.Replace(string(must(os.ReadFile(file))), "force_https = true", "force_https = false", 1))
-	if out, err := fly(t, adminAddr, "deploy", "-c", file); err != nil {
-		t.Fatalf("second deploy: %v\n%s", err, out)
+	if out, err := fly(t, adminAddr, "deploy", "-c", file); err != nil || strings.Contains(out, "no machines") {
+		t.Fatalf("second deploy (the app has a machine now): %v\n%s", err, out)
 	}
 	if got, err := machineOf(shared, "http://shop."+e.domain+":"+e.httpPort+"/"); err != nil || got != deployed.id {
 		t.Errorf("after the update, plain HTTP: machine %q, %v", got, err)

@@ -293,10 +293,32 @@ func (c *client) deployCommand() *cobra.Command {
 			if err := c.send(http.MethodPut, c.appPath(), "application/toml", data, nil, &out); err != nil {
 				return err
 			}
+			// an app without machines answers PR01: say so, and how to add one
+			var ms []routing.Machine
+			var note string
+			if err := c.call(http.MethodGet, c.appPath("machines"), nil, &ms); err == nil && len(ms) == 0 {
+				note = c.noMachinesNote(ft.PrimaryRegion)
+			}
+			if c.jsonOut && note != "" {
+				fmt.Fprintln(cc.ErrOrStderr(), note)
+			}
 			return c.print(out, func(w io.Writer) {
 				fmt.Fprintf(w, "Deployed %s from %s (%d services)\n", c.app, file, len(ft.Definition.Services))
+				if note != "" {
+					fmt.Fprintln(w, note)
+				}
 			})
 		}}
+}
+
+// noMachinesNote tells that the app has no machines, so that its
+// requests get PR01, and gives the command that registers one.
+func (c *client) noMachinesNote(region string) string {
+	cmd := "caddy fly machine add -a " + c.app + " --region " + cmp.Or(region, "<region>") + " --machine-address <host or IP>"
+	if c.address != "" {
+		cmd += " --address " + c.address
+	}
+	return fmt.Sprintf("App %s has no machines yet: its requests get PR01 (no machine can take the request) until one is registered with\n  %s", c.app, cmd)
 }
 
 // appArg takes the app's name from the command's argument, as flyctl's
