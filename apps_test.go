@@ -2,6 +2,7 @@ package flyedge_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -211,6 +212,7 @@ primary_region = 'iad'
   force_https = true
   auto_stop_machines = 'stop'
   processes = ['app']
+  force_http = true
 
   [http_service.concurrency]
     type = 'requests'
@@ -224,10 +226,19 @@ primary_region = 'iad'
 	if err != nil || !strings.Contains(string(out), "Deployed shop from "+file) {
 		t.Fatalf("deploy: %v\n%s%s", err, out, stderr.String())
 	}
-	for _, want := range []string{"fly.toml:5: build is not implemented", "fly.toml:11: http_service.auto_stop_machines is not implemented", "fly.toml:12: http_service.processes"} {
+	for _, want := range []string{"fly.toml:5: build is not implemented", "fly.toml:11: http_service.auto_stop_machines is not implemented", "fly.toml:12: http_service.processes",
+		`fly.toml:13: http_service.force_http is not a key flyedge knows; ignored: did you mean "force_https"?`} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("deploy warnings lack %q:\n%s", want, stderr.String())
 		}
+	}
+	// no machines yet: the first request would get PR01, so deploy says how to add one
+	if want := "App shop has no machines yet: its requests get PR01 (no machine can take the request) until one is registered with\n  caddy fly machine add -a shop --region iad --machine-address <host or IP> --address " + adminAddr + "\n"; !strings.Contains(string(out), want) {
+		t.Errorf("deploy of an app without machines does not say %q:\n%s", want, out)
+	}
+	// machine add names the flag it lacks, not the API's field
+	if out, err := fly(t, adminAddr, "machine", "add", "-a", "shop", "--region", "iad"); err == nil || !strings.Contains(out, "Error: machine add needs --machine-address <host or IP>") || strings.Contains(out, "machine.address") {
+		t.Errorf("machine add without an address: %v\n%s", err, out)
 	}
 	allocate(t, adminAddr, "shop", "shared_v4")
 	if out, err := fly(t, adminAddr, "machine", "add", "-a", "shop", "--id", deployed.id, "--region", "iad", "--machine-address", deployed.ip); err != nil {
@@ -249,8 +260,8 @@ primary_region = 'iad'
 
 	// a second deploy updates it: no force_https any more
 	write(strings.Replace(string(must(os.ReadFile(file))), "force_https = true", "force_https = false", 1))
-	if out, err := fly(t, adminAddr, "deploy", "-c", file); err != nil {
-		t.Fatalf("second deploy: %v\n%s", err, out)
+	if out, err := fly(t, adminAddr, "deploy", "-c", file); err != nil || strings.Contains(out, "no machines") {
+		t.Fatalf("second deploy (the app has a machine now): %v\n%s", err, out)
 	}
 	if got, err := machineOf(shared, "http://shop."+e.domain+":"+e.httpPort+"/"); err != nil || got != deployed.id {
 		t.Errorf("after the update, plain HTTP: machine %q, %v", got, err)
@@ -290,4 +301,50 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// TestNullEntries: a null where the config has a list of objects
+// (services, ports, checks, machines) is refused with its field on every
+// way in: PUT /fly/apps/{app} answers 400, POST /load answers 400 and
+// the admin endpoint keeps serving, and caddy validate says which field
+// (exit status 1, no stack).
+func TestNullEntries(t *testing.T) {
+	startIPEdge(t)
+	svc := `{"internal_port":8080,"ports":[{"port":80}]}`
+	for _, tc := range []struct{ body, want string }{
+		{`{"services":[null]}`, "apps.nul.services[0]: null"},
+		{`{"services":[{"internal_port":8080,"ports":[null]}]}`, "apps.nul.services[0].ports[0]: null"},
+		{`{"services":[{"internal_port":8080,"ports":[{"port":80}],"checks":[null]}]}`, "apps.nul.services[0].checks[0]: null"},
+	} {
+		if status, body := call(t, adminAddr, http.MethodPut, "/fly/apps/nul", tc.body, nil); status != 400 || !strings.Contains(body, tc.want) {
+			t.Errorf("PUT %s: %d %s; want 400 naming %q", tc.body, status, body, tc.want)
+		}
+	}
+
+	dir := t.TempDir()
+	for i, tc := range []struct{ app, want string }{
+		{`{"services":[null]}`, "apps.nul.services[0]: null"},
+		{`{"services":[{"internal_port":8080,"ports":[{"port":80},null]}]}`, "apps.nul.services[0].ports[1]: null"},
+		{`{"services":[` + svc[:len(svc)-1] + `,"checks":[null]}]}`, "apps.nul.services[0].checks[0]: null"},
+		{`{"machines":[null]}`, "apps.nul.machines[0]: null"},
+	} {
+		config := `{"admin":{"listen":"` + adminAddr + `","config":{"persist":false}},"apps":{"fly":{"region":"iad","base_domain":"nul.test","apps":{"nul":` + tc.app + `}}}}`
+		err := load(t, config, "")
+		if err == nil || !strings.HasPrefix(err.Error(), "400: ") || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("POST /load with %s: %v; want 400 naming %q", tc.app, err, tc.want)
+		}
+		if status, body := call(t, adminAddr, http.MethodGet, "/fly/apps", "", nil); status != 200 {
+			t.Fatalf("the admin endpoint after that load: %d %s", status, body)
+		}
+
+		file := filepath.Join(dir, fmt.Sprintf("null%d.json", i))
+		os.WriteFile(file, []byte(config), 0o600)
+		cmd := exec.Command(caddyBin, "validate", "--config", file)
+		cmd.Env = caddyEnv(filepath.Join(dir, "home"))
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), tc.want) || strings.Contains(string(out), "goroutine ") {
+			t.Errorf("caddy validate with %s: %v; want exit status 1 naming %q\n%s", tc.app, err, tc.want, out)
+		}
+	}
 }

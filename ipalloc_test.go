@@ -479,6 +479,13 @@ func TestAdminAPIErrors(t *testing.T) {
 		{"DELETE", "/fly/apps/web/machines/" + ipWeb.id, "", 409, "is defined in the config"},
 		{"POST", "/fly/apps/web/machines/00000000000bad/egress-ips", "", 404, "app web has no machine 00000000000bad"},
 		{"POST", "/fly/apps/web/machines/" + ipWeb.id + "/egress-ips", "", 409, "egress pairs need both an egress_v4 and an egress_v6 pool"},
+		// every body is one JSON object, keys exact and once each
+		{"POST", "/fly/apps/web/machines", `{"region":"iad","address":"127.0.0.1","Region":"lhr"}`, 400, `unknown field \"Region\" (field names are case-sensitive: did you mean \"region\"?)`},
+		{"POST", "/fly/apps/web/ips", `{"type":"v6","type":"v4"}`, 400, `field \"type\" appears twice`},
+		{"POST", "/fly/apps/web/certs", `null`, 400, "request body: null (want an object)"},
+		{"PUT", "/fly/apps/strict", `{"services":[]}}`, 400, "apps.strict: one JSON value expected, more follows"},
+		{"PUT", "/fly/apps/strict", `null`, 400, "apps.strict: null (want an object)"},
+		{"PUT", "/fly/apps/strict", `{"org":"a","org":"b"}`, 400, `apps.strict: field \"org\" appears twice`},
 		{"PATCH", "/fly/apps/web/ips", "", 405, "method PATCH not allowed"},
 		{"GET", "/fly/nothing", "", 404, "no such endpoint"},
 	} {

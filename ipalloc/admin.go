@@ -327,19 +327,22 @@ func methods(r *http.Request, allowed ...string) error {
 	return apiError(http.StatusMethodNotAllowed, "method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allowed, ", "))
 }
 
-// decode reads a JSON body into v, refusing unknown fields and anything
-// after the value.
+// decode reads a JSON body of at most maxAppBody bytes into v with
+// routing.DecodeStrict: one object, keys exact and once each, no nulls,
+// nothing after it.
 func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxAppBody+1))
+	if err != nil {
+		return badRequest("reading the request body: %v", err)
+	}
+	if len(body) > maxAppBody {
+		return badRequest("request body: over %d bytes", maxAppBody)
+	}
+	if err := routing.DecodeStrict("", body, v); err != nil {
 		if errors.Is(err, io.EOF) {
 			return badRequest("the request needs a JSON body")
 		}
 		return badRequest("request body: %v", err)
-	}
-	if err := dec.Decode(new(json.RawMessage)); err != io.EOF {
-		return badRequest("request body: one JSON value expected, more follows")
 	}
 	return nil
 }

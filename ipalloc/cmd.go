@@ -211,6 +211,11 @@ func (c *client) appsCommand() *cobra.Command {
 				def = b
 			}
 			if org != "" {
+				// the merge below would hide what the edge refuses
+				// (null, a key twice): check first, as the edge does
+				if err := routing.DecodeStrict(from, def, new(routing.Application)); err != nil {
+					return err
+				}
 				var m map[string]json.RawMessage
 				if err := json.Unmarshal(def, &m); err != nil {
 					return fmt.Errorf("%s: %w", from, err)
@@ -288,10 +293,32 @@ func (c *client) deployCommand() *cobra.Command {
 			if err := c.send(http.MethodPut, c.appPath(), "application/toml", data, nil, &out); err != nil {
 				return err
 			}
+			// an app without machines answers PR01: say so, and how to add one
+			var ms []routing.Machine
+			var note string
+			if err := c.call(http.MethodGet, c.appPath("machines"), nil, &ms); err == nil && len(ms) == 0 {
+				note = c.noMachinesNote(ft.PrimaryRegion)
+			}
+			if c.jsonOut && note != "" {
+				fmt.Fprintln(cc.ErrOrStderr(), note)
+			}
 			return c.print(out, func(w io.Writer) {
 				fmt.Fprintf(w, "Deployed %s from %s (%d services)\n", c.app, file, len(ft.Definition.Services))
+				if note != "" {
+					fmt.Fprintln(w, note)
+				}
 			})
 		}}
+}
+
+// noMachinesNote tells that the app has no machines, so that its
+// requests get PR01, and gives the command that registers one.
+func (c *client) noMachinesNote(region string) string {
+	cmd := "caddy fly machine add -a " + c.app + " --region " + cmp.Or(region, "<region>") + " --machine-address <host or IP>"
+	if c.address != "" {
+		cmd += " --address " + c.address
+	}
+	return fmt.Sprintf("App %s has no machines yet: its requests get PR01 (no machine can take the request) until one is registered with\n  %s", c.app, cmd)
 }
 
 // appArg takes the app's name from the command's argument, as flyctl's
@@ -357,6 +384,17 @@ func (c *client) machineAdd() *cobra.Command {
 	var m routing.Machine
 	cmd := &cobra.Command{Use: "add", Short: "Register a machine of the app", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
+			// name the flags, not the API's fields
+			var missing []string
+			if m.Region == "" {
+				missing = append(missing, "--region <code> (the region the machine runs in)")
+			}
+			if m.Address == "" {
+				missing = append(missing, "--machine-address <host or IP> (where the edge reaches the machine)")
+			}
+			if len(missing) > 0 {
+				return fmt.Errorf("machine add needs %s", strings.Join(missing, " and "))
+			}
 			var out routing.Machine
 			if err := c.call(http.MethodPost, c.appPath("machines"), m, &out); err != nil {
 				return err
@@ -367,8 +405,8 @@ func (c *client) machineAdd() *cobra.Command {
 		}}
 	f := cmd.Flags()
 	f.StringVar(&m.ID, "id", "", "Machine ID, 14 hexadecimal characters (default: a random one)")
-	f.StringVarP(&m.Region, "region", "r", "", "Region code of the machine")
-	f.StringVar(&m.Address, "machine-address", "", "Host or IP address the machine is reachable on")
+	f.StringVarP(&m.Region, "region", "r", "", "Region code of the machine (required)")
+	f.StringVar(&m.Address, "machine-address", "", "Host or IP address the machine is reachable on (required)")
 	f.StringVar(&m.State, "state", "", "started or stopped (default started)")
 	return cmd
 }

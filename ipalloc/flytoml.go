@@ -34,13 +34,24 @@ type TOMLWarning struct {
 	File string
 	Line int // 0 when unknown
 	Key  string
+	// A key flyedge knows in the same table that Key is a near miss of
+	// (force_http for force_https), or "".
+	Suggestion string
 }
 
 func (w TOMLWarning) String() string {
 	if w.Line > 0 {
-		return fmt.Sprintf("%s:%d: %s is not implemented by flyedge; ignored", w.File, w.Line, w.Key)
+		return fmt.Sprintf("%s:%d: %s", w.File, w.Line, w.Message())
 	}
-	return fmt.Sprintf("%s: %s is not implemented by flyedge; ignored", w.File, w.Key)
+	return fmt.Sprintf("%s: %s", w.File, w.Message())
+}
+
+// Message is the warning without its file and line.
+func (w TOMLWarning) Message() string {
+	if w.Suggestion != "" {
+		return fmt.Sprintf("%s is not a key flyedge knows; ignored: did you mean %q?", w.Key, w.Suggestion)
+	}
+	return w.Key + " is not implemented by flyedge; ignored"
 }
 
 // TOMLError is a fly.toml that cannot be taken: where, and why.
@@ -101,7 +112,7 @@ func ParseFlyTOML(file string, data []byte, webPorts [2]int) (*FlyTOML, error) {
 				out.Definition.Services = append(out.Definition.Services, w.service(fmt.Sprintf("services[%d]", i), s))
 			}
 		default:
-			w.ignore(key)
+			w.ignore(key, topKeys)
 		}
 	}
 	if w.err != nil {
@@ -226,8 +237,92 @@ func (w *tomlWalker) fail(key, format string, args ...any) {
 	}
 }
 
-func (w *tomlWalker) ignore(key string) {
-	w.warnings = append(w.warnings, TOMLWarning{File: w.file, Line: w.line(key), Key: key})
+// ignore leaves key out with a warning; known are the keys flyedge takes
+// in its table, for a guess at what a near miss meant.
+func (w *tomlWalker) ignore(key string, known []string) {
+	name := key[strings.LastIndexByte(key, '.')+1:]
+	w.warnings = append(w.warnings, TOMLWarning{File: w.file, Line: w.line(key), Key: key, Suggestion: nearest(name, known)})
+}
+
+// The keys flyedge takes in each table of a fly.toml (the cases of the
+// walker's switches), for ignore's guesses.
+var (
+	topKeys         = []string{"app", "primary_region", "http_service", "services"}
+	httpServiceKeys = []string{"internal_port", "force_https", "concurrency", "tls_options", "http_options", "checks"}
+	serviceKeys     = []string{"internal_port", "protocol", "ports", "concurrency", "tcp_checks", "http_checks"}
+	portKeys        = []string{"port", "start_port", "end_port", "handlers", "force_https", "tls_options", "http_options", "proxy_proto_options"}
+	concurrencyKeys = []string{"type", "soft_limit", "hard_limit"}
+	tlsOptionKeys   = []string{"alpn", "versions", "default_self_signed"}
+	httpOptionKeys  = []string{"h2_backend", "response"}
+	responseKeys    = []string{"headers", "pristine"}
+	proxyProtoKeys  = []string{"version"}
+	checkKeys       = []string{"interval", "timeout", "grace_period", "path", "method", "protocol"}
+)
+
+// nearest returns the key of known that name is a near miss of: at an
+// edit distance (ignoring case; a swap of two neighbours counts one) of
+// 1, or 2 for names of five characters or more, the nearest first; else
+// the only one that a name of four characters or more begins. "" when
+// none is, or name is one of them.
+func nearest(name string, known []string) string {
+	lname := strings.ToLower(name)
+	limit := 1
+	if len(name) >= 5 {
+		limit = 2
+	}
+	best, bestD := "", limit+1
+	for _, k := range known {
+		if k == name {
+			return ""
+		}
+		if d := editDistance(lname, k); d < bestD {
+			best, bestD = k, d
+		}
+	}
+	if best != "" {
+		return best
+	}
+	if len(name) < 4 {
+		return ""
+	}
+	for _, k := range known {
+		if strings.HasPrefix(k, lname) {
+			if best != "" {
+				return "" // two of them: no guess
+			}
+			best = k
+		}
+	}
+	return best
+}
+
+// editDistance is the optimal string alignment distance of a and b:
+// insertions, deletions, substitutions and swaps of neighbours, one each.
+func editDistance(a, b string) int {
+	if len(a) > 64 || len(b) > 64 {
+		return max(len(a), len(b)) // no key is that long: no guess, in bounded time
+	}
+	prev2 := make([]int, len(b)+1)
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				cur[j] = min(cur[j], prev2[j-2]+1)
+			}
+		}
+		prev2, prev, cur = prev, cur, prev2
+	}
+	return prev[len(b)]
 }
 
 func (w *tomlWalker) str(key string, v any) string {
@@ -357,7 +452,7 @@ func (w *tomlWalker) httpService(path string, t map[string]any) *routing.Service
 				s.Checks = append(s.Checks, w.check(fmt.Sprintf("%s[%d]", key, i), "http", c))
 			}
 		default:
-			w.ignore(key)
+			w.ignore(key, httpServiceKeys)
 		}
 	}
 	if s.InternalPort == 0 {
@@ -394,7 +489,7 @@ func (w *tomlWalker) service(path string, t map[string]any) *routing.Service {
 				s.Checks = append(s.Checks, w.check(fmt.Sprintf("%s[%d]", key, i), typ, c))
 			}
 		default:
-			w.ignore(key)
+			w.ignore(key, serviceKeys)
 		}
 	}
 	if s.InternalPort == 0 {
@@ -437,7 +532,7 @@ func (w *tomlWalker) ports(path string, t map[string]any, s *routing.Service) []
 		case "proxy_proto_options":
 			tmpl.ProxyProtoOptions = w.proxyProto(key, w.table(key, v))
 		default:
-			w.ignore(key)
+			w.ignore(key, portKeys)
 		}
 	}
 	if w.err != nil {
@@ -446,6 +541,14 @@ func (w *tomlWalker) ports(path string, t map[string]any, s *routing.Service) []
 	hs, _ := routing.ParseHandlers(tmpl.Handlers)
 	if tmpl.ForceHTTPS && !hs.Has(routing.HandlerHTTP) {
 		w.fail(path+".force_https", "needs the http handler (handlers are %v)", tmpl.Handlers)
+		return nil
+	}
+	if tmpl.TLSOptions != nil && !hs.Has(routing.HandlerTLS) {
+		w.fail(path+".tls_options", "needs the tls handler (handlers are %v)", tmpl.Handlers)
+		return nil
+	}
+	if tmpl.ProxyProtoOptions != nil && !hs.Has(routing.HandlerProxyProto) {
+		w.fail(path+".proxy_proto_options", "needs the proxy_proto handler (handlers are %v)", tmpl.Handlers)
 		return nil
 	}
 	switch {
@@ -486,7 +589,7 @@ func (w *tomlWalker) concurrency(path string, t map[string]any) *routing.Concurr
 		case "hard_limit":
 			c.HardLimit = w.integer(key, v)
 		default:
-			w.ignore(key)
+			w.ignore(key, concurrencyKeys)
 		}
 	}
 	if w.err == nil && (c.SoftLimit < 0 || c.HardLimit < 0) {
@@ -513,7 +616,7 @@ func (w *tomlWalker) tlsOptions(path string, t map[string]any) *routing.TLSOptio
 		case "default_self_signed":
 			o.DefaultSelfSigned = w.boolean(key, v)
 		default:
-			w.ignore(key)
+			w.ignore(key, tlsOptionKeys)
 		}
 	}
 	return o
@@ -537,11 +640,11 @@ func (w *tomlWalker) httpOptions(path string, t map[string]any) *routing.HTTPOpt
 				case "pristine":
 					o.Response.Pristine = w.boolean(rkey, rv)
 				default:
-					w.ignore(rkey)
+					w.ignore(rkey, responseKeys)
 				}
 			}
 		default:
-			w.ignore(key)
+			w.ignore(key, httpOptionKeys)
 		}
 	}
 	return o
@@ -558,7 +661,7 @@ func (w *tomlWalker) proxyProto(path string, t map[string]any) *routing.ProxyPro
 				w.fail(key, "%v", err)
 			}
 		default:
-			w.ignore(key)
+			w.ignore(key, proxyProtoKeys)
 		}
 	}
 	return o
@@ -578,7 +681,7 @@ func (w *tomlWalker) check(path, typ string, t map[string]any) *routing.Check {
 			c.GracePeriod = w.duration(key, v)
 		case "path":
 			if typ != "http" {
-				w.ignore(key)
+				w.ignore(key, checkKeys)
 				continue
 			}
 			c.Path = w.str(key, v)
@@ -587,14 +690,14 @@ func (w *tomlWalker) check(path, typ string, t map[string]any) *routing.Check {
 			}
 		case "method":
 			if m, ok := v.(string); !ok || !strings.EqualFold(m, "get") {
-				w.ignore(key) // the edge checks with GET
+				w.ignore(key, checkKeys) // the edge checks with GET
 			}
 		case "protocol":
 			if p, ok := v.(string); !ok || p != "http" {
-				w.ignore(key) // the edge checks over plain HTTP
+				w.ignore(key, checkKeys) // the edge checks over plain HTTP
 			}
 		default:
-			w.ignore(key)
+			w.ignore(key, checkKeys)
 		}
 	}
 	return c

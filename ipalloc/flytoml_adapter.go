@@ -98,7 +98,7 @@ func (flyTOMLAdapter) Adapt(body []byte, options map[string]any) ([]byte, []cadd
 			return nil, warnings, err
 		}
 		for _, w := range ft.Warnings {
-			warnings = append(warnings, caddyconfig.Warning{File: w.File, Line: w.Line, Message: w.Key + " is not implemented by flyedge; ignored"})
+			warnings = append(warnings, caddyconfig.Warning{File: w.File, Line: w.Line, Message: w.Message()})
 		}
 		if ft.App == "" {
 			return nil, warnings, &TOMLError{File: f, Key: "app", Msg: "missing: the edge needs each app's name"}

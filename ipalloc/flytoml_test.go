@@ -150,6 +150,10 @@ func TestFlyTOMLErrors(t *testing.T) {
 		{"sctp", "[[services]]\ninternal_port = 53\nprotocol = 'sctp'\n[[services.ports]]\nport = 53\n", "fly.toml:3: services[0].protocol: \"sctp\" (want tcp or udp)"},
 		{"bad duration", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\n[[services.tcp_checks]]\ninterval = 'soon'\n", "fly.toml:6: services[0].tcp_checks[0].interval: soon"},
 		{"proxy proto version", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\nhandlers = ['proxy_proto']\nproxy_proto_options = { version = 'v3' }\n", "fly.toml:6: services[0].ports[0].proxy_proto_options.version"},
+		{"tls_options without tls", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\nhandlers = ['http']\ntls_options = { alpn = ['h2'] }\n",
+			"fly.toml:6: services[0].ports[0].tls_options: needs the tls handler"},
+		{"proxy_proto_options without proxy_proto", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 443\nhandlers = ['tls']\nproxy_proto_options = { version = 'v2' }\n",
+			"fly.toml:6: services[0].ports[0].proxy_proto_options: needs the proxy_proto handler"},
 		{"range backwards", "[[services]]\ninternal_port = 80\n[[services.ports]]\nstart_port = 20\nend_port = 10\n", "fly.toml:5: services[0].ports[0].end_port: 10 is below start_port 20"},
 		{"syntax", "app = 'a'\n[[services]\n", "fly.toml:2"},
 		{"a string for a number", "[http_service]\ninternal_port = 'eighty'\n", "fly.toml:2: http_service.internal_port: eighty: want a number"},
@@ -203,5 +207,73 @@ func TestFlyTOMLUDP(t *testing.T) {
 	raw, _ := json.Marshal(ft.Definition)
 	if _, err := routing.ParseApp("dns", raw); err != nil {
 		t.Fatalf("the udp app does not validate: %v", err)
+	}
+}
+
+// TestFlyTOMLDidYouMean: a key that is a near miss of a key flyedge
+// knows in the same table says which one in its warning; the keys of
+// Fly.io that flyedge leaves out (the testdata files) get no guess.
+func TestFlyTOMLDidYouMean(t *testing.T) {
+	doc := `app = 'typo'
+primary_regin = 'iad'
+
+[http_service]
+  internal_port = 8080
+  force_http = true
+  Concurrency = { type = 'requests' }
+
+[[services]]
+  internal_port = 5432
+  protocl = 'tcp'
+  [[services.ports]]
+    port = 5432
+    handler = ['pg_tls']
+  [[services.ports]]
+    port = 5433
+    handlers = ['tls']
+    tls_option = { alpn = ['h2'] }
+  [services.concurrency]
+    softlimit = 20
+  [[services.tcp_checks]]
+    intervall = '15s'
+    grace = '1s'
+
+[[service]]
+  internal_port = 1
+`
+	ft, err := ParseFlyTOML("fly.toml", []byte(doc), [2]int{80, 443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`fly.toml:2: primary_regin is not a key flyedge knows; ignored: did you mean "primary_region"?`,
+		`fly.toml:6: http_service.force_http is not a key flyedge knows; ignored: did you mean "force_https"?`,
+		`fly.toml:7: http_service.Concurrency is not a key flyedge knows; ignored: did you mean "concurrency"?`,
+		`fly.toml:11: services[0].protocl is not a key flyedge knows; ignored: did you mean "protocol"?`,
+		`fly.toml:14: services[0].ports[0].handler is not a key flyedge knows; ignored: did you mean "handlers"?`,
+		`fly.toml:18: services[0].ports[1].tls_option is not a key flyedge knows; ignored: did you mean "tls_options"?`,
+		`fly.toml:20: services[0].concurrency.softlimit is not a key flyedge knows; ignored: did you mean "soft_limit"?`,
+		`fly.toml:22: services[0].tcp_checks[0].intervall is not a key flyedge knows; ignored: did you mean "interval"?`,
+		`fly.toml:23: services[0].tcp_checks[0].grace is not a key flyedge knows; ignored: did you mean "grace_period"?`,
+		`fly.toml:25: service is not a key flyedge knows; ignored: did you mean "services"?`,
+	}
+	var got []string
+	for _, w := range ft.Warnings {
+		got = append(got, w.String())
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+
+	files, _ := filepath.Glob(filepath.Join("testdata", "flytoml", "*.toml"))
+	for _, name := range files {
+		ft := readTOML(t, filepath.Base(name))
+		for _, w := range ft.Warnings {
+			if strings.Contains(w.String(), "did you mean") {
+				t.Errorf("a key of Fly.io got a guess: %s", w)
+			}
+		}
 	}
 }

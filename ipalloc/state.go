@@ -230,7 +230,7 @@ func (s *state) index(key string, raw json.RawMessage, add bool, changed map[str
 			as.def, as.defRaw = nil, nil
 			return nil
 		}
-		def, err := routing.ParseApp(rest, raw)
+		def, err := routing.ParseStoredApp(rest, raw)
 		if err != nil {
 			return fmt.Errorf("record %s: %w", key, err)
 		}

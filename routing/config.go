@@ -28,7 +28,8 @@ type Application struct {
 
 	// The organization the app belongs to: a fly-replay may send a
 	// request to another app of the same organization only. An app
-	// without one replays to itself only.
+	// without one replays to itself only. At most 63 letters, digits,
+	// '-', '_' and '.'.
 	Org string `json:"org,omitempty"`
 }
 
@@ -75,10 +76,12 @@ type Port struct {
 	// port whose handlers include "http".
 	ForceHTTPS bool `json:"force_https,omitempty"`
 
-	// TLS options of a port with the "tls" handler.
+	// TLS options of a port with the "tls" handler (refused on a port
+	// without it).
 	TLSOptions *TLSOptions `json:"tls_options,omitempty"`
 
-	// PROXY protocol options of a port with the "proxy_proto" handler.
+	// PROXY protocol options of a port with the "proxy_proto" handler
+	// (refused on a port without it).
 	ProxyProtoOptions *ProxyProtoOptions `json:"proxy_proto_options,omitempty"`
 
 	handlers Handlers // Handlers, parsed by validate
@@ -250,6 +253,7 @@ type Machine struct {
 
 var (
 	appNameRE    = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	orgRE        = regexp.MustCompile(`^[A-Za-z0-9._-]{1,63}$`)
 	machineIDRE  = regexp.MustCompile(`^[0-9a-f]{14}$`)
 	viaRE        = regexp.MustCompile(`^[A-Za-z0-9._~-]{1,64}$`)
 	headerNameRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -270,6 +274,12 @@ func ValidHostname(name string, wildcard bool) bool {
 func (a *Application) validate(name string, catalog map[string]Region) error {
 	if !appNameRE.MatchString(name) {
 		return fmt.Errorf("apps: %q: name must be a DNS label (lower-case letters, digits and '-')", name)
+	}
+	if a.Org != "" && !orgRE.MatchString(a.Org) {
+		if len(a.Org) > 63 {
+			return fmt.Errorf("apps.%s.org: %d bytes (want at most 63 letters, digits, '-', '_' or '.')", name, len(a.Org))
+		}
+		return fmt.Errorf("apps.%s.org: %q (want at most 63 letters, digits, '-', '_' or '.')", name, a.Org)
 	}
 	for i, h := range a.Hostnames {
 		if !ValidHostname(h, true) {
@@ -293,6 +303,9 @@ func (a *Application) validate(name string, catalog map[string]Region) error {
 }
 
 func (s *Service) validate(field string, edgePorts map[int]bool) error {
+	if s == nil {
+		return fmt.Errorf("%s: null (want a service)", field)
+	}
 	if s.InternalPort < 1 || s.InternalPort > 65535 {
 		return fmt.Errorf("%s.internal_port: %d is not a port number (1-65535)", field, s.InternalPort)
 	}
@@ -305,6 +318,9 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 	}
 	for pi, p := range s.Ports {
 		pf := fmt.Sprintf("%s.ports[%d]", field, pi)
+		if p == nil {
+			return fmt.Errorf("%s: null (want a port)", pf)
+		}
 		if p.Port < 1 || p.Port > 65535 {
 			return fmt.Errorf("%s.port: %d is not a port number (1-65535)", pf, p.Port)
 		}
@@ -333,6 +349,12 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 		p.handlers = hs
 		if p.ForceHTTPS && !hs.Has(HandlerHTTP) {
 			return fmt.Errorf("%s.force_https: port %d has handlers %v; force_https needs the http handler", pf, p.Port, p.Handlers)
+		}
+		if p.TLSOptions != nil && !hs.Has(HandlerTLS) {
+			return fmt.Errorf("%s.tls_options: port %d has handlers %v; tls_options needs the tls handler", pf, p.Port, p.Handlers)
+		}
+		if p.ProxyProtoOptions != nil && !hs.Has(HandlerProxyProto) {
+			return fmt.Errorf("%s.proxy_proto_options: port %d has handlers %v; proxy_proto_options needs the proxy_proto handler", pf, p.Port, p.Handlers)
 		}
 		if p.ProxyProtoOptions != nil {
 			if _, err := ProxyProtoVersion(p.ProxyProtoOptions.Version); err != nil {
@@ -369,6 +391,9 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 	}
 	for ci, c := range s.Checks {
 		cf := fmt.Sprintf("%s.checks[%d]", field, ci)
+		if c == nil {
+			return fmt.Errorf("%s: null (want a check)", cf)
+		}
 		if c.Type != "tcp" && c.Type != "http" {
 			return fmt.Errorf("%s.type: %q (want tcp or http)", cf, c.Type)
 		}
@@ -383,6 +408,9 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 }
 
 func (m *Machine) validate(field string, catalog map[string]Region) error {
+	if m == nil {
+		return fmt.Errorf("%s: null (want a machine)", field)
+	}
 	if !machineIDRE.MatchString(m.ID) {
 		return fmt.Errorf("%s.id: %q must be 14 lower-case hexadecimal characters", field, m.ID)
 	}

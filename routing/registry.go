@@ -417,21 +417,38 @@ func (a *App) HostOwner(host string) string {
 // ParseApp reads an app created through the admin API: the config's JSON
 // shape without machines (they are registered under
 // /fly/apps/{app}/machines) and without host names (added through the
-// certs API, which checks who may claim them). Unknown fields are
-// refused; errors name the field. The result is checked and parsed, and
+// certs API, which checks who may claim them). The body is decoded with
+// DecodeStrict: one object, exact keys, each once, no nulls, nothing
+// after it. Errors name the field. The result is checked and parsed, and
 // must not be changed afterwards: the edge routes with it as it is.
 func ParseApp(name string, data []byte) (*Application, error) {
+	return parseApp(name, data, true)
+}
+
+// ParseStoredApp is ParseApp for an app as the store keeps it: the JSON
+// of a ParseApp result. It skips DecodeStrict's pass over the tokens,
+// which that JSON passes by construction and which would make reading a
+// store of 100,000 apps seconds slower (it takes about four times as
+// long as the decoding); the fields are checked the same.
+func ParseStoredApp(name string, data []byte) (*Application, error) {
+	return parseApp(name, data, false)
+}
+
+func parseApp(name string, data []byte, strict bool) (*Application, error) {
 	if !appNameRE.MatchString(name) {
 		return nil, fmt.Errorf("name: %q must be a DNS label of at most 63 characters (lower-case letters, digits and '-')", name)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	cfg := new(Application)
-	if err := dec.Decode(cfg); err != nil {
-		return nil, fmt.Errorf("app %s: %w", name, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("app %s: one JSON value expected, more follows", name)
+	if strict {
+		if err := DecodeStrict("apps."+name, data, cfg); err != nil {
+			return nil, err
+		}
+	} else {
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(cfg); err != nil {
+			return nil, fmt.Errorf("apps.%s: %w", name, err)
+		}
 	}
 	if len(cfg.Machines) > 0 {
 		return nil, fmt.Errorf("apps.%s.machines: register machines under /fly/apps/%s/machines, not in the app", name, name)

@@ -184,6 +184,16 @@ func TestConfigErrors(t *testing.T) {
 		{"hostname taken", &App{Apps: map[string]*Application{"a": {Hostnames: []string{"x.com"}}, "b": {Hostnames: []string{"x.com"}}}},
 			`is already a host name of app`},
 		{"bad catalog entry", &App{Regions: map[string]Region{"xyz": {Country: "usa", Continent: "na"}}}, `regions: xyz: country "usa"`},
+		// null entries of the config's lists of objects (JSON "services":[null]):
+		// refused with the field, never a nil pointer dereference
+		{"null service", &App{Apps: map[string]*Application{"a": {Services: []*Service{nil}}}}, `apps.a.services[0]: null`},
+		{"null port", &App{Apps: map[string]*Application{"a": {Services: svc(&Port{Port: 80}, nil)}}}, `apps.a.services[0].ports[1]: null`},
+		{"null check", &App{Apps: map[string]*Application{"a": {Services: []*Service{{InternalPort: 8080, Ports: []*Port{{Port: 80}}, Checks: []*Check{nil}}}}}},
+			`apps.a.services[0].checks[0]: null`},
+		{"tls_options without tls", &App{Apps: map[string]*Application{"a": {Services: svc(&Port{Port: 80, Handlers: []string{"http"}, TLSOptions: &TLSOptions{ALPN: []string{"h2"}}})}}},
+			`apps.a.services[0].ports[0].tls_options: port 80 has handlers [http]; tls_options needs the tls handler`},
+		{"org with a line break", &App{Apps: map[string]*Application{"a": {Org: "acme\nX-Evil: 1"}}}, `apps.a.org: "acme\nX-Evil: 1" (want at most 63 letters`},
+		{"null machine", &App{Apps: map[string]*Application{"a": {Machines: []*Machine{machine("00000000000001", "iad"), nil}}}}, `apps.a.machines[1]: null`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := provision(t, tc.app)
