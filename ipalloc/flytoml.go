@@ -37,6 +37,9 @@ type TOMLWarning struct {
 	// A key flyedge knows in the same table that Key is a near miss of
 	// (force_http for force_https), or "".
 	Suggestion string
+	// Why the key is left out, when it is a key flyedge knows ("" for a
+	// key it does not implement).
+	Reason string
 }
 
 func (w TOMLWarning) String() string {
@@ -48,6 +51,9 @@ func (w TOMLWarning) String() string {
 
 // Message is the warning without its file and line.
 func (w TOMLWarning) Message() string {
+	if w.Reason != "" {
+		return w.Key + ": " + w.Reason + "; ignored"
+	}
 	if w.Suggestion != "" {
 		return fmt.Sprintf("%s is not a key flyedge knows; ignored: did you mean %q?", w.Key, w.Suggestion)
 	}
@@ -242,6 +248,11 @@ func (w *tomlWalker) fail(key, format string, args ...any) {
 func (w *tomlWalker) ignore(key string, known []string) {
 	name := key[strings.LastIndexByte(key, '.')+1:]
 	w.warnings = append(w.warnings, TOMLWarning{File: w.file, Line: w.line(key), Key: key, Suggestion: nearest(name, known)})
+}
+
+// drop leaves out a key flyedge knows, with a warning saying why.
+func (w *tomlWalker) drop(key, reason string) {
+	w.warnings = append(w.warnings, TOMLWarning{File: w.file, Line: w.line(key), Key: key, Reason: reason})
 }
 
 // The keys flyedge takes in each table of a fly.toml (the cases of the
@@ -543,13 +554,15 @@ func (w *tomlWalker) ports(path string, t map[string]any, s *routing.Service) []
 		w.fail(path+".force_https", "needs the http handler (handlers are %v)", tmpl.Handlers)
 		return nil
 	}
+	// options for a handler the port does not run do nothing: Fly.io
+	// takes them, so the file is not refused, and the app does not get them
 	if tmpl.TLSOptions != nil && !hs.Has(routing.HandlerTLS) {
-		w.fail(path+".tls_options", "needs the tls handler (handlers are %v)", tmpl.Handlers)
-		return nil
+		w.drop(path+".tls_options", fmt.Sprintf("the port has no tls handler (handlers are %v)", tmpl.Handlers))
+		tmpl.TLSOptions = nil
 	}
 	if tmpl.ProxyProtoOptions != nil && !hs.Has(routing.HandlerProxyProto) {
-		w.fail(path+".proxy_proto_options", "needs the proxy_proto handler (handlers are %v)", tmpl.Handlers)
-		return nil
+		w.drop(path+".proxy_proto_options", fmt.Sprintf("the port has no proxy_proto handler (handlers are %v)", tmpl.Handlers))
+		tmpl.ProxyProtoOptions = nil
 	}
 	switch {
 	case port != 0 && (start != 0 || end != 0):

@@ -150,10 +150,6 @@ func TestFlyTOMLErrors(t *testing.T) {
 		{"sctp", "[[services]]\ninternal_port = 53\nprotocol = 'sctp'\n[[services.ports]]\nport = 53\n", "fly.toml:3: services[0].protocol: \"sctp\" (want tcp or udp)"},
 		{"bad duration", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\n[[services.tcp_checks]]\ninterval = 'soon'\n", "fly.toml:6: services[0].tcp_checks[0].interval: soon"},
 		{"proxy proto version", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\nhandlers = ['proxy_proto']\nproxy_proto_options = { version = 'v3' }\n", "fly.toml:6: services[0].ports[0].proxy_proto_options.version"},
-		{"tls_options without tls", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\nhandlers = ['http']\ntls_options = { alpn = ['h2'] }\n",
-			"fly.toml:6: services[0].ports[0].tls_options: needs the tls handler"},
-		{"proxy_proto_options without proxy_proto", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 443\nhandlers = ['tls']\nproxy_proto_options = { version = 'v2' }\n",
-			"fly.toml:6: services[0].ports[0].proxy_proto_options: needs the proxy_proto handler"},
 		{"range backwards", "[[services]]\ninternal_port = 80\n[[services.ports]]\nstart_port = 20\nend_port = 10\n", "fly.toml:5: services[0].ports[0].end_port: 10 is below start_port 20"},
 		{"syntax", "app = 'a'\n[[services]\n", "fly.toml:2"},
 		{"a string for a number", "[http_service]\ninternal_port = 'eighty'\n", "fly.toml:2: http_service.internal_port: eighty: want a number"},
@@ -275,5 +271,30 @@ primary_regin = 'iad'
 				t.Errorf("a key of Fly.io got a guess: %s", w)
 			}
 		}
+	}
+}
+
+// TestFlyTOMLOptionsWithoutHandler: options for a handler a port does not
+// run are left out with a warning saying why, not refused (Fly.io takes
+// the file), and the app is valid without them.
+func TestFlyTOMLOptionsWithoutHandler(t *testing.T) {
+	doc := "app = 'web'\n[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\nhandlers = ['http']\ntls_options = { alpn = ['h2'] }\n" +
+		"[[services.ports]]\nport = 443\nhandlers = ['tls']\nproxy_proto_options = { version = 'v2' }\n"
+	ft, err := ParseFlyTOML("fly.toml", []byte(doc), [2]int{80, 443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkWarnings(t, ft.Warnings, []string{
+		"fly.toml:7: services[0].ports[0].tls_options: the port has no tls handler (handlers are [http]);",
+		"fly.toml:11: services[0].ports[1].proxy_proto_options: the port has no proxy_proto handler (handlers are [tls]);",
+	})
+	for _, p := range ft.Definition.Services[0].Ports {
+		if p.TLSOptions != nil || p.ProxyProtoOptions != nil {
+			t.Errorf("port %d kept options its handlers do not use", p.Port)
+		}
+	}
+	raw, _ := json.Marshal(ft.Definition)
+	if _, err := routing.ParseApp("web", raw); err != nil {
+		t.Errorf("the app the file makes is refused: %v", err)
 	}
 }

@@ -270,16 +270,36 @@ func ValidHostname(name string, wildcard bool) bool {
 	return len(name) <= 253 && hostnameRE.MatchString(name)
 }
 
-// validate checks an app's config; catalog is the effective region catalog.
-func (a *Application) validate(name string, catalog map[string]Region) error {
-	if !appNameRE.MatchString(name) {
-		return fmt.Errorf("apps: %q: name must be a DNS label (lower-case letters, digits and '-')", name)
-	}
+// checkInput checks what an app's config must be when it comes in (the
+// config, the admin API) beyond what validate checks: rules added after
+// apps were stored without them, so validate, which also reads what the
+// store holds, leaves them out (an app stored before them still loads).
+// It runs after validate, which parses the ports' handlers.
+func (a *Application) checkInput(name string) error {
 	if a.Org != "" && !orgRE.MatchString(a.Org) {
 		if len(a.Org) > 63 {
 			return fmt.Errorf("apps.%s.org: %d bytes (want at most 63 letters, digits, '-', '_' or '.')", name, len(a.Org))
 		}
 		return fmt.Errorf("apps.%s.org: %q (want at most 63 letters, digits, '-', '_' or '.')", name, a.Org)
+	}
+	for si, s := range a.Services {
+		for pi, p := range s.Ports {
+			pf := fmt.Sprintf("apps.%s.services[%d].ports[%d]", name, si, pi)
+			if p.TLSOptions != nil && !p.handlers.Has(HandlerTLS) {
+				return fmt.Errorf("%s.tls_options: port %d has handlers %v; tls_options needs the tls handler", pf, p.Port, p.Handlers)
+			}
+			if p.ProxyProtoOptions != nil && !p.handlers.Has(HandlerProxyProto) {
+				return fmt.Errorf("%s.proxy_proto_options: port %d has handlers %v; proxy_proto_options needs the proxy_proto handler", pf, p.Port, p.Handlers)
+			}
+		}
+	}
+	return nil
+}
+
+// validate checks an app's config; catalog is the effective region catalog.
+func (a *Application) validate(name string, catalog map[string]Region) error {
+	if !appNameRE.MatchString(name) {
+		return fmt.Errorf("apps: %q: name must be a DNS label (lower-case letters, digits and '-')", name)
 	}
 	for i, h := range a.Hostnames {
 		if !ValidHostname(h, true) {
@@ -349,12 +369,6 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 		p.handlers = hs
 		if p.ForceHTTPS && !hs.Has(HandlerHTTP) {
 			return fmt.Errorf("%s.force_https: port %d has handlers %v; force_https needs the http handler", pf, p.Port, p.Handlers)
-		}
-		if p.TLSOptions != nil && !hs.Has(HandlerTLS) {
-			return fmt.Errorf("%s.tls_options: port %d has handlers %v; tls_options needs the tls handler", pf, p.Port, p.Handlers)
-		}
-		if p.ProxyProtoOptions != nil && !hs.Has(HandlerProxyProto) {
-			return fmt.Errorf("%s.proxy_proto_options: port %d has handlers %v; proxy_proto_options needs the proxy_proto handler", pf, p.Port, p.Handlers)
 		}
 		if p.ProxyProtoOptions != nil {
 			if _, err := ProxyProtoVersion(p.ProxyProtoOptions.Version); err != nil {

@@ -112,6 +112,9 @@ func (a *App) build(apps map[string]*Application) (*registry, error) {
 		if err := cfg.validate(name, a.catalog); err != nil {
 			return nil, err
 		}
+		if err := cfg.checkInput(name); err != nil {
+			return nil, err
+		}
 		slot := new(appSlot)
 		for _, h := range append([]string{name + "." + a.BaseDomain}, cfg.Hostnames...) {
 			if other := reg.hosts[h]; other != nil {
@@ -458,6 +461,11 @@ func parseApp(name string, data []byte, strict bool) (*Application, error) {
 	}
 	if err := cfg.validate(name, nil); err != nil {
 		return nil, err
+	}
+	if strict {
+		if err := cfg.checkInput(name); err != nil {
+			return nil, err
+		}
 	}
 	return cfg, nil
 }

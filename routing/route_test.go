@@ -319,3 +319,22 @@ func respSvc(headers map[string]any) []*Service {
 	return []*Service{{InternalPort: 8080, Ports: []*Port{{Port: 80, Handlers: []string{"http"}}},
 		HTTPOptions: &HTTPOptions{Response: &HTTPResponse{Headers: headers}}}}
 }
+
+// TestStoredAppsLoadUnderNewRules: rules added for apps coming in (org's
+// form, options only on ports with their handler) refuse a new app, and
+// leave an app the store kept from before them loading: an edge that is
+// upgraded starts with what it stored.
+func TestStoredAppsLoadUnderNewRules(t *testing.T) {
+	for _, body := range []string{
+		`{"org":"acme corp","services":[{"internal_port":80,"ports":[{"port":80,"handlers":["http"]}]}]}`,
+		`{"services":[{"internal_port":80,"ports":[{"port":80,"handlers":["http"],"tls_options":{"alpn":["h2"]}}]}]}`,
+		`{"services":[{"internal_port":80,"ports":[{"port":443,"handlers":["tls"],"proxy_proto_options":{"version":"v2"}}]}]}`,
+	} {
+		if _, err := ParseApp("web", []byte(body)); err == nil {
+			t.Errorf("ParseApp took %s", body)
+		}
+		if _, err := ParseStoredApp("web", []byte(body)); err != nil {
+			t.Errorf("a stored app no longer loads: %v", err)
+		}
+	}
+}
