@@ -1,7 +1,9 @@
 package flyedge_test
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -166,4 +168,75 @@ func TestReadmeSetUp(t *testing.T) {
 		}
 	}
 	checkOwnListeners(t, demoPorts...)
+	t.Run("TryIt", func(t *testing.T) { tryIt(t, dir, home) })
+}
+
+// readmeCommand is a command of the README's "Try it" and the first
+// line of the output the README shows for it.
+type readmeCommand struct{ cmd, out string }
+
+// tryItCommands returns the commands of the README's "Try it" section.
+func tryItCommands(t *testing.T) []readmeCommand {
+	t.Helper()
+	b, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(b), "\n## Try it\n")
+	if !ok {
+		t.Fatal(`README.md has no "Try it" section`)
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	var cmds []readmeCommand
+	inBlock := false
+	for _, line := range strings.Split(section, "\n") {
+		switch {
+		case strings.HasPrefix(line, "```"):
+			inBlock = line == "```console"
+		case !inBlock:
+		case strings.HasPrefix(line, "$ "):
+			cmds = append(cmds, readmeCommand{cmd: strings.TrimPrefix(line, "$ ")})
+		case len(cmds) > 0 && cmds[len(cmds)-1].out == "":
+			cmds[len(cmds)-1].out = line
+		}
+	}
+	if len(cmds) == 0 {
+		t.Fatal(`no commands in README.md's "Try it"`)
+	}
+	return cmds
+}
+
+// tryIt runs every command of the README's "Try it", in order, against
+// the demo, as a user would in a second terminal in dir: each must end
+// within 10s and print what the README shows, as far as its first word.
+func tryIt(t *testing.T, dir, home string) {
+	pg, err := net.DialTimeout("tcp", pgAddr, time.Second)
+	if err == nil {
+		pg.Close()
+	}
+	for _, c := range tryItCommands(t) {
+		if strings.Contains(c.cmd, "psql ") && err != nil {
+			t.Logf("PostgreSQL is not running at %s, so %q is not tried", pgAddr, c.cmd)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cmd := exec.CommandContext(ctx, "bash", "-c", c.cmd)
+		cmd.Dir = dir
+		cmd.Env = append(caddyEnv(home), "PGCONNECT_TIMEOUT=5")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+		cmd.WaitDelay = time.Second
+		began := time.Now()
+		out, _ := cmd.CombinedOutput()
+		ended := ctx.Err() == nil
+		cancel()
+		if !ended {
+			t.Errorf("README command %q did not end within 10s (printed %q)", c.cmd, out)
+			continue
+		}
+		if want := strings.Fields(c.out); len(want) > 0 && !strings.Contains(string(out), want[0]) {
+			t.Errorf("README command %q printed %q, want what the README shows: %q", c.cmd, out, c.out)
+		}
+		t.Logf("%s: %v", c.cmd, time.Since(began).Round(time.Millisecond))
+	}
 }
