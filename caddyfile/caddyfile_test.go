@@ -59,6 +59,8 @@ func TestAdaptErrors(t *testing.T) {
 		{"fly_ips pool without values", "{\n fly_ips {\n v4\n }\n}", "wrong argument count"},
 		{"fly_ips auto_allocate", "{\n fly_ips {\n auto_allocate sometimes\n }\n}", `auto_allocate: "sometimes" (want on or off)`},
 		{"fly_ips http_port twice", "{\n fly_ips {\n http_port 8080\n http_port 8081\n }\n}", "http_port already specified"},
+		{"fly_ips share_ports twice", "{\n fly_ips {\n ports 80\n share_ports\n share_ports\n }\n}", "share_ports already specified"},
+		{"fly_ips share_ports argument", "{\n fly_ips {\n ports 80\n share_ports yes\n }\n}", "wrong argument count"},
 		{"fly_ips http_port", "{\n fly_ips {\n http_port eighty\n }\n}", `http_port: "eighty" is not a port number`},
 		{"fly_app http block", ":80 {\n @a fly_app {\n handlers tls\n }\n respond @a 200\n}", "fly_app takes no block"},
 		{"fly_app layer4 option", "{\n layer4 {\n :5000 {\n @a fly_app {\n ports 443\n }\n route @a {\n fly_proxy\n }\n }\n }\n}", "unrecognized fly_app option 'ports'"},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -68,6 +69,15 @@ type Edge struct {
 	// datagram of the client starts a new one.
 	// Default: 30s
 	UDPIdleTimeout caddy.Duration `json:"udp_idle_timeout,omitempty"`
+
+	// Let other processes listen on the edge's ports too, such as the
+	// other edges of a fleet on one host (scripts/fleet-demo.sh); the
+	// kernel spreads the connections over them. Without it the edge
+	// refuses to start when another process listens on one of its ports:
+	// Caddy binds with SO_REUSEPORT, so the bind alone would not fail,
+	// and the two would split the connections in silence.
+	// Default: false
+	SharePorts bool `json:"share_ports,omitempty"`
 
 	addrs     []caddy.NetworkAddress
 	ports     map[int]bool
@@ -200,8 +210,14 @@ func (e *Edge) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Start listens on the edge's ports.
+// Start listens on the edge's ports, once it knows that no other process
+// does (unless share_ports).
 func (e *Edge) Start() error {
+	if !e.SharePorts {
+		if err := e.checkPortsFree(); err != nil {
+			return err
+		}
+	}
 	for _, na := range e.addrs {
 		for offset := range na.PortRangeSize() {
 			ln, err := na.Listen(e.ctx, offset, net.ListenConfig{})
@@ -219,6 +235,47 @@ func (e *Edge) Start() error {
 		return err
 	}
 	e.logger.Info("edge listening", zap.String("ports", e.PortList()), zap.String("http", edgeNetwork+"/"+e.HTTP))
+	return nil
+}
+
+// checkPortsFree fails when another process listens on one of the edge's
+// ports, on any address.
+func (e *Edge) checkPortsFree() error {
+	for _, p := range []struct {
+		network, name string
+		ports         map[int]bool
+	}{{"tcp", "port", e.ports}, {"udp", "udp port", e.udpPorts}} {
+		if len(p.ports) == 0 {
+			continue
+		}
+		foreign, err := ForeignListeners(p.network, netip.IPv6Unspecified(), func(n int) bool { return p.ports[n] })
+		if err != nil {
+			e.logger.Warn("cannot tell whether another process listens on the edge's ports", zap.Error(err))
+			continue
+		}
+		if len(foreign) == 0 {
+			continue
+		}
+		var ports []int
+		for _, f := range foreign {
+			ports = append(ports, int(f.Addr.Port()))
+		}
+		slices.Sort(ports)
+		ports = slices.Compact(ports)
+		list := make([]string, 0, 6)
+		for i, n := range ports {
+			if i == 5 {
+				list = append(list, fmt.Sprintf("%d more", len(ports)-5))
+				break
+			}
+			list = append(list, strconv.Itoa(n))
+		}
+		what := fmt.Sprintf("edge %s %s is", p.name, list[0])
+		if len(ports) > 1 {
+			what = fmt.Sprintf("edge %ss %s are", p.name, strings.Join(list, ", "))
+		}
+		return fmt.Errorf("%s already served by %s; stop it first, or set share_ports to share them on purpose", what, foreign[0].Process())
+	}
 	return nil
 }
 

@@ -209,8 +209,12 @@ func (a *App) routesByAddress() bool {
 
 // Start hands what the store holds to the fly app, keeps it in step
 // with the storage, and gives new apps their automatic
-// addresses.
+// addresses. It refuses to start when another process serves the admin
+// endpoint (or, unless share_ports, listens on one of the edge's ports).
 func (a *App) Start() error {
+	if err := a.checkAdmin(a.ctx); err != nil {
+		return err
+	}
 	if a.Edge != nil {
 		if err := a.Edge.Start(); err != nil {
 			return err

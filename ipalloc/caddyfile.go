@@ -28,6 +28,7 @@ import (
 //		udp_idle_timeout <duration>
 //		issuer <name> [...]
 //		http_listener <name>
+//		share_ports
 //	}
 //
 // issuer takes a tls.issuance module and its Caddyfile syntax, as the
@@ -111,6 +112,15 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			a.ApplyEgressRules = true
+			continue
+		case "share_ports":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if a.edge().SharePorts {
+				return d.Err("share_ports already specified")
+			}
+			a.edge().SharePorts = true
 			continue
 		case "http_listener":
 			var v string

@@ -2,9 +2,10 @@
 # Three edges, one PostgreSQL: the demo of Caddyfile.example run by three
 # Caddy processes (regions iad, lhr, syd; admin endpoints localhost:2019,
 # :2020, :2021) that share one database through caddy.storage.postgres.
-# They listen on the same ports (Caddy binds with SO_REUSEPORT), so the
-# kernel spreads connections among them: each answer names the edge that
-# served it. Ctrl-C stops all three.
+# They listen on the same ports (Caddy binds with SO_REUSEPORT; each
+# edge's fly_ips says share_ports, without which an edge refuses ports
+# another process listens on), so the kernel spreads connections among
+# them: each answer names the edge that served it. Ctrl-C stops all three.
 #
 #   scripts/fleet-demo.sh
 #   FLYEDGE_STORAGE_DSN=postgres://user:pass@host/db scripts/fleet-demo.sh
@@ -30,7 +31,8 @@ i=0
 for region in iad lhr syd; do
 	admin=localhost:$((2019 + i))
 	sed -e "s/^\tskip_install_trust$/\tskip_install_trust\n\tadmin $admin\n\tstorage postgres {env.FLYEDGE_STORAGE_DSN}/" \
-		-e "s/^\t\tregion iad$/\t\tregion $region/" Caddyfile.example > "$dir/Caddyfile.$region"
+		-e "s/^\t\tregion iad$/\t\tregion $region/" \
+		-e "s/^\t\tissuer internal$/\t\tissuer internal\n\t\tshare_ports/" Caddyfile.example > "$dir/Caddyfile.$region"
 	mkdir -p "$dir/home.$region"
 	HOME="$dir/home.$region" XDG_DATA_HOME="$dir/home.$region/data" XDG_CONFIG_HOME="$dir/home.$region/config" \
 		"$dir/caddy" run --config "$dir/Caddyfile.$region" --adapter caddyfile > "$dir/$region.log" 2>&1 &
