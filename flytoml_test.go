@@ -155,21 +155,9 @@ admin = "`+admin+`"
 	}
 
 	home := t.TempDir()
-	var log logBuf
-	p := exec.Command(caddyBin, "run", "--adapter", "flytoml", "--config", edgeFile)
-	p.Env = caddyEnv(home)
-	p.Stdout, p.Stderr = &log, &log
-	p.SysProcAttr = dieWithTests()
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ownProcess(p.Process.Pid)
-	t.Cleanup(func() { stopProcess(p) })
-	if err := waitAdmin(admin, 60*time.Second); err != nil {
-		t.Fatalf("%v\n%s", err, log.String())
-	}
+	log := runCaddy(t, home, admin, "run", "--adapter", "flytoml", "--config", edgeFile)
 	// issuer = "internal" leaves the host's trust stores alone
-	waitLog(t, &log, "root certificate trust store installation disabled")
+	waitLog(t, log, "root certificate trust store installation disabled")
 	checkOwnListeners(t, mustAtoi(webHTTP), mustAtoi(webHTTPS), mustAtoi(pgPort), mustAtoi(ppPort), mustAtoi(gameLo), mustAtoi(gameHi), mustAtoi(legacyPort))
 	for _, m := range []struct {
 		app string
