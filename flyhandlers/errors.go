@@ -2,8 +2,17 @@ package flyhandlers
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"strings"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/flyedge/caddy-flyedge/routing"
 )
 
 // Code is a failure the edge causes, with a stable code modelled on
@@ -74,4 +83,62 @@ func wantsJSON(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// fail logs a failure the edge caused and answers the client with it.
+func (h *Headers) fail(w http.ResponseWriter, r *http.Request, rt *routing.Route, code Code, msg, id string, err error) error {
+	level := zapcore.InfoLevel
+	if code == CodeNoApp || code == CodeNoService {
+		level = zapcore.DebugLevel
+	}
+	if c := h.logger.Check(level, "request failed"); c != nil {
+		machine := routing.MachineOf(r)
+		if machine == "" {
+			machine = r.Header.Get(routing.HeaderForceInstance)
+		}
+		c.Write(zap.String("app", rt.App), zap.String("machine", machine),
+			zap.String("request_id", id), zap.String("code", code.ID), zap.String("reason", msg), zap.Error(err))
+	}
+	return writeError(w, r, code, msg, id)
+}
+
+// failure tells which code a failed request gets, and what the client
+// reads: the reason the fly selection policy or transport recorded, or
+// what the reverse proxy's error says. Errors that are not the edge's
+// (a handler's own) are left alone.
+func failure(r *http.Request, rt *routing.Route, err error) (Code, string, bool) {
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) {
+		return Code{}, "", false
+	}
+	if outcome, failed := routing.Unroutable(r); failed && (he.StatusCode == http.StatusBadGateway || he.StatusCode == http.StatusServiceUnavailable) {
+		pref := routing.RequestPreference(r) // the client's, or a fly-replay's
+		switch outcome {
+		case routing.ForcedUnknown:
+			return CodeForcedUnknown, fmt.Sprintf("%s: %q is not a machine of app %s", routing.HeaderForceInstance, pref.ForceInstance, rt.App), true
+		case routing.ForcedUnavailable:
+			return CodeForcedUnavailable, fmt.Sprintf("%s: machine %s of app %s cannot take requests now", routing.HeaderForceInstance, pref.ForceInstance, rt.App), true
+		case routing.ForcedRegionUnavailable:
+			return CodeForcedRegion, fmt.Sprintf("%s: no machine of app %s in %s can take requests now", routing.HeaderForceRegion, rt.App, pref.ForceRegion), true
+		case routing.AtHardLimit:
+			return CodeAtHardLimit, fmt.Sprintf("every machine of app %s is at its concurrency hard limit", rt.App), true
+		case routing.Refused:
+			return CodeRefused, fmt.Sprintf("the machines of app %s refused the connection", rt.App), true
+		default:
+			return CodeNoMachine, fmt.Sprintf("no machine of app %s can take requests now", rt.App), true
+		}
+	}
+	switch he.StatusCode {
+	case http.StatusBadGateway:
+		var de reverseproxy.DialError
+		if errors.As(err, &de) {
+			return CodeRefused, fmt.Sprintf("the machines of app %s refused the connection", rt.App), true
+		}
+		return CodeIncomplete, fmt.Sprintf("a machine of app %s did not complete the response", rt.App), true
+	case http.StatusGatewayTimeout:
+		return CodeTimeout, fmt.Sprintf("a machine of app %s did not answer in time", rt.App), true
+	case http.StatusServiceUnavailable:
+		return CodeNoMachine, fmt.Sprintf("no machine of app %s can take requests now", rt.App), true
+	}
+	return Code{}, "", false
 }

@@ -9,6 +9,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/flyedge/caddy-flyedge/routing"
 )
 
 // Limits of fly-replay, as Fly.io's proxy has them.
@@ -328,3 +336,113 @@ func (b *replayBody) add(p []byte, r *bodyReader) {
 // Close does not close the client's body: the next pass may need the
 // rest, and the HTTP server closes it when the request is done.
 func (r *bodyReader) Close() error { return nil }
+
+// replay carries out the instruction the app answered with (fw.replay):
+// the request goes, with its body, to the target the instruction names,
+// and, when that fails and the instruction asks for it, back to the
+// machine that asked. It returns the response writer of the last pass
+// and its error, or the code and message of a replay that cannot be
+// made.
+func (h *Headers) replay(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, fw *flyResponse, body *replayBody, replayed int, fellBack bool) (Code, string, *flyResponse, error) {
+	rp, from := fw.replay, fw.rt
+	if fellBack {
+		return CodeReplayLoop, "fly-replay: a request that fell back to the machine that replayed it cannot be replayed again", fw, nil
+	}
+	if fw.replayErr != nil {
+		return CodeReplayInvalid, fw.replayErr.Error(), fw, nil
+	}
+	if replayed >= maxReplays {
+		return CodeReplayLoop, fmt.Sprintf("fly-replay: replayed %d times, the most a request may be", maxReplays), fw, nil
+	}
+	if body != nil && !body.canReplay() {
+		return CodeReplayTooLarge, fmt.Sprintf("fly-replay: the request body is over %d bytes, the most a replay can resend", replayBodyLimit), fw, nil
+	}
+	target := from.App
+	if rp.App != "" {
+		target = rp.App
+	}
+	if !h.app.SameOrg(from.App, target) {
+		return CodeReplayTarget, fmt.Sprintf("fly-replay: app %s may not replay to app %s (not in its organization)", from.App, target), fw, nil
+	}
+	rt, err := h.app.AppRoute(target, from.Port.Port)
+	if err != nil {
+		return CodeReplayTarget, fmt.Sprintf("fly-replay to app %s: %v", target, err), fw, nil
+	}
+
+	// the machine that asked: it is named in fly-replay-src, left out
+	// with elsewhere, and the fallback's target
+	self, selfRegion := answeredBy(r, from)
+	src := "instance=" + self + ";region=" + selfRegion + ";t=" + strconv.FormatInt(time.Now().UnixMicro(), 10)
+	if rp.State != "" {
+		src += ";state=" + rp.State
+	}
+	r.Header.Set(hdrFlyReplaySrc, src)
+	if t := rp.Transform; t != nil {
+		for _, name := range t.DeleteHeaders {
+			r.Header.Del(name)
+		}
+		for _, sh := range t.SetHeaders {
+			r.Header.Set(sh.Name, sh.Value)
+		}
+		if t.Path != "" {
+			path, query, _ := strings.Cut(t.Path, "?")
+			r.URL.Path, r.URL.RawPath, r.URL.RawQuery = path, "", query
+			r.RequestURI = t.Path
+		}
+	}
+	pref := routing.Preference{ForceInstance: rp.Instance, PreferInstance: rp.PreferInstance, ForceRegion: rp.Region}
+	if rp.Elsewhere && target == from.App {
+		pref.Exclude = self
+	}
+	pass := func(rt *routing.Route, pref routing.Preference, replayable bool) (*flyResponse, error) {
+		routing.SetRequestRoute(r, rt)
+		routing.SetReplayPreference(r, pref)
+		routing.ClearMachine(r)
+		routing.ClearUnroutable(r)
+		delete(r.Header, hdrPreferredUnavail)
+		if body != nil {
+			r.Body = body.reader()
+		}
+		fw := newFlyResponse(w, rt, fw.id, replayable, fw.stats)
+		err := next.ServeHTTP(fw, r)
+		fw.finish()
+		return fw, err
+	}
+	if c := h.logger.Check(zapcore.DebugLevel, "replaying"); c != nil {
+		c.Write(zap.String("app", from.App), zap.String("machine", self), zap.String("target", target), zap.String("request_id", fw.id))
+	}
+	nfw, err := pass(rt, pref, true)
+	if err == nil || nfw.done || rp.Fallback == "" || self == "" {
+		return Code{}, "", nfw, err
+	}
+	code, msg, ok := failure(r, rt, err)
+	if !ok {
+		return Code{}, "", nfw, err
+	}
+	// back to the machine that asked, told what went wrong
+	r.Header.Set(hdrFlyReplayFailed, "code="+code.ID+";app="+target+";reason="+msg)
+	back := routing.Preference{ForceInstance: self}
+	if rp.Fallback == "prefer_self" {
+		back = routing.Preference{PreferInstance: self}
+	}
+	nfw, err = pass(from, back, false)
+	nfw.fellBack = true
+	return Code{}, "", nfw, err
+}
+
+// answeredBy returns the machine that answered r on route rt, and its
+// region: as transport fly recorded it, else by the address the reverse
+// proxy dialed.
+func answeredBy(r *http.Request, rt *routing.Route) (id, region string) {
+	i := -1
+	if m := routing.MachineOf(r); m != "" {
+		i = rt.MachineIndex(m)
+	} else if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		addr, _ := repl.GetString("http.reverse_proxy.upstream.hostport")
+		i = rt.MachineByDial(addr)
+	}
+	if i < 0 {
+		return "", ""
+	}
+	return rt.MachineID(i), rt.MachineRegion(i)
+}

@@ -6,6 +6,9 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // session is what a cancel request needs of the session it cancels.
@@ -145,4 +148,30 @@ func forwardCancel(m firstMessage, addr string, timeout time.Duration) error {
 	}
 	_, err = io.Copy(io.Discard, io.LimitReader(c, 64<<10))
 	return err
+}
+
+// cancel forwards a CancelRequest that arrived on local, naming server
+// name ("" for none), to the machine of its session, if the cancel
+// reaches the session's app; an unknown key or another app's is ignored,
+// as PostgreSQL ignores a wrong key.
+func (h *Handler) cancel(local net.Addr, name string, msg firstMessage) error {
+	s, ok := lookupCancelKey(msg.cancelKey())
+	if !ok {
+		return nil
+	}
+	if name == "" {
+		name = s.name
+	}
+	if rt, err := h.app.Resolve(local, name); err != nil || rt.App != s.app {
+		if c := h.logger.Check(zapcore.DebugLevel, "cancel request denied"); c != nil {
+			c.Write(zap.String("app", s.app), zap.String("local", local.String()), zap.Error(err))
+		}
+		return nil
+	}
+	if err := forwardCancel(msg, s.machine, time.Duration(h.CancelTimeout)); err != nil {
+		if c := h.logger.Check(zapcore.DebugLevel, "cancel request not delivered"); c != nil {
+			c.Write(zap.String("app", s.app), zap.Error(err))
+		}
+	}
+	return nil
 }

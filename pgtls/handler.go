@@ -8,12 +8,10 @@ package pgtls
 
 import (
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -22,7 +20,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/mholt/caddy-l4/layer4"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/flyedge/caddy-flyedge/flyhandlers"
 	"github.com/flyedge/caddy-flyedge/routing"
@@ -219,42 +216,6 @@ func (h *Handler) Handle(cx *layer4.Connection, next layer4.Handler) error {
 	return writeError(cx, "08P01", "unexpected startup sequence")
 }
 
-// handshake completes the TLS handshake on conn for the app that answers
-// to the client's server name on port.
-func (h *Handler) handshake(conn net.Conn, direct bool) (*tls.Conn, *routing.Route, error) {
-	var rt *routing.Route
-	cfg := &tls.Config{
-		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			if direct && !slices.Contains(hello.SupportedProtos, "postgresql") {
-				return nil, errors.New("direct TLS without ALPN postgresql")
-			}
-			var err error
-			if rt, err = h.app.Resolve(conn.LocalAddr(), hello.ServerName); err != nil {
-				return nil, err
-			}
-			cfg, err := h.base.GetConfigForClient(hello)
-			if err != nil {
-				return nil, err
-			}
-			cfg = cfg.Clone()
-			flyhandlers.WithDefaultServerName(cfg, hello, rt)
-			cfg.NextProtos = []string{"postgresql"}
-			if h.minVersion != 0 {
-				cfg.MinVersion, cfg.MaxVersion = h.minVersion, h.maxVersion
-			}
-			return cfg, nil
-		},
-	}
-	tc := tls.Server(conn, cfg)
-	if err := tc.Handshake(); err != nil {
-		if c := h.logger.Check(zapcore.DebugLevel, "TLS handshake failed"); c != nil {
-			c.Write(zap.String("remote", conn.RemoteAddr().String()), zap.Error(err))
-		}
-		return nil, nil, err
-	}
-	return tc, rt, nil
-}
-
 // session reads the first message inside TLS and proceeds with it.
 func (h *Handler) session(cx *layer4.Connection, tc *tls.Conn, rt *routing.Route, next layer4.Handler) error {
 	msg, err := readFirstMessage(tc, nil)
@@ -306,62 +267,6 @@ func (h *Handler) proceed(cx *layer4.Connection, client net.Conn, rt *routing.Ro
 	return err
 }
 
-// upstreamTLS negotiates TLS with the machine's PostgreSQL server,
-// within cancel_timeout.
-func (h *Handler) upstreamTLS(up net.Conn) (net.Conn, error) {
-	if err := up.SetDeadline(time.Now().Add(time.Duration(h.CancelTimeout))); err != nil {
-		return nil, err
-	}
-	if _, err := up.Write(binary.BigEndian.AppendUint32([]byte{0, 0, 0, 8}, sslRequestCode)); err != nil {
-		return nil, err
-	}
-	var answer [1]byte
-	if _, err := io.ReadFull(up, answer[:]); err != nil {
-		return nil, fmt.Errorf("upstream TLS: %w", err)
-	}
-	if answer[0] != 'S' {
-		return nil, errors.New("upstream TLS: the machine's server does not do TLS")
-	}
-	name := h.UpstreamTLS.ServerName
-	if name == "" {
-		name, _, _ = net.SplitHostPort(up.RemoteAddr().String())
-	}
-	tc := tls.Client(up, &tls.Config{ServerName: name, InsecureSkipVerify: h.UpstreamTLS.InsecureSkipVerify, MinVersion: tls.VersionTLS12})
-	if err := tc.Handshake(); err != nil {
-		return nil, fmt.Errorf("upstream TLS: %w", err)
-	}
-	if err := up.SetDeadline(time.Time{}); err != nil {
-		return nil, err
-	}
-	return tc, nil
-}
-
-// cancel forwards a CancelRequest that arrived on local, naming server
-// name ("" for none), to the machine of its session, if the cancel
-// reaches the session's app; an unknown key or another app's is ignored,
-// as PostgreSQL ignores a wrong key.
-func (h *Handler) cancel(local net.Addr, name string, msg firstMessage) error {
-	s, ok := lookupCancelKey(msg.cancelKey())
-	if !ok {
-		return nil
-	}
-	if name == "" {
-		name = s.name
-	}
-	if rt, err := h.app.Resolve(local, name); err != nil || rt.App != s.app {
-		if c := h.logger.Check(zapcore.DebugLevel, "cancel request denied"); c != nil {
-			c.Write(zap.String("app", s.app), zap.String("local", local.String()), zap.Error(err))
-		}
-		return nil
-	}
-	if err := forwardCancel(msg, s.machine, time.Duration(h.CancelTimeout)); err != nil {
-		if c := h.logger.Check(zapcore.DebugLevel, "cancel request not delivered"); c != nil {
-			c.Write(zap.String("app", s.app), zap.Error(err))
-		}
-	}
-	return nil
-}
-
 // refuse answers a bad startup packet with an ErrorResponse.
 func (h *Handler) refuse(c net.Conn, err error) error {
 	if errors.Is(err, errBadLength) || errors.Is(err, errBadProtocol) || errors.Is(err, errBadPacket) {
@@ -386,21 +291,6 @@ func writeError(c net.Conn, code, msg string) error {
 	_ = c.SetReadDeadline(time.Now().Add(time.Second))
 	_, _ = io.CopyN(io.Discard, c, 64<<10)
 	return nil
-}
-
-// prefixConn gives back bytes already read before the connection's own.
-type prefixConn struct {
-	net.Conn
-	prefix []byte
-}
-
-func (c *prefixConn) Read(p []byte) (int, error) {
-	if len(c.prefix) > 0 {
-		n := copy(p, c.prefix)
-		c.prefix = c.prefix[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
