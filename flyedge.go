@@ -10,6 +10,8 @@ import (
 	_ "github.com/flyedge/caddy-flyedge/routing"
 	// HTTP and layer 4 handlers
 	_ "github.com/flyedge/caddy-flyedge/flyhandlers"
+	// the fly.toml parser and the flytoml config adapter
+	_ "github.com/flyedge/caddy-flyedge/flytoml"
 	// IP assignment, admin API, app matchers, `caddy fly` commands
 	_ "github.com/flyedge/caddy-flyedge/ipalloc"
 	// PostgreSQL TLS termination

@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/flyedge/caddy-flyedge/flytoml"
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
@@ -142,7 +143,7 @@ func (api *adminAPI) appDef(w http.ResponseWriter, r *http.Request) error {
 		put := api.app.PutApp
 		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "application/toml" {
 			put = api.app.DeployApp // a fly.toml has no org: the app keeps its own
-			ft, err := ParseFlyTOML("fly.toml", body, [2]int{api.app.HTTPPort, api.app.HTTPSPort})
+			ft, err := flytoml.Parse("fly.toml", body, [2]int{api.app.HTTPPort, api.app.HTTPSPort})
 			if err != nil {
 				return badRequest("%v", err)
 			}

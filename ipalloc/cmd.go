@@ -21,6 +21,7 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
+	"github.com/flyedge/caddy-flyedge/flytoml"
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
@@ -276,7 +277,7 @@ func (c *client) deployCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ft, err := ParseFlyTOML(file, data, [2]int{80, 443})
+			ft, err := flytoml.Parse(file, data, [2]int{80, 443})
 			if err != nil {
 				return err
 			}
