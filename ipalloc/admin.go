@@ -128,12 +128,12 @@ func (api *adminAPI) appDef(w http.ResponseWriter, r *http.Request) error {
 		}
 		return reply(w, http.StatusOK, def, err)
 	case http.MethodPut:
-		body, err := io.ReadAll(io.LimitReader(r.Body, maxAppBody+1))
+		body, err := io.ReadAll(io.LimitReader(r.Body, MaxBody+1))
 		if err != nil {
 			return badRequest("reading the request body: %v", err)
 		}
-		if len(body) > maxAppBody {
-			return badRequest("request body: over %d bytes", maxAppBody)
+		if len(body) > MaxBody {
+			return badRequest("request body: over %d bytes", MaxBody)
 		}
 		if len(strings.TrimSpace(string(body))) == 0 {
 			return badRequest("the request needs a JSON body")
@@ -175,8 +175,9 @@ func (api *adminAPI) egressRules(w http.ResponseWriter, r *http.Request) error {
 	return reply(w, http.StatusOK, api.app.EgressRules(), nil)
 }
 
-// maxAppBody bounds the definition of one app.
-const maxAppBody = 1 << 20
+// MaxBody bounds the body of an admin API request (an app's
+// definition, a machine, ...); the CLI reads files up to it.
+const MaxBody = 1 << 20
 
 // GET, POST /fly/apps/{app}/ips
 func (api *adminAPI) ips(w http.ResponseWriter, r *http.Request) error {
@@ -328,16 +329,16 @@ func methods(r *http.Request, allowed ...string) error {
 	return apiError(http.StatusMethodNotAllowed, "method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allowed, ", "))
 }
 
-// decode reads a JSON body of at most maxAppBody bytes into v with
+// decode reads a JSON body of at most MaxBody bytes into v with
 // routing.DecodeStrict: one object, keys exact and once each, no nulls,
 // nothing after it.
 func decode(r *http.Request, v any) error {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxAppBody+1))
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxBody+1))
 	if err != nil {
 		return badRequest("reading the request body: %v", err)
 	}
-	if len(body) > maxAppBody {
-		return badRequest("request body: over %d bytes", maxAppBody)
+	if len(body) > MaxBody {
+		return badRequest("request body: over %d bytes", MaxBody)
 	}
 	if err := routing.DecodeStrict("", body, v); err != nil {
 		if errors.Is(err, io.EOF) {

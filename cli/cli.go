@@ -1,4 +1,7 @@
-package ipalloc
+// Package cli registers the `caddy fly …` subcommands: apps, deploy,
+// ips, certs, machine and machine egress-ip, each a client of the admin
+// API (admin.api.fly) of a running flyedge, with flags like flyctl's.
+package cli
 
 import (
 	"bytes"
@@ -22,6 +25,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/flyedge/caddy-flyedge/flytoml"
+	"github.com/flyedge/caddy-flyedge/ipalloc"
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
@@ -83,7 +87,7 @@ func flyCommand(cmd *cobra.Command) {
 				if c.app != "" {
 					path = c.appPath("ips")
 				}
-				var out []Assignment
+				var out []ipalloc.Assignment
 				if err := c.call(http.MethodGet, path, nil, &out); err != nil {
 					return err
 				}
@@ -96,7 +100,7 @@ func flyCommand(cmd *cobra.Command) {
 				})
 			}},
 		&cobra.Command{Use: "allocate-v6", Short: "Allocate a dedicated IPv6 address", Args: cobra.NoArgs,
-			RunE: func(*cobra.Command, []string) error { return c.allocate(TypeV6) }},
+			RunE: func(*cobra.Command, []string) error { return c.allocate(ipalloc.TypeV6) }},
 		c.allocateV4(),
 		&cobra.Command{Use: "release <address>", Short: "Release an address of the app", Args: cobra.ExactArgs(1),
 			RunE: func(_ *cobra.Command, args []string) error {
@@ -108,7 +112,7 @@ func flyCommand(cmd *cobra.Command) {
 	certs.AddCommand(
 		&cobra.Command{Use: "list", Short: "List the app's custom host names", Args: cobra.NoArgs,
 			RunE: func(*cobra.Command, []string) error {
-				var out []Cert
+				var out []ipalloc.Cert
 				if err := c.call(http.MethodGet, c.appPath("certs"), nil, &out); err != nil {
 					return err
 				}
@@ -121,7 +125,7 @@ func flyCommand(cmd *cobra.Command) {
 			}},
 		&cobra.Command{Use: "add <hostname>", Short: "Make the app answer to a host name (and get certificates for it)", Args: cobra.ExactArgs(1),
 			RunE: func(_ *cobra.Command, args []string) error {
-				var out Cert
+				var out ipalloc.Cert
 				if err := c.call(http.MethodPost, c.appPath("certs"), map[string]string{"hostname": args[0]}, &out); err != nil {
 					return err
 				}
@@ -235,7 +239,7 @@ func (c *client) appsCommand() *cobra.Command {
 	apps.AddCommand(
 		&cobra.Command{Use: "list", Short: "List the apps and where each is defined", Args: cobra.NoArgs,
 			RunE: func(*cobra.Command, []string) error {
-				var out []AppInfo
+				var out []ipalloc.AppInfo
 				if err := c.call(http.MethodGet, "/fly/apps", nil, &out); err != nil {
 					return err
 				}
@@ -338,7 +342,7 @@ func (c *client) appArg(args []string) error {
 // readFile reads a file, or standard input for "-".
 func readFile(name string) ([]byte, error) {
 	if name == "-" {
-		return io.ReadAll(io.LimitReader(os.Stdin, maxAppBody+1))
+		return io.ReadAll(io.LimitReader(os.Stdin, ipalloc.MaxBody+1))
 	}
 	return os.ReadFile(name)
 }
@@ -348,16 +352,16 @@ func (c *client) allocateV4() *cobra.Command {
 	cmd := &cobra.Command{Use: "allocate-v4", Short: "Allocate an IPv4 address: dedicated, or --shared", Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if shared {
-				return c.allocate(TypeSharedV4)
+				return c.allocate(ipalloc.TypeSharedV4)
 			}
-			return c.allocate(TypeV4)
+			return c.allocate(ipalloc.TypeV4)
 		}}
 	cmd.Flags().BoolVar(&shared, "shared", false, "Allocate a shared IPv4 address (routed by host name)")
 	return cmd
 }
 
 func (c *client) allocate(typ string) error {
-	var out Assignment
+	var out ipalloc.Assignment
 	if err := c.call(http.MethodPost, c.appPath("ips"), map[string]string{"type": typ}, &out); err != nil {
 		return err
 	}
@@ -370,12 +374,12 @@ func (c *client) allocate(typ string) error {
 
 // describe returns an assignment's IP version and kind as flyctl prints
 // them.
-func describe(a Assignment) (version, kind string) {
+func describe(a ipalloc.Assignment) (version, kind string) {
 	version, kind = "v4", "public (dedicated)"
 	switch a.Type {
-	case TypeV6:
+	case ipalloc.TypeV6:
 		version = "v6"
-	case TypeSharedV4:
+	case ipalloc.TypeSharedV4:
 		kind = "public (shared)"
 	}
 	return version, kind
@@ -417,7 +421,7 @@ func (c *client) egressCommand() *cobra.Command {
 	egress.AddCommand(
 		&cobra.Command{Use: "allocate <machine-id>", Short: "Allocate a static egress pair (IPv4 and IPv6) for a machine", Args: cobra.ExactArgs(1),
 			RunE: func(_ *cobra.Command, args []string) error {
-				var out EgressIP
+				var out ipalloc.EgressIP
 				if err := c.call(http.MethodPost, c.appPath("machines", args[0], "egress-ips"), nil, &out); err != nil {
 					return err
 				}
@@ -466,11 +470,11 @@ func (c *client) egressRulesCommand() *cobra.Command {
 	var apply bool
 	cmd := &cobra.Command{Use: "rules", Short: "Print (or --apply with nft) the nftables rules that make each machine's outbound traffic leave from its egress pair",
 		Long: "Print the nftables script that source-NATs each machine's outbound traffic (by its address) to its egress pair, for every app's machines: " +
-			"one transaction that replaces the table " + EgressTable + " and nothing else. With --apply, run it with `nft -f -` on this host " +
+			"one transaction that replaces the table " + ipalloc.EgressTable + " and nothing else. With --apply, run it with `nft -f -` on this host " +
 			"(the host where the machines run, or their router; needs root or CAP_NET_ADMIN).",
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			var out EgressRules
+			var out ipalloc.EgressRules
 			if err := c.call(http.MethodGet, "/fly/egress-rules", nil, &out); err != nil {
 				return err
 			}
@@ -478,10 +482,10 @@ func (c *client) egressRulesCommand() *cobra.Command {
 				fmt.Fprintln(os.Stderr, "skipped:", s)
 			}
 			if apply {
-				if err := ApplyNFT(context.Background(), out.NFT); err != nil {
+				if err := ipalloc.ApplyNFT(context.Background(), out.NFT); err != nil {
 					return err
 				}
-				fmt.Fprintf(c.out, "Applied %d egress rules (nftables table %s)\n", len(out.Rules), EgressTable)
+				fmt.Fprintf(c.out, "Applied %d egress rules (nftables table %s)\n", len(out.Rules), ipalloc.EgressTable)
 				return nil
 			}
 			if c.jsonOut {
@@ -495,14 +499,14 @@ func (c *client) egressRulesCommand() *cobra.Command {
 }
 
 // egressIPs lists the egress pairs of every machine of the app.
-func (c *client) egressIPs() ([]EgressIP, error) {
+func (c *client) egressIPs() ([]ipalloc.EgressIP, error) {
 	var ms []routing.Machine
 	if err := c.call(http.MethodGet, c.appPath("machines"), nil, &ms); err != nil {
 		return nil, err
 	}
-	all := []EgressIP{}
+	all := []ipalloc.EgressIP{}
 	for _, m := range ms {
-		var out []EgressIP
+		var out []ipalloc.EgressIP
 		if err := c.call(http.MethodGet, c.appPath("machines", m.ID, "egress-ips"), nil, &out); err != nil {
 			return nil, err
 		}
