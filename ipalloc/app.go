@@ -8,11 +8,12 @@
 // It provides the fly_ips app (ips.go, certs.go, machines.go,
 // egress.go, the store in store.go and state.go), the admin API under
 // /fly/ (admin.go, which maps the domain errors of errors.go to HTTP
-// status codes), and the modules at the edges of the data path that ask
-// the resolver: the fly_app matchers for HTTP and layer 4 and
-// tls.permission.fly for on-demand certificates. The `caddy fly`
-// commands that call the admin API are in package cli; the fly.toml
-// parser is package flytoml.
+// status codes, and a file per resource beside it: admin_apps.go,
+// admin_ips.go, admin_certs.go, admin_machines.go, admin_egress.go),
+// and the modules at the edges of the data path that ask the resolver:
+// the fly_app matchers for HTTP and layer 4 and tls.permission.fly for
+// on-demand certificates. The `caddy fly` commands that call the admin
+// API are in package cli; the fly.toml parser is package flytoml.
 package ipalloc
 
 import (
