@@ -121,16 +121,16 @@ func methods(r *http.Request, allowed ...string) error {
 func decode(r *http.Request, v any) error {
 	body, err := io.ReadAll(io.LimitReader(r.Body, MaxBody+1))
 	if err != nil {
-		return badRequest("reading the request body: %v", err)
+		return invalid("reading the request body: %v", err)
 	}
 	if len(body) > MaxBody {
-		return badRequest("request body: over %d bytes", MaxBody)
+		return invalid("request body: over %d bytes", MaxBody)
 	}
 	if err := routing.DecodeStrict("", body, v); err != nil {
 		if errors.Is(err, io.EOF) {
-			return badRequest("the request needs a JSON body")
+			return invalid("the request needs a JSON body")
 		}
-		return badRequest("request body: %v", err)
+		return invalid("request body: %v", err)
 	}
 	return nil
 }
@@ -150,16 +150,17 @@ func reply(w http.ResponseWriter, status int, v any, err error) error {
 }
 
 // statusOf returns the HTTP status the admin API answers err with: 400,
-// 404 and 409 for refusals, 500 for anything else.
+// 404, 409 and 503 for the kinds of refusal, 500 for anything else.
+// This is the one place a domain error becomes a status code.
 func statusOf(err error) int {
-	switch KindOf(err) {
-	case Invalid:
+	switch {
+	case errors.Is(err, ErrInvalid):
 		return http.StatusBadRequest
-	case NotFound:
+	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound
-	case Conflict:
+	case errors.Is(err, ErrConflict):
 		return http.StatusConflict
-	case Unavailable:
+	case errors.Is(err, ErrUnavailable):
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError

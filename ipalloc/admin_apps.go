@@ -35,13 +35,13 @@ func (api *adminAPI) appDef(w http.ResponseWriter, r *http.Request) error {
 	case http.MethodPut:
 		body, err := io.ReadAll(io.LimitReader(r.Body, MaxBody+1))
 		if err != nil {
-			return badRequest("reading the request body: %v", err)
+			return invalid("reading the request body: %v", err)
 		}
 		if len(body) > MaxBody {
-			return badRequest("request body: over %d bytes", MaxBody)
+			return invalid("request body: over %d bytes", MaxBody)
 		}
 		if len(strings.TrimSpace(string(body))) == 0 {
-			return badRequest("the request needs a JSON body")
+			return invalid("the request needs a JSON body")
 		}
 		// If-None-Match: * creates and never replaces (caddy fly apps create)
 		onlyNew := strings.TrimSpace(r.Header.Get("If-None-Match")) == "*"
@@ -50,7 +50,7 @@ func (api *adminAPI) appDef(w http.ResponseWriter, r *http.Request) error {
 			put = api.app.DeployApp // a fly.toml has no org: the app keeps its own
 			ft, err := flytoml.Parse("fly.toml", body, [2]int{api.app.HTTPPort, api.app.HTTPSPort})
 			if err != nil {
-				return badRequest("%v", err)
+				return invalid("%v", err)
 			}
 			for _, warning := range ft.Warnings {
 				w.Header().Add("Fly-Warning", warning.String())

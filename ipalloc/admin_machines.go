@@ -55,7 +55,7 @@ func (api *adminAPI) machine(w http.ResponseWriter, r *http.Request) error {
 			m.ID = id
 		}
 		if m.ID != id {
-			return badRequest("id: %q in the body does not match %q in the path", m.ID, id)
+			return invalid("id: %q in the body does not match %q in the path", m.ID, id)
 		}
 		created, err := api.app.PutMachine(r.Context(), app, &m, false)
 		return reply(w, createdOr(created), m, err)

@@ -338,8 +338,8 @@ func (a *App) known(st *state, app string) error {
 }
 
 // refusal gives routing's refusal of a change its kind: a port the edge
-// does not serve or a bad field is invalid input (400), a name or
-// machine ID another app has is a conflict (409).
+// does not serve or a bad field is invalid input (ErrInvalid), a name or
+// machine ID another app has is a conflict (ErrConflict).
 func refusal(err error) error {
 	switch {
 	case err == nil:
@@ -347,7 +347,7 @@ func refusal(err error) error {
 	case errors.Is(err, routing.ErrAppDefined), errors.Is(err, routing.ErrHostTaken), errors.Is(err, routing.ErrMachineTaken):
 		return conflict("%v", err)
 	}
-	return badRequest("%v", err)
+	return invalid("%v", err)
 }
 
 // checkHeld refuses an app that is neither in the config nor holds
