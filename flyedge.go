@@ -10,8 +10,12 @@ import (
 	_ "github.com/flyedge/caddy-flyedge/routing"
 	// HTTP and layer 4 handlers
 	_ "github.com/flyedge/caddy-flyedge/flyhandlers"
-	// IP assignment, admin API, app matchers, `caddy fly` commands
+	// the fly.toml parser and the flytoml config adapter
+	_ "github.com/flyedge/caddy-flyedge/flytoml"
+	// IP assignment, admin API, app matchers
 	_ "github.com/flyedge/caddy-flyedge/ipalloc"
+	// the `caddy fly` commands
+	_ "github.com/flyedge/caddy-flyedge/cli"
 	// PostgreSQL TLS termination
 	_ "github.com/flyedge/caddy-flyedge/pgtls"
 	// Caddy's storage on PostgreSQL

@@ -1,13 +1,10 @@
 package ipalloc
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"strings"
 
@@ -97,218 +94,9 @@ func (api *adminAPI) handle(h caddy.AdminHandlerFunc) caddy.AdminHandler {
 	})
 }
 
-// GET /fly/ips
-func (api *adminAPI) allIPs(w http.ResponseWriter, r *http.Request) error {
-	if err := methods(r, http.MethodGet); err != nil {
-		return err
-	}
-	ips, err := api.app.IPs("")
-	return reply(w, http.StatusOK, ips, err)
-}
-
-// GET /fly/apps
-func (api *adminAPI) apps(w http.ResponseWriter, r *http.Request) error {
-	if err := methods(r, http.MethodGet); err != nil {
-		return err
-	}
-	return reply(w, http.StatusOK, api.app.Apps(), nil)
-}
-
-// GET, PUT, DELETE /fly/apps/{app}
-func (api *adminAPI) appDef(w http.ResponseWriter, r *http.Request) error {
-	app := r.PathValue("app")
-	switch r.Method {
-	case http.MethodGet:
-		def, _, err := api.app.GetApp(app)
-		if cfg := api.app.fly.AppConfig(app); err == nil && cfg != nil {
-			for _, note := range api.app.Notes(app, cfg) {
-				w.Header().Add("Fly-Warning", note)
-			}
-		}
-		return reply(w, http.StatusOK, def, err)
-	case http.MethodPut:
-		body, err := io.ReadAll(io.LimitReader(r.Body, maxAppBody+1))
-		if err != nil {
-			return badRequest("reading the request body: %v", err)
-		}
-		if len(body) > maxAppBody {
-			return badRequest("request body: over %d bytes", maxAppBody)
-		}
-		if len(strings.TrimSpace(string(body))) == 0 {
-			return badRequest("the request needs a JSON body")
-		}
-		// If-None-Match: * creates and never replaces (caddy fly apps create)
-		onlyNew := strings.TrimSpace(r.Header.Get("If-None-Match")) == "*"
-		put := api.app.PutApp
-		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "application/toml" {
-			put = api.app.DeployApp // a fly.toml has no org: the app keeps its own
-			ft, err := ParseFlyTOML("fly.toml", body, [2]int{api.app.HTTPPort, api.app.HTTPSPort})
-			if err != nil {
-				return badRequest("%v", err)
-			}
-			for _, warning := range ft.Warnings {
-				w.Header().Add("Fly-Warning", warning.String())
-			}
-			if body, err = json.Marshal(ft.Definition); err != nil {
-				return err
-			}
-		}
-		def, created, err := put(r.Context(), app, body, onlyNew)
-		if cfg := api.app.fly.AppConfig(app); err == nil && cfg != nil {
-			for _, note := range api.app.Notes(app, cfg) {
-				w.Header().Add("Fly-Warning", note)
-			}
-		}
-		return reply(w, createdOr(created), def, err)
-	case http.MethodDelete:
-		return reply(w, http.StatusNoContent, nil, api.app.DestroyApp(r.Context(), app))
-	}
-	return methods(r, http.MethodGet, http.MethodPut, http.MethodDelete)
-}
-
-// GET /fly/egress-rules
-func (api *adminAPI) egressRules(w http.ResponseWriter, r *http.Request) error {
-	if r.Method != http.MethodGet {
-		return methods(r, http.MethodGet)
-	}
-	return reply(w, http.StatusOK, api.app.EgressRules(), nil)
-}
-
-// maxAppBody bounds the definition of one app.
-const maxAppBody = 1 << 20
-
-// GET, POST /fly/apps/{app}/ips
-func (api *adminAPI) ips(w http.ResponseWriter, r *http.Request) error {
-	app := r.PathValue("app")
-	switch r.Method {
-	case http.MethodGet:
-		ips, err := api.app.IPs(app)
-		return reply(w, http.StatusOK, ips, err)
-	case http.MethodPost:
-		var body struct {
-			Type string `json:"type"`
-		}
-		if err := decode(r, &body); err != nil {
-			return err
-		}
-		asg, created, err := api.app.Allocate(r.Context(), app, body.Type)
-		return reply(w, createdOr(created), asg, err)
-	}
-	return methods(r, http.MethodGet, http.MethodPost)
-}
-
-// DELETE /fly/apps/{app}/ips/{address}
-func (api *adminAPI) ip(w http.ResponseWriter, r *http.Request) error {
-	if err := methods(r, http.MethodDelete); err != nil {
-		return err
-	}
-	return reply(w, http.StatusNoContent, nil, api.app.Release(r.Context(), r.PathValue("app"), r.PathValue("address")))
-}
-
-// GET, POST /fly/apps/{app}/certs
-func (api *adminAPI) certs(w http.ResponseWriter, r *http.Request) error {
-	app := r.PathValue("app")
-	switch r.Method {
-	case http.MethodGet:
-		certs, err := api.app.Certs(app)
-		return reply(w, http.StatusOK, certs, err)
-	case http.MethodPost:
-		var body struct {
-			Hostname string `json:"hostname"`
-		}
-		if err := decode(r, &body); err != nil {
-			return err
-		}
-		c, created, err := api.app.AddCert(r.Context(), app, body.Hostname)
-		return reply(w, createdOr(created), c, err)
-	}
-	return methods(r, http.MethodGet, http.MethodPost)
-}
-
-// DELETE /fly/apps/{app}/certs/{hostname}
-func (api *adminAPI) cert(w http.ResponseWriter, r *http.Request) error {
-	if err := methods(r, http.MethodDelete); err != nil {
-		return err
-	}
-	return reply(w, http.StatusNoContent, nil, api.app.RemoveCert(r.Context(), r.PathValue("app"), r.PathValue("hostname")))
-}
-
-// GET, POST /fly/apps/{app}/machines
-func (api *adminAPI) machines(w http.ResponseWriter, r *http.Request) error {
-	app := r.PathValue("app")
-	switch r.Method {
-	case http.MethodGet:
-		ms, err := api.app.Machines(app)
-		return reply(w, http.StatusOK, ms, err)
-	case http.MethodPost:
-		var m routing.Machine
-		if err := decode(r, &m); err != nil {
-			return err
-		}
-		if m.ID == "" {
-			m.ID = newMachineID()
-		}
-		_, err := api.app.PutMachine(r.Context(), app, &m, true)
-		return reply(w, http.StatusCreated, m, err)
-	}
-	return methods(r, http.MethodGet, http.MethodPost)
-}
-
-// GET, PUT, DELETE /fly/apps/{app}/machines/{id}
-func (api *adminAPI) machine(w http.ResponseWriter, r *http.Request) error {
-	app, id := r.PathValue("app"), r.PathValue("id")
-	switch r.Method {
-	case http.MethodGet:
-		ms, err := api.app.Machines(app)
-		if err != nil {
-			return err
-		}
-		for _, m := range ms {
-			if m.ID == id {
-				return reply(w, http.StatusOK, m, nil)
-			}
-		}
-		return notFound("app %s has no machine %s", app, id)
-	case http.MethodPut:
-		var m routing.Machine
-		if err := decode(r, &m); err != nil {
-			return err
-		}
-		if m.ID == "" {
-			m.ID = id
-		}
-		if m.ID != id {
-			return badRequest("id: %q in the body does not match %q in the path", m.ID, id)
-		}
-		created, err := api.app.PutMachine(r.Context(), app, &m, false)
-		return reply(w, createdOr(created), m, err)
-	case http.MethodDelete:
-		return reply(w, http.StatusNoContent, nil, api.app.RemoveMachine(r.Context(), app, id))
-	}
-	return methods(r, http.MethodGet, http.MethodPut, http.MethodDelete)
-}
-
-// GET, POST /fly/apps/{app}/machines/{id}/egress-ips
-func (api *adminAPI) egressIPs(w http.ResponseWriter, r *http.Request) error {
-	app, id := r.PathValue("app"), r.PathValue("id")
-	switch r.Method {
-	case http.MethodGet:
-		eips, err := api.app.EgressIPs(app, id)
-		return reply(w, http.StatusOK, eips, err)
-	case http.MethodPost:
-		e, err := api.app.AllocateEgress(r.Context(), app, id)
-		return reply(w, http.StatusCreated, e, err)
-	}
-	return methods(r, http.MethodGet, http.MethodPost)
-}
-
-// DELETE /fly/apps/{app}/machines/{id}/egress-ips/{address}
-func (api *adminAPI) egressIP(w http.ResponseWriter, r *http.Request) error {
-	if err := methods(r, http.MethodDelete); err != nil {
-		return err
-	}
-	return reply(w, http.StatusNoContent, nil, api.app.ReleaseEgress(r.Context(), r.PathValue("app"), r.PathValue("id"), r.PathValue("address")))
-}
+// MaxBody bounds the body of an admin API request (an app's
+// definition, a machine, ...); the CLI reads files up to it.
+const MaxBody = 1 << 20
 
 func createdOr(created bool) int {
 	if created {
@@ -327,22 +115,22 @@ func methods(r *http.Request, allowed ...string) error {
 	return apiError(http.StatusMethodNotAllowed, "method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allowed, ", "))
 }
 
-// decode reads a JSON body of at most maxAppBody bytes into v with
+// decode reads a JSON body of at most MaxBody bytes into v with
 // routing.DecodeStrict: one object, keys exact and once each, no nulls,
 // nothing after it.
 func decode(r *http.Request, v any) error {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxAppBody+1))
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxBody+1))
 	if err != nil {
-		return badRequest("reading the request body: %v", err)
+		return invalid("reading the request body: %v", err)
 	}
-	if len(body) > maxAppBody {
-		return badRequest("request body: over %d bytes", maxAppBody)
+	if len(body) > MaxBody {
+		return invalid("request body: over %d bytes", MaxBody)
 	}
 	if err := routing.DecodeStrict("", body, v); err != nil {
 		if errors.Is(err, io.EOF) {
-			return badRequest("the request needs a JSON body")
+			return invalid("the request needs a JSON body")
 		}
-		return badRequest("request body: %v", err)
+		return invalid("request body: %v", err)
 	}
 	return nil
 }
@@ -361,11 +149,21 @@ func reply(w http.ResponseWriter, status int, v any, err error) error {
 	return json.NewEncoder(w).Encode(v)
 }
 
-// newMachineID returns a random machine ID in Fly's form.
-func newMachineID() string {
-	var b [7]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+// statusOf returns the HTTP status the admin API answers err with: 400,
+// 404, 409 and 503 for the kinds of refusal, 500 for anything else.
+// This is the one place a domain error becomes a status code.
+func statusOf(err error) int {
+	switch {
+	case errors.Is(err, ErrInvalid):
+		return http.StatusBadRequest
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, ErrConflict):
+		return http.StatusConflict
+	case errors.Is(err, ErrUnavailable):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
 }
 
 // Interface guards
@@ -373,19 +171,3 @@ var (
 	_ caddy.AdminRouter = (*adminAPI)(nil)
 	_ caddy.Provisioner = (*adminAPI)(nil)
 )
-
-// statusOf returns the HTTP status the admin API answers err with: 400,
-// 404 and 409 for refusals, 500 for anything else.
-func statusOf(err error) int {
-	switch KindOf(err) {
-	case Invalid:
-		return http.StatusBadRequest
-	case NotFound:
-		return http.StatusNotFound
-	case Conflict:
-		return http.StatusConflict
-	case Unavailable:
-		return http.StatusServiceUnavailable
-	}
-	return http.StatusInternalServerError
-}

@@ -8,9 +8,12 @@
 // It provides the fly_ips app (ips.go, certs.go, machines.go,
 // egress.go, the store in store.go and state.go), the admin API under
 // /fly/ (admin.go, which maps the domain errors of errors.go to HTTP
-// status codes), the `caddy fly` commands (cmd.go), and the modules at
-// the edges of the data path that ask the resolver: the fly_app matchers
-// for HTTP and layer 4 and tls.permission.fly for on-demand certificates.
+// status codes, and a file per resource beside it: admin_apps.go,
+// admin_ips.go, admin_certs.go, admin_machines.go, admin_egress.go),
+// and the modules at the edges of the data path that ask the resolver:
+// the fly_app matchers for HTTP and layer 4 and tls.permission.fly for
+// on-demand certificates. The `caddy fly` commands that call the admin
+// API are in package cli; the fly.toml parser is package flytoml.
 package ipalloc
 
 import (
@@ -339,8 +342,8 @@ func (a *App) known(st *state, app string) error {
 }
 
 // refusal gives routing's refusal of a change its kind: a port the edge
-// does not serve or a bad field is invalid input (400), a name or
-// machine ID another app has is a conflict (409).
+// does not serve or a bad field is invalid input (ErrInvalid), a name or
+// machine ID another app has is a conflict (ErrConflict).
 func refusal(err error) error {
 	switch {
 	case err == nil:
@@ -348,7 +351,7 @@ func refusal(err error) error {
 	case errors.Is(err, routing.ErrAppDefined), errors.Is(err, routing.ErrHostTaken), errors.Is(err, routing.ErrMachineTaken):
 		return conflict("%v", err)
 	}
-	return badRequest("%v", err)
+	return invalid("%v", err)
 }
 
 // checkHeld refuses an app that is neither in the config nor holds

@@ -105,7 +105,7 @@ func (a *App) GetApp(app string) (json.RawMessage, string, error) {
 // app created through the API. The change is stored, in effect on this
 // edge when PutApp returns, and reaches every edge sharing the store. A
 // new app gets its automatic addresses with it, as on its first deploy
-// on Fly.io. With onlyNew, an app that exists is refused (409) and left
+// on Fly.io. With onlyNew, an app that exists is refused (ErrConflict) and left
 // as it is. The definition is the whole app: one without an org takes
 // the app out of its org.
 func (a *App) PutApp(ctx context.Context, app string, data []byte, onlyNew bool) (def json.RawMessage, created bool, err error) {
@@ -125,7 +125,7 @@ func (a *App) DeployApp(ctx context.Context, app string, data []byte, onlyNew bo
 func (a *App) putApp(ctx context.Context, app string, data []byte, onlyNew, keepOrg bool) (def json.RawMessage, created bool, err error) {
 	cfg, err := routing.ParseApp(app, data)
 	if err != nil {
-		return nil, false, badRequest("%v", err)
+		return nil, false, invalid("%v", err)
 	}
 	def, err = json.Marshal(cfg)
 	if err != nil {

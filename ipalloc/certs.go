@@ -79,20 +79,21 @@ func (a *App) RemoveCert(ctx context.Context, app, hostname string) error {
 // through the certs API:
 //
 //   - a host name of at least two labels, or "*." and one, never an IP
-//     address (400);
+//     address (ErrInvalid);
 //   - no wildcard that covers a public suffix ("*.com", "*.co.uk",
 //     "*.github.io": every name below belongs to someone else), and no
-//     public suffix itself (400);
+//     public suffix itself (ErrInvalid);
 //   - nothing under the edge's base_domain: the names there are the apps'
-//     own <app>.<base_domain>, present and future (400);
+//     own <app>.<base_domain>, present and future (ErrInvalid);
 //   - not a name another app answers to in the config, its default name
-//     included (409), nor one it added (409, checked in the change).
+//     included (ErrConflict), nor one it added (ErrConflict, checked in the
+//     change).
 func (a *App) claimable(app, host string) error {
 	if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
-		return badRequest("hostname: %s is an IP address; certificates and routing by name need a host name", host)
+		return invalid("hostname: %s is an IP address; certificates and routing by name need a host name", host)
 	}
 	if !routing.ValidHostname(host, true) || !strings.Contains(host, ".") {
-		return badRequest("hostname: %q is not a valid host name", host)
+		return invalid("hostname: %q is not a valid host name", host)
 	}
 	if owner := a.fly.HostOwner(host); owner != "" {
 		if owner == app {
@@ -103,12 +104,12 @@ func (a *App) claimable(app, host string) error {
 	name, wildcard := strings.CutPrefix(host, "*.")
 	if suffix, _ := publicsuffix.PublicSuffix(name); suffix == name {
 		if wildcard {
-			return badRequest("hostname: %s covers the public suffix %s, whose names belong to others", host, name)
+			return invalid("hostname: %s covers the public suffix %s, whose names belong to others", host, name)
 		}
-		return badRequest("hostname: %s is a public suffix", host)
+		return invalid("hostname: %s is a public suffix", host)
 	}
 	if base := a.fly.BaseDomain; name == base || strings.HasSuffix(name, "."+base) {
-		return badRequest("hostname: %s is under the edge's base domain %s, whose names are the apps' own (<app>.%s)", host, base, base)
+		return invalid("hostname: %s is under the edge's base domain %s, whose names are the apps' own (<app>.%s)", host, base, base)
 	}
 	return nil
 }

@@ -6,50 +6,44 @@ import (
 	"net/netip"
 )
 
-// Kind is what kind of refusal an Error is; the admin API answers each
-// with its HTTP status (see statusOf in admin.go).
-type Kind int
-
-// Kinds of refusal.
-const (
-	Invalid     Kind = iota + 1 // the input is malformed or not allowed
-	NotFound                    // unknown app, address, host name or machine
-	Conflict                    // held by another app, pool exhausted, name taken
-	Unavailable                 // the storage cannot be reached: nothing changed
+// Kinds of refusal. Every refusal of a change or a lookup is one of
+// them, found with errors.Is (errors.Is(err, ErrNotFound)); the admin
+// API answers each with its HTTP status (statusOf in admin.go), and
+// nothing below it knows HTTP.
+var (
+	ErrInvalid     = errors.New("invalid")     // the input is malformed or not allowed
+	ErrNotFound    = errors.New("not found")   // unknown app, address, host name or machine
+	ErrConflict    = errors.New("conflict")    // held by another app, pool exhausted, name taken
+	ErrUnavailable = errors.New("unavailable") // the storage cannot be reached: nothing changed
 )
 
-// Error is a refusal of a change or a lookup, with what kind it is.
+// Error is a refusal of a change or a lookup: what it says, and its
+// kind, one of the Err values above, which it unwraps to.
 type Error struct {
-	Kind Kind
+	Kind error
 	Msg  string
 }
 
 func (e *Error) Error() string { return e.Msg }
 
-func badRequest(format string, args ...any) error {
-	return &Error{Invalid, fmt.Sprintf(format, args...)}
+// Unwrap returns the kind, so that errors.Is(err, ErrConflict) holds
+// for a conflict however deep it is wrapped.
+func (e *Error) Unwrap() error { return e.Kind }
+
+func invalid(format string, args ...any) error {
+	return &Error{ErrInvalid, fmt.Sprintf(format, args...)}
 }
 
 func notFound(format string, args ...any) error {
-	return &Error{NotFound, fmt.Sprintf(format, args...)}
+	return &Error{ErrNotFound, fmt.Sprintf(format, args...)}
 }
 
 func conflict(format string, args ...any) error {
-	return &Error{Conflict, fmt.Sprintf(format, args...)}
+	return &Error{ErrConflict, fmt.Sprintf(format, args...)}
 }
 
 func unavailable(format string, args ...any) error {
-	return &Error{Unavailable, "the state's storage is unavailable; nothing changed: " + fmt.Sprintf(format, args...)}
-}
-
-// KindOf returns the kind of err, 0 when it is not a refusal (a failure
-// of the store, say).
-func KindOf(err error) Kind {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Kind
-	}
-	return 0
+	return &Error{ErrUnavailable, "the state's storage is unavailable; nothing changed: " + fmt.Sprintf(format, args...)}
 }
 
 // parseAddress parses an edge address given in a request; a zone
@@ -57,10 +51,10 @@ func KindOf(err error) Kind {
 func parseAddress(address string) (netip.Addr, error) {
 	addr, err := netip.ParseAddr(address)
 	if err != nil {
-		return netip.Addr{}, badRequest("%q is not an IP address", address)
+		return netip.Addr{}, invalid("%q is not an IP address", address)
 	}
 	if addr.Zone() != "" {
-		return netip.Addr{}, badRequest("%q: an edge address has no zone", address)
+		return netip.Addr{}, invalid("%q: an edge address has no zone", address)
 	}
 	return addr, nil
 }

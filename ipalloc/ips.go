@@ -44,7 +44,7 @@ func (a *App) Allocate(ctx context.Context, app, typ string) (asg Assignment, cr
 	switch typ {
 	case TypeV6, TypeSharedV4, TypeV4:
 	default:
-		return Assignment{}, false, badRequest("type: %q (want v6, shared_v4 or v4)", typ)
+		return Assignment{}, false, invalid("type: %q (want v6, shared_v4 or v4)", typ)
 	}
 	err = a.store.do(ctx, func(t *txn) error {
 		if err := a.known(t.st, app); err != nil {

@@ -31,7 +31,7 @@ func (a *App) Machines(app string) ([]*routing.Machine, error) {
 }
 
 // PutMachine registers machine m of app, or updates it; with onlyNew, a
-// machine the app already has is refused (409) and left as it is.
+// machine the app already has is refused (ErrConflict) and left as it is.
 func (a *App) PutMachine(ctx context.Context, app string, m *routing.Machine, onlyNew bool) (created bool, err error) {
 	err = a.store.do(ctx, func(t *txn) error {
 		if err := a.known(t.st, app); err != nil {

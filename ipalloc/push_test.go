@@ -239,7 +239,7 @@ func TestPostgresOutage(t *testing.T) {
 	for i, node := range nodes {
 		began := time.Now()
 		_, _, err := node.Allocate(ctx, "app2", TypeV4)
-		if KindOf(err) != Unavailable || statusOf(err) != 503 {
+		if !errors.Is(err, ErrUnavailable) || statusOf(err) != 503 {
 			t.Errorf("edge %d: a change during the outage: %v (status %d), want 503", i, err, statusOf(err))
 		}
 		if d := time.Since(began); d > 15*time.Second {
@@ -247,7 +247,7 @@ func TestPostgresOutage(t *testing.T) {
 		} else {
 			t.Logf("edge %d: refused in %v", i, d.Round(time.Millisecond))
 		}
-		if _, err := node.PutMachine(ctx, "app1", &routing.Machine{ID: "0000000000d002", Region: "iad", Address: "10.8.0.2"}, true); KindOf(err) != Unavailable {
+		if _, err := node.PutMachine(ctx, "app1", &routing.Machine{ID: "0000000000d002", Region: "iad", Address: "10.8.0.2"}, true); !errors.Is(err, ErrUnavailable) {
 			t.Errorf("edge %d: a machine during the outage: %v", i, err)
 		}
 		// memory still routes everything, and holds nothing unstored

@@ -1,4 +1,4 @@
-package ipalloc
+package flytoml
 
 import (
 	"cmp"
@@ -17,10 +17,10 @@ import (
 )
 
 func init() {
-	caddyconfig.RegisterAdapter("flytoml", flyTOMLAdapter{})
+	caddyconfig.RegisterAdapter("flytoml", adapter{})
 }
 
-// flyTOMLAdapter is the `flytoml` config adapter: a static edge from
+// adapter is the `flytoml` config adapter: a static edge from
 // fly.toml files, for those who want no admin API calls to set up their
 // apps.
 //
@@ -38,7 +38,7 @@ func init() {
 // The result is the fly and fly_ips apps with the edge's ports (the
 // apps' ports unless ports is set), the HTTP site bound to fly/edge, and
 // on-demand certificates for the names the apps answer to.
-type flyTOMLAdapter struct{}
+type adapter struct{}
 
 // edgeFile is the [edge] table of an edge file.
 type edgeFile struct {
@@ -60,7 +60,7 @@ type edgeFile struct {
 }
 
 // Adapt implements caddyconfig.Adapter.
-func (flyTOMLAdapter) Adapt(body []byte, options map[string]any) ([]byte, []caddyconfig.Warning, error) {
+func (adapter) Adapt(body []byte, options map[string]any) ([]byte, []caddyconfig.Warning, error) {
 	file, _ := options["filename"].(string)
 	if file == "" {
 		file = "fly.toml"
@@ -93,7 +93,7 @@ func (flyTOMLAdapter) Adapt(body []byte, options map[string]any) ([]byte, []cadd
 				return nil, warnings, err
 			}
 		}
-		ft, err := ParseFlyTOML(f, data, web)
+		ft, err := Parse(f, data, web)
 		if err != nil {
 			return nil, warnings, err
 		}
@@ -101,10 +101,10 @@ func (flyTOMLAdapter) Adapt(body []byte, options map[string]any) ([]byte, []cadd
 			warnings = append(warnings, caddyconfig.Warning{File: w.File, Line: w.Line, Message: w.Message()})
 		}
 		if ft.App == "" {
-			return nil, warnings, &TOMLError{File: f, Key: "app", Msg: "missing: the edge needs each app's name"}
+			return nil, warnings, &Error{File: f, Key: "app", Msg: "missing: the edge needs each app's name"}
 		}
 		if other, dup := from[ft.App]; dup {
-			return nil, warnings, &TOMLError{File: f, Key: "app", Msg: fmt.Sprintf("%q is the app of %s too", ft.App, other)}
+			return nil, warnings, &Error{File: f, Key: "app", Msg: fmt.Sprintf("%q is the app of %s too", ft.App, other)}
 		}
 		apps[ft.App], from[ft.App] = ft.Definition, f
 	}
@@ -116,7 +116,7 @@ func (flyTOMLAdapter) Adapt(body []byte, options map[string]any) ([]byte, []cadd
 		case string:
 			ports = append(ports, v)
 		default:
-			return nil, warnings, &TOMLError{File: file, Key: fmt.Sprintf("edge.ports[%d]", i), Msg: fmt.Sprintf("%v: want a port or a range such as \"10000-10999\"", p)}
+			return nil, warnings, &Error{File: file, Key: fmt.Sprintf("edge.ports[%d]", i), Msg: fmt.Sprintf("%v: want a port or a range such as \"10000-10999\"", p)}
 		}
 	}
 	if len(ports) == 0 {
@@ -137,7 +137,7 @@ func (flyTOMLAdapter) Adapt(body []byte, options map[string]any) ([]byte, []cadd
 		issuer["email"] = edge.Email
 	}
 	if m := issuer["module"]; m != "acme" && m != "internal" {
-		return nil, warnings, &TOMLError{File: file, Key: "edge.issuer", Msg: fmt.Sprintf("%q: want acme or internal", m)}
+		return nil, warnings, &Error{File: file, Key: "edge.issuer", Msg: fmt.Sprintf("%q: want acme or internal", m)}
 	}
 	cfg := map[string]any{
 		"apps": map[string]any{
@@ -189,19 +189,19 @@ func edgeAppFiles(edgeFile string, apps any) ([]string, error) {
 	var entries []string
 	switch v := apps.(type) {
 	case nil:
-		return nil, &TOMLError{File: edgeFile, Key: "edge.apps", Msg: "missing: a folder of fly.toml files, a file or a glob"}
+		return nil, &Error{File: edgeFile, Key: "edge.apps", Msg: "missing: a folder of fly.toml files, a file or a glob"}
 	case string:
 		entries = []string{v}
 	case []any:
 		for i, e := range v {
 			s, ok := e.(string)
 			if !ok {
-				return nil, &TOMLError{File: edgeFile, Key: fmt.Sprintf("edge.apps[%d]", i), Msg: fmt.Sprintf("%v: want a path", e)}
+				return nil, &Error{File: edgeFile, Key: fmt.Sprintf("edge.apps[%d]", i), Msg: fmt.Sprintf("%v: want a path", e)}
 			}
 			entries = append(entries, s)
 		}
 	default:
-		return nil, &TOMLError{File: edgeFile, Key: "edge.apps", Msg: fmt.Sprintf("%v: want a path or a list of them", apps)}
+		return nil, &Error{File: edgeFile, Key: "edge.apps", Msg: fmt.Sprintf("%v: want a path or a list of them", apps)}
 	}
 	dir := filepath.Dir(edgeFile)
 	self, _ := filepath.Abs(edgeFile)
@@ -216,7 +216,7 @@ func edgeAppFiles(edgeFile string, apps any) ([]string, error) {
 		}
 		matches, err := filepath.Glob(p)
 		if err != nil || len(matches) == 0 {
-			return nil, &TOMLError{File: edgeFile, Key: "edge.apps", Msg: fmt.Sprintf("%q: no fly.toml file there", e)}
+			return nil, &Error{File: edgeFile, Key: "edge.apps", Msg: fmt.Sprintf("%q: no fly.toml file there", e)}
 		}
 		for _, m := range matches {
 			if abs, _ := filepath.Abs(m); abs != self { // the edge file may sit among its apps

@@ -1,4 +1,4 @@
-package ipalloc
+package flytoml
 
 import (
 	"encoding/json"
@@ -15,13 +15,13 @@ import (
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
-func readTOML(t *testing.T, name string) *FlyTOML {
+func readTOML(t *testing.T, name string) *File {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("testdata", "flytoml", name))
+	data, err := os.ReadFile(filepath.Join("testdata", name))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ft, err := ParseFlyTOML(name, data, [2]int{8080, 8443})
+	ft, err := Parse(name, data, [2]int{8080, 8443})
 	if err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
@@ -70,7 +70,7 @@ func TestFlyTOMLHTTPService(t *testing.T) {
 }
 
 // checkWarnings wants exactly one warning starting with each of want.
-func checkWarnings(t *testing.T, warnings []TOMLWarning, want []string) {
+func checkWarnings(t *testing.T, warnings []Warning, want []string) {
 	t.Helper()
 	var got []string
 	for _, w := range warnings {
@@ -155,8 +155,8 @@ func TestFlyTOMLErrors(t *testing.T) {
 		{"a string for a number", "[http_service]\ninternal_port = 'eighty'\n", "fly.toml:2: http_service.internal_port: eighty: want a number"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseFlyTOML("fly.toml", []byte(tc.doc), [2]int{80, 443})
-			var te *TOMLError
+			_, err := Parse("fly.toml", []byte(tc.doc), [2]int{80, 443})
+			var te *Error
 			if !errors.As(err, &te) || !strings.HasPrefix(err.Error(), tc.want) {
 				t.Errorf("got %v, want it to start with %q", err, tc.want)
 			}
@@ -164,10 +164,10 @@ func TestFlyTOMLErrors(t *testing.T) {
 	}
 }
 
-// FuzzParseFlyTOML: any bytes give an app the edge takes, or an error;
+// FuzzParse: any bytes give an app the edge takes, or an error;
 // never a panic.
-func FuzzParseFlyTOML(f *testing.F) {
-	files, _ := filepath.Glob(filepath.Join("testdata", "flytoml", "*.toml"))
+func FuzzParse(f *testing.F) {
+	files, _ := filepath.Glob(filepath.Join("testdata", "*.toml"))
 	for _, name := range files {
 		data, err := os.ReadFile(name)
 		if err != nil {
@@ -176,7 +176,7 @@ func FuzzParseFlyTOML(f *testing.F) {
 		f.Add(data)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		ft, err := ParseFlyTOML("fly.toml", data, [2]int{80, 443})
+		ft, err := Parse("fly.toml", data, [2]int{80, 443})
 		if err != nil {
 			return
 		}
@@ -192,7 +192,7 @@ func FuzzParseFlyTOML(f *testing.F) {
 // no handlers, and is a valid app.
 func TestFlyTOMLUDP(t *testing.T) {
 	src := "app = 'dns'\n[[services]]\ninternal_port = 5353\nprotocol = 'udp'\n[[services.ports]]\nport = 53\n"
-	ft, err := ParseFlyTOML("fly.toml", []byte(src), [2]int{80, 443})
+	ft, err := Parse("fly.toml", []byte(src), [2]int{80, 443})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ primary_regin = 'iad'
 [[service]]
   internal_port = 1
 `
-	ft, err := ParseFlyTOML("fly.toml", []byte(doc), [2]int{80, 443})
+	ft, err := Parse("fly.toml", []byte(doc), [2]int{80, 443})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +263,7 @@ primary_regin = 'iad'
 		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 
-	files, _ := filepath.Glob(filepath.Join("testdata", "flytoml", "*.toml"))
+	files, _ := filepath.Glob(filepath.Join("testdata", "*.toml"))
 	for _, name := range files {
 		ft := readTOML(t, filepath.Base(name))
 		for _, w := range ft.Warnings {
@@ -280,7 +280,7 @@ primary_regin = 'iad'
 func TestFlyTOMLOptionsWithoutHandler(t *testing.T) {
 	doc := "app = 'web'\n[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\nhandlers = ['http']\ntls_options = { alpn = ['h2'] }\n" +
 		"[[services.ports]]\nport = 443\nhandlers = ['tls']\nproxy_proto_options = { version = 'v2' }\n"
-	ft, err := ParseFlyTOML("fly.toml", []byte(doc), [2]int{80, 443})
+	ft, err := Parse("fly.toml", []byte(doc), [2]int{80, 443})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,8 @@
-package ipalloc
+// Package flytoml reads fly.toml files, the way Fly.io's configuration
+// reference writes them, into flyedge apps (Parse), and registers the
+// `flytoml` config adapter: a static edge from fly.toml files. It holds
+// no state: the admin API (ipalloc) and the CLI (cli) call Parse.
+package flytoml
 
 import (
 	"errors"
@@ -16,8 +20,8 @@ import (
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
-// FlyTOML is an app read from a fly.toml.
-type FlyTOML struct {
+// File is an app read from a fly.toml.
+type File struct {
 	// App is the file's app name ("" when it has none).
 	App string
 	// PrimaryRegion is the file's primary_region.
@@ -26,11 +30,11 @@ type FlyTOML struct {
 	Definition *routing.Application
 	// Warnings name the keys of the file that flyedge does not implement
 	// and left out, with their lines.
-	Warnings []TOMLWarning
+	Warnings []Warning
 }
 
-// TOMLWarning is a key of a fly.toml that flyedge left out.
-type TOMLWarning struct {
+// Warning is a key of a fly.toml that flyedge left out.
+type Warning struct {
 	File string
 	Line int // 0 when unknown
 	Key  string
@@ -42,7 +46,7 @@ type TOMLWarning struct {
 	Reason string
 }
 
-func (w TOMLWarning) String() string {
+func (w Warning) String() string {
 	if w.Line > 0 {
 		return fmt.Sprintf("%s:%d: %s", w.File, w.Line, w.Message())
 	}
@@ -50,7 +54,7 @@ func (w TOMLWarning) String() string {
 }
 
 // Message is the warning without its file and line.
-func (w TOMLWarning) Message() string {
+func (w Warning) Message() string {
 	if w.Reason != "" {
 		return w.Key + ": " + w.Reason + "; ignored"
 	}
@@ -60,15 +64,15 @@ func (w TOMLWarning) Message() string {
 	return w.Key + " is not implemented by flyedge; ignored"
 }
 
-// TOMLError is a fly.toml that cannot be taken: where, and why.
-type TOMLError struct {
+// Error is a fly.toml that cannot be taken: where, and why.
+type Error struct {
 	File string // the file's name, as given
 	Line int    // 0 when unknown
 	Key  string // the key, dotted, with array indexes: services[0].ports[1].port
 	Msg  string
 }
 
-func (e *TOMLError) Error() string {
+func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString(e.File)
 	if e.Line > 0 {
@@ -80,7 +84,7 @@ func (e *TOMLError) Error() string {
 	return b.String() + ": " + e.Msg
 }
 
-// ParseFlyTOML reads a fly.toml the way Fly.io's configuration reference
+// Parse reads a fly.toml the way Fly.io's configuration reference
 // writes it: app, primary_region, [http_service] (its ports 80 with the
 // http handler and 443 with tls and http), [[services]] with their
 // [[services.ports]] (one port, or start_port to end_port),
@@ -91,9 +95,9 @@ func (e *TOMLError) Error() string {
 //
 // A key flyedge does not implement (env, build, mounts, processes,
 // auto_stop_machines, restart_limit, ...) is left out with a warning that
-// names it; a value Fly.io would refuse is a *TOMLError with the file,
+// names it; a value Fly.io would refuse is a *Error with the file,
 // the key and its line.
-func ParseFlyTOML(file string, data []byte, webPorts [2]int) (*FlyTOML, error) {
+func Parse(file string, data []byte, webPorts [2]int) (*File, error) {
 	var doc map[string]any
 	if err := toml.Unmarshal(data, &doc); err != nil {
 		return nil, tomlSyntaxError(file, err)
@@ -103,7 +107,7 @@ func ParseFlyTOML(file string, data []byte, webPorts [2]int) (*FlyTOML, error) {
 		return nil, tomlSyntaxError(file, err)
 	}
 	w := &tomlWalker{file: file, lines: lines, web: webPorts}
-	out := &FlyTOML{Definition: new(routing.Application)}
+	out := &File{Definition: new(routing.Application)}
 	for _, key := range sortedKeys(doc) {
 		v := doc[key]
 		switch key {
@@ -132,13 +136,13 @@ func tomlSyntaxError(file string, err error) error {
 	var de *toml.DecodeError
 	if errors.As(err, &de) {
 		row, _ := de.Position()
-		return &TOMLError{File: file, Line: row, Key: strings.Join(de.Key(), "."), Msg: de.Error()}
+		return &Error{File: file, Line: row, Key: strings.Join(de.Key(), "."), Msg: de.Error()}
 	}
 	var pe *unstable.ParserError
 	if errors.As(err, &pe) {
-		return &TOMLError{File: file, Msg: pe.Message}
+		return &Error{File: file, Msg: pe.Message}
 	}
-	return &TOMLError{File: file, Msg: err.Error()}
+	return &Error{File: file, Msg: err.Error()}
 }
 
 // keyLines returns the line of every key of a TOML document, by its
@@ -218,7 +222,7 @@ type tomlWalker struct {
 	lines    map[string]int
 	web      [2]int
 	err      error
-	warnings []TOMLWarning
+	warnings []Warning
 }
 
 // line returns the line of key, or of the nearest enclosing key written
@@ -239,7 +243,7 @@ func (w *tomlWalker) line(key string) int {
 
 func (w *tomlWalker) fail(key, format string, args ...any) {
 	if w.err == nil {
-		w.err = &TOMLError{File: w.file, Line: w.line(key), Key: key, Msg: fmt.Sprintf(format, args...)}
+		w.err = &Error{File: w.file, Line: w.line(key), Key: key, Msg: fmt.Sprintf(format, args...)}
 	}
 }
 
@@ -247,12 +251,12 @@ func (w *tomlWalker) fail(key, format string, args ...any) {
 // in its table, for a guess at what a near miss meant.
 func (w *tomlWalker) ignore(key string, known []string) {
 	name := key[strings.LastIndexByte(key, '.')+1:]
-	w.warnings = append(w.warnings, TOMLWarning{File: w.file, Line: w.line(key), Key: key, Suggestion: nearest(name, known)})
+	w.warnings = append(w.warnings, Warning{File: w.file, Line: w.line(key), Key: key, Suggestion: nearest(name, known)})
 }
 
 // drop leaves out a key flyedge knows, with a warning saying why.
 func (w *tomlWalker) drop(key, reason string) {
-	w.warnings = append(w.warnings, TOMLWarning{File: w.file, Line: w.line(key), Key: key, Reason: reason})
+	w.warnings = append(w.warnings, Warning{File: w.file, Line: w.line(key), Key: key, Reason: reason})
 }
 
 // The keys flyedge takes in each table of a fly.toml (the cases of the
