@@ -6,11 +6,12 @@
 package flyedge
 
 import (
-	// the fly app, machine selection and upstreams
+	// the fly app, the fly_app matchers, tls.permission.fly, machine
+	// selection and upstreams
 	_ "github.com/flyedge/caddy-flyedge/routing"
 	// HTTP and layer 4 handlers
 	_ "github.com/flyedge/caddy-flyedge/flyhandlers"
-	// IP assignment, admin API, app matchers, `caddy fly` commands
+	// IP assignment, admin API, `caddy fly` commands
 	_ "github.com/flyedge/caddy-flyedge/ipalloc"
 	// PostgreSQL TLS termination
 	_ "github.com/flyedge/caddy-flyedge/pgtls"

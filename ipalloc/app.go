@@ -8,9 +8,7 @@
 // It provides the fly_ips app (ips.go, certs.go, machines.go,
 // egress.go, the store in store.go and state.go), the admin API under
 // /fly/ (admin.go, which maps the domain errors of errors.go to HTTP
-// status codes), the `caddy fly` commands (cmd.go), and the modules at
-// the edges of the data path that ask the resolver: the fly_app matchers
-// for HTTP and layer 4 and tls.permission.fly for on-demand certificates.
+// status codes) and the `caddy fly` commands (cmd.go).
 package ipalloc
 
 import (
