@@ -6,7 +6,9 @@
 // the data path (the fly_app matchers for HTTP and layer 4 in
 // matchers.go, tls.permission.fly in permission.go), and machine
 // selection (force/prefer instance, prefer region, nearest healthy) for
-// Caddy's reverse proxy and caddy-l4's proxy.
+// Caddy's reverse proxy and caddy-l4's proxy. What it keeps of one
+// request or connection (its route, and what selection and the handlers
+// learned of it) is in state.go.
 //
 // A connection flows: Caddy or caddy-l4 accepts it → routing resolves
 // the app (every matcher, handler, listener wrapper and the TLS

@@ -195,7 +195,7 @@ func (m *MatchL4) Match(cx *layer4.Connection) (bool, error) {
 		if name = strings.ToLower(strings.TrimSuffix(name, ".")); name == "" {
 			return false, nil
 		}
-		cx.SetVar(ServerNameVarKey, name)
+		setServerName(cx, name)
 	}
 	rt, err := m.fly.RouteForConn(cx)
 	if err != nil {

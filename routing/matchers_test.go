@@ -96,7 +96,7 @@ func TestMatchL4SharedAddress(t *testing.T) {
 			if ok, _ := m.Match(cx); ok {
 				t.Error("matched a connection for a tls+http port")
 			}
-			got, _ := cx.GetVar(ServerNameVarKey).(string)
+			got, _ := cx.GetVar(serverNameVarKey).(string)
 			if got != tc.want {
 				t.Errorf("server name %q, want %q", got, tc.want)
 			}
