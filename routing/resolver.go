@@ -63,7 +63,7 @@ func (a *App) resolve(addr netip.Addr, port int, name string) (*Route, error) {
 	}
 	app := reg.dedicated[addr]
 	if app == "" && reg.sharedAddrs[addr] {
-		app = reg.hostApp(name)
+		app = reg.hostApp(name).app
 		if app != "" && !reg.shared[sharedKey{addr, app}] {
 			app = ""
 		}
@@ -94,7 +94,7 @@ func (reg *registry) resolvePort(port int, name string) (*Route, error) {
 			return slot.load().route(port)
 		}
 	}
-	app := reg.hostApp(name)
+	app := reg.hostApp(name).app
 	if app == "" {
 		if len(slots) == 0 {
 			return nil, fmt.Errorf("%w: no app has a service on port %d", ErrDenied, port)
@@ -173,29 +173,45 @@ func (a *App) NameDecides(local net.Addr) bool {
 func (a *App) HostApp(name string) string {
 	a.reg.mu.RLock()
 	defer a.reg.mu.RUnlock()
-	return a.reg.hostApp(normalizeName(name))
+	return a.reg.hostApp(normalizeName(name)).app
 }
 
-// hostApp is HostApp for a normalized name; the caller holds reg.mu for
-// reading.
-func (reg *registry) hostApp(name string) string {
+// hostMatch is the host index's answer for a name: the app that answers
+// to it, and by which entry.
+type hostMatch struct {
+	app      string // "" for none
+	wildcard bool   // by the wildcard for the name's first label, not the name itself
+	live     bool   // by a name added through the certs API, not one of the config's or <app>.<base_domain>
+}
+
+// hostApp is the only reader of the host index, with one rule: the name
+// itself, then the wildcard for its first label ("*.example.com" for
+// a.example.com); at each step the config's names and the apps'
+// <app>.<base_domain> first, then the names added through the certs API.
+// name is normalized (normalizeName). The resolver, HostApp, HostOwner
+// and the check of an app created at run time all read the index through
+// it. The caller holds reg.mu for reading, or reg.change (which every
+// writer of the index holds too).
+func (reg *registry) hostApp(name string) hostMatch {
 	if name == "" {
-		return ""
+		return hostMatch{}
 	}
 	if s := reg.hosts[name]; s != nil {
-		return s.load().name
+		return hostMatch{app: s.load().name}
 	}
 	if app := reg.liveHosts[name]; app != "" {
-		return app
+		return hostMatch{app: app, live: true}
 	}
 	if i := strings.IndexByte(name, '.'); i > 0 {
 		wild := "*" + name[i:]
 		if s := reg.hosts[wild]; s != nil {
-			return s.load().name
+			return hostMatch{app: s.load().name, wildcard: true}
 		}
-		return reg.liveHosts[wild]
+		if app := reg.liveHosts[wild]; app != "" {
+			return hostMatch{app: app, wildcard: true, live: true}
+		}
 	}
-	return ""
+	return hostMatch{}
 }
 
 // normalizeName returns a host name in lower case without a final dot.
