@@ -35,7 +35,7 @@ func UpstreamPreamble(cx *layer4.Connection) []byte {
 // connection the wrong way (for example plaintext to a port that
 // promises TLS termination). caddy-l4's own tls handler counts as tls.
 func checkHandlers(cx *layer4.Connection, rt *routing.Route) error {
-	if rt.Handlers.Has(routing.HandlerHTTP) {
+	if rt.Handlers.ServedByHTTP() {
 		return fmt.Errorf("app %s port %d: handlers %v: the port is served by the HTTP server, not by fly_proxy", rt.App, rt.Port.Port, rt.Handlers)
 	}
 	if done := routing.Handled(cx); done != rt.Handlers {

@@ -90,7 +90,7 @@ func (m *MatchHTTP) MatchWithError(r *http.Request) (bool, error) {
 	if err != nil {
 		return false, nil
 	}
-	if rt.Handlers.Has(HandlerTLS) != (r.TLS != nil) {
+	if rt.Handlers.TerminatesTLS() != (r.TLS != nil) {
 		return false, nil // plain HTTP to a tls+http port, or the reverse
 	}
 	return len(m.Apps) == 0 || slices.Contains(m.Apps, rt.App), nil
@@ -158,12 +158,12 @@ func (m *MatchL4) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("handlers: %w", err)
 		}
-		if hs == HandlerHTTP {
+		if !hs.AtLayer4() {
 			return fmt.Errorf("handlers: %v: plain HTTP ports are served by the HTTP server, not at layer 4", m.Handlers)
 		}
 		m.handlers = hs
 	}
-	if m.SSLRequest && (m.Handlers == nil || m.handlers != HandlerPGTLS) {
+	if m.SSLRequest && (m.Handlers == nil || !m.handlers.SSLRequestFirst()) {
 		return fmt.Errorf("ssl_request: only with handlers pg_tls")
 	}
 	fly, err := provisionFly(ctx, "apps", m.Apps)
@@ -201,7 +201,7 @@ func (m *MatchL4) Match(cx *layer4.Connection) (bool, error) {
 	if err != nil {
 		return false, nil
 	}
-	if m.Handlers == nil && rt.Handlers.Has(HandlerHTTP) || m.Handlers != nil && rt.Handlers != m.handlers {
+	if m.Handlers == nil && rt.Handlers.ServedByHTTP() || m.Handlers != nil && rt.Handlers != m.handlers {
 		return false, nil
 	}
 	return len(m.Apps) == 0 || slices.Contains(m.Apps, rt.App), nil
