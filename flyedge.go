@@ -6,13 +6,14 @@
 package flyedge
 
 import (
-	// the fly app, machine selection and upstreams
+	// the fly app, the fly_app matchers, tls.permission.fly, machine
+	// selection and upstreams
 	_ "github.com/flyedge/caddy-flyedge/routing"
 	// HTTP and layer 4 handlers
 	_ "github.com/flyedge/caddy-flyedge/flyhandlers"
 	// the fly.toml parser and the flytoml config adapter
 	_ "github.com/flyedge/caddy-flyedge/flytoml"
-	// IP assignment, admin API, app matchers
+	// IP assignment, the store and its admin API
 	_ "github.com/flyedge/caddy-flyedge/ipalloc"
 	// the `caddy fly` commands
 	_ "github.com/flyedge/caddy-flyedge/cli"

@@ -5,15 +5,15 @@ import (
 	"net"
 
 	"github.com/mholt/caddy-l4/layer4"
-	"github.com/mholt/caddy-l4/modules/l4tls"
 
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
 // The connection variables below are how the layer 4 handlers of one
 // connection talk to each other: what the handlers before fly_proxy
-// learned or prepared, and what fly_proxy must do with the machine
-// connection.
+// prepared for the machine connection. What routing keeps of the
+// connection (its route, the handlers that ran) is in routing's
+// state.go.
 
 // preambleVarKey is the connection variable with bytes to send to the
 // machine before anything else (a PROXY protocol header).
@@ -29,32 +29,16 @@ func UpstreamPreamble(cx *layer4.Connection) []byte {
 	return b
 }
 
-// handledVarKey is the connection variable with the Fly handlers that
-// have run on a connection (a routing.Handlers).
-const handledVarKey = "fly.handled"
-
-// MarkHandled records that handler h ran on cx (fly_tls, pg_tls and
-// proxy_proto call it), so that fly_proxy can check the route ran what
-// the app's port lists.
-func MarkHandled(cx *layer4.Connection, h routing.Handlers) {
-	done, _ := cx.GetVar(handledVarKey).(routing.Handlers)
-	cx.SetVar(handledVarKey, done|h)
-}
-
 // checkHandlers tells whether the handlers that ran on cx are the ones
-// the app's port lists, so that a layer4 route that does not match the
-// fly config never passes a connection the wrong way (for example
-// plaintext to a port that promises TLS termination). caddy-l4's own tls
-// handler counts as tls.
+// the app's port lists (routing.Handled, which the handlers mark), so
+// that a layer4 route that does not match the fly config never passes a
+// connection the wrong way (for example plaintext to a port that
+// promises TLS termination). caddy-l4's own tls handler counts as tls.
 func checkHandlers(cx *layer4.Connection, rt *routing.Route) error {
-	if rt.Handlers.Has(routing.HandlerHTTP) {
+	if rt.Handlers.ServedByHTTP() {
 		return fmt.Errorf("app %s port %d: handlers %v: the port is served by the HTTP server, not by fly_proxy", rt.App, rt.Port.Port, rt.Handlers)
 	}
-	done, _ := cx.GetVar(handledVarKey).(routing.Handlers)
-	if len(l4tls.GetClientHelloInfos(cx)) > 0 {
-		done |= routing.HandlerTLS
-	}
-	if done != rt.Handlers {
+	if done := routing.Handled(cx); done != rt.Handlers {
 		return fmt.Errorf("app %s port %d: handlers %v, but the layer4 route ran %v; fix the route to match", rt.App, rt.Port.Port, rt.Handlers, done)
 	}
 	return nil

@@ -19,6 +19,8 @@ import (
 	"github.com/mholt/caddy-l4/layer4"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/flyedge/caddy-flyedge/routing"
 )
 
 // Edge listens on the edge's ports and gives every connection what the
@@ -174,17 +176,50 @@ func portList(addrs []caddy.NetworkAddress) string {
 	return strings.Join(parts, " ")
 }
 
-// edgeRoutes are the layer 4 routes of every edge port: one per handler
-// list Fly accepts without http, then tls http, which ends in the HTTP
-// server like every connection no route takes.
-const edgeRoutes = `[
-	{"match": [{"fly_app": {"handlers": ["none"]}}], "handle": [{"handler": "fly_proxy"}]},
-	{"match": [{"fly_app": {"handlers": ["tls"]}}], "handle": [{"handler": "fly_tls"}, {"handler": "fly_proxy"}]},
-	{"match": [{"fly_app": {"handlers": ["tls", "proxy_proto"]}}], "handle": [{"handler": "fly_tls"}, {"handler": "proxy_proto"}, {"handler": "fly_proxy"}]},
-	{"match": [{"fly_app": {"handlers": ["proxy_proto"]}}], "handle": [{"handler": "proxy_proto"}, {"handler": "fly_proxy"}]},
-	{"match": [{"fly_app": {"handlers": ["pg_tls"]}}, {"fly_app": {"handlers": ["pg_tls"], "ssl_request": true}}], "handle": [{"handler": "pg_tls"}, {"handler": "fly_proxy"}]},
-	{"match": [{"fly_app": {"handlers": ["tls", "http"]}}], "handle": [{"handler": "fly_tls"}]}
-]`
+// edgeRoutes returns the layer 4 routes of every edge port, as JSON:
+// one per handler set that runs at layer 4, in the order
+// routing.HandlerSets gives, matched by fly_app with that set and
+// handled by the steps routing says the set takes (Handlers.Steps), so
+// that the routes, the matchers and fly_proxy's check of what ran read
+// one decision. The route of [tls http] ends in the HTTP server, like
+// every connection no route takes (plain [http] has no route of its
+// own); a set whose clients open with a PostgreSQL SSLRequest also
+// matches that.
+func edgeRoutes() ([]byte, error) {
+	type flyApp struct {
+		Handlers   []string `json:"handlers"`
+		SSLRequest bool     `json:"ssl_request,omitempty"`
+	}
+	type matcherSet struct {
+		FlyApp flyApp `json:"fly_app"`
+	}
+	type handler struct {
+		Handler string `json:"handler"`
+	}
+	type route struct {
+		Match  []matcherSet `json:"match"`
+		Handle []handler    `json:"handle"`
+	}
+	var routes []route
+	for _, hs := range routing.HandlerSets() {
+		if !hs.AtLayer4() {
+			continue
+		}
+		names := hs.List()
+		if len(names) == 0 {
+			names = []string{"none"} // the matcher's word for pass-through
+		}
+		rt := route{Match: []matcherSet{{flyApp{Handlers: names}}}}
+		if hs.SSLRequestFirst() {
+			rt.Match = append(rt.Match, matcherSet{flyApp{Handlers: names, SSLRequest: true}})
+		}
+		for _, step := range hs.Steps() {
+			rt.Handle = append(rt.Handle, handler{step})
+		}
+		routes = append(routes, rt)
+	}
+	return json.Marshal(routes)
+}
 
 // Provision sets up the routes and the certificates' automation policy
 // (before the tls app starts, which reads its policies from then on).
@@ -193,8 +228,12 @@ const edgeRoutes = `[
 func (e *Edge) Provision(ctx caddy.Context) error {
 	e.ctx = ctx
 	e.logger = ctx.Logger().Named("edge")
+	raw, err := edgeRoutes()
+	if err != nil {
+		return err
+	}
 	var routes layer4.RouteList
-	if err := json.Unmarshal([]byte(edgeRoutes), &routes); err != nil {
+	if err := json.Unmarshal(raw, &routes); err != nil {
 		return err
 	}
 	if err := routes.Provision(ctx); err != nil {

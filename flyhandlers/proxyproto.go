@@ -82,7 +82,7 @@ func (p *ProxyProto) Handle(cx *layer4.Connection, next layer4.Handler) error {
 		return fmt.Errorf("formatting PROXY header: %w", err)
 	}
 	SetUpstreamPreamble(cx, b)
-	MarkHandled(cx, routing.HandlerProxyProto)
+	routing.MarkHandled(cx, routing.HandlerProxyProto)
 	return next.Handle(cx)
 }
 

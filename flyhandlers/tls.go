@@ -134,7 +134,7 @@ func (t *TLS) Handle(cx *layer4.Connection, next layer4.Handler) error {
 		return err
 	}
 	routing.SetConnRoute(cx, rt)
-	MarkHandled(cx, routing.HandlerTLS)
+	routing.MarkHandled(cx, routing.HandlerTLS)
 	if c := t.logger.Check(zapcore.DebugLevel, "terminated TLS"); c != nil {
 		st := tlsConn.ConnectionState()
 		c.Write(zap.String("app", rt.App), zap.String("hostname", st.ServerName), zap.String("alpn", st.NegotiatedProtocol))

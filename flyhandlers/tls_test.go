@@ -60,7 +60,7 @@ func TestFlyTLS(t *testing.T) {
 			var r result
 			r.err = h.Handle(cx, layer4.HandlerFunc(func(cx *layer4.Connection) error {
 				r.app, _ = cx.GetVar(routing.AppVarKey).(string)
-				r.handled, _ = cx.GetVar(handledVarKey).(routing.Handlers)
+				r.handled = routing.Handled(cx)
 				b, _ := io.ReadAll(cx)
 				r.plain = string(b)
 				return nil

@@ -123,7 +123,7 @@ func (w *TLSOptionsWrapper) serverConfig(srv *caddyhttp.Server) *tls.Config {
 			return pc, err
 		}
 		rt, rerr := w.app.Resolve(hello.Conn.LocalAddr(), hello.ServerName)
-		if rerr != nil || rt.Port.TLSOptions == nil || !rt.Handlers.Has(routing.HandlerHTTP) {
+		if rerr != nil || rt.Port.TLSOptions == nil || !rt.Handlers.ServedByHTTP() {
 			return pc, nil
 		}
 		own := pc.Clone()

@@ -9,11 +9,10 @@
 // egress.go, the store in store.go and state.go), the admin API under
 // /fly/ (admin.go, which maps the domain errors of errors.go to HTTP
 // status codes, and a file per resource beside it: admin_apps.go,
-// admin_ips.go, admin_certs.go, admin_machines.go, admin_egress.go),
-// and the modules at the edges of the data path that ask the resolver:
-// the fly_app matchers for HTTP and layer 4 and tls.permission.fly for
-// on-demand certificates. The `caddy fly` commands that call the admin
-// API are in package cli; the fly.toml parser is package flytoml.
+// admin_ips.go, admin_certs.go, admin_machines.go, admin_egress.go). The
+// fly_app matchers and tls.permission.fly, which ask the resolver, are in
+// package routing; the `caddy fly` commands that call the admin API are
+// in package cli; the fly.toml parser is package flytoml.
 package ipalloc
 
 import (

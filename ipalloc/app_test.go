@@ -2,8 +2,6 @@ package ipalloc
 
 import (
 	"context"
-	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -13,7 +11,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
@@ -369,63 +366,6 @@ func TestPostExistingMachine(t *testing.T) {
 	}
 	if got := a.fly.LiveMachines("app0"); got[0].Address != "10.1.0.2" {
 		t.Errorf("after the update: %+v", got[0])
-	}
-}
-
-// TestPermission: a certificate only for a name an app answers to, and,
-// during a handshake, only where the connection reaches that app.
-func TestPermission(t *testing.T) {
-	ctx := context.Background()
-	a := newNode(t, newFly(t, 2), t.TempDir(), testPools)
-	v4, _, err := a.Allocate(ctx, "app0", TypeV4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := a.Allocate(ctx, "app1", TypeSharedV4); err != nil {
-		t.Fatal(err)
-	}
-	p := &Permission{fly: a.fly}
-	// a handshake's context, as certmagic passes it, for a connection
-	// that arrived on addr port 443 (newFly's apps serve 443)
-	during := func(addr string) context.Context {
-		ln, err := net.Listen("tcp", net.JoinHostPort(addr, "443"))
-		if err != nil {
-			t.Fatalf("listening on %s:443: %v", addr, err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		sc, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { sc.Close() })
-		return context.WithValue(ctx, certmagic.ClientHelloInfoCtxKey, &tls.ClientHelloInfo{Conn: sc})
-	}
-	onV4, onShared := during(v4.Address), during("127.20.0.1")
-	for _, tc := range []struct {
-		name string
-		ctx  context.Context
-		host string
-		ok   bool
-	}{
-		{"no handshake, an app's name", ctx, "app1.edge.test", true},
-		{"no handshake, no app's name", ctx, "nobody.example", false},
-		{"app0's name on its dedicated address", onV4, "app0.edge.test", true},
-		{"app1's name on app0's dedicated address", onV4, "app1.edge.test", false},
-		{"app1's name on the shared address it holds", onShared, "app1.edge.test", true},
-		{"app0's name on a shared address it does not hold", onShared, "app0.edge.test", false},
-	} {
-		err := p.CertificateAllowed(tc.ctx, tc.host)
-		if (err == nil) != tc.ok {
-			t.Errorf("%s: %v, want allowed %t", tc.name, err, tc.ok)
-		}
-		if err != nil && !errors.Is(err, caddytls.ErrPermissionDenied) {
-			t.Errorf("%s: %v is not a permission denial", tc.name, err)
-		}
 	}
 }
 

@@ -244,7 +244,7 @@ func (h *Handler) proceed(cx *layer4.Connection, client net.Conn, rt *routing.Ro
 		out = cx.Wrap(client)
 	}
 	routing.SetConnRoute(out, rt)
-	flyhandlers.MarkHandled(out, routing.HandlerPGTLS)
+	routing.MarkHandled(out, routing.HandlerPGTLS)
 	flyhandlers.SetUpstreamWrapper(out, func(up net.Conn) (net.Conn, error) {
 		if h.UpstreamTLS != nil {
 			var err error

@@ -145,11 +145,12 @@ func (a *App) checkAppLocked(app string) error {
 		return fmt.Errorf("%w: app %s; change or remove it in the config", ErrAppDefined, app)
 	}
 	host := app + "." + a.BaseDomain
-	if s := reg.hosts[host]; s != nil && s.load().name != app {
-		return fmt.Errorf("%w: app %s answers to %s already", ErrHostTaken, s.load().name, host)
+	switch m := reg.hostApp(host); {
+	case m.app == "" || m.app == app || m.wildcard: // a wildcard yields to the name itself
+		return nil
+	case m.live:
+		return fmt.Errorf("%w: app %s added %s through the certs API", ErrHostTaken, m.app, host)
+	default:
+		return fmt.Errorf("%w: app %s answers to %s already", ErrHostTaken, m.app, host)
 	}
-	if other := reg.liveHosts[host]; other != "" && other != app {
-		return fmt.Errorf("%w: app %s added %s through the certs API", ErrHostTaken, other, host)
-	}
-	return nil
 }

@@ -22,20 +22,27 @@ const (
 // came.
 const PassThrough Handlers = 0
 
+// handlerNames are the handlers in the order every accepted list has
+// them, each with its name in fly.toml and the layer 4 handler module
+// (layer4.handlers.<step>) that runs it; http has none: the HTTP server
+// runs it.
 var handlerNames = []struct {
 	h    Handlers
 	name string
-}{{HandlerTLS, "tls"}, {HandlerHTTP, "http"}, {HandlerPGTLS, "pg_tls"}, {HandlerProxyProto, "proxy_proto"}}
+	step string
+}{{HandlerTLS, "tls", "fly_tls"}, {HandlerHTTP, "http", ""}, {HandlerPGTLS, "pg_tls", "pg_tls"}, {HandlerProxyProto, "proxy_proto", "proxy_proto"}}
 
-// acceptedLists are the handler lists Fly accepts, in their order.
+// acceptedLists are the handler lists Fly accepts, in their order, which
+// is the order the edge's layer 4 routes try them (HandlerSets): the
+// sets the HTTP server serves last.
 var acceptedLists = [][]Handlers{
 	{},
-	{HandlerHTTP},
 	{HandlerTLS},
-	{HandlerTLS, HandlerHTTP},
-	{HandlerPGTLS},
-	{HandlerProxyProto},
 	{HandlerTLS, HandlerProxyProto},
+	{HandlerProxyProto},
+	{HandlerPGTLS},
+	{HandlerTLS, HandlerHTTP},
+	{HandlerHTTP},
 }
 
 // ParseHandlers parses a handler list as fly.toml writes it; it refuses
@@ -86,15 +93,7 @@ func handlerByName(name string) Handlers {
 func (h Handlers) Has(x Handlers) bool { return h&x == x }
 
 // String returns the list as fly.toml writes it, e.g. "[tls http]".
-func (h Handlers) String() string {
-	var names []string
-	for _, hn := range handlerNames {
-		if h.Has(hn.h) {
-			names = append(names, hn.name)
-		}
-	}
-	return "[" + strings.Join(names, " ") + "]"
-}
+func (h Handlers) String() string { return "[" + strings.Join(h.List(), " ") + "]" }
 
 // Label returns the list for a metric label: "tls+http", "none" for
 // pass-through.
@@ -102,11 +101,73 @@ func (h Handlers) Label() string {
 	if h == PassThrough {
 		return "none"
 	}
+	return strings.Join(h.List(), "+")
+}
+
+// What a port's handler set asks of the edge is said here, once: the
+// edge's layer 4 routes (HandlerSets and Steps), the fly_app matchers,
+// fly_proxy's check of what ran on a connection and the fly_tls_options
+// listener wrapper ask these methods instead of testing the bits.
+
+// HandlerSets returns every handler set Fly accepts, in the order the
+// edge's layer 4 routes try them.
+func HandlerSets() []Handlers {
+	sets := make([]Handlers, len(acceptedLists))
+	for i, l := range acceptedLists {
+		for _, h := range l {
+			sets[i] |= h
+		}
+	}
+	return sets
+}
+
+// TerminatesTLS tells whether the edge terminates TLS on the port's
+// connections before anything else (tls).
+func (h Handlers) TerminatesTLS() bool { return h.Has(HandlerTLS) }
+
+// ServedByHTTP tells whether the port's connections go to the HTTP
+// server (http; after the edge terminated TLS when the set has tls),
+// which speaks HTTP to the machine. The other sets are served at layer
+// 4: their handlers run, and fly_proxy relays the bytes to a machine.
+func (h Handlers) ServedByHTTP() bool { return h.Has(HandlerHTTP) }
+
+// AtLayer4 tells whether a layer 4 route takes the port's connections
+// first: every set but plain [http], whose connections the HTTP server
+// reads as they come, as it does every connection no route takes.
+func (h Handlers) AtLayer4() bool { return h != HandlerHTTP }
+
+// SSLRequestFirst tells whether the port's clients open with a
+// PostgreSQL SSLRequest rather than a TLS ClientHello (pg_tls): on an
+// address where the server name decides, the name only comes in the TLS
+// handshake pg_tls runs after it.
+func (h Handlers) SSLRequestFirst() bool { return h == HandlerPGTLS }
+
+// Steps returns the layer 4 handler modules that run the port's
+// connections, in order: fly_tls, proxy_proto and pg_tls as the list has
+// them, then fly_proxy, which relays to a machine; for a set the HTTP
+// server serves, the steps before the connection goes to it (fly_tls
+// for [tls http], none for [http]).
+func (h Handlers) Steps() []string {
+	var steps []string
+	for _, hn := range handlerNames {
+		if h.Has(hn.h) && hn.step != "" {
+			steps = append(steps, hn.step)
+		}
+	}
+	if !h.ServedByHTTP() {
+		steps = append(steps, "fly_proxy")
+	}
+	return steps
+}
+
+// List returns the handler names as fly.toml writes them, in order; nil
+// for pass-through.
+func (h Handlers) List() []string {
 	var names []string
 	for _, hn := range handlerNames {
 		if h.Has(hn.h) {
 			names = append(names, hn.name)
 		}
 	}
-	return strings.Join(names, "+")
+	return names
 }

@@ -186,27 +186,6 @@ func Acquire[P Pool](ctx context.Context, rt *Route, p P, pref Preference) (int,
 	}
 }
 
-// SlotHolder gives back the machine slot of a request (see HoldSlots).
-type SlotHolder struct{ st *requestState }
-
-// HoldSlots tells machine selection that the caller gives back the slot
-// request r takes (concurrency limits) with the holder's Release when r
-// ends, as fly_headers does after the handlers after it return. Without
-// it, the slot is given back when r's context ends, which costs a
-// goroutine.
-func HoldSlots(r *http.Request) SlotHolder {
-	st := ensureState(r)
-	st.watching.Store(true)
-	return SlotHolder{st}
-}
-
-// Release gives back the machine slot the request holds, if any.
-func (h SlotHolder) Release() {
-	if s := h.st.slot.Swap(nil); s != nil {
-		s.rt.Release(s.i)
-	}
-}
-
 // chooseFor picks a machine of rt for request r among p. When the
 // service has concurrency limits, it takes a unit of the machine's load
 // (waiting in the queue when every machine is at its hard limit) and
@@ -219,21 +198,12 @@ func chooseFor[P Pool](r *http.Request, rt *Route, p P, pref Preference) (int, O
 		return Select(rt, p, pref)
 	}
 	st := ensureState(r)
-	if old := st.slot.Swap(nil); old != nil {
-		old.rt.Release(old.i)
-	}
+	st.releaseSlot()
 	i, outcome := Acquire(r.Context(), rt, p, pref)
 	if i < 0 {
 		return i, outcome
 	}
-	st.slot.Store(&slot{rt, i})
-	if st.watching.CompareAndSwap(false, true) { // nobody gives it back: r's end does
-		context.AfterFunc(r.Context(), func() {
-			if s := st.slot.Swap(nil); s != nil {
-				s.rt.Release(s.i)
-			}
-		})
-	}
+	st.holdSlot(r.Context(), rt, i)
 	if rt.CountsConnections() {
 		r.Close = true
 	}

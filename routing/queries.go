@@ -96,13 +96,14 @@ func (a *App) AppSource(app string) string {
 
 // HostOwner returns the app whose config or name gives it exactly the
 // host name host (its <app>.<base_domain>, or an entry of its hostnames,
-// "*.x" entries included), or "".
+// "*.x" entries included), or "": the host index's answer (hostApp) when
+// it comes from the name itself, not from a wildcard or the certs API.
 func (a *App) HostOwner(host string) string {
 	a.reg.mu.RLock()
-	s := a.reg.hosts[host]
+	m := a.reg.hostApp(host)
 	a.reg.mu.RUnlock()
-	if s != nil {
-		return s.load().name
+	if m.wildcard || m.live {
+		return ""
 	}
-	return ""
+	return m.app
 }

@@ -31,7 +31,7 @@ type registry struct {
 
 	mu       sync.RWMutex
 	apps     map[string]*appSlot
-	hosts    map[string]*appSlot         // <app>.<base_domain> and config host names
+	hosts    map[string]*appSlot         // <app>.<base_domain> and config host names; read through hostApp
 	ports    map[int]map[string]*appSlot // the apps with a service on an edge port
 	machines map[string]string           // machine ID -> app
 	// the config's machines: machine ID -> app; set by build, never changed
@@ -42,7 +42,7 @@ type registry struct {
 	sharedAddrs map[netip.Addr]bool
 	dedicated   map[netip.Addr]string
 	shared      map[sharedKey]bool
-	liveHosts   map[string]string   // certs-API host names -> app
+	liveHosts   map[string]string   // certs-API host names -> app; read through hostApp
 	live        map[string]*LiveApp // as last pushed, by app
 }
 

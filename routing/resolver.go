@@ -7,11 +7,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync/atomic"
-
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/mholt/caddy-l4/layer4"
-	"github.com/mholt/caddy-l4/modules/l4tls"
 )
 
 // The resolver answers one question for every flyedge module: which app,
@@ -68,7 +63,7 @@ func (a *App) resolve(addr netip.Addr, port int, name string) (*Route, error) {
 	}
 	app := reg.dedicated[addr]
 	if app == "" && reg.sharedAddrs[addr] {
-		app = reg.hostApp(name)
+		app = reg.hostApp(name).app
 		if app != "" && !reg.shared[sharedKey{addr, app}] {
 			app = ""
 		}
@@ -99,7 +94,7 @@ func (reg *registry) resolvePort(port int, name string) (*Route, error) {
 			return slot.load().route(port)
 		}
 	}
-	app := reg.hostApp(name)
+	app := reg.hostApp(name).app
 	if app == "" {
 		if len(slots) == 0 {
 			return nil, fmt.Errorf("%w: no app has a service on port %d", ErrDenied, port)
@@ -178,29 +173,45 @@ func (a *App) NameDecides(local net.Addr) bool {
 func (a *App) HostApp(name string) string {
 	a.reg.mu.RLock()
 	defer a.reg.mu.RUnlock()
-	return a.reg.hostApp(normalizeName(name))
+	return a.reg.hostApp(normalizeName(name)).app
 }
 
-// hostApp is HostApp for a normalized name; the caller holds reg.mu for
-// reading.
-func (reg *registry) hostApp(name string) string {
+// hostMatch is the host index's answer for a name: the app that answers
+// to it, and by which entry.
+type hostMatch struct {
+	app      string // "" for none
+	wildcard bool   // by the wildcard for the name's first label, not the name itself
+	live     bool   // by a name added through the certs API, not one of the config's or <app>.<base_domain>
+}
+
+// hostApp is the only reader of the host index, with one rule: the name
+// itself, then the wildcard for its first label ("*.example.com" for
+// a.example.com); at each step the config's names and the apps'
+// <app>.<base_domain> first, then the names added through the certs API.
+// name is normalized (normalizeName). The resolver, HostApp, HostOwner
+// and the check of an app created at run time all read the index through
+// it. The caller holds reg.mu for reading, or reg.change (which every
+// writer of the index holds too).
+func (reg *registry) hostApp(name string) hostMatch {
 	if name == "" {
-		return ""
+		return hostMatch{}
 	}
 	if s := reg.hosts[name]; s != nil {
-		return s.load().name
+		return hostMatch{app: s.load().name}
 	}
 	if app := reg.liveHosts[name]; app != "" {
-		return app
+		return hostMatch{app: app, live: true}
 	}
 	if i := strings.IndexByte(name, '.'); i > 0 {
 		wild := "*" + name[i:]
 		if s := reg.hosts[wild]; s != nil {
-			return s.load().name
+			return hostMatch{app: s.load().name, wildcard: true}
 		}
-		return reg.liveHosts[wild]
+		if app := reg.liveHosts[wild]; app != "" {
+			return hostMatch{app: app, wildcard: true, live: true}
+		}
 	}
-	return ""
+	return hostMatch{}
 }
 
 // normalizeName returns a host name in lower case without a final dot.
@@ -211,193 +222,6 @@ func normalizeName(name string) string {
 			return strings.ToLower(name)
 		}
 	}
-	return name
-}
-
-// routeVarKey is the request and connection variable that caches the
-// route of a request or connection.
-const routeVarKey = "fly.route"
-
-// AppVarKey is the request variable ({http.vars.fly.app}) and the
-// connection variable ({l4.vars.fly.app}) that holds the name of the app
-// a request or connection was routed to.
-const AppVarKey = "fly.app"
-
-// requestState is what flyedge learns of one request as it goes: its
-// route, a fly-replay's preference, the machine transport fly sent it to,
-// and why no machine could be chosen. It is put in the request's
-// variables once, by the first flyedge module that sees the request
-// (before any connection to a machine is dialed); later changes are
-// atomic stores into it, never writes to the variables map, which the
-// HTTP transport's dial goroutines read concurrently.
-type requestState struct {
-	route      atomic.Pointer[Route]
-	pref       atomic.Pointer[Preference]
-	machine    atomic.Pointer[string]
-	unroutable atomic.Int32 // an Outcome plus one; 0 for none
-	slot       atomic.Pointer[slot]
-	watching   atomic.Bool // the request's end gives back its slot
-}
-
-// slot is the unit of a machine's load a request holds (Acquire).
-type slot struct {
-	rt *Route
-	i  int
-}
-
-// appVar is {http.vars.fly.app}: the name of the request's app.
-type appVar struct{ s *requestState }
-
-func (v appVar) String() string {
-	if rt := v.s.route.Load(); rt != nil {
-		return rt.App
-	}
-	return ""
-}
-
-// machineVar is {http.vars.fly.machine}: the machine transport fly sent
-// the request to.
-type machineVar struct{ s *requestState }
-
-func (v machineVar) String() string {
-	if m := v.s.machine.Load(); m != nil {
-		return *m
-	}
-	return ""
-}
-
-// stateOf returns the request's state, nil before any flyedge module saw
-// it.
-func stateOf(r *http.Request) *requestState {
-	st, _ := RequestVars(r)[routeVarKey].(*requestState)
-	return st
-}
-
-// ensureState returns the request's state, putting a new one in its
-// variables first if need be.
-func ensureState(r *http.Request) *requestState { return ensureStateIn(RequestVars(r)) }
-
-// ensureStateIn is ensureState with the request's variables at hand.
-func ensureStateIn(vars map[string]any) *requestState {
-	if st, ok := vars[routeVarKey].(*requestState); ok {
-		return st
-	}
-	st := new(requestState)
-	if vars != nil { // outside Caddy's HTTP server: the state lives as long as the call
-		vars[routeVarKey] = st
-		vars[AppVarKey] = appVar{st}
-		vars[MachineVarKey] = machineVar{st}
-	}
-	return st
-}
-
-// RequestVars returns the request's variables (caddyhttp.GetVar and
-// SetVar's map), nil outside Caddy's HTTP server. Each lookup walks the
-// request's context chain, which is deep by the time a handler runs, so
-// a module that reads or sets several variables fetches the map once.
-func RequestVars(r *http.Request) map[string]any {
-	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
-	return vars
-}
-
-// RouteForRequest returns the route of an HTTP request: Resolve for the
-// address the connection arrived on and the request's Host. The answer
-// is cached in the request's variables, so every flyedge module of one
-// request sees the same route.
-func (a *App) RouteForRequest(r *http.Request) (*Route, error) {
-	return a.RouteForVars(r, RequestVars(r))
-}
-
-// RouteForVars is RouteForRequest with the request's variables at hand
-// (RequestVars).
-func (a *App) RouteForVars(r *http.Request, vars map[string]any) (*Route, error) {
-	if st, ok := vars[routeVarKey].(*requestState); ok {
-		if rt := st.route.Load(); rt != nil {
-			return rt, nil
-		}
-	}
-	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-	addr, port, host := AddrOf(local), portOf(local), requestHost(r)
-	rt, err := a.resolve(addr, port, host)
-	if err != nil {
-		return nil, err
-	}
-	if r.TLS != nil && r.TLS.ServerName != "" {
-		if sni := normalizeName(r.TLS.ServerName); sni != host {
-			if byName, err := a.resolve(addr, port, sni); err == nil && byName.App != rt.App {
-				return nil, fmt.Errorf("%w: the connection was set up for %q (app %s), the request is for %q (app %s); open a connection for it", ErrMisdirected, sni, byName.App, host, rt.App)
-			}
-		}
-	}
-	ensureStateIn(vars).route.Store(rt)
-	return rt, nil
-}
-
-// SetRequestRoute makes rt the route of r for the modules that handle it
-// from now on (a fly-replay to another app).
-func SetRequestRoute(r *http.Request, rt *Route) { ensureState(r).route.Store(rt) }
-
-// RouteOf returns the route RouteForRequest cached for r, or nil.
-func RouteOf(r *http.Request) *Route {
-	if st := stateOf(r); st != nil {
-		return st.route.Load()
-	}
-	return nil
-}
-
-// MachineOf returns the machine transport fly sent r to, or "".
-func MachineOf(r *http.Request) string {
-	if st := stateOf(r); st != nil {
-		return machineVar{st}.String()
-	}
-	return ""
-}
-
-// ClearMachine forgets the machine r was sent to (before r is sent
-// again, by a fly-replay).
-func ClearMachine(r *http.Request) {
-	if st := stateOf(r); st != nil {
-		st.machine.Store(nil)
-	}
-}
-
-// RouteForConn returns the route of a layer 4 connection: the one a
-// handler recorded with SetConnRoute (fly_tls and pg_tls, after the
-// handshake), else Resolve for the address the connection arrived on
-// and the TLS server name the edge terminated or a matcher read. The
-// answer is cached in the connection's variables.
-func (a *App) RouteForConn(cx *layer4.Connection) (*Route, error) {
-	if rt, ok := cx.GetVar(routeVarKey).(*Route); ok {
-		return rt, nil
-	}
-	rt, err := a.Resolve(cx.LocalAddr(), serverName(cx))
-	if err != nil {
-		return nil, err
-	}
-	SetConnRoute(cx, rt)
-	return rt, nil
-}
-
-// SetConnRoute records the route a handler resolved for cx (for example
-// during a TLS handshake, from the server name), so that later handlers
-// use the same one.
-func SetConnRoute(cx *layer4.Connection, rt *Route) {
-	cx.SetVar(routeVarKey, rt)
-	cx.SetVar(AppVarKey, rt.App)
-}
-
-// ServerNameVarKey is the connection variable with the TLS server name a
-// matcher read from the ClientHello before any handler ran.
-const ServerNameVarKey = "fly.server_name"
-
-// serverName returns the server name of the last TLS handshake the edge
-// terminated on cx, else the one a matcher read from the ClientHello,
-// or "".
-func serverName(cx *layer4.Connection) string {
-	if chis := l4tls.GetClientHelloInfos(cx); len(chis) > 0 {
-		return chis[len(chis)-1].ServerName
-	}
-	name, _ := cx.GetVar(ServerNameVarKey).(string)
 	return name
 }
 

@@ -227,3 +227,51 @@ func TestSetLiveLeavesOutBadMachines(t *testing.T) {
 		t.Errorf("removing the good one beside a bad one: %v, live %v", err, a.LiveMachines("api"))
 	}
 }
+
+// TestHostIndex: the one rule of the host index (hostApp), as HostApp,
+// HostOwner and CheckApp read it. web's config has www.example.com and
+// *.wild.example.com; the certs API added custom.example.net and
+// *.cw.example.net for web, ghost.example.net for ghost.
+func TestHostIndex(t *testing.T) {
+	withPools, _ := resolverEdges(t)
+	for _, tc := range []struct {
+		name     string
+		hostApp  string // HostApp: exact, then the wildcard one label up
+		hostOwnr string // HostOwner: the config's exact names only
+	}{
+		{"web.edge.test", "web", "web"},
+		{"WWW.Example.COM.", "web", ""}, // HostOwner takes names as they are
+		{"www.example.com", "web", "web"},
+		{"*.wild.example.com", "web", "web"},
+		{"a.wild.example.com", "web", ""},
+		{"a.b.wild.example.com", "", ""},
+		{"custom.example.net", "web", ""},
+		{"a.cw.example.net", "web", ""},
+		{"ghost.example.net", "ghost", ""},
+		{"nobody.example.org", "", ""},
+		{"", "", ""},
+	} {
+		if got := withPools.HostApp(tc.name); got != tc.hostApp {
+			t.Errorf("HostApp(%q) = %q, want %q", tc.name, got, tc.hostApp)
+		}
+		if got := withPools.HostOwner(tc.name); got != tc.hostOwnr {
+			t.Errorf("HostOwner(%q) = %q, want %q", tc.name, got, tc.hostOwnr)
+		}
+	}
+	cfg, err := ParseApp("fresh", []byte(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := withPools.CheckApp("fresh", cfg); err != nil {
+		t.Errorf("a new app whose name nobody answers to: %v", err)
+	}
+	if err := withPools.CheckApp("web", cfg); !errors.Is(err, ErrAppDefined) {
+		t.Errorf("the config's app: %v, want ErrAppDefined", err)
+	}
+	if err := withPools.SetLive("squatter", &LiveApp{Hostnames: []string{"taken.edge.test"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := withPools.CheckApp("taken", cfg); !errors.Is(err, ErrHostTaken) || !strings.Contains(err.Error(), "squatter added taken.edge.test through the certs API") {
+		t.Errorf("a name another app added: %v, want ErrHostTaken naming squatter", err)
+	}
+}

@@ -88,10 +88,7 @@ func (p httpPool) Load(i int) int    { return p[i].NumRequests() }
 // Select chooses a machine for the request.
 func (s *FlySelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
 	st := stateOf(r) // one lookup: the context chain is deep here
-	var rt *Route
-	if st != nil {
-		rt = st.route.Load()
-	}
+	rt := st.currentRoute()
 	if rt == nil || len(rt.machines) != len(pool) || (len(pool) > 0 && pool[0].Dial != rt.machines[0].dial) {
 		return s.fallback.Select(pool, r, w)
 	}
@@ -116,32 +113,8 @@ func (s *FlySelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 	return pool[i]
 }
 
-// SetReplayPreference makes pref the preference machine selection uses
-// for r from now on, in place of its Fly-* headers (a fly-replay's
-// region, instance and elsewhere).
-func SetReplayPreference(r *http.Request, pref Preference) {
-	ensureState(r).pref.Store(&pref)
-}
-
-// MachineVarKey is the request variable ({http.vars.fly.machine}) with
-// the ID of the machine transport fly sent the request to.
-const MachineVarKey = "fly.machine"
-
-// RequestPreference returns what machine selection follows for r: a
-// fly-replay's preference, else its Fly-* headers.
-func RequestPreference(r *http.Request) Preference { return preferenceOf(r) }
-
-// preferenceOf returns what a request asks for: a fly-replay's
-// preference, else its Fly-* headers.
-func preferenceOf(r *http.Request) Preference { return stateOf(r).preference(r) }
-
-// preference is preferenceOf with the request's state (nil: none yet).
-func (st *requestState) preference(r *http.Request) Preference {
-	if st != nil {
-		if p := st.pref.Load(); p != nil {
-			return *p
-		}
-	}
+// headerPreference returns what a request's Fly-* headers ask for.
+func headerPreference(r *http.Request) Preference {
 	h := r.Header // the names are canonical: index the map, as Get would after checking that
 	return Preference{
 		ForceInstance:  first(h[HeaderForceInstance]),
@@ -158,29 +131,6 @@ func first(vs []string) string {
 		return ""
 	}
 	return vs[0]
-}
-
-// ClearUnroutable forgets what Unroutable would say of r (before r is
-// sent again, by a fly-replay).
-func ClearUnroutable(r *http.Request) {
-	if st := stateOf(r); st != nil {
-		st.unroutable.Store(0)
-	}
-}
-
-// SetUnroutable records why no machine could take r (what the fly
-// selection policy and transport do), for fly_headers to tell the client.
-func SetUnroutable(r *http.Request, o Outcome) { ensureState(r).unroutable.Store(int32(o) + 1) }
-
-// Unroutable returns why the fly selection policy chose no machine for r,
-// and false when it did not fail.
-func Unroutable(r *http.Request) (Outcome, bool) {
-	if st := stateOf(r); st != nil {
-		if v := st.unroutable.Load(); v != 0 {
-			return Outcome(v - 1), true
-		}
-	}
-	return 0, false
 }
 
 // UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:

@@ -94,10 +94,7 @@ const dialInfoCtxKey caddy.CtxKey = "reverse_proxy.dial_info"
 // for, to the next machine when one does not take the connection.
 func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	st := stateOf(req) // one lookup: the context chain is deep here
-	var rt *Route
-	if st != nil {
-		rt = st.route.Load()
-	}
+	rt := st.currentRoute()
 	if rt == nil {
 		return t.HTTPTransport.RoundTrip(req)
 	}
@@ -114,7 +111,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := tr.RoundTrip(req)
 	if err == nil || !isDialError(err) || i < 0 {
 		if err == nil && i >= 0 {
-			st.machine.Store(&rt.machines[i].id)
+			st.setMachine(&rt.machines[i].id)
 		}
 		if err == nil {
 			watchApp(rt, resp)
@@ -148,7 +145,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		r2.URL.Host = m.dial
 		if resp, err = tr.RoundTrip(r2); err == nil || !isDialError(err) {
 			if err == nil {
-				st.machine.Store(&m.id)
+				st.setMachine(&m.id)
 				watchApp(rt, resp)
 			}
 			return resp, err

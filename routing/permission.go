@@ -1,4 +1,4 @@
-package ipalloc
+package routing
 
 import (
 	"context"
@@ -9,8 +9,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/caddyserver/certmagic"
-
-	"github.com/flyedge/caddy-flyedge/routing"
 )
 
 func init() {
@@ -21,7 +19,7 @@ func init() {
 // the host names apps answer to, and for no other name: an app's own
 // <app>.<base_domain>, the host names of its config, and the custom host
 // names added through the certs API. During a handshake, the connection
-// must also reach the app the name belongs to (routing.App.Resolve, with
+// must also reach the app the name belongs to (App.Resolve, with
 // the address it arrived on): no certificate is obtained for a name on
 // an address where that name's app is not served (another app's
 // dedicated address, say).
@@ -30,7 +28,7 @@ func init() {
 //		permission fly
 //	}
 type Permission struct {
-	fly *routing.App
+	fly *App
 }
 
 // CaddyModule returns the Caddy module information.
@@ -47,7 +45,7 @@ func (*Permission) CaddyModule() caddy.ModuleInfo {
 // the tls app, must find that app whole (with this permission set). The
 // fly_ips app of the config is loaded as an app of its own.
 func (p *Permission) Provision(ctx caddy.Context) error {
-	fly, err := routing.FromContext(ctx)
+	fly, err := FromContext(ctx)
 	p.fly = fly
 	return err
 }

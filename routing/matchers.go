@@ -1,4 +1,4 @@
-package ipalloc
+package routing
 
 import (
 	"errors"
@@ -13,8 +13,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/mholt/caddy-l4/layer4"
 	"github.com/mholt/caddy-l4/modules/l4tls"
-
-	"github.com/flyedge/caddy-flyedge/routing"
 )
 
 func init() {
@@ -34,14 +32,18 @@ type MatchHTTP struct {
 	// Only these apps; none means any app.
 	Apps []string `json:"apps,omitempty"`
 
-	fly *routing.App
+	fly *App
 }
 
 // provisionFly finds the fly app (making sure the fly_ips app, which
-// feeds it addresses, host names and machines, runs too) and checks that
-// the matcher's app names (config field field) are apps of the fly config.
-func provisionFly(ctx caddy.Context, field string, names []string) (*routing.App, error) {
-	fly, err := routing.FromContext(ctx)
+// feeds it addresses, host names and machines, runs too: it is loaded by
+// its module ID, as routing imports no other flyedge package) and checks
+// that the matcher's app names (config field field) are apps of the fly
+// config. While the fly_ips app is being provisioned (ProvisioningIPs),
+// the matchers are being loaded on its behalf (the edge's routes), and
+// loading it again would provision a second one.
+func provisionFly(ctx caddy.Context, field string, names []string) (*App, error) {
+	fly, err := FromContext(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -82,13 +84,13 @@ func (m *MatchHTTP) Match(r *http.Request) bool {
 // MatchWithError implements caddyhttp.RequestMatcherWithError.
 func (m *MatchHTTP) MatchWithError(r *http.Request) (bool, error) {
 	rt, err := m.fly.RouteForRequest(r)
-	if errors.Is(err, routing.ErrMisdirected) {
+	if errors.Is(err, ErrMisdirected) {
 		return len(m.Apps) == 0, nil // fly_headers answers it with 421
 	}
 	if err != nil {
 		return false, nil
 	}
-	if rt.Handlers.Has(routing.HandlerTLS) != (r.TLS != nil) {
+	if rt.Handlers.TerminatesTLS() != (r.TLS != nil) {
 		return false, nil // plain HTTP to a tls+http port, or the reverse
 	}
 	return len(m.Apps) == 0 || slices.Contains(m.Apps, rt.App), nil
@@ -132,9 +134,9 @@ type MatchL4 struct {
 	// pg_tls.
 	SSLRequest bool `json:"ssl_request,omitempty"`
 
-	fly      *routing.App
-	handlers routing.Handlers // parsed Handlers
-	hello    l4tls.MatchTLS   // reads the ClientHello on shared addresses
+	fly      *App
+	handlers Handlers       // parsed Handlers
+	hello    l4tls.MatchTLS // reads the ClientHello on shared addresses
 }
 
 // CaddyModule returns the Caddy module information.
@@ -152,16 +154,16 @@ func (m *MatchL4) Provision(ctx caddy.Context) error {
 		if slices.Equal(names, []string{"none"}) {
 			names = nil
 		}
-		hs, err := routing.ParseHandlers(names)
+		hs, err := ParseHandlers(names)
 		if err != nil {
 			return fmt.Errorf("handlers: %w", err)
 		}
-		if hs == routing.HandlerHTTP {
+		if !hs.AtLayer4() {
 			return fmt.Errorf("handlers: %v: plain HTTP ports are served by the HTTP server, not at layer 4", m.Handlers)
 		}
 		m.handlers = hs
 	}
-	if m.SSLRequest && (m.Handlers == nil || m.handlers != routing.HandlerPGTLS) {
+	if m.SSLRequest && (m.Handlers == nil || !m.handlers.SSLRequestFirst()) {
 		return fmt.Errorf("ssl_request: only with handlers pg_tls")
 	}
 	fly, err := provisionFly(ctx, "apps", m.Apps)
@@ -193,13 +195,13 @@ func (m *MatchL4) Match(cx *layer4.Connection) (bool, error) {
 		if name = strings.ToLower(strings.TrimSuffix(name, ".")); name == "" {
 			return false, nil
 		}
-		cx.SetVar(routing.ServerNameVarKey, name)
+		setServerName(cx, name)
 	}
 	rt, err := m.fly.RouteForConn(cx)
 	if err != nil {
 		return false, nil
 	}
-	if m.Handlers == nil && rt.Handlers.Has(routing.HandlerHTTP) || m.Handlers != nil && rt.Handlers != m.handlers {
+	if m.Handlers == nil && rt.Handlers.ServedByHTTP() || m.Handlers != nil && rt.Handlers != m.handlers {
 		return false, nil
 	}
 	return len(m.Apps) == 0 || slices.Contains(m.Apps, rt.App), nil

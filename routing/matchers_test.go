@@ -1,17 +1,17 @@
-package ipalloc
+package routing
 
 import (
 	"bytes"
 	"context"
 	"crypto/tls"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/mholt/caddy-l4/layer4"
-
-	"github.com/flyedge/caddy-flyedge/routing"
+	"go.uber.org/zap"
 )
 
 // clientHello returns the first bytes a TLS client sends for server name
@@ -41,20 +41,29 @@ func clientHello(t testing.TB, name string) []byte {
 // takes the app from the ClientHello's server name, and leaves anything
 // that is not a ClientHello naming an app of the address alone.
 func TestMatchL4SharedAddress(t *testing.T) {
-	fly := newFly(t, 2)
-	a := newNode(t, fly, t.TempDir(), testPools)
-	if _, _, err := a.Allocate(context.Background(), "app0", TypeSharedV4); err != nil {
+	shared := netip.MustParseAddr("127.20.0.1")
+	fly := &App{BaseDomain: "edge.test", Apps: map[string]*Application{}}
+	for _, name := range []string{"app0", "app1"} {
+		fly.Apps[name] = &Application{
+			Services: []*Service{{InternalPort: 8080, Ports: []*Port{{Port: 443, Handlers: []string{"tls", "http"}}}}},
+		}
+	}
+	if err := provision(t, fly); err != nil {
+		t.Fatal(err)
+	}
+	fly.RouteByAddress([]netip.Addr{shared})
+	if err := fly.SetLive("app0", &LiveApp{Shared: []netip.Addr{shared}}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
-	// newFly's apps serve tls+http on 443, which the matcher leaves to the
+	// the apps serve tls+http on 443, which the matcher leaves to the
 	// HTTP server: this test looks at what it learned before deciding
 	m := &MatchL4{fly: fly}
 	if err := m.hello.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.20.0.1:0") // the shared address of testPools
+	ln, err := net.Listen("tcp", shared.String()+":0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,11 +92,11 @@ func TestMatchL4SharedAddress(t *testing.T) {
 			}
 			defer sc.Close()
 			sc.SetDeadline(time.Now().Add(5 * time.Second))
-			cx := layer4.WrapConnection(sc, make([]byte, 0, 4096), a.logger)
+			cx := layer4.WrapConnection(sc, make([]byte, 0, 4096), zap.NewNop())
 			if ok, _ := m.Match(cx); ok {
 				t.Error("matched a connection for a tls+http port")
 			}
-			got, _ := cx.GetVar(routing.ServerNameVarKey).(string)
+			got, _ := cx.GetVar(serverNameVarKey).(string)
 			if got != tc.want {
 				t.Errorf("server name %q, want %q", got, tc.want)
 			}
