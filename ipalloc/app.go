@@ -288,12 +288,31 @@ func (a *App) push(apps map[string]bool) {
 			apps[name] = true
 		}
 	}
-	for name := range apps {
-		var l *routing.LiveApp
-		a.store.read(func(st *state) { l = a.liveOf(st.apps[name]) })
-		if err := a.fly.SetLive(name, l); err != nil {
-			a.logger.Error("taking the app's changes", zap.String("app", name), zap.Error(err))
+	// Apps are pushed in no order, so an app that claims a machine another
+	// app of the same batch gave up (another edge moved it between them)
+	// can come first and find it still taken: such apps go again after
+	// the others, while a round frees something.
+	pending := apps
+	for len(pending) > 0 {
+		retry := make(map[string]bool)
+		errs := make(map[string]error)
+		for name := range pending {
+			var l *routing.LiveApp
+			a.store.read(func(st *state) { l = a.liveOf(st.apps[name]) })
+			if err := a.fly.SetLive(name, l); err != nil {
+				if errors.Is(err, routing.ErrMachineTaken) {
+					retry[name] = true
+				}
+				errs[name] = err
+			}
 		}
+		if len(retry) == 0 || len(retry) == len(pending) {
+			for name, err := range errs {
+				a.logger.Error("taking the app's changes", zap.String("app", name), zap.Error(err))
+			}
+			break
+		}
+		pending = retry
 	}
 	if a.ApplyEgressRules && a.started.Load() {
 		a.scheduleEgressRules()

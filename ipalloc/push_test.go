@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -441,4 +442,31 @@ func TestUnstoredCreateOnPostgres(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// TestPushMachineMoved: a machine another edge moved from one app to
+// another between two reads of the store reaches routing under its new
+// app whatever order the two apps are pushed in (a push of the app that
+// claims it first found it still taken, left it out and only logged).
+func TestPushMachineMoved(t *testing.T) {
+	ctx := context.Background()
+	a := newNode(t, newFly(t, 2), t.TempDir(), testPools)
+	m := &routing.Machine{ID: "0000000000aa01", Region: "iad", Address: "127.0.0.1"}
+	if _, err := a.PutMachine(ctx, "app0", m, true); err != nil {
+		t.Fatal(err)
+	}
+	from, to := "app0", "app1"
+	for i := range 40 {
+		// what another edge's two changes leave in the store, read at once
+		a.store.mu.Lock()
+		delete(a.store.st.apps[from].machines, m.ID)
+		a.store.st.app(to).machines[m.ID] = m
+		a.store.mu.Unlock()
+		a.push(map[string]bool{from: true, to: true})
+		ms, err := a.fly.Machines(to)
+		if err != nil || !slices.ContainsFunc(ms, func(o *routing.Machine) bool { return o.ID == m.ID }) {
+			t.Fatalf("move %d: machine %s is not in routing under %s: %v", i, m.ID, to, err)
+		}
+		from, to = to, from
+	}
 }

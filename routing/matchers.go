@@ -85,7 +85,7 @@ func (m *MatchHTTP) Match(r *http.Request) bool {
 func (m *MatchHTTP) MatchWithError(r *http.Request) (bool, error) {
 	rt, err := m.fly.RouteForRequest(r)
 	if errors.Is(err, ErrMisdirected) {
-		return len(m.Apps) == 0, nil // fly_headers answers it with 421
+		return true, nil // whatever its apps: fly_headers answers it with 421
 	}
 	if err != nil {
 		return false, nil

@@ -26,7 +26,9 @@ const maxJSONDepth = 32
 // data is an error that wraps io.EOF.
 //
 // It checks the tokens against v's type first and decodes only a body
-// that passed, so a refused body changes nothing in v.
+// that passed. A value of the wrong type (a string for a number) is
+// found by the decoding, which may have filled part of v by then: pass a
+// fresh v.
 func DecodeStrict(path string, data []byte, v any) error {
 	c := jsonChecker{dec: json.NewDecoder(bytes.NewReader(data))}
 	c.dec.UseNumber()
