@@ -44,6 +44,9 @@ func (a *App) warnWithoutFailover(ctx caddy.Context) {
 		if srv.Errors != nil {
 			walk(srv.Errors.Routes)
 		}
+		for _, r := range srv.NamedRoutes { // `invoke`d routes
+			walk(caddyhttp.RouteList{*r})
+		}
 	}
 }
 
