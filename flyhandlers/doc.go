@@ -6,7 +6,7 @@
 //     force_https; the request then goes to Caddy's reverse_proxy with
 //     routing's upstreams, selection policy and transport.
 //   - Layer 4 (caddy-l4): fly_tls (the tls handler), proxy_proto, and
-//     fly_proxy, which dials a machine (routing.Route.DialMachine) and
+//     fly_proxy, which dials a machine (routing.Route.Connect) and
 //     relays the bytes with an idle timeout.
 //   - Listener wrappers: fly_layer4 puts caddy-l4 routes in front of an
 //     HTTP server so raw TCP and HTTPS share a port; fly_tls_options

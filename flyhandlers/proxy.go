@@ -25,9 +25,11 @@ func init() {
 // machine of its app: the app is found by routing.App.Resolve (by the
 // address, the TLS server name or the edge port), and the machine is
 // the nearest healthy one, spreading connections among the machines of a
-// region. A machine that refuses the connection is left out for
-// fail_duration and the next nearest is tried, so the client sees no
-// error while any machine of the app can be reached.
+// region. It reaches the machine through routing.Route.Connect: a
+// machine that refuses the connection, or does not accept it within
+// dial_timeout, is left out and the next nearest is tried, within the
+// fly app's failover bounds, so the client sees no error while any
+// machine of the app can be reached.
 //
 // The handlers that ran before it must be the ones the app's port lists
 // in the fly config (fly_tls for "tls", proxy_proto for "proxy_proto",
@@ -55,12 +57,16 @@ type FlyProxy struct {
 	// Default: 3s
 	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
 
-	// How long a machine that refused a connection is left out.
-	// Default: 10s
+	// Deprecated: set fail_duration in the fly app's failover, which
+	// every protocol follows. When set, it replaces the app's for this
+	// handler's connections, and a warning is logged at load.
+	// Default: the fly app's failover fail_duration
 	FailDuration caddy.Duration `json:"fail_duration,omitempty"`
 
-	// How many machines to try for one connection.
-	// Default: 3
+	// Deprecated: set attempts in the fly app's failover, which every
+	// protocol follows. When set, it replaces the app's for this
+	// handler's connections, and a warning is logged at load.
+	// Default: the fly app's failover attempts
 	MaxAttempts int `json:"max_attempts,omitempty"`
 
 	// How long a connection may stay open with no byte moving in either
@@ -94,11 +100,9 @@ func (p *FlyProxy) Provision(ctx caddy.Context) error {
 	if p.DialTimeout == 0 {
 		p.DialTimeout = caddy.Duration(3 * time.Second)
 	}
-	if p.FailDuration == 0 {
-		p.FailDuration = caddy.Duration(10 * time.Second)
-	}
-	if p.MaxAttempts == 0 {
-		p.MaxAttempts = 3
+	if p.FailDuration != 0 || p.MaxAttempts != 0 {
+		p.logger.Warn(`fly_proxy's max_attempts and fail_duration are deprecated: set them once for every protocol in the fly app, "failover { attempts <n> fail_duration <duration> }"; this handler's values still apply to its connections`,
+			zap.Int("max_attempts", p.MaxAttempts), zap.Duration("fail_duration", time.Duration(p.FailDuration)))
 	}
 	if p.IdleTimeout == 0 {
 		p.IdleTimeout = caddy.Duration(10 * time.Minute)
@@ -128,7 +132,10 @@ func (p *FlyProxy) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	if err := checkHandlers(cx, rt); err != nil {
 		return err // a config mistake: caddy-l4 logs it as an error
 	}
-	up, i, release, err := rt.DialMachine(cx.Context, p.dialer, p.MaxAttempts, time.Duration(p.FailDuration))
+	over := routing.Failover{Attempts: p.MaxAttempts, FailDuration: p.FailDuration}
+	up, i, release, err := rt.Connect(cx.Context, routing.Preference{}, over, func(i int) (net.Conn, error) {
+		return p.dialer.DialContext(cx.Context, "tcp", rt.MachineDial(i))
+	})
 	if err != nil {
 		return err
 	}
@@ -181,6 +188,8 @@ func (p *FlyProxy) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 //		max_attempts <n>
 //		idle_timeout <duration>
 //	}
+//
+// fail_duration and max_attempts are deprecated (see FailDuration).
 func (p *FlyProxy) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume handler name
 	if d.NextArg() {

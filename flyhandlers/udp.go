@@ -32,9 +32,10 @@ import (
 // connection), and the flow stays on that machine while datagrams move
 // either way; after the idle timeout it ends, and the next datagram
 // starts a new one. Each flow has its own socket towards the machine.
-// A machine that answers with an ICMP error (nothing listens) is left
-// out for 10s and the flow ends, so the client's next datagram goes to
-// another machine.
+// The machine is reached through routing.Route.Connect, as every
+// protocol's is. A machine that answers with an ICMP error (nothing
+// listens) is left out for the fly app's failover fail_duration and the
+// flow ends, so the client's next datagram goes to another machine.
 //
 // Datagrams the edge does not serve are dropped: to a shared or IPv6
 // address, to an address no app holds, to a port the app has no udp
@@ -55,10 +56,6 @@ const (
 	// maxUDPFlowsPerClient bounds the flows of one client address, so one
 	// client cannot take an app's flows from the others.
 	maxUDPFlowsPerClient = 256
-
-	// udpFailDuration is how long a machine that refused a datagram is
-	// left out.
-	udpFailDuration = 10 * time.Second
 
 	// DefaultUDPIdleTimeout is how long a flow lasts with no datagram
 	// either way.
@@ -211,34 +208,41 @@ func (u *udpPort) flow(key udpKey) *udpFlow {
 	return f
 }
 
-// start picks the flow's machine and opens its socket towards it.
+// start picks the flow's machine and opens its socket towards it. The
+// port's reader calls it, so it never waits for a machine at its hard
+// limit (noWait): a flow goes to a machine with room now, or its
+// datagram is dropped.
 func (u *udpPort) start(key udpKey, rt *routing.Route) (*udpFlow, error) {
-	for range 3 {
-		i, outcome, _ := routing.SelectUnderLimits(rt, routing.AllMachines{}, routing.Preference{})
-		if i < 0 {
-			return nil, fmt.Errorf("no machine (%d)", outcome)
-		}
-		if !rt.TryAcquire(i) {
-			continue // its last slot went to another flow
-		}
+	conn, i, _, err := rt.Connect(noWait, routing.Preference{}, routing.Failover{}, func(i int) (net.Conn, error) {
 		addr, err := machineUDPAddr(rt.MachineDial(i))
-		var up *net.UDPConn
-		if err == nil {
-			up, err = net.DialUDP("udp", nil, addr)
-		}
 		if err != nil {
-			rt.Release(i)
-			return nil, fmt.Errorf("machine %s: %w", rt.MachineID(i), err)
+			return nil, err
 		}
-		f := &udpFlow{key: key, rt: rt, machine: i, up: up, done: make(chan struct{})}
-		f.lastSeen.Store(time.Now().UnixNano())
-		if c := u.log.Check(zapcore.DebugLevel, "udp flow started"); c != nil {
-			c.Write(zap.String("app", rt.App), zap.String("machine", rt.MachineID(i)), zap.String("client", key.client.String()))
+		up, err := net.DialUDP("udp", nil, addr)
+		if err != nil {
+			return nil, err
 		}
-		return f, nil
+		return up, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, errors.New("every machine is at its hard limit")
+	// the flow's end gives the machine's unit back (rt.Release, as Connect's release func)
+	f := &udpFlow{key: key, rt: rt, machine: i, up: conn.(*net.UDPConn), done: make(chan struct{})}
+	f.lastSeen.Store(time.Now().UnixNano())
+	if c := u.log.Check(zapcore.DebugLevel, "udp flow started"); c != nil {
+		c.Write(zap.String("app", rt.App), zap.String("machine", rt.MachineID(i)), zap.String("client", key.client.String()))
+	}
+	return f, nil
 }
+
+// noWait is a context that is already done: Connect takes a machine only
+// if one has room now, and tries no other after a failure.
+var noWait = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
 
 // machineUDPAddr returns a machine's address: a literal IP at once, a
 // host name looked up within 500ms (the port's reader waits meanwhile;
@@ -305,7 +309,7 @@ func (u *udpPort) relayBack(f *udpFlow) {
 // datagram with an ICMP error: nothing listens there) and ends the flow.
 func (u *udpPort) machineFailed(f *udpFlow, err error) {
 	if errors.Is(err, syscall.ECONNREFUSED) {
-		f.rt.MachineFailed(f.machine, udpFailDuration)
+		f.rt.MachineFailed(f.machine)
 	}
 	if c := u.log.Check(zapcore.DebugLevel, "udp flow failed"); c != nil {
 		c.Write(zap.String("app", f.rt.App), zap.String("machine", f.rt.MachineID(f.machine)), zap.Error(err))

@@ -45,6 +45,12 @@ type App struct {
 	// Default: 5s
 	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
 
+	// How a request or connection moves on to the next machine when one
+	// does not take it: the bounds every protocol's failover follows
+	// (layer 4 fly_proxy and pg_tls, UDP flows, transport fly).
+	// Default: 3 attempts, fail_duration 10s
+	Failover *Failover `json:"failover,omitempty"`
+
 	// Regions added to the built-in catalog of Fly.io regions, or
 	// replacing entries of it, keyed by region code.
 	Regions map[string]Region `json:"regions,omitempty"`
@@ -52,6 +58,7 @@ type App struct {
 	// The apps served by this edge, keyed by app name.
 	Apps map[string]*Application `json:"apps,omitempty"`
 
+	failover        Failover // Failover with its defaults filled
 	catalog         map[string]Region
 	edge            Region
 	reg             *registry
@@ -92,6 +99,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	if a.QueueTimeout == 0 {
 		a.QueueTimeout = caddy.Duration(DefaultQueueTimeout)
+	}
+	if a.Failover != nil {
+		a.failover = *a.Failover
+	}
+	if err := a.failover.fill(); err != nil {
+		return fmt.Errorf("failover: %w", err)
 	}
 	if !viaRE.MatchString(a.Via) {
 		return fmt.Errorf("via: %q is not a token (letters, digits and -._~)", a.Via)
@@ -200,7 +213,7 @@ func (m *machine) available() bool {
 }
 
 func (a *App) newServiceEntry(app string, s *Service, machines []*Machine, refs *healthRefs) *serviceEntry {
-	se := &serviceEntry{app: app, config: s, metrics: newRouteMetrics(a.metrics, app, s), queueTimeout: time.Duration(a.QueueTimeout)}
+	se := &serviceEntry{app: app, config: s, metrics: newRouteMetrics(a.metrics, app, s), queueTimeout: time.Duration(a.QueueTimeout), failover: a.failover}
 	for _, m := range machines {
 		mm := &machine{
 			id:      m.ID,

@@ -16,6 +16,10 @@ import (
 //		base_domain <domain>
 //		via <name>
 //		queue_timeout <duration>
+//		failover {
+//			attempts <n>
+//			fail_duration <duration>
+//		}
 //		add_region <code> <country> <continent> <latitude> <longitude> [<city>]
 //		app <name> {
 //			hostnames <hostname...>
@@ -85,6 +89,17 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("queue_timeout %q: %v", v, err)
 			}
 			a.QueueTimeout = caddy.Duration(dur)
+		case "failover":
+			if a.Failover != nil {
+				return d.Err("failover already specified")
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			a.Failover = new(Failover)
+			if err := a.Failover.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
 		case "add_region":
 			args := d.RemainingArgs()
 			if len(args) != 5 && len(args) != 6 {
@@ -404,6 +419,40 @@ func (r *HTTPResponse) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		default:
 			return d.Errf("unrecognized response option '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+// unmarshalCaddyfile reads a failover block.
+func (f *Failover) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		var v string
+		if !d.AllArgs(&v) {
+			return d.ArgErr()
+		}
+		switch opt {
+		case "attempts":
+			if f.Attempts != 0 {
+				return d.Err("attempts already specified")
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return d.Errf("attempts %q: want a positive number", v)
+			}
+			f.Attempts = n
+		case "fail_duration":
+			if f.FailDuration != 0 {
+				return d.Err("fail_duration already specified")
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("fail_duration %q: want a positive duration", v)
+			}
+			f.FailDuration = caddy.Duration(dur)
+		default:
+			return d.Errf("unrecognized failover option '%s'", opt)
 		}
 	}
 	return nil

@@ -214,7 +214,7 @@ func TestFlyTransportFailover(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		i, _ := Select(rt, failover{tried: make([]bool, rt.NumMachines())}, preferenceOf(r))
+		i, _ := Select(rt, &tries{tried: make([]bool, rt.NumMachines())}, preferenceOf(r))
 		dial := rt.machines[i].dial
 		host, port, _ := net.SplitHostPort(dial)
 		r = r.WithContext(context.WithValue(r.Context(), dialInfoCtxKey, reverseproxy.DialInfo{Network: "tcp", Address: dial, Host: host, Port: port}))

@@ -96,6 +96,8 @@ type serviceEntry struct {
 
 	queue        slotQueue     // requests waiting for a machine below the hard limit
 	queueTimeout time.Duration // how long they wait
+
+	failover Failover // the fly app's failover bounds, defaults filled
 }
 
 // build indexes the config's apps into a registry.

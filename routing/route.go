@@ -76,10 +76,11 @@ func (rt *Route) MachineID(i int) string { return rt.machines[i].id }
 // MachineDial returns the address:internal_port machine i is reached at.
 func (rt *Route) MachineDial(i int) string { return rt.machines[i].dial }
 
-// MachineFailed leaves machine i out of selection for d (a connection
-// attempt or a datagram failed).
-func (rt *Route) MachineFailed(i int, d time.Duration) {
-	rt.machines[i].health.failedUntil.Store(time.Now().Add(d).UnixNano())
+// MachineFailed leaves machine i out of selection for the fail duration
+// of the fly app's failover (a datagram to it failed; Connect does the
+// same for the connections it dials).
+func (rt *Route) MachineFailed(i int) {
+	rt.machines[i].health.failedUntil.Store(time.Now().Add(time.Duration(rt.failover.FailDuration)).UnixNano())
 }
 
 // MachineRegion returns the region of machine i.

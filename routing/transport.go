@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -30,12 +29,13 @@ func init() {
 // use HTTP/1.1.
 //
 // A machine that refuses the connection, or does not accept it within
-// dial_timeout (default 3s), is left out of selection for 10s and the
-// request goes to the next machine the fly selection policy would choose
-// (Fly-Force-Instance-Id allows none; a passed-over
-// Fly-Prefer-Instance-Id is told to the app in
-// Fly-Preferred-Instance-Unavailable), up to 3 machines per request, as
-// Fly.io's proxy does. Nothing of the request has been sent at that
+// dial_timeout (default 3s), is left out of selection for the fly app's
+// failover fail_duration and the request goes to the next machine the
+// fly selection policy would choose (Fly-Force-Instance-Id allows none; a
+// passed-over Fly-Prefer-Instance-Id is told to the app in
+// Fly-Preferred-Instance-Unavailable), up to the failover attempts per
+// request, as Fly.io's proxy does: the same policy and bounds as
+// Route.Connect for layer 4. Nothing of the request has been sent at that
 // point, so any request may go on. When no machine is left, fly_headers
 // answers the client with the reason. This needs no lb_retries or
 // fail_duration in reverse_proxy.
@@ -79,13 +79,6 @@ func (t *FlyTransport) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Failover bounds: how many machines one request may try, and how long a
-// machine that refused a connection is left out.
-const (
-	failoverAttempts = 3
-	failDuration     = 10 * time.Second
-)
-
 // dialInfoCtxKey is the context key under which Caddy's reverse proxy
 // tells its transport where to dial (reverseproxy.GetDialInfo).
 const dialInfoCtxKey caddy.CtxKey = "reverse_proxy.dial_info"
@@ -119,20 +112,14 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return resp, err
 	}
 	pref := st.preference(req)
-	tried := failover{tried: make([]bool, len(rt.machines))}
-	for range failoverAttempts - 1 {
-		tried.tried[i] = true
-		rt.machines[i].health.failedUntil.Store(time.Now().Add(failDuration).UnixNano())
-		next, outcome := chooseFor(req, rt, tried, pref)
+	ft := rt.newTries(Failover{})
+	choose := func(p *tries) (int, Outcome) { return chooseFor(req, rt, p, pref) }
+	for {
+		next, outcome := ft.next(i, choose)
 		if next < 0 {
-			if outcome == NoneAvailable {
-				outcome = Refused
-			}
-			rt.countSelection(outcome)
 			SetUnroutable(req, outcome)
 			return nil, err
 		}
-		rt.countSelection(outcome)
 		if outcome == PreferredUnavailable {
 			req.Header.Set(HeaderPreferredUnavailable, pref.PreferInstance)
 		}
@@ -151,10 +138,6 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, err
 		}
 	}
-	rt.machines[i].health.failedUntil.Store(time.Now().Add(failDuration).UnixNano())
-	rt.countSelection(Refused)
-	SetUnroutable(req, Refused)
-	return nil, err
 }
 
 // isDialError reports whether err is the proxy's failure to connect to
@@ -208,14 +191,6 @@ func (b *appBody) Close() error {
 	b.stop()
 	return b.ReadCloser.Close()
 }
-
-// failover is the pool of a request's (or a layer 4 connection's)
-// failover: every machine it has not tried yet, as the edge's own view
-// allows.
-type failover struct{ tried []bool }
-
-func (f failover) Usable(i int) bool { return !f.tried[i] }
-func (f failover) Load(int) int      { return 0 }
 
 // Cleanup closes both transports' idle connections.
 func (t *FlyTransport) Cleanup() error {
