@@ -3,12 +3,10 @@ package pgstore
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"slices"
@@ -19,49 +17,14 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/certmagic"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
-// The tests use the PostgreSQL server at 127.0.0.1:5432 (user postgres,
-// trust authentication), in a database of their own per run.
-const pgAddr = "127.0.0.1:5432"
-
-// testDSN creates a database for this run and returns its DSN; it is
-// dropped when the test ends. Without a server the test is skipped, or
-// fails under CI=true.
-func testDSN(t testing.TB) string {
-	t.Helper()
-	if c, err := net.DialTimeout("tcp", pgAddr, 2*time.Second); err != nil {
-		msg := fmt.Sprintf("PostgreSQL is not running at %s (start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %v", pgAddr, err)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	} else {
-		c.Close()
-	}
-	var b [6]byte
-	rand.Read(b[:])
-	name := "flyedge_pgstore_" + hex.EncodeToString(b[:])
-	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, "postgres://postgres@"+pgAddr+"/postgres?sslmode=disable")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	admin.Close(ctx)
-	t.Cleanup(func() {
-		admin, err := pgx.Connect(ctx, "postgres://postgres@"+pgAddr+"/postgres?sslmode=disable")
-		if err == nil {
-			admin.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)")
-			admin.Close(ctx)
-		}
-	})
-	return "postgres://postgres@" + pgAddr + "/" + name + "?sslmode=disable"
-}
+// The tests use the PostgreSQL server at 127.0.0.1:5432, in a scratch
+// database of their own per test (testkit.ScratchDB): without a server
+// they are skipped, or fail under CI=true.
 
 // newStorage provisions a Storage on dsn, with a connection pool of its
 // own (as another process would have).
@@ -92,7 +55,8 @@ func newStorage(t testing.TB, dsn string, lease time.Duration) certmagic.Storage
 // List and Delete against certmagic's FileStorage and against
 // PostgreSQL, and wants the same answers.
 func TestStorageAsFileStorage(t *testing.T) {
-	pg := newStorage(t, testDSN(t), 10*time.Second)
+	dsn := testkit.ScratchDB(t)
+	pg := newStorage(t, dsn, 10*time.Second)
 	file := &certmagic.FileStorage{Path: t.TempDir()}
 	ctx := context.Background()
 	run := func(st certmagic.Storage) []string {
@@ -151,7 +115,8 @@ func TestStorageAsFileStorage(t *testing.T) {
 	if _, err := pg.Load(ctx, "missing"); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Load of a missing key: %v, want fs.ErrNotExist", err)
 	}
-	if s := fmt.Sprint(pg); strings.Contains(s, "password") || !strings.HasPrefix(s, "postgres:postgres@127.0.0.1:5432/flyedge_pgstore_") {
+	u, _ := url.Parse(dsn) // user@host/database, as the scratch database has them
+	if s := fmt.Sprint(pg); strings.Contains(s, "password") || !strings.HasPrefix(s, "postgres:"+u.User.Username()+"@"+u.Host+u.Path+"/") {
 		t.Errorf("the storage's name: %s", s)
 	}
 }
@@ -160,7 +125,7 @@ func TestStorageAsFileStorage(t *testing.T) {
 // pools of their own; a waiter gets the lock once it is released, and a
 // holder keeps it past its lease by renewing.
 func TestLockContention(t *testing.T) {
-	dsn := testDSN(t)
+	dsn := testkit.ScratchDB(t)
 	lease := time.Second
 	a, b := newStorage(t, dsn, lease), newStorage(t, dsn, lease)
 	ctx := context.Background()
@@ -218,7 +183,7 @@ func TestLockOfKilledHolder(t *testing.T) {
 		holdLock()
 		return
 	}
-	dsn := testDSN(t)
+	dsn := testkit.ScratchDB(t)
 	lease := 2 * time.Second
 	cmd := exec.Command(os.Args[0], "-test.run=^TestLockOfKilledHolder$")
 	cmd.Env = append(os.Environ(), "PGSTORE_HOLDER_DSN="+dsn, "PGSTORE_HOLDER_LEASE="+lease.String())
@@ -337,7 +302,7 @@ func TestProvisionErrors(t *testing.T) {
 // TestSubscribeChanges: a key stored through one pool is told to the
 // subscribers of another, as PostgreSQL notifies it.
 func TestSubscribeChanges(t *testing.T) {
-	dsn := testDSN(t)
+	dsn := testkit.ScratchDB(t)
 	a, b := newStorage(t, dsn, 10*time.Second), newStorage(t, dsn, 10*time.Second)
 	ch, stop := b.(interface {
 		SubscribeChanges() (<-chan string, func())
@@ -371,7 +336,7 @@ func TestSubscribeChanges(t *testing.T) {
 // TestLockWokenByRelease: a waiter learns of the release from
 // PostgreSQL, not from its poll (which this test makes an hour long).
 func TestLockWokenByRelease(t *testing.T) {
-	dsn := testDSN(t)
+	dsn := testkit.ScratchDB(t)
 	a, b := newStorage(t, dsn, 10*time.Second), newStorage(t, dsn, 10*time.Second)
 	b.(*store).poll = time.Hour
 	ctx := context.Background()
