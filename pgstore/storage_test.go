@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/certmagic"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/flyedge/caddy-flyedge/internal/testkit"
@@ -148,7 +149,7 @@ func TestLockContention(t *testing.T) {
 			got <- time.Now()
 		}
 	}()
-	time.Sleep(100 * time.Millisecond)
+	waitLockWaiters(t, b, 1)
 	released := time.Now()
 	if err := a.Unlock(ctx, "job"); err != nil {
 		t.Fatal(err)
@@ -205,8 +206,9 @@ func TestLockOfKilledHolder(t *testing.T) {
 	if ok, _ := st.(certmagic.TryLocker).TryLock(ctx, "job"); ok {
 		t.Fatal("the lock of a live holder was taken")
 	}
-	// it renews: still held after more than a lease
-	time.Sleep(lease + lease/2)
+	// it renews: still held once the lease it had when we looked ran out
+	// by the database's clock, which decides expiry
+	waitLeaseRunsOut(t, dsn, "job")
 	if ok, _ := st.(certmagic.TryLocker).TryLock(ctx, "job"); ok {
 		t.Fatal("the lock of a live, renewing holder was taken after its first lease")
 	}
@@ -220,6 +222,53 @@ func TestLockOfKilledHolder(t *testing.T) {
 	}
 	t.Logf("taken %v after the holder was killed (lease %v)", time.Since(killed).Round(time.Millisecond), lease)
 	st.Unlock(ctx, "job")
+}
+
+// waitLockWaiters waits until n subscribers of st's connection pool
+// listen for released locks: a Lock that found its lock held subscribes
+// before it waits.
+func waitLockWaiters(t *testing.T, st certmagic.Storage, n int) {
+	t.Helper()
+	d := st.(*store).db
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		d.subsMu.Lock()
+		waiting := len(d.lockSubs)
+		d.subsMu.Unlock()
+		if waiting >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d waiters for a released lock after 5 s", waiting, n)
+		}
+	}
+}
+
+// waitLeaseRunsOut reads when the lease of lock name runs out and waits
+// until the database's clock, which decides expiry, is past it: the lock
+// is held after that only if its holder renewed it.
+func waitLeaseRunsOut(t *testing.T, dsn, name string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var expires time.Time
+	if err := conn.QueryRow(ctx, `SELECT expires FROM flyedge_storage WHERE kind = 'l' AND key = $1`, name).Scan(&expires); err != nil {
+		t.Fatalf("the lease of lock %s: %v", name, err)
+	}
+	for {
+		var past bool
+		if err := conn.QueryRow(ctx, `SELECT now() > $1`, expires).Scan(&past); err != nil {
+			t.Fatalf("waiting for the lease of lock %s to run out: %v", name, err)
+		}
+		if past {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // holdLock is the holder process of TestLockOfKilledHolder.
@@ -343,9 +392,18 @@ func TestLockWokenByRelease(t *testing.T) {
 	if err := a.Lock(ctx, "job"); err != nil {
 		t.Fatal(err)
 	}
+	// the listener is up before b waits, so the start of the listener,
+	// which wakes every waiter, cannot be what wakes b
+	probe, stop := b.(*store).db.subscribeLocks()
+	defer stop()
+	select {
+	case <-probe:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the listener for released locks did not start")
+	}
 	got := make(chan error, 1)
 	go func() { got <- b.Lock(ctx, "job") }()
-	time.Sleep(300 * time.Millisecond) // b is waiting
+	waitLockWaiters(t, b, 2) // the probe and b
 	released := time.Now()
 	if err := a.Unlock(ctx, "job"); err != nil {
 		t.Fatal(err)
