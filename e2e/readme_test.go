@@ -1,4 +1,4 @@
-package flyedge_test
+package e2e
 
 import (
 	"context"
@@ -42,7 +42,7 @@ exit 2
 // of its first code block, without its comment.
 func readmeSetUp(t *testing.T) string {
 	t.Helper()
-	b, err := os.ReadFile("README.md")
+	b, err := os.ReadFile(filepath.Join(moduleRoot, "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,14 +60,15 @@ func readmeSetUp(t *testing.T) string {
 func demoCopy(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	files, _ := filepath.Glob("scripts/*")
-	files = append(files, "Caddyfile.example", "caddy.json.example")
-	for _, f := range files {
-		b, err := os.ReadFile(f)
+	files, _ := filepath.Glob(filepath.Join(moduleRoot, "scripts", "*"))
+	files = append(files, filepath.Join(moduleRoot, "Caddyfile.example"), filepath.Join(moduleRoot, "caddy.json.example"))
+	for _, src := range files {
+		f, _ := filepath.Rel(moduleRoot, src) // its path in the copy
+		b, err := os.ReadFile(src)
 		if err != nil {
 			t.Fatal(err)
 		}
-		st, _ := os.Stat(f)
+		st, _ := os.Stat(src)
 		if err := os.MkdirAll(filepath.Join(dir, filepath.Dir(f)), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -178,7 +179,7 @@ type readmeCommand struct{ cmd, out string }
 // tryItCommands returns the commands of the README's "Try it" section.
 func tryItCommands(t *testing.T) []readmeCommand {
 	t.Helper()
-	b, err := os.ReadFile("README.md")
+	b, err := os.ReadFile(filepath.Join(moduleRoot, "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package flyedge_test
+package e2e
 
 import (
 	"bufio"
@@ -21,11 +21,11 @@ import (
 // in JSON.
 func TestExamplesAgree(t *testing.T) {
 	requireCaddy(t)
-	out, err := exec.Command(caddyBin, "adapt", "--config", "Caddyfile.example").Output()
+	out, err := exec.Command(caddyBin, "adapt", "--config", filepath.Join(moduleRoot, "Caddyfile.example")).Output()
 	if err != nil {
 		t.Fatalf("adapting Caddyfile.example: %v", err)
 	}
-	raw, err := os.ReadFile("caddy.json.example")
+	raw, err := os.ReadFile(filepath.Join(moduleRoot, "caddy.json.example"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func TestExamplesRun(t *testing.T) {
 			checkPortsFree(t, demoPorts...)
 			home := t.TempDir()
 			var log logBuf
-			p := exec.Command(caddyBin, "run", "--config", cfg)
+			p := exec.Command(caddyBin, "run", "--config", filepath.Join(moduleRoot, cfg))
 			p.Env = caddyEnv(home)
 			p.Stdout, p.Stderr = &log, &log
 			p.SysProcAttr = dieWithTests()
@@ -242,9 +242,9 @@ func allocateWithCLI(t *testing.T, fly func(...string) (string, error), app stri
 // failover lives: a user who copies one gets an edge that goes on to
 // the next machine when one refuses connections.
 func TestDocumentedSitesFailOver(t *testing.T) {
-	files, _ := filepath.Glob("docs/*.md")
-	more, _ := filepath.Glob("docs/modules/*.md")
-	files = append(append(files, more...), "README.md", "Caddyfile.example")
+	files, _ := filepath.Glob(filepath.Join(moduleRoot, "docs", "*.md"))
+	more, _ := filepath.Glob(filepath.Join(moduleRoot, "docs", "modules", "*.md"))
+	files = append(append(files, more...), filepath.Join(moduleRoot, "README.md"), filepath.Join(moduleRoot, "Caddyfile.example"))
 	blocks := 0
 	for _, f := range files {
 		b, err := os.ReadFile(f)

@@ -1,4 +1,4 @@
-package flyedge_test
+package e2e
 
 // The end-to-end tests build Caddy with flyedge once (TestMain), run it as
 // a real process with its admin endpoint on a free loopback port, load
@@ -32,6 +32,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 )
+
+// moduleRoot is the module's folder, seen from this package's: the
+// tests build ./cmd/caddy there and read the examples and docs there.
+const moduleRoot = ".."
 
 var (
 	caddyBin  string        // the built Caddy
@@ -86,6 +90,7 @@ func TestMain(m *testing.M) {
 		args = append(args, "-race")
 	}
 	build := exec.Command("go", append(args, "./cmd/caddy")...)
+	build.Dir = moduleRoot
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building caddy:", err)
