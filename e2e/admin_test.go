@@ -21,14 +21,6 @@ var (
 	apiTCP = testMachine{"0000000000a502", "iad", "127.0.58.2"}
 )
 
-// fly runs `caddy fly args...` against admin and returns its output.
-func fly(t *testing.T, admin string, args ...string) (string, error) {
-	t.Helper()
-	cmd := exec.Command(caddyBin, append(append([]string{"fly"}, args...), "--address", admin)...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
 // TestAppsThroughAPI: apps created, changed and destroyed through the
 // admin API and the CLI serve real traffic at once, without a config
 // load, on the edge that took the change and on another edge sharing its
@@ -184,125 +176,6 @@ func TestAppsThroughAPI(t *testing.T) {
 	}
 }
 
-// TestDeployFlyTOML: `caddy fly deploy` takes a fly.toml written as Fly's
-// configuration reference shows it: its [http_service] serves at once on
-// the edge's web ports (Fly's 80 and 443), force_https included; the keys
-// flyedge does not implement are named in warnings; a second deploy
-// updates the app; a fly.toml Fly would refuse names file, key and line.
-func TestDeployFlyTOML(t *testing.T) {
-	e := startIPEdge(t)
-	deployed := testMachine{"0000000000a503", "iad", "127.0.58.3"}
-	startMachines(t, e.machinePort, deployed)
-	dir := t.TempDir()
-	file := filepath.Join(dir, "fly.toml")
-	write := func(doc string) {
-		if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(`# fly.toml app configuration file generated for shop
-app = 'shop'
-primary_region = 'iad'
-
-[build]
-  image = 'registry.example/shop:latest'
-
-[http_service]
-  internal_port = ` + e.machinePort + `
-  force_https = true
-  auto_stop_machines = 'stop'
-  processes = ['app']
-  force_http = true
-
-  [http_service.concurrency]
-    type = 'requests'
-    soft_limit = 20
-    hard_limit = 25
-`)
-	cmd := exec.Command(caddyBin, "fly", "deploy", "-c", file, "--address", adminAddr)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil || !strings.Contains(string(out), "Deployed shop from "+file) {
-		t.Fatalf("deploy: %v\n%s%s", err, out, stderr.String())
-	}
-	for _, want := range []string{"fly.toml:5: build is not implemented", "fly.toml:11: http_service.auto_stop_machines is not implemented", "fly.toml:12: http_service.processes",
-		`fly.toml:13: http_service.force_http is not a key flyedge knows; ignored: did you mean "force_https"?`} {
-		if !strings.Contains(stderr.String(), want) {
-			t.Errorf("deploy warnings lack %q:\n%s", want, stderr.String())
-		}
-	}
-	// no machines yet: the first request would get PR01, so deploy says how to add one
-	if want := "App shop has no machines yet: its requests get PR01 (no machine can take the request) until one is registered with\n  caddy fly machine add -a shop --region iad --machine-address <host or IP> --address " + adminAddr + "\n"; !strings.Contains(string(out), want) {
-		t.Errorf("deploy of an app without machines does not say %q:\n%s", want, out)
-	}
-	// machine add names the flag it lacks, not the API's field
-	if out, err := fly(t, adminAddr, "machine", "add", "-a", "shop", "--region", "iad"); err == nil || !strings.Contains(out, "Error: machine add needs --machine-address <host or IP>") || strings.Contains(out, "machine.address") {
-		t.Errorf("machine add without an address: %v\n%s", err, out)
-	}
-	allocate(t, adminAddr, "shop", "shared_v4")
-	if out, err := fly(t, adminAddr, "machine", "add", "-a", "shop", "--id", deployed.id, "--region", "iad", "--machine-address", deployed.ip); err != nil {
-		t.Fatalf("machine add: %v\n%s", err, out)
-	}
-	shared := via(e.roots, sharedV4)
-	shared.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	resp, err := shared.Get("http://shop." + e.domain + ":" + e.httpPort + "/cart")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if want := "https://shop." + e.domain + ":" + e.httpsPort + "/cart"; resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != want {
-		t.Errorf("Fly's port 80 with force_https: %d to %q, want 301 to %s", resp.StatusCode, resp.Header.Get("Location"), want)
-	}
-	if got, err := machineOf(shared, "https://shop."+e.domain+":"+e.httpsPort+"/"); err != nil || got != deployed.id {
-		t.Errorf("Fly's port 443: machine %q, %v", got, err)
-	}
-
-	// a second deploy updates it: no force_https any more
-	write(strings.Replace(string(must(os.ReadFile(file))), "force_https = true", "force_https = false", 1))
-	if out, err := fly(t, adminAddr, "deploy", "-c", file); err != nil || strings.Contains(out, "no machines") {
-		t.Fatalf("second deploy (the app has a machine now): %v\n%s", err, out)
-	}
-	if got, err := machineOf(shared, "http://shop."+e.domain+":"+e.httpPort+"/"); err != nil || got != deployed.id {
-		t.Errorf("after the update, plain HTTP: machine %q, %v", got, err)
-	}
-
-	// a deploy keeps the org the app was created with: a fly.toml has none
-	if out, err := fly(t, adminAddr, "apps", "create", "shop2", "--org", "victim"); err != nil {
-		t.Fatalf("apps create --org: %v\n%s", err, out)
-	}
-	if out, err := fly(t, adminAddr, "deploy", "-c", file, "-a", "shop2"); err != nil {
-		t.Fatalf("deploying an app created with --org: %v\n%s", err, out)
-	}
-	out3, err := fly(t, adminAddr, "apps", "list", "--json")
-	var apps []struct{ Name, Org string }
-	if err := json.Unmarshal([]byte(out3), &apps); err != nil {
-		t.Fatalf("apps list --json: %v\n%s", err, out3)
-	}
-	for _, a := range apps {
-		if a.Name == "shop2" && a.Org != "victim" {
-			t.Errorf("after a deploy, shop2's org is %q, want victim", a.Org)
-		}
-	}
-
-	// refused: file, key and line; the app is left as it was
-	write("app = 'shop'\n\n[[services]]\n  internal_port = 8080\n  [[services.ports]]\n    port = 443\n    handlers = ['tls']\n    force_https = true\n")
-	out2, err := fly(t, adminAddr, "deploy", "-c", file)
-	if err == nil || !strings.Contains(out2, file+":8: services[0].ports[0].force_https: needs the http handler") {
-		t.Errorf("a force_https without http: %v\n%s", err, out2)
-	}
-	if got, err := machineOf(shared, "http://shop."+e.domain+":"+e.httpPort+"/"); err != nil || got != deployed.id {
-		t.Errorf("after a refused deploy: machine %q, %v", got, err)
-	}
-}
-
-func must[T any](v T, err error) T {
-	if err != nil {
-		panic(err)
-	}
-	return v
-}
-
 // TestNullEntries: a null where the config has a list of objects
 // (services, ports, checks, machines) is refused with its field on every
 // way in: PUT /fly/apps/{app} answers 400, POST /load answers 400 and
@@ -346,5 +219,193 @@ func TestNullEntries(t *testing.T) {
 		if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), tc.want) || strings.Contains(string(out), "goroutine ") {
 			t.Errorf("caddy validate with %s: %v; want exit status 1 naming %q\n%s", tc.app, err, tc.want, out)
 		}
+	}
+}
+
+// TestAdminAPIErrors: the admin API refuses bad calls with the statuses
+// and JSON of the contract, the CLI prints the message and exits
+// non-zero, and /fly/ is not served on the public ports.
+func TestAdminAPIErrors(t *testing.T) {
+	e := startIPEdge(t)
+	allocate(t, adminAddr, "web", "shared_v4")
+	allocate(t, adminAddr, "web", "v6") // the pool's only address
+	for _, tc := range []struct {
+		method, path, body string
+		status             int
+		msg                string
+	}{
+		{"POST", "/fly/apps/web/ips", `{"type":"v5"}`, 400, `type: \"v5\" (want v6, shared_v4 or v4)`},
+		{"POST", "/fly/apps/web/ips", `{"type":`, 400, "request body"},
+		{"POST", "/fly/apps/web/ips", `{"kind":"v6"}`, 400, `unknown field \"kind\"`},
+		{"POST", "/fly/apps/web/ips", `{"type":"v4"} {"type":"v6"} garbage`, 400, "one JSON value expected, more follows"},
+		{"DELETE", "/fly/apps/web/ips/fe80::1%25eth0", "", 400, `\"fe80::1%eth0\": an edge address has no zone`},
+		{"POST", "/fly/apps/nope/ips", `{"type":"v6"}`, 404, `unknown app \"nope\"`},
+		{"POST", "/fly/apps/other/ips", `{"type":"v6"}`, 409, "the v6 pool is exhausted"},
+		{"DELETE", "/fly/apps/other/ips/::1", "", 404, "app other does not hold ::1"},
+		{"DELETE", "/fly/apps/web/ips/not-an-ip", "", 400, `\"not-an-ip\" is not an IP address`},
+		{"POST", "/fly/apps/other/certs", `{"hostname":"web.` + e.domain + `"}`, 409, "hostname web." + e.domain + " is taken by app web"},
+		{"POST", "/fly/apps/other/certs", `{"hostname":"bad host"}`, 400, "is not a valid host name"},
+		{"DELETE", "/fly/apps/other/certs/www.nowhere.example", "", 404, "app other has no host name www.nowhere.example"},
+		{"GET", "/fly/apps/web/machines/00000000000bad", "", 404, "app web has no machine 00000000000bad"},
+		{"POST", "/fly/apps/web/machines", `{"id":"xyz","region":"iad","address":"127.0.0.1"}`, 400, "must be 14 lower-case hexadecimal characters"},
+		{"POST", "/fly/apps/web/machines", `{"region":"zzz","address":"127.0.0.1"}`, 400, `region: \"zzz\"`},
+		{"POST", "/fly/apps/other/machines", `{"id":"` + ipWeb.id + `","region":"iad","address":"127.0.0.1"}`, 409, "belongs to app web"},
+		{"DELETE", "/fly/apps/web/machines/" + ipWeb.id, "", 409, "is defined in the config"},
+		{"POST", "/fly/apps/web/machines/00000000000bad/egress-ips", "", 404, "app web has no machine 00000000000bad"},
+		{"POST", "/fly/apps/web/machines/" + ipWeb.id + "/egress-ips", "", 409, "egress pairs need both an egress_v4 and an egress_v6 pool"},
+		// every body is one JSON object, keys exact and once each
+		{"POST", "/fly/apps/web/machines", `{"region":"iad","address":"127.0.0.1","Region":"lhr"}`, 400, `unknown field \"Region\" (field names are case-sensitive: did you mean \"region\"?)`},
+		{"POST", "/fly/apps/web/ips", `{"type":"v6","type":"v4"}`, 400, `field \"type\" appears twice`},
+		{"POST", "/fly/apps/web/certs", `null`, 400, "request body: null (want an object)"},
+		{"PUT", "/fly/apps/strict", `{"services":[]}}`, 400, "apps.strict: one JSON value expected, more follows"},
+		{"PUT", "/fly/apps/strict", `null`, 400, "apps.strict: null (want an object)"},
+		{"PUT", "/fly/apps/strict", `{"org":"a","org":"b"}`, 400, `apps.strict: field \"org\" appears twice`},
+		{"PATCH", "/fly/apps/web/ips", "", 405, "method PATCH not allowed"},
+		{"GET", "/fly/nothing", "", 404, "no such endpoint"},
+	} {
+		status, body := call(t, adminAddr, tc.method, tc.path, tc.body, nil)
+		var e struct{ Error string }
+		jerr := json.Unmarshal([]byte(body), &e)
+		if status != tc.status || jerr != nil || !strings.Contains(body, tc.msg) {
+			t.Errorf("%s %s %s: %d %s; want %d with JSON error containing %q", tc.method, tc.path, tc.body, status, body, tc.status, tc.msg)
+		}
+	}
+
+	// the CLI: readable message, non-zero exit
+	out, err := exec.Command(caddyBin, "fly", "ips", "allocate-v6", "-a", "other", "--address", adminAddr).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Error: the v6 pool is exhausted (HTTP 409)") {
+		t.Errorf("CLI on a 409: %v\n%s", err, out)
+	}
+	out, err = exec.Command(caddyBin, "fly", "ips", "list", "-a", "web", "--address", adminAddr).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "v4       127.20.0.1  public (shared)") || !strings.Contains(string(out), "v6       ::1") {
+		t.Errorf("caddy fly ips list: %v\n%s", err, out)
+	}
+	// with --json, the error is JSON on stdout too
+	stdout, err := exec.Command(caddyBin, "fly", "ips", "allocate-v6", "-a", "other", "--json", "--address", adminAddr).Output()
+	var je struct{ Error string }
+	if err == nil || json.Unmarshal(stdout, &je) != nil || je.Error != "the v6 pool is exhausted (HTTP 409)" {
+		t.Errorf("CLI --json on a 409: %v, stdout %q", err, stdout)
+	}
+	// a command it does not know is a usage error
+	for _, args := range [][]string{{"fly", "bogus"}, {"fly", "ips", "bogus"}, {"fly", "machine", "egress-ip"}} {
+		out, err := exec.Command(caddyBin, args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "Usage:") {
+			t.Errorf("caddy %s: %v, want a non-zero exit with the usage\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+
+	// the API is on the admin listener only
+	for _, u := range []string{"http://127.0.0.1:" + e.httpPort + "/fly/ips", "http://" + sharedV4 + ":" + e.httpPort + "/fly/ips"} {
+		resp, err := http.Get(u)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(b), "127.20.0.1") {
+				t.Errorf("%s served the admin API: %s", u, b)
+			}
+		}
+	}
+}
+
+// TestLiveMachines: machines registered through the admin API (and the
+// CLI) take traffic at once, without a config reload, and leave it when
+// deregistered.
+func TestLiveMachines(t *testing.T) {
+	e := startIPEdge(t)
+	allocate(t, adminAddr, "other", "shared_v4")
+	extra := testMachine{"0000000000f1a1", "iad", "127.0.57.11"}
+	startMachines(t, e.machinePort, extra)
+	url := "http://other." + e.domain + ":" + e.httpPort + "/"
+	shared := via(e.roots, sharedV4)
+	out, err := exec.Command(caddyBin, "fly", "machine", "add", "-a", "other", "--id", extra.id, "--region", "iad",
+		"--machine-address", extra.ip, "--address", adminAddr).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Machine "+extra.id+" added to other") {
+		t.Fatalf("caddy fly machine add: %v\n%s", err, out)
+	}
+	status, body := call(t, adminAddr, http.MethodPost, "/fly/apps/other/machines", `{"id":"`+extra.id+`","region":"iad","address":"`+extra.ip+`"}`, nil)
+	if status != http.StatusConflict {
+		t.Errorf("adding a machine twice: %d %s, want 409", status, body)
+	}
+	status, body = call(t, adminAddr, http.MethodPut, "/fly/apps/other/machines/"+ipOther.id, `{"region":"iad","address":"127.0.57.99"}`, nil)
+	if status != http.StatusConflict {
+		t.Errorf("updating a config machine: %d %s, want 409", status, body)
+	}
+	seenExtra := false
+	for range 40 {
+		if got, _ := machineOf(shared, url); got == extra.id {
+			seenExtra = true
+			break
+		}
+	}
+	if !seenExtra {
+		t.Fatalf("the registered machine got no request out of 40")
+	}
+	out, err = exec.Command(caddyBin, "fly", "machine", "list", "-a", "other", "--address", adminAddr).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), extra.id) || !strings.Contains(string(out), ipOther.id) {
+		t.Errorf("caddy fly machine list: %v\n%s", err, out)
+	}
+	// stopped: no traffic
+	status, _ = call(t, adminAddr, http.MethodPut, "/fly/apps/other/machines/"+extra.id, `{"region":"iad","address":"`+extra.ip+`","state":"stopped"}`, nil)
+	if status != http.StatusOK {
+		t.Fatalf("machine update: %d", status)
+	}
+	for range 20 {
+		if got, err := machineOf(shared, url); err != nil || got != ipOther.id {
+			t.Fatalf("with the registered machine stopped: machine %q, %v; want %s", got, err, ipOther.id)
+		}
+	}
+	if status, _ := call(t, adminAddr, http.MethodDelete, "/fly/apps/other/machines/"+extra.id, "", nil); status != http.StatusNoContent {
+		t.Fatalf("machine remove: %d", status)
+	}
+	var ms []map[string]string
+	call(t, adminAddr, http.MethodGet, "/fly/apps/other/machines", "", &ms)
+	if len(ms) != 1 || ms[0]["id"] != ipOther.id {
+		t.Errorf("machines after remove: %v", ms)
+	}
+}
+
+// TestMachinesInEffectOn2xx: a 2xx from the admin API means the change
+// is in effect: a request forced to a machine right after its
+// registration reaches it, and one right after its removal does not.
+func TestMachinesInEffectOn2xx(t *testing.T) {
+	e := startIPEdge(t)
+	allocate(t, adminAddr, "other", "shared_v4")
+	extra := testMachine{"0000000000f1b0", "iad", "127.0.57.12"}
+	startMachines(t, e.machinePort, extra)
+	url := "http://other." + e.domain + ":" + e.httpPort + "/"
+	shared := via(e.roots, sharedV4)
+	forced := func(id string) (int, *seen) {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		req.Header.Set("Fly-Force-Instance-Id", id)
+		resp, err := shared.Do(req)
+		if err != nil {
+			t.Fatalf("GET forced to %s: %v", id, err)
+		}
+		defer resp.Body.Close()
+		var s seen
+		if json.NewDecoder(resp.Body).Decode(&s) != nil || s.Machine == "" {
+			return resp.StatusCode, nil
+		}
+		return resp.StatusCode, &s
+	}
+	var unroutable, unremoved int
+	for i := range 200 {
+		id := fmt.Sprintf("0000000001%04x", i)
+		body := `{"region":"iad","address":"` + extra.ip + `"}`
+		if status, b := call(t, adminAddr, http.MethodPut, "/fly/apps/other/machines/"+id, body, nil); status != http.StatusCreated {
+			t.Fatalf("registering %s: %d %s", id, status, b)
+		}
+		if status, s := forced(id); status != http.StatusOK || s == nil || s.Machine != extra.id {
+			unroutable++
+		}
+		if status, b := call(t, adminAddr, http.MethodDelete, "/fly/apps/other/machines/"+id, "", nil); status != http.StatusNoContent {
+			t.Fatalf("removing %s: %d %s", id, status, b)
+		}
+		if status, _ := forced(id); status != http.StatusNotFound {
+			unremoved++
+		}
+	}
+	if unroutable > 0 || unremoved > 0 {
+		t.Errorf("of 200 machines, %d were not routable right after a 201, %d still routable right after a 204", unroutable, unremoved)
 	}
 }

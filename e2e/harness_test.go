@@ -735,3 +735,104 @@ func openFiles(t *testing.T, pid int) int {
 	}
 	return len(ents)
 }
+
+// Addresses of the IP assignment tests: 127.0.0.0/8 is all local on
+// Linux, so the edge's "anycast" addresses are loopback ones.
+const (
+	sharedV4 = "127.20.0.1"
+	v4Pool   = "127.30.0.0/24"
+)
+
+// edgeCount numbers the edges the tests load, so that each gets a base
+// domain of its own: Caddy caches certificates across configs.
+var edgeCount int
+
+// storageNode is a Caddy process of its own (not the shared one) with
+// the apps app0..app99 and IP pools, on a storage folder that other
+// nodes may share. It listens on nothing but its admin endpoint.
+type storageNode struct {
+	admin string
+	proc  *exec.Cmd
+	log   *logBuf
+}
+
+// storageLine is the Caddyfile storage option for storage: a folder, or
+// a PostgreSQL DSN.
+func storageLine(storage string) string {
+	if strings.HasPrefix(storage, "postgres://") {
+		return "storage postgres " + storage
+	}
+	return "storage file_system " + storage
+}
+
+func startStorageNode(t *testing.T, storage string) *storageNode {
+	t.Helper()
+	requireCaddy(t)
+	n := &storageNode{admin: freeAddr(), log: new(logBuf)}
+	var apps strings.Builder
+	for i := range 100 {
+		fmt.Fprintf(&apps, "\t\tapp app%d {\n\t\t\tservice 8080 {\n\t\t\t\tport 443 tls http\n\t\t\t}\n\t\t}\n", i)
+	}
+	cfg := fmt.Sprintf(`{
+	admin %s
+	persist_config off
+	%s
+	fly {
+		base_domain edge.test
+%s	}
+	fly_ips {
+		v6 fd00:fe::/64
+		shared_v4 `+sharedV4+`
+		v4 `+v4Pool+`
+		auto_allocate off
+	}
+}
+`, n.admin, storageLine(storage), apps.String())
+	dir := t.TempDir()
+	file := dir + "/Caddyfile"
+	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n.proc = exec.Command(caddyBin, "run", "--config", file, "--adapter", "caddyfile")
+	n.proc.Env = caddyEnv(dir)
+	n.proc.Stdout, n.proc.Stderr = n.log, n.log
+	n.proc.SysProcAttr = dieWithTests()
+	if err := n.proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ownProcess(n.proc.Process.Pid)
+	t.Cleanup(func() {
+		if n.proc.ProcessState == nil {
+			stopProcess(n.proc)
+		}
+	})
+	if err := waitAdmin(n.admin, 60*time.Second); err != nil {
+		t.Fatalf("%v\n%s", err, n.log)
+	}
+	return n
+}
+
+func (n *storageNode) ips(t *testing.T) []assignment {
+	t.Helper()
+	var out []assignment
+	if status, body := call(t, n.admin, http.MethodGet, "/fly/ips", "", &out); status != http.StatusOK {
+		t.Fatalf("GET /fly/ips: %d %s", status, body)
+	}
+	return out
+}
+
+// fly runs `caddy fly args...` against admin and returns its output.
+func fly(t *testing.T, admin string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(caddyBin, append(append([]string{"fly"}, args...), "--address", admin)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// must returns v, and panics on err.
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}

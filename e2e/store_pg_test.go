@@ -206,3 +206,11 @@ func TestPostgresOutageStorm(t *testing.T) {
 	})
 	t.Logf("%d acknowledged assignments on both edges", len(want))
 }
+
+// TestSharedStorageOnPostgres: the same, with the storage in PostgreSQL
+// (caddy.storage.postgres).
+func TestSharedStorageOnPostgres(t *testing.T) { testSharedStorage(t, testDatabase(t)) }
+
+// TestCrashDuringStormOnPostgres: the same, with the storage in
+// PostgreSQL; the killed process's lock is taken over after its lease.
+func TestCrashDuringStormOnPostgres(t *testing.T) { testCrashDuringStorm(t, testDatabase(t)) }
