@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // apps created at run time, and their machines
@@ -374,7 +376,7 @@ func TestMachinesInEffectOn2xx(t *testing.T) {
 	startMachines(t, e.machinePort, extra)
 	url := "http://other." + e.domain + ":" + e.httpPort + "/"
 	shared := via(e.roots, sharedV4)
-	forced := func(id string) (int, *seen) {
+	forced := func(id string) (int, *testkit.Seen) {
 		req, _ := http.NewRequest(http.MethodGet, url, nil)
 		req.Header.Set("Fly-Force-Instance-Id", id)
 		resp, err := shared.Do(req)
@@ -382,7 +384,7 @@ func TestMachinesInEffectOn2xx(t *testing.T) {
 			t.Fatalf("GET forced to %s: %v", id, err)
 		}
 		defer resp.Body.Close()
-		var s seen
+		var s testkit.Seen
 		if json.NewDecoder(resp.Body).Decode(&s) != nil || s.Machine == "" {
 			return resp.StatusCode, nil
 		}

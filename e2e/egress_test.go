@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // requireNetns skips (or fails under CI=true) a test that needs to create
@@ -144,18 +146,11 @@ func (l *lab) serveSource() {
 	if err := l.do("s", func() (err error) { ln, err = net.Listen("tcp", ":9999"); return }); err != nil {
 		l.t.Fatal(err)
 	}
-	l.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-			fmt.Fprintln(c, host)
-			c.Close()
-		}
-	}()
+	testkit.Serve(l.t, ln, func(c net.Conn) {
+		host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		fmt.Fprintln(c, host)
+		c.Close()
+	})
 }
 
 // sourceFrom connects from namespace n to the server and returns the

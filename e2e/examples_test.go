@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // TestExamplesAgree checks that caddy.json.example is Caddyfile.example
@@ -184,7 +186,7 @@ func TestExamplesRun(t *testing.T) {
 			}
 
 			// the PostgreSQL app, when this host runs PostgreSQL
-			if pg, err := net.DialTimeout("tcp", pgAddr, time.Second); err == nil {
+			if pg, err := net.DialTimeout("tcp", testkit.PostgresAddr, time.Second); err == nil {
 				pg.Close()
 				dbV4 := allocateWithCLI(t, fly, "db")
 				out, err := exec.Command("psql", "host="+dbV4+" port=5433 user=postgres dbname=test sslmode=require connect_timeout=5", "-Atc", "select 'db ' || (20 + 22)").CombinedOutput()
@@ -192,9 +194,9 @@ func TestExamplesRun(t *testing.T) {
 					t.Errorf("psql through the example's pg_tls port: %v\n%s", err, out)
 				}
 			} else if os.Getenv("CI") == "true" {
-				t.Errorf("PostgreSQL is not running at %s: %v", pgAddr, err)
+				t.Errorf("PostgreSQL is not running at %s: %v", testkit.PostgresAddr, err)
 			} else {
-				t.Logf("PostgreSQL is not running at %s, so the db app is not tried: %v", pgAddr, err)
+				t.Logf("PostgreSQL is not running at %s, so the db app is not tried: %v", testkit.PostgresAddr, err)
 			}
 
 			// hello's default_self_signed: no SNI on its own address

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // startProxyProtoMachine serves a machine that requires a PROXY protocol
@@ -20,31 +22,18 @@ import (
 // "<version> <source> <destination> <first client line>" and closes.
 func startProxyProtoMachine(t *testing.T, addr string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				r := bufio.NewReader(c)
-				h, err := proxyproto.Read(r)
-				if err != nil {
-					fmt.Fprintf(c, "error %v\n", err)
-					return
-				}
-				line, _ := r.ReadString('\n')
-				fmt.Fprintf(c, "v%d %s %s %s", h.Version, h.SourceAddr, h.DestinationAddr, line)
-			}()
+	testkit.Serve(t, testkit.Listen(t, addr), func(c net.Conn) {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		r := bufio.NewReader(c)
+		h, err := proxyproto.Read(r)
+		if err != nil {
+			fmt.Fprintf(c, "error %v\n", err)
+			return
 		}
-	}()
+		line, _ := r.ReadString('\n')
+		fmt.Fprintf(c, "v%d %s %s %s", h.Version, h.SourceAddr, h.DestinationAddr, line)
+	})
 }
 
 func TestProxyProto(t *testing.T) {

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // tlsConfig is an edge whose app tlsapp has three tls-only ports: defaults,
@@ -356,7 +358,7 @@ func TestTLSOptionsOnHTTPPort(t *testing.T) {
 	if err != nil {
 		t.Fatalf("request over the self-signed connection: %v", err)
 	}
-	var s seen
+	var s testkit.Seen
 	err = json.NewDecoder(resp.Body).Decode(&s)
 	resp.Body.Close()
 	if err != nil || s.Machine != ipOther.id {

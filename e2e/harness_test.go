@@ -26,11 +26,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // moduleRoot is the module's folder, seen from this package's: the
@@ -405,50 +406,25 @@ func clientVia(roots *x509.CertPool, ip string, h2 bool) *http.Client {
 	}
 }
 
-// seen is what a machine reports of the request it received.
-type seen struct {
-	Machine string      `json:"machine"`
-	Region  string      `json:"region"`
-	Proto   string      `json:"proto"`
-	Host    string      `json:"host"`
-	URI     string      `json:"uri"`
-	Header  http.Header `json:"header"`
-}
-
 type testMachine struct {
 	id, region, ip string
 }
 
-// startMachines serves each machine on ip:port, answering with JSON of
-// what it received; machines speak HTTP/1.1 and h2c. It returns each
-// machine's server so a test can take one down.
+// startMachines serves each machine on ip:port (testkit.HTTPMachine:
+// HTTP/1.1 and h2c, answering with the JSON of what it received). It
+// returns each machine's server so a test can take one down.
 func startMachines(t *testing.T, port string, ms ...testMachine) map[string]*http.Server {
 	t.Helper()
 	servers := map[string]*http.Server{}
 	for _, m := range ms {
-		ln, err := net.Listen("tcp", net.JoinHostPort(m.ip, port))
-		if err != nil {
-			t.Fatalf("machine %s: %v", m.id, err)
-		}
-		srv := &http.Server{
-			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Type", "application/json")
-				json.NewEncoder(w).Encode(seen{m.id, m.region, r.Proto, r.Host, r.RequestURI, r.Header})
-			}),
-			Protocols: new(http.Protocols),
-		}
-		srv.Protocols.SetHTTP1(true)
-		srv.Protocols.SetUnencryptedHTTP2(true)
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
-		servers[m.id] = srv
+		servers[m.id] = testkit.HTTPMachine(t, net.JoinHostPort(m.ip, port), m.id, m.region)
 	}
 	return servers
 }
 
-// get sends a GET and decodes what the machine saw; seen is nil when the
+// get sends a GET and decodes what the machine saw, nil when the
 // answer did not come from a machine.
-func get(t *testing.T, c *http.Client, url string, hdr map[string]string) (*http.Response, string, *seen) {
+func get(t *testing.T, c *http.Client, url string, hdr map[string]string) (*http.Response, string, *testkit.Seen) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
@@ -463,7 +439,7 @@ func get(t *testing.T, c *http.Client, url string, hdr map[string]string) (*http
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	var s seen
+	var s testkit.Seen
 	if resp.Header.Get("Content-Type") == "application/json" && json.Unmarshal(body, &s) == nil && s.Machine != "" {
 		return resp, string(body), &s
 	}
@@ -545,7 +521,7 @@ func machineOf(c *http.Client, url string) (string, error) {
 		return "", err
 	}
 	defer resp.Body.Close()
-	var s seen
+	var s testkit.Seen
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
 		return "", fmt.Errorf("status %d, not a machine's answer: %v", resp.StatusCode, err)
 	}
@@ -556,35 +532,35 @@ func machineOf(c *http.Client, url string) (string, error) {
 // the client sends until it half-closes, then answer
 // "<machine id> <sha256 of what it read>\n" followed by n bytes of the
 // stream seeded with the machine ID, and close.
-func startSinks(t *testing.T, port string, reply int64, ms ...testMachine) map[string]net.Listener {
+func startSinks(t *testing.T, port string, reply int64, ms ...testMachine) map[string]*sink {
 	t.Helper()
-	lns := map[string]net.Listener{}
+	sinks := map[string]*sink{}
 	for _, m := range ms {
 		ln, err := net.Listen("tcp", net.JoinHostPort(m.ip, port))
 		if err != nil {
 			t.Fatalf("machine %s: %v", m.id, err)
 		}
-		t.Cleanup(func() { ln.Close() })
-		lns[m.id] = ln
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					h := sha256.New()
-					if _, err := io.Copy(h, c); err != nil {
-						return
-					}
-					fmt.Fprintf(c, "%s %x\n", m.id, h.Sum(nil))
-					io.CopyN(c, stream(m.id), reply)
-				}()
+		s := &sink{Listener: ln}
+		sinks[m.id] = s
+		testkit.Serve(t, ln, func(c net.Conn) {
+			defer c.Close()
+			s.accepted.Add(1)
+			h := sha256.New()
+			if _, err := io.Copy(h, c); err != nil {
+				return
 			}
-		}()
+			fmt.Fprintf(c, "%s %x\n", m.id, h.Sum(nil))
+			io.CopyN(c, stream(m.id), reply)
+		})
 	}
-	return lns
+	return sinks
+}
+
+// sink is a machine startSinks serves: closing it takes the machine
+// down; accepted counts the connections it took.
+type sink struct {
+	net.Listener
+	accepted atomic.Int64
 }
 
 // stream is a deterministic byte stream.
@@ -684,46 +660,20 @@ func waitListening(t *testing.T, addr string) {
 	})
 }
 
-const pgAddr = "127.0.0.1:5432"
-
-// requirePostgres fails under CI=true, and skips elsewhere, when the
-// machine's PostgreSQL server does not answer.
+// requirePostgres skips a test, or fails it under CI=true, when the
+// shared Caddy or the machine's PostgreSQL server is not there.
 func requirePostgres(t *testing.T) {
 	t.Helper()
 	requireCaddy(t)
-	c, err := net.DialTimeout("tcp", pgAddr, 2*time.Second)
-	if err != nil {
-		msg := fmt.Sprintf("PostgreSQL is not running at %s (start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %v", pgAddr, err)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	c.Close()
+	testkit.RequirePostgres(t)
 }
 
-// testDatabase creates a PostgreSQL database of the test's own and
-// returns its DSN; it is dropped when the test ends.
+// testDatabase is testkit.ScratchDB for a test of the shared Caddy: a
+// database and role of the test's own, dropped when it ends.
 func testDatabase(t *testing.T) string {
 	t.Helper()
-	requirePostgres(t)
-	name := fmt.Sprintf("flyedge_test_%d_%d", os.Getpid(), rand.Uint32())
-	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, "postgres://postgres@"+pgAddr+"/postgres?sslmode=disable")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(ctx)
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if admin, err := pgx.Connect(ctx, "postgres://postgres@"+pgAddr+"/postgres?sslmode=disable"); err == nil {
-			admin.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)")
-			admin.Close(ctx)
-		}
-	})
-	return "postgres://postgres@" + pgAddr + "/" + name + "?sslmode=disable"
+	requireCaddy(t)
+	return testkit.ScratchDB(t)
 }
 
 // openFiles counts the open file descriptors of a process.

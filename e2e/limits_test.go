@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // limitsEdge has an app per kind of limit: web (requests, soft 2, hard
@@ -124,7 +126,7 @@ func startCountingMachine(t *testing.T, id, addr string) *countingMachine {
 				time.Sleep(d)
 			}
 			w.Header().Set("Content-Type", "application/json")
-			json.NewEncoder(w).Encode(seen{Machine: id})
+			json.NewEncoder(w).Encode(testkit.Seen{Machine: id})
 		}),
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			switch s {
@@ -155,7 +157,7 @@ func heldGet(c *http.Client, url string) <-chan string {
 		}
 		defer resp.Body.Close()
 		body, _ := io.ReadAll(resp.Body)
-		var s seen
+		var s testkit.Seen
 		if json.Unmarshal(body, &s) == nil && s.Machine != "" {
 			out <- s.Machine
 			return
@@ -322,32 +324,21 @@ func TestConcurrencyLimits(t *testing.T) {
 
 	t.Run("tcp: at the hard limit a connection waits, then is closed", func(t *testing.T) {
 		var open, peak atomic.Int64
-		ln, err := net.Listen("tcp", "127.0.63.4:"+sinkPort)
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := testkit.Listen(t, "127.0.63.4:"+sinkPort)
 		defer ln.Close()
-		go func() {
+		testkit.Serve(t, ln, func(cn net.Conn) {
+			defer cn.Close()
+			raise(&peak, open.Add(1))
+			defer open.Add(-1)
+			r := bufio.NewReader(cn)
 			for {
-				cn, err := ln.Accept()
+				line, err := r.ReadString('\n')
 				if err != nil {
 					return
 				}
-				go func() {
-					defer cn.Close()
-					raise(&peak, open.Add(1))
-					defer open.Add(-1)
-					r := bufio.NewReader(cn)
-					for {
-						line, err := r.ReadString('\n')
-						if err != nil {
-							return
-						}
-						cn.Write([]byte(line))
-					}
-				}()
+				cn.Write([]byte(line))
 			}
-		}()
+		})
 		dial := func() (net.Conn, *bufio.Reader) {
 			cn, err := net.DialTimeout("tcp", net.JoinHostPort(rawV4, tcpPort), 5*time.Second)
 			if err != nil {

@@ -22,6 +22,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // pgEdge is a loaded edge with the app "pg" (machine: the local
@@ -580,18 +582,12 @@ func startFakePG(t *testing.T, addr string) *fakePG {
 			c.Close()
 		}
 	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			f.mu.Lock()
-			f.held = append(f.held, c)
-			f.mu.Unlock()
-			go f.serve(c)
-		}
-	}()
+	testkit.Serve(t, ln, func(c net.Conn) {
+		f.mu.Lock()
+		f.held = append(f.held, c)
+		f.mu.Unlock()
+		f.serve(c)
+	})
 	return f
 }
 

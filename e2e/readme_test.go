@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // goStandIn stands in for `go build -o <out> ./cmd/caddy` by copying the
@@ -211,13 +213,13 @@ func tryItCommands(t *testing.T) []readmeCommand {
 // the demo, as a user would in a second terminal in dir: each must end
 // within 10s and print what the README shows, as far as its first word.
 func tryIt(t *testing.T, dir, home string) {
-	pg, err := net.DialTimeout("tcp", pgAddr, time.Second)
+	pg, err := net.DialTimeout("tcp", testkit.PostgresAddr, time.Second)
 	if err == nil {
 		pg.Close()
 	}
 	for _, c := range tryItCommands(t) {
 		if strings.Contains(c.cmd, "psql ") && err != nil {
-			t.Logf("PostgreSQL is not running at %s, so %q is not tried", pgAddr, c.cmd)
+			t.Logf("PostgreSQL is not running at %s, so %q is not tried", testkit.PostgresAddr, c.cmd)
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

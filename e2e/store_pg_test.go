@@ -3,73 +3,15 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
-
-// cuttableProxy relays TCP to PostgreSQL until it is cut: then it closes
-// every connection and refuses new ones, as a database that went away.
-type cuttableProxy struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]bool
-}
-
-func newCuttableProxy(t *testing.T, target string) *cuttableProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cuttableProxy{ln: ln, conns: map[net.Conn]bool{}}
-	t.Cleanup(func() { ln.Close(); p.cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			up, err := net.Dial("tcp", target)
-			if p.down || err != nil {
-				p.mu.Unlock()
-				c.Close()
-				if up != nil {
-					up.Close()
-				}
-				continue
-			}
-			p.conns[c], p.conns[up] = true, true
-			p.mu.Unlock()
-			go func() { io.Copy(up, c); up.Close() }()
-			go func() { io.Copy(c, up); c.Close() }()
-		}
-	}()
-	return p
-}
-
-func (p *cuttableProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for c := range p.conns {
-		c.Close()
-	}
-	p.conns = map[net.Conn]bool{}
-}
-
-func (p *cuttableProxy) restore() {
-	p.mu.Lock()
-	p.down = false
-	p.mu.Unlock()
-}
 
 // TestPostgresOutageStorm: two edges on PostgreSQL, a storm of changes,
 // and the database unreachable for 30 s in the middle of it. Every
@@ -80,8 +22,8 @@ func (p *cuttableProxy) restore() {
 func TestPostgresOutageStorm(t *testing.T) {
 	requireCaddy(t)
 	dsn := testDatabase(t)
-	proxy := newCuttableProxy(t, pgAddr)
-	viaProxy := strings.Replace(dsn, pgAddr, proxy.ln.Addr().String(), 1)
+	proxy := testkit.NewCuttableProxy(t, testkit.PostgresAddr)
+	viaProxy := strings.Replace(dsn, testkit.PostgresAddr, proxy.Addr(), 1)
 
 	// edge 0: the shared Caddy, serving web and other on PostgreSQL
 	edgeCount++
@@ -168,11 +110,11 @@ func TestPostgresOutageStorm(t *testing.T) {
 		}
 	}
 	time.Sleep(2 * time.Second)
-	proxy.cut()
+	proxy.Cut()
 	outage.Store(true)
 	time.Sleep(30 * time.Second)
 	outage.Store(false)
-	proxy.restore()
+	proxy.Restore()
 	time.Sleep(3 * time.Second)
 	close(stop)
 	wg.Wait()
