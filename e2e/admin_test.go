@@ -32,7 +32,7 @@ func TestAppsThroughAPI(t *testing.T) {
 	e := startIPEdge(t)
 	node := startStorageNode(t, e.storage) // another edge on the same storage
 	startMachines(t, e.machinePort, apiWeb)
-	startSinks(t, e.rawPort, 0, apiTCP)
+	sinks := startSinks(t, e.rawPort, 0, apiTCP)
 	loads := strings.Count(caddyLog.String(), "admin endpoint started") // once per config load
 	if loads == 0 {
 		t.Fatal("the shared Caddy's log does not show its config loads")
@@ -139,13 +139,14 @@ func TestAppsThroughAPI(t *testing.T) {
 	}
 
 	// destroying tcp2 closes its open connection and releases its address
+	dialed := sinks[apiTCP.id].accepted.Load()
 	c, err := net.DialTimeout("tcp", net.JoinHostPort(v4.Address, e.httpsPort), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	c.Write([]byte("still here"))
-	time.Sleep(100 * time.Millisecond) // the edge has dialed the machine
+	waitFor(t, "the edge to connect tcp2's machine", func() bool { return sinks[apiTCP.id].accepted.Load() > dialed })
 	if out, err := fly(t, adminAddr, "apps", "destroy", "tcp2"); err != nil || !strings.Contains(out, "Destroyed app tcp2") {
 		t.Fatalf("apps destroy: %v\n%s", err, out)
 	}

@@ -446,10 +446,17 @@ func get(t *testing.T, c *http.Client, url string, hdr map[string]string) (*http
 	return resp, string(body), nil
 }
 
-// waitFor polls cond (bounded): health changes take a check interval.
+// waitFor polls cond for up to 10 s: health changes take a check
+// interval.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	waitUntil(t, what, 10*time.Second, cond)
+}
+
+// waitUntil polls cond for up to limit.
+func waitUntil(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if cond() {
 			return
 		}

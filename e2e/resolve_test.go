@@ -306,6 +306,7 @@ func TestSwitchToSharedIPv4(t *testing.T) {
 		failed []string
 	}
 	done := make(chan result)
+	var answered atomic.Int64 // requests the client has had an answer to
 	go func() {
 		var r result
 		for {
@@ -319,9 +320,17 @@ func TestSwitchToSharedIPv4(t *testing.T) {
 			if got, err := machineOf(client, url); err != nil || got != ipWeb.id {
 				r.failed = append(r.failed, fmt.Sprintf("request %d via %s: machine %q, %v", r.sent, dns.Load(), got, err))
 			}
+			answered.Add(1)
 		}
 	}()
-	time.Sleep(200 * time.Millisecond)
+	// between the steps, the client sends requests through the state
+	// each step leaves
+	requests := func(n int64) {
+		t.Helper()
+		want := answered.Load() + n
+		waitFor(t, fmt.Sprintf("%d more requests of the client", n), func() bool { return answered.Load() >= want })
+	}
+	requests(5)
 
 	// 1. allocate a shared address
 	shared := allocate(t, adminAddr, "web", "shared_v4")
@@ -329,16 +338,16 @@ func TestSwitchToSharedIPv4(t *testing.T) {
 	if got, err := machineOf(via(e.roots, shared), url); err != nil || got != ipWeb.id {
 		t.Fatalf("checking the shared address: machine %q, %v", got, err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	requests(5)
 	// 2./5. the DNS record moves to the shared address; caches clear
 	dns.Store(shared)
 	tr.CloseIdleConnections()
-	time.Sleep(200 * time.Millisecond)
+	requests(5)
 	// 6. release the dedicated address
 	if status, body := call(t, adminAddr, http.MethodDelete, "/fly/apps/web/ips/"+dedicated, "", nil); status != http.StatusNoContent {
 		t.Fatalf("release: %d %s", status, body)
 	}
-	time.Sleep(300 * time.Millisecond)
+	requests(5)
 	close(stop)
 	r := <-done
 	if len(r.failed) > 0 || r.sent < 20 {
