@@ -297,6 +297,16 @@ func listeningOn(t *testing.T, ports []int) map[string]int {
 // socketOwner names the process that holds socket inode, as well as it
 // can.
 func socketOwner(inode string) string {
+	pid := socketPID(inode)
+	if pid == 0 {
+		return "a process that is gone"
+	}
+	cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return fmt.Sprintf("process %d (%s)", pid, strings.ReplaceAll(strings.TrimSpace(string(cmd)), "\x00", " "))
+}
+
+// socketPID returns the process that holds socket inode, or 0.
+func socketPID(inode string) int {
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
@@ -306,12 +316,11 @@ func socketOwner(inode string) string {
 		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 		for _, fd := range fds {
 			if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); l == "socket:["+inode+"]" {
-				cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-				return fmt.Sprintf("process %d (%s)", pid, strings.ReplaceAll(strings.TrimSpace(string(cmd)), "\x00", " "))
+				return pid
 			}
 		}
 	}
-	return "a process that is gone"
+	return 0
 }
 
 // ownPIDs are the processes the tests started (Caddy, peers).

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -85,18 +84,8 @@ func demoCopy(t *testing.T) string {
 func listenerPID(t *testing.T, port int) int {
 	t.Helper()
 	for inode := range listeningOn(t, []int{port}) {
-		procs, _ := os.ReadDir("/proc")
-		for _, p := range procs {
-			pid, err := strconv.Atoi(p.Name())
-			if err != nil {
-				continue
-			}
-			fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-			for _, fd := range fds {
-				if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); l == "socket:["+inode+"]" {
-					return pid
-				}
-			}
+		if pid := socketPID(inode); pid != 0 {
+			return pid
 		}
 	}
 	return 0
