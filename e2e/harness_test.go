@@ -4,6 +4,16 @@ package e2e
 // a real process with its admin endpoint on a free loopback port, load
 // each test's config through the admin API, and talk to it with Go's
 // HTTP/1.1 and HTTP/2 clients over real TLS (Caddy's internal issuer).
+//
+// A file per step of the data path (DESIGN.md), named for it: listen
+// (the edge's ports), resolve (the app of a connection), handle_http,
+// handle_replay, handle_tls, handle_l4, handle_proxyproto, pgtls and udp
+// (the handlers), select and limits (the machine), egress (the
+// machines' way out), state, store_pg and admin (apps, addresses and
+// machines as live data, their storage, the admin API and CLI), flytoml
+// (fly.toml in), metrics, and start, examples and readme (Caddy started
+// as users start it). Helpers that other packages' tests use too are in
+// internal/testkit.
 
 import (
 	"bufio"
