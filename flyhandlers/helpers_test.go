@@ -27,18 +27,6 @@ func newFly(t testing.TB, apps map[string]*routing.Application) *routing.App {
 	return fly
 }
 
-// listen listens on a loopback address and closes the listener when the
-// test ends.
-func listen(t *testing.T, addr string) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	return ln
-}
-
 // portOf returns the port of a listener.
 func portOf(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
 
@@ -58,35 +46,6 @@ func accepted(t *testing.T, ln net.Listener) (client net.Conn, cx *layer4.Connec
 	t.Cleanup(func() { server.Close() })
 	client.SetDeadline(time.Now().Add(10 * time.Second))
 	return client, layer4.WrapConnection(server, make([]byte, 0, 4096), zap.NewNop())
-}
-
-// echoMachine serves ln by answering each connection with its id, a
-// space, and then everything it reads back.
-func echoMachine(t *testing.T, ln net.Listener, id string) {
-	t.Helper()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.Write([]byte(id + " "))
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 {
-						c.Write(buf[:n])
-					}
-					if err != nil {
-						c.(*net.TCPConn).CloseWrite()
-						return
-					}
-				}
-			}()
-		}
-	}()
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }

@@ -11,6 +11,7 @@ import (
 	"github.com/mholt/caddy-l4/layer4"
 	"go.uber.org/zap"
 
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
@@ -51,12 +52,12 @@ func exchange(t *testing.T, c net.Conn, msg string) string {
 // the edge port; the nearest machine first, the next one when it is
 // down; a port no app serves is closed unserved.
 func TestFlyProxy(t *testing.T) {
-	edge := listen(t, "127.0.0.1:0")
-	m1 := listen(t, "127.0.61.1:0")
+	edge := testkit.Listen(t, "127.0.0.1:0")
+	m1 := testkit.Listen(t, "127.0.61.1:0")
 	internal := portOf(m1)
-	m2 := listen(t, net.JoinHostPort("127.0.61.2", itoa(internal)))
-	echoMachine(t, m1, "near")
-	echoMachine(t, m2, "far")
+	m2 := testkit.Listen(t, net.JoinHostPort("127.0.61.2", itoa(internal)))
+	testkit.EchoMachine(t, m1, "near")
+	testkit.EchoMachine(t, m2, "far")
 	fly := newFly(t, map[string]*routing.Application{
 		"tcp": tcpApp(portOf(edge), internal, nil, "127.0.61.1", "127.0.61.2"),
 	})
@@ -80,7 +81,7 @@ func TestFlyProxy(t *testing.T) {
 		t.Fatalf("with the nearest machine down: %q, want the next one's echo", got)
 	}
 
-	other := listen(t, "127.0.0.1:0") // a port no app serves
+	other := testkit.Listen(t, "127.0.0.1:0") // a port no app serves
 	client, cx := accepted(t, other)
 	if err := p.Handle(cx, nil); err != nil {
 		t.Errorf("Handle on a port of no app: %v, want a quiet close", err)
@@ -95,9 +96,9 @@ func TestFlyProxy(t *testing.T) {
 // app's port lists (here: no TLS for a tls port) does not pass the
 // connection on.
 func TestFlyProxyHandlerMismatch(t *testing.T) {
-	edge := listen(t, "127.0.0.1:0")
-	m := listen(t, "127.0.61.3:0")
-	echoMachine(t, m, "m")
+	edge := testkit.Listen(t, "127.0.0.1:0")
+	m := testkit.Listen(t, "127.0.61.3:0")
+	testkit.EchoMachine(t, m, "m")
 	fly := newFly(t, map[string]*routing.Application{"tls": tcpApp(portOf(edge), portOf(m), []string{"tls"}, "127.0.61.3")})
 	client, cx := accepted(t, edge)
 	err := newFlyProxy(fly).Handle(cx, nil)
@@ -114,8 +115,8 @@ func TestFlyProxyHandlerMismatch(t *testing.T) {
 // header with the client's and the edge's addresses before the client's
 // bytes, in the version of the app's port.
 func TestProxyProtoThenFlyProxy(t *testing.T) {
-	edge := listen(t, "127.0.0.1:0")
-	m := listen(t, "127.0.61.4:0")
+	edge := testkit.Listen(t, "127.0.0.1:0")
+	m := testkit.Listen(t, "127.0.61.4:0")
 	app := tcpApp(portOf(edge), portOf(m), []string{"proxy_proto"}, "127.0.61.4")
 	app.Services[0].Ports[0].ProxyProtoOptions = &routing.ProxyProtoOptions{Version: "v1"}
 	fly := newFly(t, map[string]*routing.Application{"pp": app})

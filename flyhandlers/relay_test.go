@@ -8,14 +8,16 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // relayPair starts a relay between a client and a machine connection and
 // returns the client's end, the machine's end and the relay's result.
 func relayPair(t *testing.T, idle time.Duration) (client, machine net.Conn, done <-chan error) {
 	t.Helper()
-	edge := listen(t, "127.0.0.1:0")
-	mln := listen(t, "127.0.0.1:0")
+	edge := testkit.Listen(t, "127.0.0.1:0")
+	mln := testkit.Listen(t, "127.0.0.1:0")
 	client, cx := accepted(t, edge)
 	up, err := net.Dial("tcp", mln.Addr().String())
 	if err != nil {

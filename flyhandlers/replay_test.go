@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"io"
 	"strings"
+	"sync"
 	"testing"
-	"time"
 )
 
 func TestParseReplayHeader(t *testing.T) {
@@ -96,11 +96,12 @@ func TestReplayBody(t *testing.T) {
 	// an old pass blocked in a read when the replay begins: what it gets
 	// goes to the new pass
 	pr, pw := io.Pipe()
-	b := newReplayBody(pr, false)
+	src := &readStarted{ReadCloser: pr, started: make(chan struct{})}
+	b := newReplayBody(src, false)
 	old := b.reader()
 	got := make(chan error, 1)
 	go func() { _, err := old.Read(make([]byte, 64)); got <- err }()
-	time.Sleep(20 * time.Millisecond) // old is in src.Read
+	<-src.started // old is in src.Read
 	r := b.reader()
 	go func() { pw.Write([]byte("hello ")); pw.Write([]byte("world")); pw.Close() }()
 	if err := <-got; err != errPassOver {
@@ -127,4 +128,16 @@ func TestReplayBody(t *testing.T) {
 	if len(rest) != len(payload)-100 || len(b.buf) != 0 {
 		t.Errorf("after noReplays: %d bytes read on, %d kept", len(rest), len(b.buf))
 	}
+}
+
+// readStarted closes started when its first Read begins.
+type readStarted struct {
+	io.ReadCloser
+	once    sync.Once
+	started chan struct{}
+}
+
+func (r *readStarted) Read(p []byte) (int, error) {
+	r.once.Do(func() { close(r.started) })
+	return r.ReadCloser.Read(p)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/mholt/caddy-l4/layer4"
 	"go.uber.org/zap"
 
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
@@ -35,7 +36,7 @@ func newFlyTLS(t *testing.T, fly *routing.App, cert *tls.Certificate) *TLS {
 // passes the plaintext on, recording the route; a client whose name
 // reaches no app gets no handshake.
 func TestFlyTLS(t *testing.T) {
-	edge := listen(t, "127.0.0.1:0")
+	edge := testkit.Listen(t, "127.0.0.1:0")
 	port := portOf(edge)
 	strict := &routing.Port{Port: port, Handlers: []string{"tls"}, TLSOptions: &routing.TLSOptions{ALPN: []string{"http/1.1"}, Versions: []string{"TLSv1.3"}}}
 	fly := newFly(t, map[string]*routing.Application{

@@ -11,6 +11,8 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // seed gives each of the first n apps a dedicated IPv6 address, in one
@@ -62,7 +64,7 @@ func BenchmarkAllocateStorage(b *testing.B) {
 		b.Run(kind, func(b *testing.B) {
 			var st certmagic.Storage = &certmagic.FileStorage{Path: b.TempDir()}
 			if kind == "postgres" {
-				st = pgStorage(b, testDSN(b))
+				st = pgStorage(b, testkit.ScratchDB(b))
 			}
 			a := nodeOn(b, newFly(b, n), st, Pools{V6: []string{"fd00:fe::/64"}, V4: []string{"10.0.0.0/8"}})
 			seed(b, a, n)
@@ -91,7 +93,7 @@ func BenchmarkLoadStorage(b *testing.B) {
 		b.Run(kind, func(b *testing.B) {
 			var st certmagic.Storage = &certmagic.FileStorage{Path: b.TempDir()}
 			if kind == "postgres" {
-				st = pgStorage(b, testDSN(b))
+				st = pgStorage(b, testkit.ScratchDB(b))
 			}
 			a := nodeOn(b, newFly(b, n), st, Pools{V6: []string{"fd00:fe::/64"}})
 			seed(b, a, n)

@@ -2,14 +2,9 @@ package ipalloc
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -22,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 	"github.com/flyedge/caddy-flyedge/pgstore"
 	"github.com/flyedge/caddy-flyedge/routing"
 )
@@ -44,38 +40,6 @@ func pgStorage(t testing.TB, dsn string) certmagic.Storage {
 	return st
 }
 
-func testDSN(t testing.TB) string {
-	t.Helper()
-	const addr = "127.0.0.1:5432"
-	if c, err := net.DialTimeout("tcp", addr, 2*time.Second); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("PostgreSQL is not running at %s: %v", addr, err)
-		}
-		t.Skipf("PostgreSQL is not running at %s: %v", addr, err)
-	} else {
-		c.Close()
-	}
-	var b [6]byte
-	rand.Read(b[:])
-	name := "flyedge_ipalloc_" + hex.EncodeToString(b[:])
-	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, "postgres://postgres@"+addr+"/postgres?sslmode=disable")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(ctx)
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if admin, err := pgx.Connect(ctx, "postgres://postgres@"+addr+"/postgres?sslmode=disable"); err == nil {
-			admin.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)")
-			admin.Close(ctx)
-		}
-	})
-	return "postgres://postgres@" + addr + "/" + name + "?sslmode=disable"
-}
-
 // TestPushOnPostgres: on caddy.storage.postgres an edge learns of
 // another's change by PostgreSQL's notification, not by the poll (which
 // this test turns off).
@@ -83,7 +47,7 @@ func TestPushOnPostgres(t *testing.T) {
 	old := pollInterval
 	pollInterval = time.Hour
 	t.Cleanup(func() { pollInterval = old })
-	nodes := pgNodes(t, testDSN(t), 2, testPools)
+	nodes := pgNodes(t, testkit.ScratchDB(t), 2, testPools)
 	ctx := context.Background()
 	for i := range 20 {
 		id := fmt.Sprintf("0000000000c%03x", i)
@@ -111,67 +75,6 @@ func TestPushOnPostgres(t *testing.T) {
 		}
 		return ""
 	})
-}
-
-// outageProxy relays TCP to PostgreSQL until it is cut: then it closes
-// every connection and refuses new ones, as a database that went away.
-type outageProxy struct {
-	ln     net.Listener
-	mu     sync.Mutex
-	down   bool
-	conns  map[net.Conn]bool
-	target string
-}
-
-func newOutageProxy(t *testing.T, target string) *outageProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &outageProxy{ln: ln, conns: map[net.Conn]bool{}, target: target}
-	t.Cleanup(func() { ln.Close(); p.cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			if p.down {
-				p.mu.Unlock()
-				c.Close()
-				continue
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				p.mu.Unlock()
-				c.Close()
-				continue
-			}
-			p.conns[c], p.conns[up] = true, true
-			p.mu.Unlock()
-			go func() { io.Copy(up, c); up.Close() }()
-			go func() { io.Copy(c, up); c.Close() }()
-		}
-	}()
-	return p
-}
-
-func (p *outageProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for c := range p.conns {
-		c.Close()
-	}
-	p.conns = map[net.Conn]bool{}
-}
-
-func (p *outageProxy) restore() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = false
 }
 
 // pgNodes starts n edges (their own fly apps, stores and connection
@@ -212,9 +115,9 @@ func nodeOn(t testing.TB, fly *routing.App, st certmagic.Storage, pools Pools) *
 // (503) and changes nothing; once the database is back, changes work
 // and both edges agree on every acknowledged change.
 func TestPostgresOutage(t *testing.T) {
-	dsn := testDSN(t)
-	proxy := newOutageProxy(t, "127.0.0.1:5432")
-	dsn = strings.Replace(dsn, "127.0.0.1:5432", proxy.ln.Addr().String(), 1)
+	dsn := testkit.ScratchDB(t)
+	proxy := testkit.NewCuttableProxy(t, testkit.PostgresAddr)
+	dsn = strings.Replace(dsn, testkit.PostgresAddr, proxy.Addr(), 1)
 	nodes := pgNodes(t, dsn, 2, testPools)
 	ctx := context.Background()
 	v4, _, err := nodes[0].Allocate(ctx, "app1", TypeV4)
@@ -236,7 +139,7 @@ func TestPostgresOutage(t *testing.T) {
 		return ""
 	})
 
-	proxy.cut()
+	proxy.Cut()
 	for i, node := range nodes {
 		began := time.Now()
 		_, _, err := node.Allocate(ctx, "app2", TypeV4)
@@ -263,7 +166,7 @@ func TestPostgresOutage(t *testing.T) {
 		}
 	}
 
-	proxy.restore()
+	proxy.Restore()
 	var after Assignment
 	eventually(t, func() string {
 		var err error
@@ -290,7 +193,7 @@ func TestPostgresOutage(t *testing.T) {
 // TestLastAddressRace: two edges racing for the last free address of a
 // pool: exactly one gets it.
 func TestLastAddressRace(t *testing.T) {
-	nodes := pgNodes(t, testDSN(t), 2, Pools{V4: []string{"127.30.0.1"}})
+	nodes := pgNodes(t, testkit.ScratchDB(t), 2, Pools{V4: []string{"127.30.0.1"}})
 	var wg sync.WaitGroup
 	results := make([]error, 2)
 	for i, node := range nodes {
@@ -401,7 +304,7 @@ func TestUnstoredCreateUndone(t *testing.T) {
 // that took the request answers 503 and neither edge has the app, then
 // or after later changes; the two agree.
 func TestUnstoredCreateOnPostgres(t *testing.T) {
-	dsn := testDSN(t)
+	dsn := testkit.ScratchDB(t)
 	nodes := pgNodes(t, dsn, 2, testPools)
 	ctx := context.Background()
 	db, err := pgx.Connect(ctx, dsn)

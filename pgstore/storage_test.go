@@ -3,12 +3,10 @@ package pgstore
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"slices"
@@ -21,47 +19,13 @@ import (
 	"github.com/caddyserver/certmagic"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
-// The tests use the PostgreSQL server at 127.0.0.1:5432 (user postgres,
-// trust authentication), in a database of their own per run.
-const pgAddr = "127.0.0.1:5432"
-
-// testDSN creates a database for this run and returns its DSN; it is
-// dropped when the test ends. Without a server the test is skipped, or
-// fails under CI=true.
-func testDSN(t testing.TB) string {
-	t.Helper()
-	if c, err := net.DialTimeout("tcp", pgAddr, 2*time.Second); err != nil {
-		msg := fmt.Sprintf("PostgreSQL is not running at %s (start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %v", pgAddr, err)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	} else {
-		c.Close()
-	}
-	var b [6]byte
-	rand.Read(b[:])
-	name := "flyedge_pgstore_" + hex.EncodeToString(b[:])
-	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, "postgres://postgres@"+pgAddr+"/postgres?sslmode=disable")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	admin.Close(ctx)
-	t.Cleanup(func() {
-		admin, err := pgx.Connect(ctx, "postgres://postgres@"+pgAddr+"/postgres?sslmode=disable")
-		if err == nil {
-			admin.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)")
-			admin.Close(ctx)
-		}
-	})
-	return "postgres://postgres@" + pgAddr + "/" + name + "?sslmode=disable"
-}
+// The tests use the PostgreSQL server at 127.0.0.1:5432, in a scratch
+// database of their own per test (testkit.ScratchDB): without a server
+// they are skipped, or fail under CI=true.
 
 // newStorage provisions a Storage on dsn, with a connection pool of its
 // own (as another process would have).
@@ -92,7 +56,8 @@ func newStorage(t testing.TB, dsn string, lease time.Duration) certmagic.Storage
 // List and Delete against certmagic's FileStorage and against
 // PostgreSQL, and wants the same answers.
 func TestStorageAsFileStorage(t *testing.T) {
-	pg := newStorage(t, testDSN(t), 10*time.Second)
+	dsn := testkit.ScratchDB(t)
+	pg := newStorage(t, dsn, 10*time.Second)
 	file := &certmagic.FileStorage{Path: t.TempDir()}
 	ctx := context.Background()
 	run := func(st certmagic.Storage) []string {
@@ -151,7 +116,8 @@ func TestStorageAsFileStorage(t *testing.T) {
 	if _, err := pg.Load(ctx, "missing"); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Load of a missing key: %v, want fs.ErrNotExist", err)
 	}
-	if s := fmt.Sprint(pg); strings.Contains(s, "password") || !strings.HasPrefix(s, "postgres:postgres@127.0.0.1:5432/flyedge_pgstore_") {
+	u, _ := url.Parse(dsn) // user@host/database, as the scratch database has them
+	if s := fmt.Sprint(pg); strings.Contains(s, "password") || !strings.HasPrefix(s, "postgres:"+u.User.Username()+"@"+u.Host+u.Path+"/") {
 		t.Errorf("the storage's name: %s", s)
 	}
 }
@@ -160,7 +126,7 @@ func TestStorageAsFileStorage(t *testing.T) {
 // pools of their own; a waiter gets the lock once it is released, and a
 // holder keeps it past its lease by renewing.
 func TestLockContention(t *testing.T) {
-	dsn := testDSN(t)
+	dsn := testkit.ScratchDB(t)
 	lease := time.Second
 	a, b := newStorage(t, dsn, lease), newStorage(t, dsn, lease)
 	ctx := context.Background()
@@ -183,7 +149,7 @@ func TestLockContention(t *testing.T) {
 			got <- time.Now()
 		}
 	}()
-	time.Sleep(100 * time.Millisecond)
+	waitLockWaiters(t, b, 1)
 	released := time.Now()
 	if err := a.Unlock(ctx, "job"); err != nil {
 		t.Fatal(err)
@@ -218,7 +184,7 @@ func TestLockOfKilledHolder(t *testing.T) {
 		holdLock()
 		return
 	}
-	dsn := testDSN(t)
+	dsn := testkit.ScratchDB(t)
 	lease := 2 * time.Second
 	cmd := exec.Command(os.Args[0], "-test.run=^TestLockOfKilledHolder$")
 	cmd.Env = append(os.Environ(), "PGSTORE_HOLDER_DSN="+dsn, "PGSTORE_HOLDER_LEASE="+lease.String())
@@ -240,8 +206,9 @@ func TestLockOfKilledHolder(t *testing.T) {
 	if ok, _ := st.(certmagic.TryLocker).TryLock(ctx, "job"); ok {
 		t.Fatal("the lock of a live holder was taken")
 	}
-	// it renews: still held after more than a lease
-	time.Sleep(lease + lease/2)
+	// it renews: still held once the lease it had when we looked ran out
+	// by the database's clock, which decides expiry
+	waitLeaseRunsOut(t, dsn, "job")
 	if ok, _ := st.(certmagic.TryLocker).TryLock(ctx, "job"); ok {
 		t.Fatal("the lock of a live, renewing holder was taken after its first lease")
 	}
@@ -255,6 +222,53 @@ func TestLockOfKilledHolder(t *testing.T) {
 	}
 	t.Logf("taken %v after the holder was killed (lease %v)", time.Since(killed).Round(time.Millisecond), lease)
 	st.Unlock(ctx, "job")
+}
+
+// waitLockWaiters waits until n subscribers of st's connection pool
+// listen for released locks: a Lock that found its lock held subscribes
+// before it waits.
+func waitLockWaiters(t *testing.T, st certmagic.Storage, n int) {
+	t.Helper()
+	d := st.(*store).db
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		d.subsMu.Lock()
+		waiting := len(d.lockSubs)
+		d.subsMu.Unlock()
+		if waiting >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d waiters for a released lock after 5 s", waiting, n)
+		}
+	}
+}
+
+// waitLeaseRunsOut reads when the lease of lock name runs out and waits
+// until the database's clock, which decides expiry, is past it: the lock
+// is held after that only if its holder renewed it.
+func waitLeaseRunsOut(t *testing.T, dsn, name string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var expires time.Time
+	if err := conn.QueryRow(ctx, `SELECT expires FROM flyedge_storage WHERE kind = 'l' AND key = $1`, name).Scan(&expires); err != nil {
+		t.Fatalf("the lease of lock %s: %v", name, err)
+	}
+	for {
+		var past bool
+		if err := conn.QueryRow(ctx, `SELECT now() > $1`, expires).Scan(&past); err != nil {
+			t.Fatalf("waiting for the lease of lock %s to run out: %v", name, err)
+		}
+		if past {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // holdLock is the holder process of TestLockOfKilledHolder.
@@ -337,7 +351,7 @@ func TestProvisionErrors(t *testing.T) {
 // TestSubscribeChanges: a key stored through one pool is told to the
 // subscribers of another, as PostgreSQL notifies it.
 func TestSubscribeChanges(t *testing.T) {
-	dsn := testDSN(t)
+	dsn := testkit.ScratchDB(t)
 	a, b := newStorage(t, dsn, 10*time.Second), newStorage(t, dsn, 10*time.Second)
 	ch, stop := b.(interface {
 		SubscribeChanges() (<-chan string, func())
@@ -371,16 +385,25 @@ func TestSubscribeChanges(t *testing.T) {
 // TestLockWokenByRelease: a waiter learns of the release from
 // PostgreSQL, not from its poll (which this test makes an hour long).
 func TestLockWokenByRelease(t *testing.T) {
-	dsn := testDSN(t)
+	dsn := testkit.ScratchDB(t)
 	a, b := newStorage(t, dsn, 10*time.Second), newStorage(t, dsn, 10*time.Second)
 	b.(*store).poll = time.Hour
 	ctx := context.Background()
 	if err := a.Lock(ctx, "job"); err != nil {
 		t.Fatal(err)
 	}
+	// the listener is up before b waits, so the start of the listener,
+	// which wakes every waiter, cannot be what wakes b
+	probe, stop := b.(*store).db.subscribeLocks()
+	defer stop()
+	select {
+	case <-probe:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the listener for released locks did not start")
+	}
 	got := make(chan error, 1)
 	go func() { got <- b.Lock(ctx, "job") }()
-	time.Sleep(300 * time.Millisecond) // b is waiting
+	waitLockWaiters(t, b, 2) // the probe and b
 	released := time.Now()
 	if err := a.Unlock(ctx, "job"); err != nil {
 		t.Fatal(err)

@@ -133,7 +133,11 @@ func TestAcquireQueue(t *testing.T) {
 		i, _ := Acquire(context.Background(), rt, pool{}, Preference{})
 		done <- i
 	}()
-	time.Sleep(50 * time.Millisecond)
+	for deadline := time.Now().Add(5 * time.Second); rt.queue.waiting.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the fourth Acquire is not in the queue after 5 s")
+		}
+	}
 	rt.Release(taken[2])
 	select {
 	case i := <-done:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs one area of the end-to-end tests, or several: an area is a test
-# file at the root without _test.go (edge, routing, ipalloc, l4, tls,
-# proxyproto, peers, pg, examples). Extra arguments go to go test.
+# file of e2e/ without _test.go, named for the data-path step it covers
+# (listen, resolve, handle_http, handle_tls, pgtls, udp, state, admin,
+# store_pg, examples, ...). Extra arguments go to go test.
 #
-#   scripts/e2e.sh pg -count=1
-#   scripts/e2e.sh edge tls -race
+#   scripts/e2e.sh pgtls -count=1
+#   scripts/e2e.sh handle_http handle_tls -race
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../e2e"
 
 areas=()
 while [ $# -gt 0 ] && [[ $1 != -* ]]; do areas+=("$1"); shift; done
@@ -19,7 +20,7 @@ tests=()
 for a in "${areas[@]}"; do
 	f="${a}_test.go"
 	if [ ! -f "$f" ] || [ "$a" = harness ]; then
-		echo "no such area: $a (no test file $f)" >&2
+		echo "no such area: $a (no test file e2e/$f)" >&2
 		exit 2
 	fi
 	tests+=($(sed -n 's/^func \(Test[A-Za-z0-9_]*\)(t \*testing.T).*/\1/p' "$f"))

@@ -1,4 +1,4 @@
-package flyedge_test
+package e2e
 
 import (
 	"context"
@@ -7,11 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // goStandIn stands in for `go build -o <out> ./cmd/caddy` by copying the
@@ -42,7 +43,7 @@ exit 2
 // of its first code block, without its comment.
 func readmeSetUp(t *testing.T) string {
 	t.Helper()
-	b, err := os.ReadFile("README.md")
+	b, err := os.ReadFile(filepath.Join(moduleRoot, "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,14 +61,15 @@ func readmeSetUp(t *testing.T) string {
 func demoCopy(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	files, _ := filepath.Glob("scripts/*")
-	files = append(files, "Caddyfile.example", "caddy.json.example")
-	for _, f := range files {
-		b, err := os.ReadFile(f)
+	files, _ := filepath.Glob(filepath.Join(moduleRoot, "scripts", "*"))
+	files = append(files, filepath.Join(moduleRoot, "Caddyfile.example"), filepath.Join(moduleRoot, "caddy.json.example"))
+	for _, src := range files {
+		f, _ := filepath.Rel(moduleRoot, src) // its path in the copy
+		b, err := os.ReadFile(src)
 		if err != nil {
 			t.Fatal(err)
 		}
-		st, _ := os.Stat(f)
+		st, _ := os.Stat(src)
 		if err := os.MkdirAll(filepath.Join(dir, filepath.Dir(f)), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -82,18 +84,8 @@ func demoCopy(t *testing.T) string {
 func listenerPID(t *testing.T, port int) int {
 	t.Helper()
 	for inode := range listeningOn(t, []int{port}) {
-		procs, _ := os.ReadDir("/proc")
-		for _, p := range procs {
-			pid, err := strconv.Atoi(p.Name())
-			if err != nil {
-				continue
-			}
-			fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-			for _, fd := range fds {
-				if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); l == "socket:["+inode+"]" {
-					return pid
-				}
-			}
+		if pid := socketPID(inode); pid != 0 {
+			return pid
 		}
 	}
 	return 0
@@ -178,7 +170,7 @@ type readmeCommand struct{ cmd, out string }
 // tryItCommands returns the commands of the README's "Try it" section.
 func tryItCommands(t *testing.T) []readmeCommand {
 	t.Helper()
-	b, err := os.ReadFile("README.md")
+	b, err := os.ReadFile(filepath.Join(moduleRoot, "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,13 +202,13 @@ func tryItCommands(t *testing.T) []readmeCommand {
 // the demo, as a user would in a second terminal in dir: each must end
 // within 10s and print what the README shows, as far as its first word.
 func tryIt(t *testing.T, dir, home string) {
-	pg, err := net.DialTimeout("tcp", pgAddr, time.Second)
+	pg, err := net.DialTimeout("tcp", testkit.PostgresAddr, time.Second)
 	if err == nil {
 		pg.Close()
 	}
 	for _, c := range tryItCommands(t) {
 		if strings.Contains(c.cmd, "psql ") && err != nil {
-			t.Logf("PostgreSQL is not running at %s, so %q is not tried", pgAddr, c.cmd)
+			t.Logf("PostgreSQL is not running at %s, so %q is not tried", testkit.PostgresAddr, c.cmd)
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

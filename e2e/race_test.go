@@ -1,6 +1,6 @@
 //go:build race
 
-package flyedge_test
+package e2e
 
 // raceEnabled builds the Caddy under test with the race detector too.
 const raceEnabled = true

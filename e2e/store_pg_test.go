@@ -1,87 +1,30 @@
-package flyedge_test
+package e2e
 
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
-// cuttableProxy relays TCP to PostgreSQL until it is cut: then it closes
-// every connection and refuses new ones, as a database that went away.
-type cuttableProxy struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]bool
-}
-
-func newCuttableProxy(t *testing.T, target string) *cuttableProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cuttableProxy{ln: ln, conns: map[net.Conn]bool{}}
-	t.Cleanup(func() { ln.Close(); p.cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			up, err := net.Dial("tcp", target)
-			if p.down || err != nil {
-				p.mu.Unlock()
-				c.Close()
-				if up != nil {
-					up.Close()
-				}
-				continue
-			}
-			p.conns[c], p.conns[up] = true, true
-			p.mu.Unlock()
-			go func() { io.Copy(up, c); up.Close() }()
-			go func() { io.Copy(c, up); c.Close() }()
-		}
-	}()
-	return p
-}
-
-func (p *cuttableProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for c := range p.conns {
-		c.Close()
-	}
-	p.conns = map[net.Conn]bool{}
-}
-
-func (p *cuttableProxy) restore() {
-	p.mu.Lock()
-	p.down = false
-	p.mu.Unlock()
-}
-
 // TestPostgresOutageStorm: two edges on PostgreSQL, a storm of changes,
-// and the database unreachable for 30 s in the middle of it. Every
-// request to an existing app succeeds throughout; every change during the
-// outage fails fast with a 503 JSON error, never a hang and never a 2xx;
-// when the database is back both edges converge on every acknowledged
-// change.
+// and the database unreachable in the middle of it, until every worker
+// of the storm has had changes answered during the outage. Every request
+// to an existing app succeeds throughout; every change during the outage
+// fails fast with a 503 JSON error, never a hang and never a 2xx; when
+// the database is back, and every worker has had changes taken again,
+// both edges converge on every acknowledged change.
 func TestPostgresOutageStorm(t *testing.T) {
 	requireCaddy(t)
 	dsn := testDatabase(t)
-	proxy := newCuttableProxy(t, pgAddr)
-	viaProxy := strings.Replace(dsn, pgAddr, proxy.ln.Addr().String(), 1)
+	proxy := testkit.NewCuttableProxy(t, testkit.PostgresAddr)
+	viaProxy := strings.Replace(dsn, testkit.PostgresAddr, proxy.Addr(), 1)
 
 	// edge 0: the shared Caddy, serving web and other on PostgreSQL
 	edgeCount++
@@ -99,8 +42,16 @@ func TestPostgresOutageStorm(t *testing.T) {
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	var stopOnce sync.Once
+	halt := func() { stopOnce.Do(func() { close(stop) }); wg.Wait() }
+	defer halt() // a wait that fails stops the storm before the test ends
+	// the phase a request or change began in: before the outage, during
+	// it, after it
+	const before, during, after = 0, 1, 2
+	var phase atomic.Int32
 	// requests to the existing apps, all along
 	var requests, failed atomic.Int64
+	var served [3]atomic.Int64 // by the phase they began in
 	var firstFailure atomic.Value
 	shared := via(nil, sharedV4)
 	for _, app := range []string{"web", "other"} {
@@ -111,11 +62,14 @@ func TestPostgresOutageStorm(t *testing.T) {
 					return
 				default:
 				}
+				p := phase.Load()
 				got, err := machineOf(shared, "http://"+app+"."+domain+":"+httpPort+"/")
 				requests.Add(1)
 				if err != nil || got == "" {
 					failed.Add(1)
 					firstFailure.CompareAndSwap(nil, fmt.Sprintf("%s: %q %v", app, got, err))
+				} else {
+					served[p].Add(1)
 				}
 				time.Sleep(5 * time.Millisecond)
 			}
@@ -125,6 +79,8 @@ func TestPostgresOutageStorm(t *testing.T) {
 	var outage atomic.Bool
 	var acked sync.Map // "app address" -> true
 	var refused, duringOutage atomic.Int64
+	var answered [2][4][3]atomic.Int64 // by edge, worker and the phase the change began in
+	var storeBack [2][4]atomic.Int64   // by edge and worker: changes begun after the outage that the store took (not a 503)
 	for k, admin := range []string{node.admin, adminAddr} {
 		for w := range 4 {
 			wg.Go(func() {
@@ -138,6 +94,7 @@ func TestPostgresOutageStorm(t *testing.T) {
 					if k == 1 {
 						app = "secure"
 					}
+					p := phase.Load()
 					began := time.Now()
 					var a assignment
 					status, body := call(t, admin, http.MethodPost, "/fly/apps/"+app+"/ips", `{"type":"v6"}`, &a)
@@ -162,20 +119,65 @@ func TestPostgresOutageStorm(t *testing.T) {
 					if took > 10*time.Second {
 						t.Errorf("a change took %v", took)
 					}
+					answered[k][w][p].Add(1)
+					if p == after && status != http.StatusServiceUnavailable {
+						storeBack[k][w].Add(1)
+					}
 					time.Sleep(20 * time.Millisecond)
 				}
 			})
 		}
 	}
-	time.Sleep(2 * time.Second)
-	proxy.cut()
+	// every worker answered per phase, requests served, as the waits ask
+	storm := func(p int32, changes, requests int64) func() bool {
+		return func() bool {
+			for k := range answered {
+				for w := range answered[k] {
+					if answered[k][w][p].Load() < changes {
+						return false
+					}
+				}
+			}
+			return served[p].Load() >= requests
+		}
+	}
+	waitFor(t, "the storm and the requests to be under way", storm(before, 3, 10))
+	// each edge's listener for changes tells when it lost the database,
+	// and again each time it fails to reach it
+	const lost = "listening for storage changes; trying again in 1s"
+	listenerLost := func() [2]int {
+		return [2]int{strings.Count(node.log.String(), lost), strings.Count(caddyLog.String(), lost)}
+	}
+	lostBefore := listenerLost()
+	proxy.Cut()
+	cut := time.Now()
 	outage.Store(true)
-	time.Sleep(30 * time.Second)
+	phase.Store(during)
+	// the outage lasts until each worker of the storm has had three
+	// changes answered that it began during the outage (a hang shows as
+	// a change that took over 10 s, or as this wait running out), the
+	// existing apps have been served through it, and each edge's
+	// listener for changes has lost the database and failed to reach it
+	// again
+	waitUntil(t, "every worker of the storm to have three changes answered during the outage, and each edge's listener to have tried the database again", 90*time.Second, func() bool {
+		n := listenerLost()
+		return storm(during, 3, 20)() && n[0] >= lostBefore[0]+2 && n[1] >= lostBefore[1]+2
+	})
 	outage.Store(false)
-	proxy.restore()
-	time.Sleep(3 * time.Second)
-	close(stop)
-	wg.Wait()
+	phase.Store(after)
+	proxy.Restore()
+	t.Logf("the database was unreachable for %v", time.Since(cut).Round(time.Millisecond))
+	waitUntil(t, "every worker of the storm to have three changes taken after the outage", 60*time.Second, func() bool {
+		for k := range storeBack {
+			for w := range storeBack[k] {
+				if storeBack[k][w].Load() < 3 {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	halt()
 	t.Logf("%d requests to existing apps, %d failed; %d changes refused with 503 (%d tried during the outage)", requests.Load(), failed.Load(), refused.Load(), duringOutage.Load())
 	if failed.Load() > 0 {
 		t.Errorf("%d requests to existing apps failed, the first: %v", failed.Load(), firstFailure.Load())
@@ -206,3 +208,12 @@ func TestPostgresOutageStorm(t *testing.T) {
 	})
 	t.Logf("%d acknowledged assignments on both edges", len(want))
 }
+
+// TestSharedStorageOnPostgres: TestSharedStorage (state_test.go) with
+// the storage in PostgreSQL (caddy.storage.postgres).
+func TestSharedStorageOnPostgres(t *testing.T) { testSharedStorage(t, testDatabase(t)) }
+
+// TestCrashDuringStormOnPostgres: TestCrashDuringStorm (state_test.go)
+// with the storage in PostgreSQL; the killed process's lock is taken
+// over after its lease.
+func TestCrashDuringStormOnPostgres(t *testing.T) { testCrashDuringStorm(t, testDatabase(t)) }

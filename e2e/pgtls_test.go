@@ -1,4 +1,4 @@
-package flyedge_test
+package e2e
 
 import (
 	"context"
@@ -22,6 +22,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // pgEdge is a loaded edge with the app "pg" (machine: the local
@@ -580,18 +582,12 @@ func startFakePG(t *testing.T, addr string) *fakePG {
 			c.Close()
 		}
 	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			f.mu.Lock()
-			f.held = append(f.held, c)
-			f.mu.Unlock()
-			go f.serve(c)
-		}
-	}()
+	testkit.Serve(t, ln, func(c net.Conn) {
+		f.mu.Lock()
+		f.held = append(f.held, c)
+		f.mu.Unlock()
+		f.serve(c)
+	})
 	return f
 }
 
@@ -678,10 +674,23 @@ func TestPGTLSCancelBounded(t *testing.T) {
 		c.Close()
 	}
 
+	// the edge closes a cancel it does not forward at once, and one it
+	// forwards only once the machine has it (and then holds it up to
+	// cancel_timeout): when the edge has closed these, a cancel it
+	// forwarded would be in the machine's count
 	for _, addr := range []string{nobody, other} {
-		sendCancel(addr)
+		c, err := net.Dial("tcp", net.JoinHostPort(addr, port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(cancelReq)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = io.Copy(io.Discard, c)
+		c.Close()
+		if err != nil {
+			t.Fatalf("a cancel sent to %s: the edge did not close it: %v", addr, err)
+		}
 	}
-	time.Sleep(500 * time.Millisecond)
 	if n := machine.cancels.Load(); n != 0 {
 		t.Fatalf("%d cancels sent to an address of no app or of another app reached the machine", n)
 	}
@@ -716,5 +725,77 @@ func TestPGTLSCancelBounded(t *testing.T) {
 	t.Logf("edge open files: %d before, %d with 500 cancels pending, %d after cancel_timeout", before, peak, after)
 	if after > before+10 {
 		t.Errorf("edge holds %d open files after cancel_timeout, %d before the cancels", after, before)
+	}
+}
+
+// TestPGTLSByAddress: pg_tls routes by the address too: a database app
+// on its dedicated IPv4 (clients connecting by IP get its certificate),
+// another on the shared IPv4 by TLS server name, and nothing else.
+func TestPGTLSByAddress(t *testing.T) {
+	requirePostgres(t)
+	storage, port := t.TempDir(), freePort()
+	edgeCount++
+	domain := fmt.Sprintf("pgaddr-%d.test", edgeCount) // see startIPEdge
+	cfg := fmt.Sprintf(`{
+	"admin": {"listen": %q, "config": {"persist": false}},
+	"storage": {"module": "file_system", "root": %q},
+	"apps": {
+		"fly": {"base_domain": %q, "apps": {
+			"db": {"services": [{"internal_port": 5432, "ports": [{"port": %[4]s, "handlers": ["pg_tls"]}]}],
+				"machines": [{"id": "0000000000d101", "region": "iad", "address": "127.0.0.1"}]},
+			"db2": {"services": [{"internal_port": 5432, "ports": [{"port": %[4]s, "handlers": ["pg_tls"]}]}],
+				"machines": [{"id": "0000000000d102", "region": "iad", "address": "127.0.0.1"}]}
+		}},
+		"fly_ips": {"shared_v4": [%q], "v4": [%q], "auto_allocate": false},
+		"tls": {"automation": {
+			"policies": [{"issuers": [{"module": "internal"}], "on_demand": true}],
+			"on_demand": {"permission": {"module": "fly"}}
+		}},
+		"pki": {"certificate_authorities": {"local": {"install_trust": false}}},
+		"layer4": {"servers": {"pg": {"listen": [":%[4]s"], "routes": [{"handle": [{"handler": "pg_tls"}, {"handler": "fly_proxy"}]}]}}}
+	}
+}`, adminAddr, storage, domain, port, sharedV4, v4Pool)
+	if err := load(t, cfg, "json"); err != nil {
+		t.Fatal(err)
+	}
+	dedicated := allocate(t, adminAddr, "db", "v4")
+	allocate(t, adminAddr, "db2", "shared_v4")
+	storageRoots(t, storage)
+	root := storage + "/pki/authorities/local/root.crt"
+	connect := func(host, ip, mode string) (string, error) {
+		cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s user=postgres dbname=test sslrootcert=%s sslmode=%s connect_timeout=5", host, port, root, mode))
+		if err != nil {
+			return "", err
+		}
+		cfg.LookupFunc = func(context.Context, string) ([]string, error) { return []string{ip}, nil }
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close(ctx)
+		var s string
+		err = c.QueryRow(ctx, "select 'ok ' || current_database()").Scan(&s)
+		return s, err
+	}
+	for _, tc := range []struct {
+		name, host, ip, mode string
+		ok                   bool
+	}{
+		{"db by name on its dedicated address", "db." + domain, dedicated, "verify-full", true},
+		{"db by IP (no SNI) on its dedicated address", dedicated, dedicated, "require", true},
+		{"db2 by name on the shared address", "db2." + domain, sharedV4, "verify-full", true},
+		{"db on the shared address it does not hold", "db." + domain, sharedV4, "require", false},
+		{"no name on the shared address", sharedV4, sharedV4, "require", false},
+		{"an address of no app", "db." + domain, "127.0.0.1", "require", false},
+	} {
+		got, err := connect(tc.host, tc.ip, tc.mode)
+		if tc.ok && (err != nil || got != "ok test") {
+			t.Errorf("%s: %q, %v", tc.name, got, err)
+		}
+		if !tc.ok && err == nil {
+			t.Errorf("%s: connected (%q), want refused", tc.name, got)
+		}
 	}
 }

@@ -1,9 +1,19 @@
-package flyedge_test
+package e2e
 
 // The end-to-end tests build Caddy with flyedge once (TestMain), run it as
 // a real process with its admin endpoint on a free loopback port, load
 // each test's config through the admin API, and talk to it with Go's
 // HTTP/1.1 and HTTP/2 clients over real TLS (Caddy's internal issuer).
+//
+// A file per step of the data path (DESIGN.md), named for it: listen
+// (the edge's ports), resolve (the app of a connection), handle_http,
+// handle_replay, handle_tls, handle_l4, handle_proxyproto, pgtls and udp
+// (the handlers), select and limits (the machine), egress (the
+// machines' way out), state, store_pg and admin (apps, addresses and
+// machines as live data, their storage, the admin API and CLI), flytoml
+// (fly.toml in), metrics, and start, examples and readme (Caddy started
+// as users start it). Helpers that other packages' tests use too are in
+// internal/testkit.
 
 import (
 	"bufio"
@@ -26,12 +36,17 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
+
+// moduleRoot is the module's folder, seen from this package's: the
+// tests build ./cmd/caddy there and read the examples and docs there.
+const moduleRoot = ".."
 
 var (
 	caddyBin  string        // the built Caddy
@@ -86,6 +101,7 @@ func TestMain(m *testing.M) {
 		args = append(args, "-race")
 	}
 	build := exec.Command("go", append(args, "./cmd/caddy")...)
+	build.Dir = moduleRoot
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building caddy:", err)
@@ -291,6 +307,16 @@ func listeningOn(t *testing.T, ports []int) map[string]int {
 // socketOwner names the process that holds socket inode, as well as it
 // can.
 func socketOwner(inode string) string {
+	pid := socketPID(inode)
+	if pid == 0 {
+		return "a process that is gone"
+	}
+	cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return fmt.Sprintf("process %d (%s)", pid, strings.ReplaceAll(strings.TrimSpace(string(cmd)), "\x00", " "))
+}
+
+// socketPID returns the process that holds socket inode, or 0.
+func socketPID(inode string) int {
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
@@ -300,12 +326,11 @@ func socketOwner(inode string) string {
 		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 		for _, fd := range fds {
 			if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); l == "socket:["+inode+"]" {
-				cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-				return fmt.Sprintf("process %d (%s)", pid, strings.ReplaceAll(strings.TrimSpace(string(cmd)), "\x00", " "))
+				return pid
 			}
 		}
 	}
-	return "a process that is gone"
+	return 0
 }
 
 // ownPIDs are the processes the tests started (Caddy, peers).
@@ -400,50 +425,25 @@ func clientVia(roots *x509.CertPool, ip string, h2 bool) *http.Client {
 	}
 }
 
-// seen is what a machine reports of the request it received.
-type seen struct {
-	Machine string      `json:"machine"`
-	Region  string      `json:"region"`
-	Proto   string      `json:"proto"`
-	Host    string      `json:"host"`
-	URI     string      `json:"uri"`
-	Header  http.Header `json:"header"`
-}
-
 type testMachine struct {
 	id, region, ip string
 }
 
-// startMachines serves each machine on ip:port, answering with JSON of
-// what it received; machines speak HTTP/1.1 and h2c. It returns each
-// machine's server so a test can take one down.
+// startMachines serves each machine on ip:port (testkit.HTTPMachine:
+// HTTP/1.1 and h2c, answering with the JSON of what it received). It
+// returns each machine's server so a test can take one down.
 func startMachines(t *testing.T, port string, ms ...testMachine) map[string]*http.Server {
 	t.Helper()
 	servers := map[string]*http.Server{}
 	for _, m := range ms {
-		ln, err := net.Listen("tcp", net.JoinHostPort(m.ip, port))
-		if err != nil {
-			t.Fatalf("machine %s: %v", m.id, err)
-		}
-		srv := &http.Server{
-			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Type", "application/json")
-				json.NewEncoder(w).Encode(seen{m.id, m.region, r.Proto, r.Host, r.RequestURI, r.Header})
-			}),
-			Protocols: new(http.Protocols),
-		}
-		srv.Protocols.SetHTTP1(true)
-		srv.Protocols.SetUnencryptedHTTP2(true)
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
-		servers[m.id] = srv
+		servers[m.id] = testkit.HTTPMachine(t, net.JoinHostPort(m.ip, port), m.id, m.region)
 	}
 	return servers
 }
 
-// get sends a GET and decodes what the machine saw; seen is nil when the
+// get sends a GET and decodes what the machine saw, nil when the
 // answer did not come from a machine.
-func get(t *testing.T, c *http.Client, url string, hdr map[string]string) (*http.Response, string, *seen) {
+func get(t *testing.T, c *http.Client, url string, hdr map[string]string) (*http.Response, string, *testkit.Seen) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
@@ -458,17 +458,24 @@ func get(t *testing.T, c *http.Client, url string, hdr map[string]string) (*http
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	var s seen
+	var s testkit.Seen
 	if resp.Header.Get("Content-Type") == "application/json" && json.Unmarshal(body, &s) == nil && s.Machine != "" {
 		return resp, string(body), &s
 	}
 	return resp, string(body), nil
 }
 
-// waitFor polls cond (bounded): health changes take a check interval.
+// waitFor polls cond for up to 10 s: health changes take a check
+// interval.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	waitUntil(t, what, 10*time.Second, cond)
+}
+
+// waitUntil polls cond for up to limit.
+func waitUntil(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if cond() {
 			return
 		}
@@ -540,7 +547,7 @@ func machineOf(c *http.Client, url string) (string, error) {
 		return "", err
 	}
 	defer resp.Body.Close()
-	var s seen
+	var s testkit.Seen
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
 		return "", fmt.Errorf("status %d, not a machine's answer: %v", resp.StatusCode, err)
 	}
@@ -551,35 +558,35 @@ func machineOf(c *http.Client, url string) (string, error) {
 // the client sends until it half-closes, then answer
 // "<machine id> <sha256 of what it read>\n" followed by n bytes of the
 // stream seeded with the machine ID, and close.
-func startSinks(t *testing.T, port string, reply int64, ms ...testMachine) map[string]net.Listener {
+func startSinks(t *testing.T, port string, reply int64, ms ...testMachine) map[string]*sink {
 	t.Helper()
-	lns := map[string]net.Listener{}
+	sinks := map[string]*sink{}
 	for _, m := range ms {
 		ln, err := net.Listen("tcp", net.JoinHostPort(m.ip, port))
 		if err != nil {
 			t.Fatalf("machine %s: %v", m.id, err)
 		}
-		t.Cleanup(func() { ln.Close() })
-		lns[m.id] = ln
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					h := sha256.New()
-					if _, err := io.Copy(h, c); err != nil {
-						return
-					}
-					fmt.Fprintf(c, "%s %x\n", m.id, h.Sum(nil))
-					io.CopyN(c, stream(m.id), reply)
-				}()
+		s := &sink{Listener: ln}
+		sinks[m.id] = s
+		testkit.Serve(t, ln, func(c net.Conn) {
+			defer c.Close()
+			s.accepted.Add(1)
+			h := sha256.New()
+			if _, err := io.Copy(h, c); err != nil {
+				return
 			}
-		}()
+			fmt.Fprintf(c, "%s %x\n", m.id, h.Sum(nil))
+			io.CopyN(c, stream(m.id), reply)
+		})
 	}
-	return lns
+	return sinks
+}
+
+// sink is a machine startSinks serves: closing it takes the machine
+// down; accepted counts the connections it took.
+type sink struct {
+	net.Listener
+	accepted atomic.Int64
 }
 
 // stream is a deterministic byte stream.
@@ -679,46 +686,20 @@ func waitListening(t *testing.T, addr string) {
 	})
 }
 
-const pgAddr = "127.0.0.1:5432"
-
-// requirePostgres fails under CI=true, and skips elsewhere, when the
-// machine's PostgreSQL server does not answer.
+// requirePostgres skips a test, or fails it under CI=true, when the
+// shared Caddy or the machine's PostgreSQL server is not there.
 func requirePostgres(t *testing.T) {
 	t.Helper()
 	requireCaddy(t)
-	c, err := net.DialTimeout("tcp", pgAddr, 2*time.Second)
-	if err != nil {
-		msg := fmt.Sprintf("PostgreSQL is not running at %s (start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %v", pgAddr, err)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	c.Close()
+	testkit.RequirePostgres(t)
 }
 
-// testDatabase creates a PostgreSQL database of the test's own and
-// returns its DSN; it is dropped when the test ends.
+// testDatabase is testkit.ScratchDB for a test of the shared Caddy: a
+// database and role of the test's own, dropped when it ends.
 func testDatabase(t *testing.T) string {
 	t.Helper()
-	requirePostgres(t)
-	name := fmt.Sprintf("flyedge_test_%d_%d", os.Getpid(), rand.Uint32())
-	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, "postgres://postgres@"+pgAddr+"/postgres?sslmode=disable")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(ctx)
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if admin, err := pgx.Connect(ctx, "postgres://postgres@"+pgAddr+"/postgres?sslmode=disable"); err == nil {
-			admin.Exec(ctx, "DROP DATABASE "+name+" WITH (FORCE)")
-			admin.Close(ctx)
-		}
-	})
-	return "postgres://postgres@" + pgAddr + "/" + name + "?sslmode=disable"
+	requireCaddy(t)
+	return testkit.ScratchDB(t)
 }
 
 // openFiles counts the open file descriptors of a process.
@@ -729,4 +710,105 @@ func openFiles(t *testing.T, pid int) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// Addresses of the IP assignment tests: 127.0.0.0/8 is all local on
+// Linux, so the edge's "anycast" addresses are loopback ones.
+const (
+	sharedV4 = "127.20.0.1"
+	v4Pool   = "127.30.0.0/24"
+)
+
+// edgeCount numbers the edges the tests load, so that each gets a base
+// domain of its own: Caddy caches certificates across configs.
+var edgeCount int
+
+// storageNode is a Caddy process of its own (not the shared one) with
+// the apps app0..app99 and IP pools, on a storage folder that other
+// nodes may share. It listens on nothing but its admin endpoint.
+type storageNode struct {
+	admin string
+	proc  *exec.Cmd
+	log   *logBuf
+}
+
+// storageLine is the Caddyfile storage option for storage: a folder, or
+// a PostgreSQL DSN.
+func storageLine(storage string) string {
+	if strings.HasPrefix(storage, "postgres://") {
+		return "storage postgres " + storage
+	}
+	return "storage file_system " + storage
+}
+
+func startStorageNode(t *testing.T, storage string) *storageNode {
+	t.Helper()
+	requireCaddy(t)
+	n := &storageNode{admin: freeAddr(), log: new(logBuf)}
+	var apps strings.Builder
+	for i := range 100 {
+		fmt.Fprintf(&apps, "\t\tapp app%d {\n\t\t\tservice 8080 {\n\t\t\t\tport 443 tls http\n\t\t\t}\n\t\t}\n", i)
+	}
+	cfg := fmt.Sprintf(`{
+	admin %s
+	persist_config off
+	%s
+	fly {
+		base_domain edge.test
+%s	}
+	fly_ips {
+		v6 fd00:fe::/64
+		shared_v4 `+sharedV4+`
+		v4 `+v4Pool+`
+		auto_allocate off
+	}
+}
+`, n.admin, storageLine(storage), apps.String())
+	dir := t.TempDir()
+	file := dir + "/Caddyfile"
+	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n.proc = exec.Command(caddyBin, "run", "--config", file, "--adapter", "caddyfile")
+	n.proc.Env = caddyEnv(dir)
+	n.proc.Stdout, n.proc.Stderr = n.log, n.log
+	n.proc.SysProcAttr = dieWithTests()
+	if err := n.proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ownProcess(n.proc.Process.Pid)
+	t.Cleanup(func() {
+		if n.proc.ProcessState == nil {
+			stopProcess(n.proc)
+		}
+	})
+	if err := waitAdmin(n.admin, 60*time.Second); err != nil {
+		t.Fatalf("%v\n%s", err, n.log)
+	}
+	return n
+}
+
+func (n *storageNode) ips(t *testing.T) []assignment {
+	t.Helper()
+	var out []assignment
+	if status, body := call(t, n.admin, http.MethodGet, "/fly/ips", "", &out); status != http.StatusOK {
+		t.Fatalf("GET /fly/ips: %d %s", status, body)
+	}
+	return out
+}
+
+// fly runs `caddy fly args...` against admin and returns its output.
+func fly(t *testing.T, admin string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(caddyBin, append(append([]string{"fly"}, args...), "--address", admin)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// must returns v, and panics on err.
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

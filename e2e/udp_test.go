@@ -1,4 +1,4 @@
-package flyedge_test
+package e2e
 
 import (
 	"fmt"
@@ -146,6 +146,12 @@ func TestUDP(t *testing.T) {
 
 	t.Run("round trip, flow on one machine", func(t *testing.T) {
 		c := newUDPClient(t, net.JoinHostPort(gameV4, udpPort))
+		// the edge counts a flow's bytes once the flow has ended
+		gameBytes := func() float64 {
+			v, _ := value(scrape(t), "caddy_fly_bytes_total", map[string]string{"app": "game", "direction": "in"})
+			return v
+		}
+		counted := gameBytes()
 		var first string
 		for i := range 20 {
 			machine, edgePort, err := c.ask(fmt.Sprintf("ping %d", i), 2*time.Second)
@@ -161,8 +167,9 @@ func TestUDP(t *testing.T) {
 				t.Fatalf("datagram %d came to the machine from edge port %s, the first from %s: the flow moved", i, edgePort, first)
 			}
 		}
-		// idle longer than udp_idle_timeout: the next datagram is a new flow
-		time.Sleep(1500 * time.Millisecond)
+		// idle longer than udp_idle_timeout: the edge ends the flow, and
+		// the next datagram is a new flow
+		waitFor(t, "the edge to end the idle flow", func() bool { return gameBytes() > counted })
 		_, edgePort, err := c.ask("after idle", 2*time.Second)
 		if err != nil {
 			t.Fatal(err)

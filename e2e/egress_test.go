@@ -1,4 +1,4 @@
-package flyedge_test
+package e2e
 
 import (
 	"bufio"
@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // requireNetns skips (or fails under CI=true) a test that needs to create
@@ -144,18 +146,11 @@ func (l *lab) serveSource() {
 	if err := l.do("s", func() (err error) { ln, err = net.Listen("tcp", ":9999"); return }); err != nil {
 		l.t.Fatal(err)
 	}
-	l.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-			fmt.Fprintln(c, host)
-			c.Close()
-		}
-	}()
+	testkit.Serve(l.t, ln, func(c net.Conn) {
+		host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		fmt.Fprintln(c, host)
+		c.Close()
+	})
 }
 
 // sourceFrom connects from namespace n to the server and returns the
@@ -325,5 +320,62 @@ func TestEgressRules(t *testing.T) {
 	}
 	if err := exec.Command("ip", "netns", "exec", l.name("r"), "nft", "list", "chain", "ip", "other", "keep").Run(); err != nil {
 		t.Errorf("the router's other table was touched: %v", err)
+	}
+}
+
+// TestEgressIPs: a machine gets a static (v4, v6) pair through the CLI;
+// it stays with the machine until released.
+func TestEgressIPs(t *testing.T) {
+	requireCaddy(t)
+	storage := t.TempDir()
+	cfg := fmt.Sprintf(`{
+	admin %s
+	persist_config off
+	storage file_system %s
+	fly {
+		app worker {
+			machine 0000000000e001 iad 127.0.0.1
+			machine 0000000000e002 fra 127.0.0.1
+		}
+	}
+	fly_ips {
+		egress_v4 127.40.0.0/30
+		egress_v6 fd00:e9::/64
+	}
+}
+`, adminAddr, storage)
+	mustLoad(t, cfg)
+	cli := func(args ...string) (string, error) {
+		out, err := exec.Command(caddyBin, append(append([]string{"fly", "machine", "egress-ip"}, args...), "-a", "worker", "--address", adminAddr)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := cli("allocate", "0000000000e001")
+	if err != nil || !strings.Contains(out, "Machine 0000000000e001 egress: 127.40.0.1, fd00:e9::1") {
+		t.Fatalf("egress-ip allocate: %v\n%s", err, out)
+	}
+	out, err = cli("allocate", "0000000000e002")
+	if err != nil || !strings.Contains(out, "127.40.0.2, fd00:e9::2") {
+		t.Fatalf("egress-ip allocate: %v\n%s", err, out)
+	}
+	if out, err := cli("allocate", "0000000000e003"); err == nil || !strings.Contains(out, "app worker has no machine 0000000000e003 (HTTP 404)") {
+		t.Errorf("unknown machine: %v\n%s", err, out)
+	}
+	if out, err := cli("allocate", "0000000000e001"); err == nil || !strings.Contains(out, "already has the egress pair") {
+		t.Errorf("second pair: %v\n%s", err, out)
+	}
+	// the pair stays across a reload
+	mustLoad(t, cfg)
+	out, err = cli("list")
+	if err != nil || !strings.Contains(out, "0000000000e001  127.40.0.1  fd00:e9::1") || !strings.Contains(out, "0000000000e002  127.40.0.2  fd00:e9::2") {
+		t.Fatalf("egress-ip list: %v\n%s", err, out)
+	}
+	out, err = cli("release", "fd00:e9::1")
+	if err != nil || !strings.Contains(out, "Released egress pair 127.40.0.1, fd00:e9::1 of machine 0000000000e001") {
+		t.Fatalf("egress-ip release: %v\n%s", err, out)
+	}
+	// the /30 has two addresses; the released one is free again
+	out, err = cli("allocate", "0000000000e001")
+	if err != nil || !strings.Contains(out, "127.40.0.1") {
+		t.Fatalf("allocate after release: %v\n%s", err, out)
 	}
 }

@@ -1,8 +1,9 @@
-package flyedge_test
+package e2e
 
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -228,4 +229,116 @@ admin = "`+admin+`"
 			t.Errorf("select 1: %d, %v", one, err)
 		}
 	})
+}
+
+// TestDeployFlyTOML: `caddy fly deploy` takes a fly.toml written as Fly's
+// configuration reference shows it: its [http_service] serves at once on
+// the edge's web ports (Fly's 80 and 443), force_https included; the keys
+// flyedge does not implement are named in warnings; a second deploy
+// updates the app; a fly.toml Fly would refuse names file, key and line.
+func TestDeployFlyTOML(t *testing.T) {
+	e := startIPEdge(t)
+	deployed := testMachine{"0000000000a503", "iad", "127.0.58.3"}
+	startMachines(t, e.machinePort, deployed)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "fly.toml")
+	write := func(doc string) {
+		if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`# fly.toml app configuration file generated for shop
+app = 'shop'
+primary_region = 'iad'
+
+[build]
+  image = 'registry.example/shop:latest'
+
+[http_service]
+  internal_port = ` + e.machinePort + `
+  force_https = true
+  auto_stop_machines = 'stop'
+  processes = ['app']
+  force_http = true
+
+  [http_service.concurrency]
+    type = 'requests'
+    soft_limit = 20
+    hard_limit = 25
+`)
+	cmd := exec.Command(caddyBin, "fly", "deploy", "-c", file, "--address", adminAddr)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil || !strings.Contains(string(out), "Deployed shop from "+file) {
+		t.Fatalf("deploy: %v\n%s%s", err, out, stderr.String())
+	}
+	for _, want := range []string{"fly.toml:5: build is not implemented", "fly.toml:11: http_service.auto_stop_machines is not implemented", "fly.toml:12: http_service.processes",
+		`fly.toml:13: http_service.force_http is not a key flyedge knows; ignored: did you mean "force_https"?`} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("deploy warnings lack %q:\n%s", want, stderr.String())
+		}
+	}
+	// no machines yet: the first request would get PR01, so deploy says how to add one
+	if want := "App shop has no machines yet: its requests get PR01 (no machine can take the request) until one is registered with\n  caddy fly machine add -a shop --region iad --machine-address <host or IP> --address " + adminAddr + "\n"; !strings.Contains(string(out), want) {
+		t.Errorf("deploy of an app without machines does not say %q:\n%s", want, out)
+	}
+	// machine add names the flag it lacks, not the API's field
+	if out, err := fly(t, adminAddr, "machine", "add", "-a", "shop", "--region", "iad"); err == nil || !strings.Contains(out, "Error: machine add needs --machine-address <host or IP>") || strings.Contains(out, "machine.address") {
+		t.Errorf("machine add without an address: %v\n%s", err, out)
+	}
+	allocate(t, adminAddr, "shop", "shared_v4")
+	if out, err := fly(t, adminAddr, "machine", "add", "-a", "shop", "--id", deployed.id, "--region", "iad", "--machine-address", deployed.ip); err != nil {
+		t.Fatalf("machine add: %v\n%s", err, out)
+	}
+	shared := via(e.roots, sharedV4)
+	shared.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := shared.Get("http://shop." + e.domain + ":" + e.httpPort + "/cart")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if want := "https://shop." + e.domain + ":" + e.httpsPort + "/cart"; resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != want {
+		t.Errorf("Fly's port 80 with force_https: %d to %q, want 301 to %s", resp.StatusCode, resp.Header.Get("Location"), want)
+	}
+	if got, err := machineOf(shared, "https://shop."+e.domain+":"+e.httpsPort+"/"); err != nil || got != deployed.id {
+		t.Errorf("Fly's port 443: machine %q, %v", got, err)
+	}
+
+	// a second deploy updates it: no force_https any more
+	write(strings.Replace(string(must(os.ReadFile(file))), "force_https = true", "force_https = false", 1))
+	if out, err := fly(t, adminAddr, "deploy", "-c", file); err != nil || strings.Contains(out, "no machines") {
+		t.Fatalf("second deploy (the app has a machine now): %v\n%s", err, out)
+	}
+	if got, err := machineOf(shared, "http://shop."+e.domain+":"+e.httpPort+"/"); err != nil || got != deployed.id {
+		t.Errorf("after the update, plain HTTP: machine %q, %v", got, err)
+	}
+
+	// a deploy keeps the org the app was created with: a fly.toml has none
+	if out, err := fly(t, adminAddr, "apps", "create", "shop2", "--org", "victim"); err != nil {
+		t.Fatalf("apps create --org: %v\n%s", err, out)
+	}
+	if out, err := fly(t, adminAddr, "deploy", "-c", file, "-a", "shop2"); err != nil {
+		t.Fatalf("deploying an app created with --org: %v\n%s", err, out)
+	}
+	out3, err := fly(t, adminAddr, "apps", "list", "--json")
+	var apps []struct{ Name, Org string }
+	if err := json.Unmarshal([]byte(out3), &apps); err != nil {
+		t.Fatalf("apps list --json: %v\n%s", err, out3)
+	}
+	for _, a := range apps {
+		if a.Name == "shop2" && a.Org != "victim" {
+			t.Errorf("after a deploy, shop2's org is %q, want victim", a.Org)
+		}
+	}
+
+	// refused: file, key and line; the app is left as it was
+	write("app = 'shop'\n\n[[services]]\n  internal_port = 8080\n  [[services.ports]]\n    port = 443\n    handlers = ['tls']\n    force_https = true\n")
+	out2, err := fly(t, adminAddr, "deploy", "-c", file)
+	if err == nil || !strings.Contains(out2, file+":8: services[0].ports[0].force_https: needs the http handler") {
+		t.Errorf("a force_https without http: %v\n%s", err, out2)
+	}
+	if got, err := machineOf(shared, "http://shop."+e.domain+":"+e.httpPort+"/"); err != nil || got != deployed.id {
+		t.Errorf("after a refused deploy: machine %q, %v", got, err)
+	}
 }

@@ -1,4 +1,4 @@
-package flyedge_test
+package e2e
 
 import (
 	"bufio"
@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // limitsEdge has an app per kind of limit: web (requests, soft 2, hard
@@ -124,7 +126,7 @@ func startCountingMachine(t *testing.T, id, addr string) *countingMachine {
 				time.Sleep(d)
 			}
 			w.Header().Set("Content-Type", "application/json")
-			json.NewEncoder(w).Encode(seen{Machine: id})
+			json.NewEncoder(w).Encode(testkit.Seen{Machine: id})
 		}),
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			switch s {
@@ -155,7 +157,7 @@ func heldGet(c *http.Client, url string) <-chan string {
 		}
 		defer resp.Body.Close()
 		body, _ := io.ReadAll(resp.Body)
-		var s seen
+		var s testkit.Seen
 		if json.Unmarshal(body, &s) == nil && s.Machine != "" {
 			out <- s.Machine
 			return
@@ -243,8 +245,9 @@ func TestConcurrencyLimits(t *testing.T) {
 			}
 		}
 		// a waiting request gets the first slot given back
+		queued := queuedAtEdge(t)
 		waiting := heldGet(c, webURL)
-		time.Sleep(200 * time.Millisecond)
+		waitQueued(t, queued+1)
 		iad.release <- struct{}{}
 		waitArrived(t, iad)
 		for range 6 {
@@ -292,14 +295,14 @@ func TestConcurrencyLimits(t *testing.T) {
 
 	t.Run("type connections: a connection per request, at most hard_limit open", func(t *testing.T) {
 		url := "http://conns." + domain + ":" + httpPort + "/"
-		before := conns.news.Load()
+		before, queued := conns.news.Load(), queuedAtEdge(t)
 		var held []<-chan string
 		for range 4 {
 			held = append(held, heldGet(clientVia(nil, sharedV4, false), url))
 		}
 		waitArrived(t, conns)
 		waitArrived(t, conns)
-		time.Sleep(200 * time.Millisecond) // the other two wait in the queue
+		waitQueued(t, queued+2) // the other two wait in the queue
 		if n := conns.inflight.Load(); n != 2 {
 			t.Fatalf("%d requests in flight on a machine with hard limit 2", n)
 		}
@@ -322,32 +325,21 @@ func TestConcurrencyLimits(t *testing.T) {
 
 	t.Run("tcp: at the hard limit a connection waits, then is closed", func(t *testing.T) {
 		var open, peak atomic.Int64
-		ln, err := net.Listen("tcp", "127.0.63.4:"+sinkPort)
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := testkit.Listen(t, "127.0.63.4:"+sinkPort)
 		defer ln.Close()
-		go func() {
+		testkit.Serve(t, ln, func(cn net.Conn) {
+			defer cn.Close()
+			raise(&peak, open.Add(1))
+			defer open.Add(-1)
+			r := bufio.NewReader(cn)
 			for {
-				cn, err := ln.Accept()
+				line, err := r.ReadString('\n')
 				if err != nil {
 					return
 				}
-				go func() {
-					defer cn.Close()
-					raise(&peak, open.Add(1))
-					defer open.Add(-1)
-					r := bufio.NewReader(cn)
-					for {
-						line, err := r.ReadString('\n')
-						if err != nil {
-							return
-						}
-						cn.Write([]byte(line))
-					}
-				}()
+				cn.Write([]byte(line))
 			}
-		}()
+		})
 		dial := func() (net.Conn, *bufio.Reader) {
 			cn, err := net.DialTimeout("tcp", net.JoinHostPort(rawV4, tcpPort), 5*time.Second)
 			if err != nil {
@@ -388,10 +380,11 @@ func TestConcurrencyLimits(t *testing.T) {
 			t.Errorf("the third connection was closed after %s; want the queue timeout, 1s", waited)
 		}
 		// a connection that waits gets the slot the first one gives back
+		queued := queuedAtEdge(t)
 		fourth, fr := dial()
 		defer fourth.Close()
 		fourth.Write([]byte("ping\n"))
-		time.Sleep(200 * time.Millisecond)
+		waitQueued(t, queued+1)
 		a.Close()
 		if line, err := fr.ReadString('\n'); err != nil || line != "ping\n" {
 			t.Fatalf("the waiting connection: %q, %v", line, err)
@@ -426,6 +419,38 @@ func TestConcurrencyLimits(t *testing.T) {
 			t.Errorf("the first session: %d, %v", one, err)
 		}
 	})
+}
+
+// queuedAtEdge counts the requests and connections that wait in the
+// shared Caddy's queues for a machine below its hard limit: in the
+// goroutine dump of its admin endpoint, the goroutines blocked in the
+// select of routing.Acquire.
+func queuedAtEdge(t *testing.T) int {
+	t.Helper()
+	resp, err := adminClient.Get("http://" + adminAddr + "/debug/pprof/goroutine?debug=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	dump, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("the edge's goroutines: %d %v", resp.StatusCode, err)
+	}
+	n := 0
+	for _, g := range strings.Split(string(dump), "\n\n") {
+		state, stack, _ := strings.Cut(g, "\n")
+		if strings.HasPrefix(state, "goroutine ") && strings.Contains(state, "[select") && strings.Contains(stack, "/routing.Acquire[") {
+			n++
+		}
+	}
+	return n
+}
+
+// waitQueued waits until n requests or connections wait in the edge's
+// queues.
+func waitQueued(t *testing.T, n int) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d requests or connections to wait in the edge's queue", n), func() bool { return queuedAtEdge(t) >= n })
 }
 
 func drain(ch chan struct{}) {

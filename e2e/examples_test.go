@@ -1,4 +1,4 @@
-package flyedge_test
+package e2e
 
 import (
 	"bufio"
@@ -15,17 +15,19 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // TestExamplesAgree checks that caddy.json.example is Caddyfile.example
 // in JSON.
 func TestExamplesAgree(t *testing.T) {
 	requireCaddy(t)
-	out, err := exec.Command(caddyBin, "adapt", "--config", "Caddyfile.example").Output()
+	out, err := exec.Command(caddyBin, "adapt", "--config", filepath.Join(moduleRoot, "Caddyfile.example")).Output()
 	if err != nil {
 		t.Fatalf("adapting Caddyfile.example: %v", err)
 	}
-	raw, err := os.ReadFile("caddy.json.example")
+	raw, err := os.ReadFile(filepath.Join(moduleRoot, "caddy.json.example"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +58,7 @@ func TestExamplesRun(t *testing.T) {
 			checkPortsFree(t, demoPorts...)
 			home := t.TempDir()
 			var log logBuf
-			p := exec.Command(caddyBin, "run", "--config", cfg)
+			p := exec.Command(caddyBin, "run", "--config", filepath.Join(moduleRoot, cfg))
 			p.Env = caddyEnv(home)
 			p.Stdout, p.Stderr = &log, &log
 			p.SysProcAttr = dieWithTests()
@@ -184,7 +186,7 @@ func TestExamplesRun(t *testing.T) {
 			}
 
 			// the PostgreSQL app, when this host runs PostgreSQL
-			if pg, err := net.DialTimeout("tcp", pgAddr, time.Second); err == nil {
+			if pg, err := net.DialTimeout("tcp", testkit.PostgresAddr, time.Second); err == nil {
 				pg.Close()
 				dbV4 := allocateWithCLI(t, fly, "db")
 				out, err := exec.Command("psql", "host="+dbV4+" port=5433 user=postgres dbname=test sslmode=require connect_timeout=5", "-Atc", "select 'db ' || (20 + 22)").CombinedOutput()
@@ -192,9 +194,9 @@ func TestExamplesRun(t *testing.T) {
 					t.Errorf("psql through the example's pg_tls port: %v\n%s", err, out)
 				}
 			} else if os.Getenv("CI") == "true" {
-				t.Errorf("PostgreSQL is not running at %s: %v", pgAddr, err)
+				t.Errorf("PostgreSQL is not running at %s: %v", testkit.PostgresAddr, err)
 			} else {
-				t.Logf("PostgreSQL is not running at %s, so the db app is not tried: %v", pgAddr, err)
+				t.Logf("PostgreSQL is not running at %s, so the db app is not tried: %v", testkit.PostgresAddr, err)
 			}
 
 			// hello's default_self_signed: no SNI on its own address
@@ -242,9 +244,9 @@ func allocateWithCLI(t *testing.T, fly func(...string) (string, error), app stri
 // failover lives: a user who copies one gets an edge that goes on to
 // the next machine when one refuses connections.
 func TestDocumentedSitesFailOver(t *testing.T) {
-	files, _ := filepath.Glob("docs/*.md")
-	more, _ := filepath.Glob("docs/modules/*.md")
-	files = append(append(files, more...), "README.md", "Caddyfile.example")
+	files, _ := filepath.Glob(filepath.Join(moduleRoot, "docs", "*.md"))
+	more, _ := filepath.Glob(filepath.Join(moduleRoot, "docs", "modules", "*.md"))
+	files = append(append(files, more...), filepath.Join(moduleRoot, "README.md"), filepath.Join(moduleRoot, "Caddyfile.example"))
 	blocks := 0
 	for _, f := range files {
 		b, err := os.ReadFile(f)

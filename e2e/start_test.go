@@ -1,4 +1,4 @@
-package flyedge_test
+package e2e
 
 import (
 	"encoding/json"
@@ -96,7 +96,7 @@ func TestStartSameEveryTime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tomlFile := filepath.Join("..", "shared", "flytoml", "024-fly-apps-hello_elixir.toml")
+	tomlFile := filepath.Join(moduleRoot, "..", "shared", "flytoml", "024-fly-apps-hello_elixir.toml")
 	tomlBody, err := os.ReadFile(tomlFile)
 	if err != nil {
 		t.Fatal(err)

@@ -1,8 +1,10 @@
-package flyedge_test
+package e2e
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
 
 // tlsConfig is an edge whose app tlsapp has three tls-only ports: defaults,
@@ -288,5 +292,90 @@ func TestUnknownNameOnOneAppPort(t *testing.T) {
 	}
 	if resp.Proto != "HTTP/1.1" || resp.TLS.PeerCertificates[0].Subject.CommonName != "flyedge self-signed" {
 		t.Errorf("unknown name: over %s with a certificate for %q; want solo's options (http/1.1, self-signed)", resp.Proto, resp.TLS.PeerCertificates[0].Subject.CommonName)
+	}
+}
+
+// TestTLSOptionsOnHTTPPort: on the HTTPS port, which Caddy's HTTP server
+// serves, each app gets its port's tls_options (fly_tls_options): other
+// allows only TLS 1.3 and http/1.1 and falls back to a self-signed
+// certificate; web, without options, gets the server's defaults.
+func TestTLSOptionsOnHTTPPort(t *testing.T) {
+	e := startIPEdge(t)
+	allocate(t, adminAddr, "web", "shared_v4")
+	allocate(t, adminAddr, "other", "shared_v4")
+	webV4 := allocate(t, adminAddr, "web", "v4")
+	otherV4 := allocate(t, adminAddr, "other", "v4")
+	dial := func(ip, name string, maxVersion uint16) (*tls.Conn, error) {
+		return tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", net.JoinHostPort(ip, e.httpsPort), &tls.Config{
+			ServerName: name, RootCAs: e.roots, MaxVersion: maxVersion, NextProtos: []string{"h2", "http/1.1"},
+			// to see which certificate comes for names the edge has none for
+			InsecureSkipVerify: !strings.HasSuffix(name, "."+e.domain),
+		})
+	}
+
+	// ALPN, through Go's HTTP/2-capable client on the shared address
+	shared := via(e.roots, sharedV4)
+	for app, proto := range map[string]string{"web": "HTTP/2.0", "other": "HTTP/1.1"} {
+		resp, err := shared.Get("https://" + app + "." + e.domain + ":" + e.httpsPort + "/")
+		if err != nil {
+			t.Fatalf("%s: %v", app, err)
+		}
+		resp.Body.Close()
+		if resp.Proto != proto {
+			t.Errorf("%s answered over %s, want %s", app, resp.Proto, proto)
+		}
+	}
+
+	// versions: TLS 1.2 is refused for other only
+	c, err := dial(sharedV4, "web."+e.domain, tls.VersionTLS12)
+	if err != nil {
+		t.Fatalf("web over TLS 1.2: %v", err)
+	}
+	if st := c.ConnectionState(); st.Version != tls.VersionTLS12 || st.NegotiatedProtocol != "h2" {
+		t.Errorf("web: version %x, ALPN %q; want TLS 1.2 and h2", st.Version, st.NegotiatedProtocol)
+	}
+	c.Close()
+	if c, err := dial(sharedV4, "other."+e.domain, tls.VersionTLS12); err == nil {
+		c.Close()
+		t.Errorf("other accepted TLS 1.2; its tls_versions are TLSv1.3 only")
+	} else if !strings.Contains(err.Error(), "protocol version") {
+		t.Errorf("other over TLS 1.2: %v, want a protocol version alert", err)
+	}
+
+	// default_self_signed: no SNI on other's own address gets the
+	// self-signed certificate, and the request reaches other's machine
+	c, err = dial(otherV4, "", 0)
+	if err != nil {
+		t.Fatalf("other without SNI: %v", err)
+	}
+	defer c.Close()
+	if cn := c.ConnectionState().PeerCertificates[0].Subject.CommonName; cn != "flyedge self-signed" {
+		t.Errorf("other without SNI got the certificate of %q, want the self-signed one", cn)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", otherV4)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("request over the self-signed connection: %v", err)
+	}
+	var s testkit.Seen
+	err = json.NewDecoder(resp.Body).Decode(&s)
+	resp.Body.Close()
+	if err != nil || s.Machine != ipOther.id {
+		t.Errorf("request over the self-signed connection: status %d, machine %q, %v; want %s", resp.StatusCode, s.Machine, err, ipOther.id)
+	}
+	// ... and a name the edge will not issue for, too
+	if c, err := dial(otherV4, "unknown.example", 0); err != nil {
+		t.Errorf("other with an unknown name: %v, want the self-signed certificate", err)
+	} else {
+		if cn := c.ConnectionState().PeerCertificates[0].Subject.CommonName; cn != "flyedge self-signed" {
+			t.Errorf("other with an unknown name got the certificate of %q, want the self-signed one", cn)
+		}
+		c.Close()
+	}
+	// web has no default_self_signed: no SNI, no handshake
+	if c, err := dial(webV4, "", 0); err == nil {
+		c.Close()
+		t.Errorf("web completed a handshake without SNI; it has no default_self_signed")
 	}
 }

@@ -1,4 +1,4 @@
-package flyedge_test
+package e2e
 
 import (
 	"fmt"
