@@ -314,10 +314,17 @@ func (u *udpPort) machineFailed(f *udpFlow, err error) {
 	if c := u.log.Check(zapcore.DebugLevel, "udp flow failed"); c != nil {
 		c.Write(zap.String("app", f.rt.App), zap.String("machine", f.rt.MachineID(f.machine)), zap.Error(err))
 	}
+	u.forget(f) // the next datagram starts a new flow
 	f.close()
+}
+
+// forget takes the flow out of the port's flows before its socket closes,
+// so no datagram of its client is written to a closed socket meanwhile:
+// the next one starts a new flow.
+func (u *udpPort) forget(f *udpFlow) {
 	u.mu.Lock()
 	if u.flows[f.key] == f {
-		delete(u.flows, f.key) // the next datagram starts a new flow
+		delete(u.flows, f.key)
 	}
 	u.mu.Unlock()
 }
@@ -331,12 +338,8 @@ func (f *udpFlow) close() {
 
 // end forgets the flow and gives back its machine's slot.
 func (u *udpPort) end(f *udpFlow) {
+	u.forget(f)
 	f.close()
-	u.mu.Lock()
-	if u.flows[f.key] == f {
-		delete(u.flows, f.key)
-	}
-	u.mu.Unlock()
 	u.quota.give(f.rt.App, f.key.client.Addr())
 	f.rt.Release(f.machine)
 	f.rt.CountBytes(f.in.Load(), f.out.Load())
