@@ -40,7 +40,7 @@ type MatchHTTP struct {
 // its module ID, as routing imports no other flyedge package) and checks
 // that the matcher's app names (config field field) are apps of the fly
 // config. While the fly_ips app is being provisioned (ProvisioningIPs),
-// the matchers are being loaded on its behalf (the edge's routes), and
+// the matchers are being loaded on its behalf (the edge's route), and
 // loading it again would provision a second one.
 func provisionFly(ctx caddy.Context, field string, names []string) (*App, error) {
 	fly, err := FromContext(ctx)
@@ -134,6 +134,15 @@ type MatchL4 struct {
 	// pg_tls.
 	SSLRequest bool `json:"ssl_request,omitempty"`
 
+	// Match as the edge's one route does (alone: no handlers, apps or
+	// ssl_request): any port whose connections are handled at layer 4
+	// first, [tls http] included (its TLS is terminated there), and on a
+	// shared address also a PostgreSQL SSLRequest (for pg_tls, which
+	// reads the name in the handshake that follows). The ClientHello is
+	// read and the route resolved once; the handler set to run is then in
+	// the connection's variables (MatchedHandlers).
+	Edge bool `json:"edge,omitempty"`
+
 	fly      *App
 	handlers Handlers       // parsed Handlers
 	hello    l4tls.MatchTLS // reads the ClientHello on shared addresses
@@ -166,6 +175,9 @@ func (m *MatchL4) Provision(ctx caddy.Context) error {
 	if m.SSLRequest && (m.Handlers == nil || !m.handlers.SSLRequestFirst()) {
 		return fmt.Errorf("ssl_request: only with handlers pg_tls")
 	}
+	if m.Edge && (m.Handlers != nil || m.Apps != nil || m.SSLRequest) {
+		return fmt.Errorf("edge: alone, without handlers, apps or ssl_request")
+	}
 	fly, err := provisionFly(ctx, "apps", m.Apps)
 	m.fly = fly
 	if err != nil {
@@ -177,6 +189,9 @@ func (m *MatchL4) Provision(ctx caddy.Context) error {
 // Match implements layer4.ConnMatcher.
 func (m *MatchL4) Match(cx *layer4.Connection) (bool, error) {
 	nameDecides := m.fly.NameDecides(cx.LocalAddr())
+	if m.Edge {
+		return m.matchEdge(cx, nameDecides)
+	}
 	if m.SSLRequest {
 		if !nameDecides {
 			return false, nil // the address decides: the route below does
@@ -207,6 +222,60 @@ func (m *MatchL4) Match(cx *layer4.Connection) (bool, error) {
 	return len(m.Apps) == 0 || slices.Contains(m.Apps, rt.App), nil
 }
 
+// matchEdge matches for the edge's one route (Edge): on a shared
+// address, a ClientHello naming an app's layer 4 port, or an SSLRequest
+// (told apart by the first byte, as neither matcher may rewind); on
+// other addresses, a port served at layer 4.
+func (m *MatchL4) matchEdge(cx *layer4.Connection, nameDecides bool) (bool, error) {
+	if nameDecides {
+		b := cx.MatchingBytes()
+		if len(b) == 0 {
+			return false, layer4.ErrConsumedAllPrefetchedBytes
+		}
+		if b[0] != recordTypeHandshake {
+			var msg [8]byte
+			if _, err := io.ReadFull(cx, msg[:]); err != nil {
+				return false, err
+			}
+			if msg != sslRequest {
+				return false, nil
+			}
+			cx.SetVar(matchedVarKey, HandlerPGTLS)
+			return true, nil
+		}
+		if ok, err := m.hello.Match(cx); !ok || err != nil {
+			return false, err
+		}
+		name, _ := cx.Replacer().GetString("l4.tls.server_name")
+		if name = strings.ToLower(strings.TrimSuffix(name, ".")); name == "" {
+			return false, nil
+		}
+		setServerName(cx, name)
+	}
+	rt, err := m.fly.RouteForConn(cx)
+	if err != nil || !rt.Handlers.AtLayer4() {
+		return false, nil
+	}
+	cx.SetVar(matchedVarKey, rt.Handlers)
+	return true, nil
+}
+
+// recordTypeHandshake is the first byte of a TLS handshake record.
+const recordTypeHandshake = 0x16
+
+// matchedVarKey is the connection variable with the handler set the
+// edge's fly_app matcher (Edge) found for a connection.
+const matchedVarKey = "fly.matched_handlers"
+
+// MatchedHandlers returns the handler set the edge's fly_app matcher
+// found for cx, and whether it matched: the set of the port cx's route
+// is for, or pg_tls for an SSLRequest on a shared address, whose route
+// pg_tls resolves.
+func MatchedHandlers(cx *layer4.Connection) (Handlers, bool) {
+	h, ok := cx.GetVar(matchedVarKey).(Handlers)
+	return h, ok
+}
+
 // sslRequest is a PostgreSQL SSLRequest message: length 8, code 80877103.
 var sslRequest = [8]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
 
@@ -215,6 +284,7 @@ var sslRequest = [8]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
 //	fly_app [<app>...] {
 //		handlers none|<handler>...
 //		ssl_request
+//		edge
 //	}
 func (m *MatchL4) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // matcher name
@@ -233,6 +303,11 @@ func (m *MatchL4) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			m.SSLRequest = true
+		case "edge":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			m.Edge = true
 		default:
 			return d.Errf("unrecognized fly_app option '%s'", d.Val())
 		}
