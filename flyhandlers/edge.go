@@ -19,8 +19,6 @@ import (
 	"github.com/mholt/caddy-l4/layer4"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-
-	"github.com/flyedge/caddy-flyedge/routing"
 )
 
 // Edge listens on the edge's ports and gives every connection what the
@@ -28,9 +26,11 @@ import (
 // when its `ports` are set, so the user writes no layer 4 server, no
 // listener wrapper and no route per port.
 //
-// Each connection is resolved (routing.App.Resolve: the address it
-// arrived on, and on a shared address the TLS server name), and the
-// app's port's handlers run:
+// Each connection is matched by one caddy-l4 route, whose fly_app
+// matcher (edge mode) resolves it once (routing.App.Resolve: the address
+// it arrived on, and on a shared address the TLS server name, from the
+// ClientHello it reads once), and one switch (dispatch) runs the
+// handlers of the app's port, provisioned once with the edge:
 //
 //   - none: fly_proxy, bytes as they came;
 //   - tls, tls proxy_proto, pg_tls, proxy_proto: fly_tls, proxy_proto
@@ -41,8 +41,11 @@ import (
 //     the TLS connection goes to that HTTP server, which speaks HTTP/1.1
 //     or HTTP/2 over it.
 //
-// A connection to a shared address that is not TLS goes to the HTTP
-// server, which finds the app by the Host header. Certificates come from
+// On a shared address a PostgreSQL SSLRequest goes to pg_tls, which
+// reads the server name in the TLS handshake that follows. A connection
+// to a shared address that is neither goes to the HTTP server, which
+// finds the app by the Host header (TLS for a name no app answers to
+// gets an unrecognized_name alert instead). Certificates come from
 // Caddy's tls app: the edge adds an on-demand automation policy with its
 // issuers, so the certificate of a name is obtained at its first
 // handshake (only names the resolver routes get that far).
@@ -176,68 +179,31 @@ func portList(addrs []caddy.NetworkAddress) string {
 	return strings.Join(parts, " ")
 }
 
-// edgeRoutes returns the layer 4 routes of every edge port, as JSON:
-// one per handler set that runs at layer 4, in the order
-// routing.HandlerSets gives, matched by fly_app with that set and
-// handled by the steps routing says the set takes (Handlers.Steps), so
-// that the routes, the matchers and fly_proxy's check of what ran read
-// one decision. The route of [tls http] ends in the HTTP server, like
-// every connection no route takes (plain [http] has no route of its
-// own); a set whose clients open with a PostgreSQL SSLRequest also
-// matches that.
-func edgeRoutes() ([]byte, error) {
-	type flyApp struct {
-		Handlers   []string `json:"handlers"`
-		SSLRequest bool     `json:"ssl_request,omitempty"`
-	}
-	type matcherSet struct {
-		FlyApp flyApp `json:"fly_app"`
-	}
-	type handler struct {
-		Handler string `json:"handler"`
-	}
-	type route struct {
-		Match  []matcherSet `json:"match"`
-		Handle []handler    `json:"handle"`
-	}
-	var routes []route
-	for _, hs := range routing.HandlerSets() {
-		if !hs.AtLayer4() {
-			continue
-		}
-		names := hs.List()
-		if len(names) == 0 {
-			names = []string{"none"} // the matcher's word for pass-through
-		}
-		rt := route{Match: []matcherSet{{flyApp{Handlers: names}}}}
-		if hs.SSLRequestFirst() {
-			rt.Match = append(rt.Match, matcherSet{flyApp{Handlers: names, SSLRequest: true}})
-		}
-		for _, step := range hs.Steps() {
-			rt.Handle = append(rt.Handle, handler{step})
-		}
-		routes = append(routes, rt)
-	}
-	return json.Marshal(routes)
-}
+// edgeRoute is the edge's one layer 4 route, as JSON: a fly_app matcher
+// in its edge mode, which reads what decides the connection's route
+// (the ClientHello on a shared address, or an SSLRequest) and resolves
+// it once, and no handler: caddy-l4 then passes every connection, taken
+// or not, to the handler it compiles the route with (dispatch). The
+// route is there for caddy-l4's matching loop (prefetch and timeout).
+const edgeRoute = `[{"match": [{"fly_app": {"edge": true}}]}]`
 
-// Provision sets up the routes and the certificates' automation policy
+// Provision sets up the route, the handlers and the certificates' automation policy
 // (before the tls app starts, which reads its policies from then on).
 // The fly_ips app calls it from its own Provision, after SetPorts; the
 // handlers reach the fly and tls apps.
 func (e *Edge) Provision(ctx caddy.Context) error {
 	e.ctx = ctx
 	e.logger = ctx.Logger().Named("edge")
-	raw, err := edgeRoutes()
-	if err != nil {
-		return err
-	}
 	var routes layer4.RouteList
-	if err := json.Unmarshal(raw, &routes); err != nil {
+	if err := json.Unmarshal([]byte(edgeRoute), &routes); err != nil {
 		return err
 	}
 	if err := routes.Provision(ctx); err != nil {
-		return fmt.Errorf("edge routes: %w", err)
+		return fmt.Errorf("edge route: %w", err)
+	}
+	d, err := newDispatch(ctx)
+	if err != nil {
+		return err
 	}
 	if len(e.ports) > 0 { // a UDP-only edge terminates no TLS
 		if err := e.addAutomationPolicy(ctx); err != nil {
@@ -245,7 +211,7 @@ func (e *Edge) Provision(ctx caddy.Context) error {
 		}
 	}
 	routesLogger := e.logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return goneClients{c} }))
-	e.handler = routes.Compile(routesLogger, time.Duration(e.MatchingTimeout), layer4.HandlerFunc(handOff))
+	e.handler = routes.Compile(routesLogger, time.Duration(e.MatchingTimeout), d)
 	return nil
 }
 

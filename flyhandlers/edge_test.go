@@ -1,10 +1,8 @@
 package flyhandlers
 
 import (
-	"encoding/json"
 	"errors"
 	"net"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -83,33 +81,5 @@ func TestEdgeHandOff(t *testing.T) {
 	}()
 	if err := deliverTo("late", c1, time.Second); !errors.Is(err, errHandedOff) || <-got != c1 {
 		t.Errorf("a listener that starts late: %v", err)
-	}
-}
-
-// TestEdgeRoutes: the routes the edge derives from routing's handler sets
-// are the ones it has always had: one per set Fly accepts without http,
-// then tls http, which ends in the HTTP server.
-func TestEdgeRoutes(t *testing.T) {
-	const want = `[
-		{"match": [{"fly_app": {"handlers": ["none"]}}], "handle": [{"handler": "fly_proxy"}]},
-		{"match": [{"fly_app": {"handlers": ["tls"]}}], "handle": [{"handler": "fly_tls"}, {"handler": "fly_proxy"}]},
-		{"match": [{"fly_app": {"handlers": ["tls", "proxy_proto"]}}], "handle": [{"handler": "fly_tls"}, {"handler": "proxy_proto"}, {"handler": "fly_proxy"}]},
-		{"match": [{"fly_app": {"handlers": ["proxy_proto"]}}], "handle": [{"handler": "proxy_proto"}, {"handler": "fly_proxy"}]},
-		{"match": [{"fly_app": {"handlers": ["pg_tls"]}}, {"fly_app": {"handlers": ["pg_tls"], "ssl_request": true}}], "handle": [{"handler": "pg_tls"}, {"handler": "fly_proxy"}]},
-		{"match": [{"fly_app": {"handlers": ["tls", "http"]}}], "handle": [{"handler": "fly_tls"}]}
-	]`
-	raw, err := edgeRoutes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got, wantV any
-	if err := json.Unmarshal(raw, &got); err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal([]byte(want), &wantV); err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(got, wantV) {
-		t.Errorf("edge routes:\n%s\nwant\n%s", raw, want)
 	}
 }

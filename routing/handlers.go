@@ -32,9 +32,8 @@ var handlerNames = []struct {
 	step string
 }{{HandlerTLS, "tls", "fly_tls"}, {HandlerHTTP, "http", ""}, {HandlerPGTLS, "pg_tls", "pg_tls"}, {HandlerProxyProto, "proxy_proto", "proxy_proto"}}
 
-// acceptedLists are the handler lists Fly accepts, in their order, which
-// is the order the edge's layer 4 routes try them (HandlerSets): the
-// sets the HTTP server serves last.
+// acceptedLists are the handler lists Fly accepts, in their order
+// (HandlerSets): the sets the HTTP server serves last.
 var acceptedLists = [][]Handlers{
 	{},
 	{HandlerTLS},
@@ -105,12 +104,12 @@ func (h Handlers) Label() string {
 }
 
 // What a port's handler set asks of the edge is said here, once: the
-// edge's layer 4 routes (HandlerSets and Steps), the fly_app matchers,
+// edge's layer 4 dispatch (HandlerSets and Steps), the fly_app matchers,
 // fly_proxy's check of what ran on a connection and the fly_tls_options
 // listener wrapper ask these methods instead of testing the bits.
 
-// HandlerSets returns every handler set Fly accepts, in the order the
-// edge's layer 4 routes try them.
+// HandlerSets returns every handler set Fly accepts, in the order of
+// fly.toml's accepted lists.
 func HandlerSets() []Handlers {
 	sets := make([]Handlers, len(acceptedLists))
 	for i, l := range acceptedLists {

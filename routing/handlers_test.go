@@ -6,7 +6,7 @@ import (
 )
 
 // TestHandlerSets: what each handler list Fly accepts asks of the edge,
-// as the edge's routes, the matchers and fly_proxy read it.
+// as the edge's dispatch, the matchers and fly_proxy read it.
 func TestHandlerSets(t *testing.T) {
 	type want struct {
 		tls, http, l4, sslRequest bool
