@@ -9,7 +9,10 @@ import (
 	// the fly app, the fly_app matchers, tls.permission.fly, machine
 	// selection and upstreams
 	_ "github.com/flyedge/caddy-flyedge/routing"
-	// HTTP and layer 4 handlers
+	// the edge's listeners, the fly network, the per-connection
+	// dispatch, and the fly_layer4 and fly_tls_options listener wrappers
+	_ "github.com/flyedge/caddy-flyedge/edge"
+	// HTTP and layer 4 handlers, and UDP flows
 	_ "github.com/flyedge/caddy-flyedge/flyhandlers"
 	// the fly.toml parser and the flytoml config adapter
 	_ "github.com/flyedge/caddy-flyedge/flytoml"

@@ -8,10 +8,10 @@
 //   - Layer 4 (caddy-l4): fly_tls (the tls handler), proxy_proto, and
 //     fly_proxy, which dials a machine (routing.Route.Connect) and
 //     relays the bytes with an idle timeout.
-//   - Listener wrappers: fly_layer4 puts caddy-l4 routes in front of an
-//     HTTP server so raw TCP and HTTPS share a port; fly_tls_options
-//     applies the apps' tls_options to the HTTP server's TLS.
+//   - UDP (ListenUDP): the sockets of the edge's UDP ports and their
+//     flows, a machine per client, relayed both ways until idle.
 //
 // The handlers of one connection talk through connection variables
-// (connvars.go). PostgreSQL TLS is in the pgtls package.
+// (connvars.go). The edge's listeners, which run these handlers, are in
+// the edge package; PostgreSQL TLS is in the pgtls package.
 package flyhandlers

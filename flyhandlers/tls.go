@@ -91,7 +91,7 @@ func (t *TLS) Provision(ctx caddy.Context) error {
 	if err := (caddytls.ConnectionPolicies{t.policy}).Provision(ctx); err != nil {
 		return fmt.Errorf("setting up TLS: %w", err)
 	}
-	cert, err := selfSignedCertificate()
+	cert, err := SelfSignedCertificate()
 	if err != nil {
 		return fmt.Errorf("making the self-signed certificate: %w", err)
 	}
@@ -142,38 +142,38 @@ func (t *TLS) Handle(cx *layer4.Connection, next layer4.Handler) error {
 	return next.Handle(cx.Wrap(tlsConn))
 }
 
-// acmeTLS1 is the ALPN protocol of ACME's TLS-ALPN-01 challenge, which
+// ACMETLS1 is the ALPN protocol of ACME's TLS-ALPN-01 challenge, which
 // Caddy's connection policies offer.
-const acmeTLS1 = "acme-tls/1"
+const ACMETLS1 = "acme-tls/1"
 
 // configFor returns the server config for the route's port options.
 func (t *TLS) configFor(rt *routing.Route) *tls.Config {
 	cfg := t.policy.TLSConfig.Clone()
 	cfg.NextProtos = []string{"h2", "http/1.1"}
-	if slices.Contains(t.policy.TLSConfig.NextProtos, acmeTLS1) {
-		cfg.NextProtos = append(cfg.NextProtos, acmeTLS1) // TLS-ALPN challenges
+	if slices.Contains(t.policy.TLSConfig.NextProtos, ACMETLS1) {
+		cfg.NextProtos = append(cfg.NextProtos, ACMETLS1) // TLS-ALPN challenges
 	}
 	cfg.MinVersion, cfg.MaxVersion = rt.TLSMinVersion, rt.TLSMaxVersion
-	applyTLSOptions(cfg, t.policy.TLSConfig.NextProtos, rt, t.selfSigned)
+	ApplyTLSOptions(cfg, t.policy.TLSConfig.NextProtos, rt, t.selfSigned)
 	return cfg
 }
 
-// applyTLSOptions sets the route's port tls_options on cfg, a config of
+// ApplyTLSOptions sets the route's port tls_options on cfg, a config of
 // its own: alpn replaces the protocols offered (keeping ACME's
 // TLS-ALPN-01 protocol when the connection policy, whose protocols are
 // policyProtos, offers it, so the app's certificates can still be
 // obtained that way); versions bound the TLS versions;
 // default_self_signed answers with selfSigned when the edge has no
 // certificate for the client's server name, or the client sent none.
-func applyTLSOptions(cfg *tls.Config, policyProtos []string, rt *routing.Route, selfSigned *tls.Certificate) {
+func ApplyTLSOptions(cfg *tls.Config, policyProtos []string, rt *routing.Route, selfSigned *tls.Certificate) {
 	opts := rt.Port.TLSOptions
 	if opts == nil {
 		return
 	}
 	if opts.ALPN != nil {
 		cfg.NextProtos = slices.Clone(opts.ALPN)
-		if slices.Contains(policyProtos, acmeTLS1) && !slices.Contains(cfg.NextProtos, acmeTLS1) {
-			cfg.NextProtos = append(cfg.NextProtos, acmeTLS1)
+		if slices.Contains(policyProtos, ACMETLS1) && !slices.Contains(cfg.NextProtos, ACMETLS1) {
+			cfg.NextProtos = append(cfg.NextProtos, ACMETLS1)
 		}
 	}
 	if len(opts.Versions) > 0 {
@@ -192,8 +192,8 @@ func applyTLSOptions(cfg *tls.Config, policyProtos []string, rt *routing.Route, 
 	}
 }
 
-// selfSignedCertificate makes the certificate default_self_signed serves.
-func selfSignedCertificate() (*tls.Certificate, error) {
+// SelfSignedCertificate makes the certificate default_self_signed serves.
+func SelfSignedCertificate() (*tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err

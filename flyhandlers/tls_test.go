@@ -21,13 +21,13 @@ import (
 // name, as a policy with Caddy's certificates would.
 func newFlyTLS(t *testing.T, fly *routing.App, cert *tls.Certificate) *TLS {
 	t.Helper()
-	self, err := selfSignedCertificate()
+	self, err := SelfSignedCertificate()
 	if err != nil {
 		t.Fatal(err)
 	}
 	pol := &caddytls.ConnectionPolicy{TLSConfig: &tls.Config{
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert, nil },
-		NextProtos:     []string{"h2", "http/1.1", acmeTLS1},
+		NextProtos:     []string{"h2", "http/1.1", ACMETLS1},
 	}}
 	return &TLS{HandshakeTimeout: caddy.Duration(5 * time.Second), app: fly, policy: pol, selfSigned: self, logger: zap.NewNop()}
 }
@@ -43,7 +43,7 @@ func TestFlyTLS(t *testing.T) {
 		"plain":  {Services: []*routing.Service{{InternalPort: 1, Ports: []*routing.Port{{Port: port, Handlers: []string{"tls"}}}}}},
 		"strict": {Services: []*routing.Service{{InternalPort: 1, Ports: []*routing.Port{strict}}}},
 	})
-	cert, err := selfSignedCertificate()
+	cert, err := SelfSignedCertificate()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestFlyTLS(t *testing.T) {
 		fail      string
 	}{
 		{"plain, h2 offered", "plain.edge.test", browser, 0, "plain", "h2", ""},
-		{"plain, ACME's TLS-ALPN challenge", "plain.edge.test", []string{acmeTLS1}, 0, "plain", acmeTLS1, ""},
+		{"plain, ACME's TLS-ALPN challenge", "plain.edge.test", []string{ACMETLS1}, 0, "plain", ACMETLS1, ""},
 		{"strict: only http/1.1", "strict.edge.test", browser, 0, "strict", "http/1.1", ""},
 		{"strict refuses TLS 1.2", "strict.edge.test", browser, tls.VersionTLS12, "", "", "protocol version"},
 		{"name of no app", "nobody.edge.test", browser, 0, "", "", "internal error"},

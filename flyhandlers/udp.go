@@ -360,23 +360,36 @@ func (u *udpPort) close() {
 	u.wg.Wait()
 }
 
-// startUDP listens on the edge's UDP ports.
-func (e *Edge) startUDP() error {
-	app, err := e.ctx.App("fly")
-	if err != nil {
-		return err
-	}
-	fly := app.(*routing.App)
-	idle := time.Duration(e.UDPIdleTimeout)
+// UDP is the edge's UDP: a socket on each of its UDP ports and their
+// flows. The edge (package edge) starts it with its udp_ports and closes
+// it when it stops.
+type UDP struct {
+	ports []*udpPort
+	wg    sync.WaitGroup
+}
+
+// ListenUDP listens on ports for fly's apps, a flow ending after idle
+// with no datagram either way.
+func ListenUDP(fly *routing.App, ports map[int]bool, idle time.Duration, log *zap.Logger) (*UDP, error) {
+	s := new(UDP)
 	quota := &udpQuota{apps: make(map[string]int), clients: make(map[netip.Addr]int)}
-	for port := range e.udpPorts {
+	for port := range ports {
 		conn, err := listenUDP(port)
 		if err != nil {
-			return fmt.Errorf("listening on udp port %d: %w", port, err)
+			s.Close()
+			return nil, fmt.Errorf("listening on udp port %d: %w", port, err)
 		}
-		u := &udpPort{port: port, conn: conn, fly: fly, idle: idle, log: e.logger, flows: make(map[udpKey]*udpFlow), quota: quota}
-		e.udp = append(e.udp, u)
-		e.wg.Go(u.serve)
+		u := &udpPort{port: port, conn: conn, fly: fly, idle: idle, log: log, flows: make(map[udpKey]*udpFlow), quota: quota}
+		s.ports = append(s.ports, u)
+		s.wg.Go(u.serve)
 	}
-	return nil
+	return s, nil
+}
+
+// Close closes the sockets and every flow, and waits for them.
+func (s *UDP) Close() {
+	for _, u := range s.ports {
+		u.close()
+	}
+	s.wg.Wait()
 }

@@ -31,7 +31,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
-	"github.com/flyedge/caddy-flyedge/flyhandlers"
+	"github.com/flyedge/caddy-flyedge/edge"
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
@@ -81,7 +81,7 @@ type App struct {
 
 	// How the edge serves its ports: the HTTP server's listener, the
 	// certificates' issuers, timeouts. Only with ports.
-	Edge *flyhandlers.Edge `json:"edge,omitempty"`
+	Edge *edge.Edge `json:"edge,omitempty"`
 
 	pools    *pools
 	started  atomic.Bool // push applies egress rules from Start on, not at provisioning
@@ -140,7 +140,7 @@ func (a *App) setupEdge(fly *routing.App) error {
 		return nil
 	}
 	if a.Edge == nil {
-		a.Edge = new(flyhandlers.Edge)
+		a.Edge = new(edge.Edge)
 	}
 	if err := a.Edge.SetPorts(a.Ports, a.UDPPorts); err != nil {
 		return err

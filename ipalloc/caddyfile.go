@@ -7,7 +7,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
-	"github.com/flyedge/caddy-flyedge/flyhandlers"
+	"github.com/flyedge/caddy-flyedge/edge"
 )
 
 // UnmarshalCaddyfile sets up the fly_ips app from Caddyfile tokens;
@@ -164,9 +164,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 // edge returns the edge settings, made on first use.
-func (a *App) edge() *flyhandlers.Edge {
+func (a *App) edge() *edge.Edge {
 	if a.Edge == nil {
-		a.Edge = new(flyhandlers.Edge)
+		a.Edge = new(edge.Edge)
 	}
 	return a.Edge
 }

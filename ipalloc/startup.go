@@ -11,7 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
-	"github.com/flyedge/caddy-flyedge/flyhandlers"
+	"github.com/flyedge/caddy-flyedge/edge"
 )
 
 // checkAdmin fails when another process listens on the admin endpoint of
@@ -44,7 +44,7 @@ func (a *App) checkAdmin(ctx caddy.Context) error {
 	}
 	port := int(na.StartPort)
 	for _, ip := range ips {
-		foreign, err := flyhandlers.ForeignListeners("tcp", ip, func(p int) bool { return p == port })
+		foreign, err := edge.ForeignListeners("tcp", ip, func(p int) bool { return p == port })
 		if err != nil {
 			a.logger.Warn("cannot tell whether another process serves the admin endpoint", zap.String("address", listen), zap.Error(err))
 			return nil

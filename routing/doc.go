@@ -10,11 +10,11 @@
 // request or connection (its route, and what selection and the handlers
 // learned of it) is in state.go.
 //
-// A connection flows: Caddy or caddy-l4 accepts it → routing resolves
-// the app (every matcher, handler, listener wrapper and the TLS
-// permission ask the same resolver) → the handlers in flyhandlers and
-// pgtls run the port's handler list → routing picks a machine → the
-// proxy sends the bytes. Routing opens no listeners and relays no bytes.
+// A connection flows: the edge (package edge), Caddy or caddy-l4 accepts
+// it → routing resolves the app (every matcher, handler, listener wrapper
+// and the TLS permission ask the same resolver) → the handlers in
+// flyhandlers and pgtls run the port's handler list → routing picks a
+// machine → the proxy sends the bytes. Routing opens no listeners and relays no bytes.
 //
 // What the edge learns at run time (addresses, host names added through
 // the certs API, machines registered through the admin API) comes from

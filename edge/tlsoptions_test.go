@@ -1,4 +1,4 @@
-package flyhandlers
+package edge
 
 import (
 	"net"
@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/flyedge/caddy-flyedge/flyhandlers"
 )
 
 // TestListensOn: the wrapper finds its server by the address it listens
@@ -45,12 +47,12 @@ func TestListensOn(t *testing.T) {
 
 // TestServable: an app's alpn offers only what the HTTP server speaks.
 func TestServable(t *testing.T) {
-	speaks := []string{"h2", "http/1.1", acmeTLS1}
+	speaks := []string{"h2", "http/1.1", flyhandlers.ACMETLS1}
 	for _, tc := range []struct{ offered, want []string }{
-		{[]string{"http/1.1", acmeTLS1}, []string{"http/1.1", acmeTLS1}},
+		{[]string{"http/1.1", flyhandlers.ACMETLS1}, []string{"http/1.1", flyhandlers.ACMETLS1}},
 		{[]string{"http/1.1", "h2"}, []string{"http/1.1", "h2"}},
 		{[]string{"h3", "http/1.1"}, []string{"http/1.1"}},
-		{[]string{"echo", acmeTLS1}, speaks},
+		{[]string{"echo", flyhandlers.ACMETLS1}, speaks},
 	} {
 		if got := servable(tc.offered, speaks); !slices.Equal(got, tc.want) {
 			t.Errorf("servable(%v) = %v, want %v", tc.offered, got, tc.want)

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package flyhandlers
+package edge
 
 import "net/netip"
 

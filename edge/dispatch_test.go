@@ -1,4 +1,4 @@
-package flyhandlers
+package edge
 
 import (
 	"context"
@@ -22,7 +22,8 @@ import (
 
 func init() { caddy.RegisterModule(stubPGTLS{}) }
 
-// stubPGTLS stands in for pgtls's pg_tls, which imports this package.
+// stubPGTLS stands in for pgtls's pg_tls, which this package does not
+// import.
 type stubPGTLS struct{}
 
 // pgTLSRuns counts the connections stubPGTLS handled.

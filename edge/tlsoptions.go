@@ -1,4 +1,4 @@
-package flyhandlers
+package edge
 
 import (
 	"crypto/tls"
@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/flyedge/caddy-flyedge/flyhandlers"
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
@@ -70,7 +71,7 @@ func (w *TLSOptionsWrapper) Provision(ctx caddy.Context) error {
 		return err
 	}
 	w.app = app
-	cert, err := selfSignedCertificate()
+	cert, err := flyhandlers.SelfSignedCertificate()
 	if err != nil {
 		return fmt.Errorf("making the self-signed certificate: %w", err)
 	}
@@ -127,7 +128,7 @@ func (w *TLSOptionsWrapper) serverConfig(srv *caddyhttp.Server) *tls.Config {
 			return pc, nil
 		}
 		own := pc.Clone()
-		applyTLSOptions(own, pc.NextProtos, rt, w.selfSigned)
+		flyhandlers.ApplyTLSOptions(own, pc.NextProtos, rt, w.selfSigned)
 		own.NextProtos = servable(own.NextProtos, pc.NextProtos)
 		return own, nil
 	}
@@ -145,7 +146,7 @@ func servable(offered, speaks []string) []string {
 			out = append(out, p)
 		}
 	}
-	if len(out) == 0 || len(out) == 1 && out[0] == acmeTLS1 {
+	if len(out) == 0 || len(out) == 1 && out[0] == flyhandlers.ACMETLS1 {
 		return speaks
 	}
 	return out

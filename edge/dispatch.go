@@ -1,4 +1,4 @@
-package flyhandlers
+package edge
 
 import (
 	"encoding/json"
@@ -24,7 +24,7 @@ type dispatch struct {
 // newDispatch provisions the steps and chains them for every handler
 // set served at layer 4 first. The steps are loaded by module ID
 // (layer4.handlers.<step>), as a route's handlers are: pg_tls lives in
-// package pgtls, which imports this one.
+// package pgtls, which this one does not import.
 func newDispatch(ctx caddy.Context) (*dispatch, error) {
 	steps := make(map[string]layer4.NextHandler)
 	d := &dispatch{chains: make(map[routing.Handlers]layer4.Handler)}

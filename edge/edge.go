@@ -1,4 +1,4 @@
-package flyhandlers
+package edge
 
 import (
 	"encoding/json"
@@ -19,6 +19,9 @@ import (
 	"github.com/mholt/caddy-l4/layer4"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/flyedge/caddy-flyedge/flyhandlers"
+	"github.com/flyedge/caddy-flyedge/routing"
 )
 
 // Edge listens on the edge's ports and gives every connection what the
@@ -88,7 +91,7 @@ type Edge struct {
 	ports     map[int]bool
 	udpAddrs  []caddy.NetworkAddress
 	udpPorts  map[int]bool
-	udp       []*udpPort
+	udp       *flyhandlers.UDP
 	ctx       caddy.Context
 	handler   layer4.Handler
 	listeners []net.Listener
@@ -113,7 +116,7 @@ func (e *Edge) SetPorts(ports, udpPorts []string) error {
 		return errors.New("udp_idle_timeout must not be negative")
 	}
 	if e.UDPIdleTimeout == 0 {
-		e.UDPIdleTimeout = caddy.Duration(DefaultUDPIdleTimeout)
+		e.UDPIdleTimeout = caddy.Duration(flyhandlers.DefaultUDPIdleTimeout)
 	}
 	if e.HTTP == "" {
 		e.HTTP = "edge"
@@ -394,10 +397,21 @@ func (e *Edge) Stop() error {
 	for _, l := range e.listeners {
 		_ = l.Close()
 	}
-	for _, u := range e.udp {
-		u.close()
+	if e.udp != nil {
+		e.udp.Close()
 	}
 	e.wg.Wait()
 	e.listeners, e.udp = nil, nil
 	return nil
+}
+
+// startUDP listens on the edge's UDP ports; flyhandlers relays their
+// flows.
+func (e *Edge) startUDP() error {
+	app, err := e.ctx.App("fly")
+	if err != nil {
+		return err
+	}
+	e.udp, err = flyhandlers.ListenUDP(app.(*routing.App), e.udpPorts, time.Duration(e.UDPIdleTimeout), e.logger)
+	return err
 }

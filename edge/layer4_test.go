@@ -1,4 +1,4 @@
-package flyhandlers
+package edge
 
 import (
 	"errors"
