@@ -76,8 +76,9 @@ func (rt *Route) Failover() Failover { return rt.failover }
 // own, deprecated, options); pass Failover{} for the app's.
 //
 // ctx bounds the whole: the wait in the queue and the moving on. When
-// ctx is already done, Connect takes a machine only if one has room now,
-// and tries no other after a failure (UDP's reader, which may not wait).
+// ctx is already done, Connect takes a machine only if one has room now
+// (it does not join the queue), and after a failure tries no other and
+// leaves the machine in selection (UDP's reader, which may not wait).
 //
 // It returns the connection, the machine's index and a release func to
 // call when the connection ends (it gives back the machine's unit of
@@ -102,6 +103,14 @@ func (rt *Route) Connect(ctx context.Context, pref Preference, over Failover, di
 		}
 		rt.Release(i)
 		lastErr = fmt.Errorf("machine %s (%s): %w", rt.machines[i].id, rt.machines[i].dial, err)
+		if ctx.Err() != nil {
+			// the client went away, or may not wait (UDP's reader, whose
+			// dial only opens a local socket): the failure says nothing of
+			// the machine, which stays in selection for every protocol
+			outcome = Refused
+			rt.countSelection(outcome)
+			break
+		}
 		i, outcome = t.next(i, choose)
 	}
 	switch {

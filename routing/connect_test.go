@@ -267,3 +267,24 @@ func TestFailoverConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestConnectNoWaitKeepsMachine: a dial that fails while ctx is done (the
+// client went away; UDP's reader, which may not wait and whose dial only
+// opens a local socket) leaves the machine in selection for every
+// protocol: the failure says nothing of it.
+func TestConnectNoWaitKeepsMachine(t *testing.T) {
+	rt := connectApp(t, nil, nil, "000000000000a1", "000000000000a2", "000000000000b1")
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	var tried []string
+	_, _, _, err := rt.Connect(done, Preference{}, Failover{}, func(i int) (net.Conn, error) {
+		tried = append(tried, rt.MachineID(i))
+		return nil, errors.New("no route to the machine's address family")
+	})
+	if !errors.Is(err, ErrNoMachine) || len(tried) != 1 {
+		t.Fatalf("Connect: %v after trying %v; want ErrNoMachine after one machine", err, tried)
+	}
+	if m := rt.machines[rt.MachineIndex(tried[0])]; !m.available() {
+		t.Errorf("%s is left out of selection after a failure on the edge's side", tried[0])
+	}
+}

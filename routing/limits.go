@@ -154,6 +154,9 @@ func Acquire[P Pool](ctx context.Context, rt *Route, p P, pref Preference) (int,
 		}
 		break
 	}
+	if ctx.Err() != nil {
+		return -1, AtHardLimit // may not wait: no place in the queue taken from those who may
+	}
 	q := &rt.queue
 	if q.waiting.Add(1) > MaxQueued {
 		q.waiting.Add(-1)
