@@ -119,12 +119,9 @@ func methods(r *http.Request, allowed ...string) error {
 // routing.DecodeStrict: one object, keys exact and once each, no nulls,
 // nothing after it.
 func decode(r *http.Request, v any) error {
-	body, err := io.ReadAll(io.LimitReader(r.Body, MaxBody+1))
+	body, err := readBody(r)
 	if err != nil {
-		return invalid("reading the request body: %v", err)
-	}
-	if len(body) > MaxBody {
-		return invalid("request body: over %d bytes", MaxBody)
+		return err
 	}
 	if err := routing.DecodeStrict("", body, v); err != nil {
 		if errors.Is(err, io.EOF) {
@@ -133,6 +130,18 @@ func decode(r *http.Request, v any) error {
 		return invalid("request body: %v", err)
 	}
 	return nil
+}
+
+// readBody reads a request's body, refusing one over MaxBody bytes.
+func readBody(r *http.Request) ([]byte, error) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxBody+1))
+	if err != nil {
+		return nil, invalid("reading the request body: %v", err)
+	}
+	if len(body) > MaxBody {
+		return nil, invalid("request body: over %d bytes", MaxBody)
+	}
+	return body, nil
 }
 
 // reply writes v as JSON with status, or err.

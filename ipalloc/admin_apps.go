@@ -2,7 +2,6 @@ package ipalloc
 
 import (
 	"encoding/json"
-	"io"
 	"mime"
 	"net/http"
 	"strings"
@@ -33,12 +32,9 @@ func (api *adminAPI) appDef(w http.ResponseWriter, r *http.Request) error {
 		}
 		return reply(w, http.StatusOK, def, err)
 	case http.MethodPut:
-		body, err := io.ReadAll(io.LimitReader(r.Body, MaxBody+1))
+		body, err := readBody(r)
 		if err != nil {
-			return invalid("reading the request body: %v", err)
-		}
-		if len(body) > MaxBody {
-			return invalid("request body: over %d bytes", MaxBody)
+			return err
 		}
 		if len(strings.TrimSpace(string(body))) == 0 {
 			return invalid("the request needs a JSON body")
