@@ -1,6 +1,7 @@
-// Package caddyfile registers flyedge's Caddyfile global option `fly` and
-// its HTTP handler directives, and places the directives in Caddy's
-// directive order so a Caddyfile needs no `order` line.
+// Package caddyfile registers flyedge's Caddyfile global options (`fly`,
+// `fly_ips`, `fly_edge`) and its HTTP handler directives, and places the
+// directives in Caddy's directive order so a Caddyfile needs no `order`
+// line.
 //
 // Order, and why:
 //
@@ -22,6 +23,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/flyedge/caddy-flyedge/edge"
 	"github.com/flyedge/caddy-flyedge/flyhandlers"
 	"github.com/flyedge/caddy-flyedge/ipalloc"
 	"github.com/flyedge/caddy-flyedge/routing"
@@ -30,6 +32,7 @@ import (
 func init() {
 	httpcaddyfile.RegisterGlobalOption("fly", parseFly)
 	httpcaddyfile.RegisterGlobalOption("fly_ips", parseFlyIPs)
+	httpcaddyfile.RegisterGlobalOption("fly_edge", parseFlyEdge)
 	httpcaddyfile.RegisterHandlerDirective("force_https", parseForceHTTPS)
 	httpcaddyfile.RegisterDirectiveOrder("force_https", httpcaddyfile.Before, "redir")
 	httpcaddyfile.RegisterHandlerDirective("fly_headers", parseFlyHeaders)
@@ -52,7 +55,9 @@ func parseFly(d *caddyfile.Dispenser, existingVal any) (any, error) {
 }
 
 // parseFlyIPs sets up the fly_ips app from the global option; repeated
-// blocks are merged.
+// blocks are merged. It still takes the edge's options (ports, issuer,
+// ...), which are the fly_edge option's now: they go into fly_ips' own
+// deprecated fields, from which fly_ips loads the edge with a warning.
 func parseFlyIPs(d *caddyfile.Dispenser, existingVal any) (any, error) {
 	app := new(ipalloc.App)
 	if existing, ok := existingVal.(httpcaddyfile.App); ok {
@@ -60,10 +65,51 @@ func parseFlyIPs(d *caddyfile.Dispenser, existingVal any) (any, error) {
 			return nil, fmt.Errorf("merging fly_ips options: %w", err)
 		}
 	}
-	if err := app.UnmarshalCaddyfile(d); err != nil {
-		return nil, err
+	e := new(edge.Edge) // the deprecated edge options
+	if app.Edge != nil {
+		if err := json.Unmarshal(app.Edge, e); err != nil {
+			return nil, fmt.Errorf("merging fly_ips options: %w", err)
+		}
+	}
+	e.Ports, e.UDPPorts = app.Ports, app.UDPPorts
+	d.Next() // option name
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		ok, err := app.UnmarshalOption(d)
+		if err == nil && !ok {
+			ok, err = e.UnmarshalOption(d)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, d.Errf("unrecognized fly_ips option '%s'", d.Val())
+		}
+	}
+	app.Ports, app.UDPPorts = e.Ports, e.UDPPorts
+	e.Ports, e.UDPPorts = nil, nil
+	app.Edge = nil
+	if edgeSettings := caddyconfig.JSON(e, nil); string(edgeSettings) != "{}" {
+		app.Edge = edgeSettings
 	}
 	return httpcaddyfile.App{Name: "fly_ips", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// parseFlyEdge sets up the fly_edge app from the global option; repeated
+// blocks are merged.
+func parseFlyEdge(d *caddyfile.Dispenser, existingVal any) (any, error) {
+	e := new(edge.Edge)
+	if existing, ok := existingVal.(httpcaddyfile.App); ok {
+		if err := json.Unmarshal(existing.Value, e); err != nil {
+			return nil, fmt.Errorf("merging fly_edge options: %w", err)
+		}
+	}
+	if err := e.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "fly_edge", Value: caddyconfig.JSON(e, nil)}, nil
 }
 
 func parseForceHTTPS(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {

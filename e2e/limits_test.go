@@ -68,8 +68,10 @@ const limitsEdge = `{
 		shared_v4 ` + sharedV4 + `
 		v4 ` + v4Pool + `
 		auto_allocate off
-		ports %[5]s %[7]s %[8]s
 		http_port %[5]s
+	}
+	fly_edge {
+		ports %[5]s %[7]s %[8]s
 		issuer internal
 	}
 }

@@ -96,9 +96,11 @@ const servicesEdge = `{
 		shared_v4 ` + sharedV4 + `
 		v4 ` + v4Pool + `
 		auto_allocate off
-		ports %[5]s %[6]s %[8]s %[9]s %[10]s %[19]s-%[20]s %[23]s
 		http_port %[5]s
 		https_port %[6]s
+	}
+	fly_edge {
+		ports %[5]s %[6]s %[8]s %[9]s %[10]s %[19]s-%[20]s %[23]s
 		issuer internal
 	}
 }
@@ -336,8 +338,10 @@ const startupEdge = `{
 		}
 	}
 	fly_ips {
-		ports %[2]s
 		auto_allocate off
+	}
+	fly_edge {
+		ports %[2]s
 		issuer internal
 		%[3]s
 	}
@@ -482,4 +486,46 @@ func portNumber(t *testing.T, s string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestLegacyEdgeConfig: a config that still sets the edge's ports and
+// settings in fly_ips (before the fly_edge app) runs the same edge and
+// warns that they moved; one that sets them in both places fails to
+// load and says to keep one.
+func TestLegacyEdgeConfig(t *testing.T) {
+	requireCaddy(t)
+	admin, port := freeAddr(), freePort()
+	legacy := strings.Replace(fmt.Sprintf(startupEdge, admin, port, ""), "\t}\n\tfly_edge {\n", "", 1)
+	if !strings.Contains(legacy, "fly_ips {\n\t\tauto_allocate off\n\t\tports "+port+"\n") {
+		t.Fatalf("the legacy config is not the old shape:\n%s", legacy)
+	}
+	p := startEdgeProc(t, "legacy", legacy)
+	if !p.started(t) {
+		t.Fatalf("an edge configured the old way did not start:\n%s", p.log)
+	}
+	resp, err := http.Get("http://127.0.0.1:" + port + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "legacy" {
+		t.Errorf("the edge's port answered %q, want the legacy edge", b)
+	}
+	checkOwnListeners(t, portNumber(t, port))
+	if n := len(listeningOn(t, []int{portNumber(t, port)})); n != 1 {
+		t.Errorf("%d sockets listen on the edge's port, want 1 (the edge started once)", n)
+	}
+	if log := p.log.String(); !strings.Contains(log, "fly_ips: ports, udp_ports and edge are deprecated: they are the fly_edge app's now") {
+		t.Errorf("no deprecation warning in the log:\n%s", log)
+	}
+
+	both := strings.Replace(fmt.Sprintf(startupEdge, freeAddr(), freePort(), ""), "\t\tauto_allocate off\n", "\t\tauto_allocate off\n\t\tports "+freePort()+"\n", 1)
+	p2 := startEdgeProc(t, "both", both)
+	if p2.started(t) {
+		t.Fatalf("an edge with ports in fly_ips and in fly_edge started:\n%s", p2.log)
+	}
+	if log := p2.log.String(); !strings.Contains(log, "the config has a fly_edge app; set the edge's ports and settings there only") {
+		t.Errorf("the log does not say to keep one place:\n%s", log)
+	}
 }

@@ -53,6 +53,8 @@ const briefEdge = `{
 		v4 127.31.0.0/24
 		http_port %[2]s
 		https_port %[3]s
+	}
+	fly_edge {
 		ports %[2]s %[3]s %[4]s
 		issuer acme {
 			email ops@example.net
@@ -178,6 +180,8 @@ func TestEdgeLeavesTrustStore(t *testing.T) {
 	}
 	fly_ips {
 		shared_v4 127.0.0.1
+	}
+	fly_edge {
 		ports `+port+`
 		issuer internal
 	}

@@ -42,10 +42,12 @@ const udpEdge = `{
 		shared_v4 ` + sharedV4 + `
 		v4 ` + v4Pool + `
 		auto_allocate off
+		http_port %[6]s
+	}
+	fly_edge {
 		ports %[6]s
 		udp_ports %[5]s
 		udp_idle_timeout 1s
-		http_port %[6]s
 		issuer internal
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,7 +21,21 @@ import (
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
-func init() { caddy.RegisterModule(stubPGTLS{}) }
+func init() {
+	caddy.RegisterModule(stubPGTLS{})
+	caddy.RegisterModule(new(stubIPs))
+}
+
+// stubIPs stands in for ipalloc's fly_ips app, which the edge loads and
+// this package does not import.
+type stubIPs struct{}
+
+func (*stubIPs) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "fly_ips", New: func() caddy.Module { return new(stubIPs) }}
+}
+
+func (*stubIPs) Start() error { return nil }
+func (*stubIPs) Stop() error  { return nil }
 
 // stubPGTLS stands in for pgtls's pg_tls, which this package does not
 // import.
@@ -54,7 +69,7 @@ func TestEdgeMatchesOnce(t *testing.T) {
 		"admin":   map[string]any{"disabled": true, "config": map[string]any{"persist": false}},
 		"storage": map[string]any{"module": "file_system", "root": t.TempDir()},
 		"apps": map[string]any{
-			"tls": map[string]any{},
+			"tls": map[string]any{"automation": map[string]any{"on_demand": map[string]any{"permission": map[string]any{"module": "fly"}}}},
 			"fly": map[string]any{"region": "iad", "base_domain": "edge.test", "apps": map[string]*routing.Application{
 				"web": tcpApp(portOf(ln), 8080, []string{"tls", "http"}),
 			}},
@@ -75,13 +90,10 @@ func TestEdgeMatchesOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	var e Edge
-	if err := e.SetPorts(nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	fly.SetProvisioningIPs(true)
-	err = e.Provision(ctx)
-	fly.SetProvisioningIPs(false)
-	if err != nil {
+	e.Ports = []string{strconv.Itoa(portOf(ln))}
+	e.IssuersRaw = []json.RawMessage{json.RawMessage(`{"module": "internal"}`)}
+	e.HandOffTimeout = caddy.Duration(50 * time.Millisecond) // no HTTP server takes the connection
+	if err := e.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
@@ -101,7 +113,7 @@ func TestEdgeMatchesOnce(t *testing.T) {
 	defer conn.Close()
 	cx := layer4.WrapConnection(conn, make([]byte, 0, 4096), logger)
 	cx.Context = context.WithValue(cx.Context, handOffKey{}, &e)
-	_ = e.handler.Handle(cx) // the handshake fails: the test has no certificate
+	_ = e.handler.Handle(cx) // the client ends the handshake
 	runs := logs.FilterMessage("matching").FilterField(zap.String("matcher", "layer4.matchers.fly_app")).Len()
 	t.Logf("fly_app matcher runs for a tls http connection: %d", runs)
 	if runs != 2 {

@@ -24,10 +24,15 @@ import (
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
-// Edge listens on the edge's ports and gives every connection what the
-// port of its app asks for, whatever the port: the fly_ips app runs it
-// when its `ports` are set, so the user writes no layer 4 server, no
-// listener wrapper and no route per port.
+func init() {
+	caddy.RegisterModule(new(Edge))
+}
+
+// Edge is the `fly_edge` Caddy app: it listens on the edge's ports and
+// gives every connection what the port of its app asks for, whatever the
+// port, so the user writes no layer 4 server, no listener wrapper and no
+// route per port. It loads the fly_ips app, whose state (addresses, host
+// names, machines) routing reads.
 //
 // Each connection is matched by one caddy-l4 route, whose fly_app
 // matcher (edge mode) resolves it once (routing.App.Resolve: the address
@@ -53,6 +58,16 @@ import (
 // issuers, so the certificate of a name is obtained at its first
 // handshake (only names the resolver routes get that far).
 type Edge struct {
+	// The edge's TCP ports: numbers or ranges ("80", "10000-10999"). The
+	// edge listens on each, on every address, and serves there every
+	// service port of every app, whatever its handlers. An app with a
+	// service on another port is refused.
+	Ports []string `json:"ports,omitempty"`
+
+	// The edge's UDP ports, as ports: the ports udp services may use.
+	// The edge serves UDP on apps' dedicated IPv4 addresses only.
+	UDPPorts []string `json:"udp_ports,omitempty"`
+
 	// The name of the HTTP server's listener: a site block with `bind
 	// fly/<http>` serves the edge's HTTP.
 	// Default: edge
@@ -99,14 +114,25 @@ type Edge struct {
 	logger    *zap.Logger
 }
 
-// SetPorts parses the edge's TCP and UDP ports: numbers or ranges
+// CaddyModule returns the Caddy module information.
+func (*Edge) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "fly_edge",
+		New: func() caddy.Module { return new(Edge) },
+	}
+}
+
+// setPorts parses the edge's TCP and UDP ports: numbers or ranges
 // ("80", "10000-10999"), each listened on with every host address.
-func (e *Edge) SetPorts(ports, udpPorts []string) error {
+func (e *Edge) setPorts() error {
+	if len(e.Ports) == 0 && len(e.UDPPorts) == 0 {
+		return errors.New("ports: the edge has no ports to listen on; list them (ports, udp_ports)")
+	}
 	var err error
-	if e.addrs, e.ports, err = parsePorts("ports", ports); err != nil {
+	if e.addrs, e.ports, err = parsePorts("ports", e.Ports); err != nil {
 		return err
 	}
-	if e.udpAddrs, e.udpPorts, err = parsePorts("udp_ports", udpPorts); err != nil {
+	if e.udpAddrs, e.udpPorts, err = parsePorts("udp_ports", e.UDPPorts); err != nil {
 		return err
 	}
 	if len(e.udpPorts) > 1024 {
@@ -190,13 +216,40 @@ func portList(addrs []caddy.NetworkAddress) string {
 // route is there for caddy-l4's matching loop (prefetch and timeout).
 const edgeRoute = `[{"match": [{"fly_app": {"edge": true}}]}]`
 
-// Provision sets up the route, the handlers and the certificates' automation policy
-// (before the tls app starts, which reads its policies from then on).
-// The fly_ips app calls it from its own Provision, after SetPorts; the
-// handlers reach the fly and tls apps.
+// Provision parses the ports, tells the fly app which ones the edge
+// serves (and checks that the config's apps use no other), loads the
+// fly_ips app, and sets up the route, the handlers and the certificates'
+// automation policy (before the tls app starts, which reads its policies
+// from then on).
 func (e *Edge) Provision(ctx caddy.Context) error {
 	e.ctx = ctx
 	e.logger = ctx.Logger().Named("edge")
+	if err := e.setPorts(); err != nil {
+		return err
+	}
+	fly, err := routing.FromContext(ctx)
+	if err != nil {
+		return err
+	}
+	if err := fly.ServePorts(e.Serves, e.ServesUDP, "fly_edge ports: "+e.PortList()); err != nil {
+		return err
+	}
+	names := fly.AppNames()
+	slices.Sort(names)
+	for _, name := range names {
+		if fly.AppSource(name) != routing.SourceConfig {
+			continue
+		}
+		if err := fly.CheckPorts(name, fly.AppConfig(name)); err != nil {
+			return err
+		}
+	}
+	// the state routing reads: addresses, host names, machines (when
+	// fly_ips loads the edge, from its deprecated fields, Caddy gives
+	// back the fly_ips being provisioned)
+	if _, err := ctx.App("fly_ips"); err != nil {
+		return fmt.Errorf("loading the fly_ips app: %w", err)
+	}
 	var routes layer4.RouteList
 	if err := json.Unmarshal([]byte(edgeRoute), &routes); err != nil {
 		return err
@@ -219,8 +272,11 @@ func (e *Edge) Provision(ctx caddy.Context) error {
 }
 
 // Start listens on the edge's ports, once it knows that no other process
-// does (unless share_ports).
+// serves the admin endpoint or (unless share_ports) listens on them.
 func (e *Edge) Start() error {
+	if err := e.checkAdmin(e.ctx); err != nil {
+		return err
+	}
 	if !e.SharePorts {
 		if err := e.checkPortsFree(); err != nil {
 			return err
@@ -408,10 +464,16 @@ func (e *Edge) Stop() error {
 // startUDP listens on the edge's UDP ports; flyhandlers relays their
 // flows.
 func (e *Edge) startUDP() error {
-	app, err := e.ctx.App("fly")
+	fly, err := routing.FromContext(e.ctx)
 	if err != nil {
 		return err
 	}
-	e.udp, err = flyhandlers.ListenUDP(app.(*routing.App), e.udpPorts, time.Duration(e.UDPIdleTimeout), e.logger)
+	e.udp, err = flyhandlers.ListenUDP(fly, e.udpPorts, time.Duration(e.UDPIdleTimeout), e.logger)
 	return err
 }
+
+// Interface guards
+var (
+	_ caddy.App         = (*Edge)(nil)
+	_ caddy.Provisioner = (*Edge)(nil)
+)

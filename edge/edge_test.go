@@ -9,8 +9,8 @@ import (
 )
 
 func TestEdgePorts(t *testing.T) {
-	var e Edge
-	if err := e.SetPorts([]string{"80", "443", "10000-10002"}, nil); err != nil {
+	e := Edge{Ports: []string{"80", "443", "10000-10002"}}
+	if err := e.setPorts(); err != nil {
 		t.Fatal(err)
 	}
 	for port, want := range map[int]bool{80: true, 443: true, 10000: true, 10002: true, 10003: false, 8080: false} {
@@ -32,9 +32,10 @@ func TestEdgePorts(t *testing.T) {
 		{[]string{"70000"}, `ports[0]: "70000" is not a port number`},
 		{[]string{"http"}, `ports[0]: "http" is not a port number`},
 		{[]string{"80", "79-81"}, "ports[1]: port 80 is listed twice"},
+		{nil, "ports: the edge has no ports to listen on"},
 	} {
-		var e Edge
-		if err := e.SetPorts(tc.ports, nil); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+		e := Edge{Ports: tc.ports}
+		if err := e.setPorts(); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want %q", tc.ports, err, tc.want)
 		}
 	}

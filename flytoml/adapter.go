@@ -151,10 +151,9 @@ func (adapter) Adapt(body []byte, options map[string]any) ([]byte, []caddyconfig
 				"egress_v4": edge.EgressV4, "egress_v6": edge.EgressV6,
 				"auto_allocate": edge.AutoAllocate,
 				"http_port":     web[0], "https_port": web[1],
-				"ports": ports,
-				"edge":  map[string]any{"issuers": []any{issuer}},
 			},
-			"http": map[string]any{"servers": map[string]any{"edge": edgeHTTPServer}},
+			"fly_edge": map[string]any{"ports": ports, "issuers": []any{issuer}},
+			"http":     map[string]any{"servers": map[string]any{"edge": edgeHTTPServer}},
 			"tls": map[string]any{"automation": map[string]any{
 				"on_demand": map[string]any{"permission": map[string]any{"module": "fly"}},
 			}},

@@ -17,6 +17,7 @@ package ipalloc
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -31,7 +32,6 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
-	"github.com/flyedge/caddy-flyedge/edge"
 	"github.com/flyedge/caddy-flyedge/routing"
 )
 
@@ -67,21 +67,13 @@ type App struct {
 	HTTPPort  int `json:"http_port,omitempty"`
 	HTTPSPort int `json:"https_port,omitempty"`
 
-	// The edge's ports: numbers or ranges ("80", "10000-10999"). The
-	// edge listens on each, on every address, and serves there every
-	// service port of every app, whatever its handlers (see Edge): no
-	// layer 4 server, listener wrapper or route per port is needed. An
-	// app with a service on another port is refused. Without ports, the
-	// config's own servers listen (the apps' ports are not checked).
-	Ports []string `json:"ports,omitempty"`
-
-	// The edge's UDP ports, as ports: the ports udp services may use.
-	// The edge serves UDP on apps' dedicated IPv4 addresses only.
-	UDPPorts []string `json:"udp_ports,omitempty"`
-
-	// How the edge serves its ports: the HTTP server's listener, the
-	// certificates' issuers, timeouts. Only with ports.
-	Edge *edge.Edge `json:"edge,omitempty"`
+	// Deprecated: the edge's ports, UDP ports and settings are the
+	// fly_edge app's (its ports, udp_ports and the rest of its fields).
+	// Set here, they still work: fly_ips loads the fly_edge app with them
+	// and logs a warning.
+	Ports    []string        `json:"ports,omitempty"`
+	UDPPorts []string        `json:"udp_ports,omitempty"`
+	Edge     json.RawMessage `json:"edge,omitempty"`
 
 	pools    *pools
 	started  atomic.Bool // push applies egress rules from Start on, not at provisioning
@@ -114,48 +106,46 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.ctx = ctx
-	// modules this Provision loads (the edge's handlers, the tls app's
-	// permission) find this fly_ips app through the fly app meanwhile
-	fly.SetProvisioningIPs(true)
-	defer fly.SetProvisioningIPs(false)
-	if err := a.setupEdge(fly); err != nil {
+	if err := a.loadEdge(ctx); err != nil {
 		return err
 	}
-	if err := a.setup(ctx, fly, ctx.Storage(), ctx.Logger()); err != nil {
-		return err
-	}
-	if a.Edge != nil {
-		return a.Edge.Provision(ctx)
-	}
-	return nil
+	return a.setup(ctx, fly, ctx.Storage(), ctx.Logger())
 }
 
-// setupEdge parses the edge's ports and checks that every service of the
-// config's apps uses them.
-func (a *App) setupEdge(fly *routing.App) error {
-	if len(a.Ports) == 0 && len(a.UDPPorts) == 0 {
-		if a.Edge != nil {
-			return fmt.Errorf("edge: the edge's settings need its ports")
-		}
+// loadEdge loads the edge the deprecated ports, udp_ports and edge fields
+// describe, as the fly_edge app would be with them, and warns.
+func (a *App) loadEdge(ctx caddy.Context) error {
+	if len(a.Ports) == 0 && len(a.UDPPorts) == 0 && a.Edge == nil {
 		return nil
 	}
-	if a.Edge == nil {
-		a.Edge = new(edge.Edge)
+	settings := make(map[string]json.RawMessage)
+	if a.Edge != nil {
+		if err := json.Unmarshal(a.Edge, &settings); err != nil {
+			return fmt.Errorf("edge: %w", err)
+		}
 	}
-	if err := a.Edge.SetPorts(a.Ports, a.UDPPorts); err != nil {
-		return err
-	}
-	list := "fly_ips ports: " + a.Edge.PortList()
-	fly.ServePorts(a.Edge.Serves, a.Edge.ServesUDP, list)
-	names := fly.AppNames()
-	slices.Sort(names)
-	for _, name := range names {
-		if fly.AppSource(name) != routing.SourceConfig {
+	for key, v := range map[string][]string{"ports": a.Ports, "udp_ports": a.UDPPorts} {
+		if v == nil {
 			continue
 		}
-		if err := fly.CheckPorts(name, fly.AppConfig(name)); err != nil {
-			return err
+		if _, ok := settings[key]; ok {
+			return fmt.Errorf("%s: set both beside edge and in it; keep one", key)
 		}
+		settings[key], _ = json.Marshal(v)
+	}
+	raw, err := json.Marshal(settings)
+	if err != nil {
+		return err
+	}
+	if _, err := ctx.AppIfConfigured("fly_edge"); !errors.Is(err, caddy.ErrNotConfigured) {
+		return errors.New("ports, udp_ports, edge: the config has a fly_edge app; set the edge's ports and settings there only")
+	}
+	ctx.Logger().Warn("fly_ips: ports, udp_ports and edge are deprecated: they are the fly_edge app's now " +
+		"(JSON: apps.fly_edge with ports, udp_ports and the edge's fields; Caddyfile: the fly_edge global option)")
+	// Caddy starts and stops it with the config's apps: an app module is
+	// one of the config's apps from the moment it is loaded
+	if _, err := ctx.LoadModuleByID("fly_edge", raw); err != nil {
+		return fmt.Errorf("edge: %w", err)
 	}
 	return nil
 }
@@ -210,18 +200,8 @@ func (a *App) routesByAddress() bool {
 }
 
 // Start hands what the store holds to the fly app, keeps it in step
-// with the storage, and gives new apps their automatic
-// addresses. It refuses to start when another process serves the admin
-// endpoint (or, unless share_ports, listens on one of the edge's ports).
+// with the storage, and gives new apps their automatic addresses.
 func (a *App) Start() error {
-	if err := a.checkAdmin(a.ctx); err != nil {
-		return err
-	}
-	if a.Edge != nil {
-		if err := a.Edge.Start(); err != nil {
-			return err
-		}
-	}
 	a.store.start()
 	a.started.Store(true)
 	onChange := a.push
@@ -245,9 +225,6 @@ func (a *App) Start() error {
 // successful reload the new config has them already, and Stop leaves
 // them alone. The store keeps following the storage either way.
 func (a *App) Stop() error {
-	if a.Edge != nil {
-		_ = a.Edge.Stop()
-	}
 	if a.onChange != nil && a.store.onChange.CompareAndSwap(a.onChange, a.prevOnChange) && a.prevOnChange != nil {
 		(*a.prevOnChange)(nil)
 	}

@@ -15,10 +15,14 @@ import (
 // for TCP and for UDP (serves; list names them in messages): CheckApp
 // refuses an app with a service on any other port. Without it, every
 // port is taken.
-func (a *App) ServePorts(serves, servesUDP func(port int) bool, list string) {
+func (a *App) ServePorts(serves, servesUDP func(port int) bool, list string) error {
 	a.reg.change.Lock()
 	defer a.reg.change.Unlock()
+	if a.serves != nil {
+		return fmt.Errorf("the edge's ports are set twice (%s; %s): one edge per config, set in the fly_edge app", a.servesList, list)
+	}
 	a.serves, a.servesUDP, a.servesList = serves, servesUDP, list
+	return nil
 }
 
 // CheckPorts returns an error naming the first service port of cfg (app

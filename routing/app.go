@@ -6,7 +6,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -58,18 +57,17 @@ type App struct {
 	// The apps served by this edge, keyed by app name.
 	Apps map[string]*Application `json:"apps,omitempty"`
 
-	failover        Failover // Failover with its defaults filled
-	catalog         map[string]Region
-	edge            Region
-	reg             *registry
-	provisioningIPs atomic.Bool         // the fly_ips app of this config is being provisioned
-	serves          func(port int) bool // the edge's ports, when it lists them (guarded by reg.change)
-	servesUDP       func(port int) bool // its UDP ports
-	servesList      string
-	health          *healthChecker
-	metrics         *metrics
-	logger          *zap.Logger
-	ctx             caddy.Context
+	failover   Failover // Failover with its defaults filled
+	catalog    map[string]Region
+	edge       Region
+	reg        *registry
+	serves     func(port int) bool // the edge's ports, when it lists them (guarded by reg.change)
+	servesUDP  func(port int) bool // its UDP ports
+	servesList string
+	health     *healthChecker
+	metrics    *metrics
+	logger     *zap.Logger
+	ctx        caddy.Context
 }
 
 // CaddyModule returns the Caddy module information.
@@ -169,16 +167,6 @@ func FromContext(ctx caddy.Context) (*App, error) {
 	}
 	return app.(*App), nil
 }
-
-// SetProvisioningIPs tells the fly app that the config's fly_ips app is
-// being provisioned (on) or done (off). Modules that make sure a fly_ips
-// app runs (they load it) must not load a second one meanwhile: they are
-// being provisioned on its behalf.
-func (a *App) SetProvisioningIPs(on bool) { a.provisioningIPs.Store(on) }
-
-// ProvisioningIPs tells whether the config's fly_ips app is being
-// provisioned.
-func (a *App) ProvisioningIPs() bool { return a.provisioningIPs.Load() }
 
 // EdgeRegion returns the region code of this edge.
 func (a *App) EdgeRegion() string { return a.Region }

@@ -39,18 +39,14 @@ type MatchHTTP struct {
 // feeds it addresses, host names and machines, runs too: it is loaded by
 // its module ID, as routing imports no other flyedge package) and checks
 // that the matcher's app names (config field field) are apps of the fly
-// config. While the fly_ips app is being provisioned (ProvisioningIPs),
-// the matchers are being loaded on its behalf (the edge's route), and
-// loading it again would provision a second one.
+// config.
 func provisionFly(ctx caddy.Context, field string, names []string) (*App, error) {
 	fly, err := FromContext(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if !fly.ProvisioningIPs() { // loading fly_ips now would provision a second one
-		if _, err := ctx.App("fly_ips"); err != nil {
-			return nil, fmt.Errorf("loading the fly_ips app: %w", err)
-		}
+	if _, err := ctx.App("fly_ips"); err != nil {
+		return nil, fmt.Errorf("loading the fly_ips app: %w", err)
 	}
 	for _, name := range names {
 		if !fly.HasApp(name) {

@@ -3,7 +3,7 @@
 # Caddy processes (regions iad, lhr, syd; admin endpoints localhost:2019,
 # :2020, :2021) that share one database through caddy.storage.postgres.
 # They listen on the same ports (Caddy binds with SO_REUSEPORT; each
-# edge's fly_ips says share_ports, without which an edge refuses ports
+# edge's fly_edge says share_ports, without which an edge refuses ports
 # another process listens on), so the kernel spreads connections among
 # them: each answer names the edge that served it. Ctrl-C stops all three.
 #

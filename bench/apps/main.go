@@ -130,7 +130,7 @@ func (e *edge) config(n int) []byte {
 		def := strings.TrimSuffix(e.appJSON(9001), "}")
 		fmt.Fprintf(&b, `"app%d":%s,"machines":[%s,%s]}`, i, def, machineJSON(i, 0), machineJSON(i, 1))
 	}
-	fmt.Fprintf(&b, `}},"fly_ips":{"ports":[%q,%q],"http_port":%s,"https_port":%s,"edge":{"issuers":[{"module":"internal"}]}},`, e.httpPort, e.httpsPort, e.httpPort, e.httpsPort)
+	fmt.Fprintf(&b, `}},"fly_ips":{"http_port":%s,"https_port":%s},"fly_edge":{"ports":[%q,%q],"issuers":[{"module":"internal"}]},`, e.httpPort, e.httpsPort, e.httpPort, e.httpsPort)
 	fmt.Fprintf(&b, `"http":{"servers":{"edge":{"listen":["fly/edge:80"],"routes":[{"match":[{"fly_app":{}}],"handle":[{"handler":"fly_headers"},{"handler":"reverse_proxy","dynamic_upstreams":{"source":"fly"},"load_balancing":{"selection_policy":{"policy":"fly"}},"transport":{"protocol":"fly"}}],"terminal":true},{"handle":[{"handler":"static_response","abort":true}]}]}}}`)
 	b.WriteString(`}}`)
 	return b.Bytes()

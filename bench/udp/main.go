@@ -205,6 +205,8 @@ const edgeConfig = `{
 	fly_ips {
 		v4 127.31.0.0/24
 		auto_allocate off
+	}
+	fly_edge {
 		udp_ports ` + edgeUDPPort + `
 	}
 }

@@ -1,4 +1,4 @@
-package ipalloc
+package edge
 
 import (
 	"testing"

@@ -1,4 +1,4 @@
-package ipalloc
+package edge
 
 import (
 	"context"
@@ -10,8 +10,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
-
-	"github.com/flyedge/caddy-flyedge/edge"
 )
 
 // checkAdmin fails when another process listens on the admin endpoint of
@@ -19,7 +17,7 @@ import (
 // second Caddy started with the same admin address (the demo started
 // twice, say) binds it too, and the two would split the admin calls and
 // the connections of every other shared port in silence.
-func (a *App) checkAdmin(ctx caddy.Context) error {
+func (e *Edge) checkAdmin(ctx caddy.Context) error {
 	listen, ok := adminListen(ctx)
 	if !ok {
 		return nil
@@ -38,15 +36,15 @@ func (a *App) checkAdmin(ctx caddy.Context) error {
 		ips, err = net.DefaultResolver.LookupNetIP(lookup, "ip", na.Host)
 		cancel()
 		if err != nil {
-			a.logger.Warn("cannot tell whether another process serves the admin endpoint", zap.String("address", listen), zap.Error(err))
+			e.logger.Warn("cannot tell whether another process serves the admin endpoint", zap.String("address", listen), zap.Error(err))
 			return nil
 		}
 	}
 	port := int(na.StartPort)
 	for _, ip := range ips {
-		foreign, err := edge.ForeignListeners("tcp", ip, func(p int) bool { return p == port })
+		foreign, err := ForeignListeners("tcp", ip, func(p int) bool { return p == port })
 		if err != nil {
-			a.logger.Warn("cannot tell whether another process serves the admin endpoint", zap.String("address", listen), zap.Error(err))
+			e.logger.Warn("cannot tell whether another process serves the admin endpoint", zap.String("address", listen), zap.Error(err))
 			return nil
 		}
 		if len(foreign) > 0 {

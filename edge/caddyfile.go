@@ -1,0 +1,103 @@
+package edge
+
+import (
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// UnmarshalCaddyfile sets up the fly_edge app from Caddyfile tokens;
+// repeated blocks add to what earlier ones set. Syntax:
+//
+//	fly_edge {
+//		ports <port|first-last...>
+//		udp_ports <port|first-last...>
+//		udp_idle_timeout <duration>
+//		issuer <name> [...]
+//		http_listener <name>
+//		share_ports
+//	}
+//
+// issuer takes a tls.issuance module and its Caddyfile syntax, as the
+// tls directive's issuer does (issuer internal, issuer acme { ... }).
+func (e *Edge) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		ok, err := e.UnmarshalOption(d)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return d.Errf("unrecognized fly_edge option '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+// UnmarshalOption reads the option under d's cursor, inside a fly_edge
+// block, when it is one (ok); the fly_ips global option reads the ones it
+// still takes, deprecated, with it.
+func (e *Edge) UnmarshalOption(d *caddyfile.Dispenser) (ok bool, err error) {
+	switch d.Val() {
+	case "ports", "udp_ports":
+		name := d.Val()
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return true, d.ArgErr()
+		}
+		if name == "udp_ports" {
+			e.UDPPorts = append(e.UDPPorts, args...)
+		} else {
+			e.Ports = append(e.Ports, args...)
+		}
+	case "udp_idle_timeout":
+		var v string
+		if !d.AllArgs(&v) {
+			return true, d.ArgErr()
+		}
+		if e.UDPIdleTimeout != 0 {
+			return true, d.Err("udp_idle_timeout already specified")
+		}
+		dur, err := caddy.ParseDuration(v)
+		if err != nil {
+			return true, d.Errf("udp_idle_timeout %q: %v", v, err)
+		}
+		e.UDPIdleTimeout = caddy.Duration(dur)
+	case "issuer":
+		if !d.NextArg() {
+			return true, d.ArgErr()
+		}
+		name := d.Val()
+		unm, err := caddyfile.UnmarshalModule(d, "tls.issuance."+name)
+		if err != nil {
+			return true, err
+		}
+		e.IssuersRaw = append(e.IssuersRaw, caddyconfig.JSONModuleObject(unm, "module", name, nil))
+	case "share_ports":
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+		if e.SharePorts {
+			return true, d.Err("share_ports already specified")
+		}
+		e.SharePorts = true
+	case "http_listener":
+		var v string
+		if !d.AllArgs(&v) {
+			return true, d.ArgErr()
+		}
+		if e.HTTP != "" {
+			return true, d.Err("http_listener already specified")
+		}
+		e.HTTP = v
+	default:
+		return false, nil
+	}
+	return true, nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Edge)(nil)
