@@ -178,6 +178,9 @@ func FuzzParse(f *testing.F) {
 		}
 		f.Add(data)
 	}
+	// past the bounds, and at and below the checks' floors
+	f.Add(checksDoc(routing.MaxChecksPerApp + 1))
+	f.Add([]byte("[http_service]\ninternal_port = 80\n[[http_service.checks]]\ninterval = 1000\ntimeout = '100ms'\n[[http_service.checks]]\ninterval = 1\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ft, err := Parse("fly.toml", data, [2]int{80, 443})
 		if err != nil {
