@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -340,5 +341,25 @@ primary_region = 'iad'
 	}
 	if got, err := machineOf(shared, "http://shop."+e.domain+":"+e.httpPort+"/"); err != nil || got != deployed.id {
 		t.Errorf("after a refused deploy: machine %q, %v", got, err)
+	}
+
+	// the checks' bounds: a fly.toml's interval = 1 is 1 ms, below the
+	// floor, and the admin API says so (400) with the line; JSON too
+	toml := "app = 'shop'\n[http_service]\n  internal_port = 8080\n  [[http_service.checks]]\n    interval = 1\n"
+	req, _ := http.NewRequest(http.MethodPut, "http://"+adminAddr+"/fly/apps/shop", strings.NewReader(toml))
+	req.Header.Set("Content-Type", "application/toml")
+	resp, err = adminClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, body := resp.StatusCode, string(must(io.ReadAll(resp.Body)))
+	resp.Body.Close()
+	if want := "fly.toml:5: http_service.checks[0].interval: 1ms is below the minimum of 1s (a number is milliseconds)"; status != http.StatusBadRequest || !strings.Contains(body, want) {
+		t.Errorf("a check every millisecond: %d %s, want 400 with %q", status, body, want)
+	}
+	checks := strings.Repeat(`{"type":"tcp"},`, 20) + `{"type":"tcp"}`
+	status, body = call(t, adminAddr, http.MethodPut, "/fly/apps/shop", `{"services":[{"internal_port":8080,"ports":[{"port":`+e.httpsPort+`,"handlers":["tls","http"]}],"checks":[`+checks+`]}]}`, nil)
+	if want := "apps.shop.services[0].checks: 21 checks in the app; at most 20 per app"; status != http.StatusBadRequest || !strings.Contains(body, want) {
+		t.Errorf("21 checks: %d %s, want 400 with %q", status, body, want)
 	}
 }

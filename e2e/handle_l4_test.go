@@ -132,7 +132,7 @@ func TestL4SelectionPolicy(t *testing.T) {
 			service %s {
 				port %s
 				check tcp {
-					interval 100ms
+					interval 1s
 					timeout 100ms
 					grace_period 10ms
 				}

@@ -83,7 +83,7 @@ func TestRouting(t *testing.T) {
 // (service checks) and passive (reverse_proxy) health steer selection.
 func TestRoutingUnhealthy(t *testing.T) {
 	t.Run("active checks", func(t *testing.T) {
-		e := startEdge(t, "check tcp {\n interval 100ms\n timeout 100ms\n }", "")
+		e := startEdge(t, "check tcp {\n interval 1s\n timeout 100ms\n }", "")
 		url := "https://web.edge.test:" + e.httpsPort + "/"
 		lhr := "00000000000c01"
 		e.machines[lhr].Close()

@@ -5,6 +5,7 @@
 package flytoml
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -97,16 +98,53 @@ func (e *Error) Error() string {
 // auto_stop_machines, restart_limit, ...) is left out with a warning that
 // names it; a value Fly.io would refuse is a *Error with the file,
 // the key and its line.
+//
+// Parse takes time linear in the file's size, and bounds what one file
+// may hold: MaxKeys keys and tables, MaxServices services, and
+// routing.MaxChecksPerApp checks; more is a *Error naming the limit.
 func Parse(file string, data []byte, webPorts [2]int) (*File, error) {
+	return parse(file, data, webPorts, defaultLimits)
+}
+
+// The most one fly.toml may hold. Fly.io's files hold tens of keys (the
+// largest of the 23 real files we keep, about 50), one or two services and at
+// most three checks; the bounds keep what one upload costs the edge
+// small (a 1 MB file, the admin API's body limit, is refused in
+// milliseconds).
+const (
+	// MaxKeys is how many keys and table headers a fly.toml may have,
+	// counted as written: key = value, [table] and [[table]] count one
+	// each (an inline table with its keys counts one).
+	MaxKeys = 5000
+	// MaxServices is how many [[services]] and [http_service] a fly.toml
+	// may have together.
+	MaxServices = 64
+)
+
+// limits are the bounds Parse applies; 0 is no bound (the benchmark's).
+type limits struct{ keys, services, checks int }
+
+var defaultLimits = limits{keys: MaxKeys, services: MaxServices, checks: routing.MaxChecksPerApp}
+
+func parse(file string, data []byte, webPorts [2]int, lim limits) (*File, error) {
+	// the keys first: a file of too many is refused before it is decoded
+	lines, err := keyLines(data, lim.keys)
+	if err != nil {
+		var le *limitError
+		if errors.As(err, &le) {
+			return nil, &Error{File: file, Line: le.line, Key: le.key, Msg: le.Error()}
+		}
+		var doc map[string]any
+		if derr := toml.Unmarshal(data, &doc); derr != nil {
+			return nil, tomlSyntaxError(file, derr) // with its line
+		}
+		return nil, tomlSyntaxError(file, err)
+	}
 	var doc map[string]any
 	if err := toml.Unmarshal(data, &doc); err != nil {
 		return nil, tomlSyntaxError(file, err)
 	}
-	lines, err := keyLines(data)
-	if err != nil {
-		return nil, tomlSyntaxError(file, err)
-	}
-	w := &tomlWalker{file: file, lines: lines, web: webPorts}
+	w := &tomlWalker{file: file, lines: lines, web: webPorts, lim: lim}
 	out := &File{Definition: new(routing.Application)}
 	for _, key := range sortedKeys(doc) {
 		v := doc[key]
@@ -118,7 +156,12 @@ func Parse(file string, data []byte, webPorts [2]int) (*File, error) {
 		case "http_service":
 			out.Definition.Services = append(out.Definition.Services, w.httpService(key, w.table(key, v)))
 		case "services":
-			for i, s := range w.tables(key, v) {
+			list := w.tables(key, v)
+			if n := len(list) + len(out.Definition.Services); w.lim.services > 0 && n > w.lim.services {
+				w.fail(key, "%d services; at most %d in one fly.toml", n, w.lim.services)
+				break
+			}
+			for i, s := range list {
 				out.Definition.Services = append(out.Definition.Services, w.service(fmt.Sprintf("services[%d]", i), s))
 			}
 		default:
@@ -145,17 +188,41 @@ func tomlSyntaxError(file string, err error) error {
 	return &Error{File: file, Msg: err.Error()}
 }
 
+// limitError is a file with more keys than the limit.
+type limitError struct {
+	line  int
+	key   string
+	limit int
+}
+
+func (e *limitError) Error() string {
+	return fmt.Sprintf("more than %d keys and tables; at most %d in one fly.toml", e.limit, e.limit)
+}
+
 // keyLines returns the line of every key of a TOML document, by its
 // path: dotted, with the index of each array table
-// (services[0].ports[1].handlers).
-func keyLines(data []byte) (map[string]int, error) {
+// (services[0].ports[1].handlers); a *limitError past maxKeys keys and
+// tables (0: no limit). One pass: each key's line is found among the
+// offsets of the document's line breaks, taken once.
+func keyLines(data []byte, maxKeys int) (map[string]int, error) {
 	lines := make(map[string]int)
 	counts := make(map[string]int) // array table path -> entries so far
+	breaks := lineBreaks(data)
 	var p unstable.Parser
 	p.Reset(data)
 	table := ""
+	keys := 0
 	for p.NextExpression() {
 		e := p.Expression()
+		if e.Kind == unstable.Table || e.Kind == unstable.ArrayTable || e.Kind == unstable.KeyValue {
+			if keys++; maxKeys > 0 && keys > maxKeys {
+				in := table
+				if e.Kind != unstable.KeyValue {
+					in = "" // a table's header is its whole path
+				}
+				return nil, &limitError{line: keyLine(&p, e, breaks), key: keyPath(in, e), limit: maxKeys}
+			}
+		}
 		switch e.Kind {
 		case unstable.Table, unstable.ArrayTable:
 			path := ""
@@ -170,7 +237,7 @@ func keyLines(data []byte) (map[string]int, error) {
 					path += fmt.Sprintf("[%d]", n-1) // inside the latest entry
 				}
 			}
-			line := keyLine(&p, e)
+			line := keyLine(&p, e, breaks)
 			if e.Kind == unstable.ArrayTable {
 				if _, ok := lines[path]; !ok {
 					lines[path] = line // the array's first entry
@@ -182,22 +249,41 @@ func keyLines(data []byte) (map[string]int, error) {
 			table = path
 			lines[path] = line
 		case unstable.KeyValue:
-			path := table
-			it := e.Key()
-			for it.Next() {
-				if path != "" {
-					path += "."
-				}
-				path += string(it.Node().Data)
-			}
-			lines[path] = keyLine(&p, e)
+			lines[keyPath(table, e)] = keyLine(&p, e, breaks)
 		}
 	}
 	return lines, p.Error()
 }
 
-// keyLine returns the line of an expression's key, 0 when unknown.
-func keyLine(p *unstable.Parser, e *unstable.Node) (line int) {
+// keyPath is the path of a key-value expression in table.
+func keyPath(table string, e *unstable.Node) string {
+	path := table
+	it := e.Key()
+	for it.Next() {
+		if path != "" {
+			path += "."
+		}
+		path += string(it.Node().Data)
+	}
+	return path
+}
+
+// lineBreaks returns the offsets of data's line breaks, in order.
+func lineBreaks(data []byte) []int {
+	var out []int
+	for i := 0; ; {
+		j := bytes.IndexByte(data[i:], '\n')
+		if j < 0 {
+			return out
+		}
+		out = append(out, i+j)
+		i += j + 1
+	}
+}
+
+// keyLine returns the line of an expression's key, 0 when unknown;
+// breaks are the offsets of the document's line breaks.
+func keyLine(p *unstable.Parser, e *unstable.Node, breaks []int) (line int) {
 	defer func() {
 		if recover() != nil { // a quoted key with escapes is a copy
 			line = 0
@@ -212,7 +298,8 @@ func keyLine(p *unstable.Parser, e *unstable.Node) (line int) {
 	if r.Length == 0 {
 		r = p.Range(n.Data)
 	}
-	return p.Shape(r).Start.Line
+	off, _ := slices.BinarySearch(breaks, int(r.Offset))
+	return off + 1 // the breaks before the key, plus one
 }
 
 // tomlWalker converts a decoded fly.toml, keeping the first error and
@@ -221,6 +308,8 @@ type tomlWalker struct {
 	file     string
 	lines    map[string]int
 	web      [2]int
+	lim      limits
+	checks   int // checks read so far
 	err      error
 	warnings []Warning
 }
@@ -687,6 +776,19 @@ func (w *tomlWalker) proxyProto(path string, t map[string]any) *routing.ProxyPro
 // check reads a tcp or http check; typ is its type.
 func (w *tomlWalker) check(path, typ string, t map[string]any) *routing.Check {
 	c := &routing.Check{Type: typ}
+	if w.checks++; w.lim.checks > 0 && w.checks > w.lim.checks {
+		w.fail(path, "more than %d checks; at most %d in one app", w.lim.checks, w.lim.checks)
+		return c
+	}
+	defer func() {
+		if key, err := c.Floors(); err != nil && w.err == nil {
+			hint := ""
+			if _, ms := t[key].(int64); ms {
+				hint = " (a number is milliseconds)"
+			}
+			w.fail(path+"."+key, "%v%s", err, hint)
+		}
+	}()
 	for _, k := range sortedKeys(t) {
 		key, v := path+"."+k, t[k]
 		switch k {

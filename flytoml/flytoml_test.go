@@ -1,8 +1,11 @@
 package flytoml
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -175,6 +178,9 @@ func FuzzParse(f *testing.F) {
 		}
 		f.Add(data)
 	}
+	// past the bounds, and at and below the checks' floors
+	f.Add(checksDoc(routing.MaxChecksPerApp + 1))
+	f.Add([]byte("[http_service]\ninternal_port = 80\n[[http_service.checks]]\ninterval = 1000\ntimeout = '100ms'\n[[http_service.checks]]\ninterval = 1\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ft, err := Parse("fly.toml", data, [2]int{80, 443})
 		if err != nil {
@@ -297,4 +303,110 @@ func TestFlyTOMLOptionsWithoutHandler(t *testing.T) {
 	if _, err := routing.ParseApp("web", raw); err != nil {
 		t.Errorf("the app the file makes is refused: %v", err)
 	}
+}
+
+// checksDoc is a fly.toml of one service with n http checks.
+func checksDoc(n int) []byte {
+	var b bytes.Buffer
+	b.WriteString("app = 'big'\n[[services]]\ninternal_port = 8080\n[[services.ports]]\nport = 443\nhandlers = ['tls', 'http']\n")
+	for i := range n {
+		fmt.Fprintf(&b, "[[services.http_checks]]\ninterval = '10s'\ntimeout = '2s'\npath = '/health/%d'\n", i)
+	}
+	return b.Bytes()
+}
+
+// TestFlyTOMLBounds: a file past a bound, or a check below a floor, is
+// an error with the line and the key, naming the limit.
+func TestFlyTOMLBounds(t *testing.T) {
+	svc := "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\n"
+	envKeys := func(n int) string { // app, [env] and n keys
+		var b strings.Builder
+		b.WriteString("app = 'a'\n[env]\n")
+		for i := range n {
+			fmt.Fprintf(&b, "K%d = 'v'\n", i)
+		}
+		return b.String()
+	}
+	for _, tc := range []struct {
+		name string
+		doc  string
+		want string
+	}{
+		{"interval = 1 (1 ms)", svc + "[[services.tcp_checks]]\ninterval = 1\n",
+			"fly.toml:6: services[0].tcp_checks[0].interval: 1ms is below the minimum of 1s (a number is milliseconds)"},
+		{"timeout 10ms", "[http_service]\ninternal_port = 80\n[[http_service.checks]]\ntimeout = '10ms'\n",
+			"fly.toml:4: http_service.checks[0].timeout: 10ms is below the minimum of 100ms"},
+		{"21 checks", string(checksDoc(21)),
+			"fly.toml:87: services[0].http_checks[20]: more than 20 checks; at most 20 in one app"},
+		{"65 services", strings.Repeat(svc, 65), "fly.toml:1: services: 65 services; at most 64 in one fly.toml"},
+		{"5001 keys", envKeys(MaxKeys-2) + "[http_service]\n",
+			fmt.Sprintf("fly.toml:%d: http_service: more than 5000 keys and tables; at most 5000 in one fly.toml", MaxKeys+1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("fly.toml", []byte(tc.doc), [2]int{80, 443})
+			var te *Error
+			if !errors.As(err, &te) || err.Error() != tc.want {
+				t.Errorf("got %v\nwant %s", err, tc.want)
+			}
+		})
+	}
+	// at the bounds, and at the floors, it parses
+	doc := envKeys(MaxKeys-7) + "[http_service]\ninternal_port = 80\n[[http_service.checks]]\ninterval = 1000\ntimeout = '100ms'\n"
+	if _, err := Parse("fly.toml", []byte(doc), [2]int{80, 443}); err != nil {
+		t.Errorf("at the bounds: %v", err)
+	}
+}
+
+// TestFlyTOMLLargeFile: a file as large as the admin API takes (1 MB)
+// is answered at once, and the parse is linear: 10 times the checks
+// take about 10 times as long, not 100 (it took 15 s for 10,000 checks).
+func TestFlyTOMLLargeFile(t *testing.T) {
+	big := checksDoc(13000) // 1 MB
+	start := time.Now()
+	_, err := Parse("fly.toml", big, [2]int{80, 443})
+	if d := time.Since(start); d > 2*time.Second || err == nil || !strings.Contains(err.Error(), "at most") {
+		t.Fatalf("%d KB: %v in %v; want an error naming a limit within 2 s", len(big)>>10, err, d)
+	}
+	timeParse := func(n int) time.Duration {
+		doc := checksDoc(n)
+		best := time.Duration(math.MaxInt64)
+		for range 3 {
+			start := time.Now()
+			if _, err := parse("fly.toml", doc, [2]int{80, 443}, limits{}); err != nil {
+				t.Fatal(err)
+			}
+			best = min(best, time.Since(start))
+		}
+		return best
+	}
+	small, large := timeParse(1000), timeParse(10000)
+	if large > 30*small {
+		t.Errorf("1,000 checks in %v, 10,000 in %v: %.0f times as long", small, large, float64(large)/float64(small))
+	}
+	t.Logf("1,000 checks in %v, 10,000 in %v", small, large)
+}
+
+// BenchmarkParse: the time to parse a fly.toml of n checks (no bounds:
+// the parser's own cost), and of the largest the admin API takes.
+func BenchmarkParse(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		doc := checksDoc(n)
+		b.Run(fmt.Sprintf("checks=%d", n), func(b *testing.B) {
+			b.SetBytes(int64(len(doc)))
+			for b.Loop() {
+				if _, err := parse("fly.toml", doc, [2]int{80, 443}, limits{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	doc := checksDoc(13000)
+	b.Run("1MB-refused", func(b *testing.B) {
+		b.SetBytes(int64(len(doc)))
+		for b.Loop() {
+			if _, err := Parse("fly.toml", doc, [2]int{80, 443}); err == nil {
+				b.Fatal("taken")
+			}
+		}
+	})
 }

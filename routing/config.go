@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -235,6 +236,38 @@ type Check struct {
 	Path string `json:"path,omitempty"`
 }
 
+// The bounds of the active health checks one app may ask for, so that
+// one tenant's checks cannot take the edge's CPU. Fly.io documents no
+// minimum (its generated files use 10s to 15s intervals and timeouts
+// of 1s to 5s); these floors keep every file seen in the wild. The rate
+// of all the probes of an edge is bounded too (see health.go).
+const (
+	// MinCheckInterval is the shortest interval a check may have: a
+	// machine is checked at most once a second by each check.
+	MinCheckInterval = time.Second
+
+	// MinCheckTimeout is the shortest timeout a check may have: below
+	// it a check measures the network's jitter, not the machine.
+	MinCheckTimeout = 100 * time.Millisecond
+
+	// MaxChecksPerApp is how many checks all the services of one app
+	// may have together.
+	MaxChecksPerApp = 20
+)
+
+// Floors tells whether c's interval and timeout are at or above
+// MinCheckInterval and MinCheckTimeout (unset takes the default): it
+// returns the key that is not ("interval" or "timeout") and why.
+func (c *Check) Floors() (key string, err error) {
+	if d := time.Duration(c.Interval); d != 0 && d < MinCheckInterval {
+		return "interval", fmt.Errorf("%v is below the minimum of %v", d, MinCheckInterval)
+	}
+	if d := time.Duration(c.Timeout); d != 0 && d < MinCheckTimeout {
+		return "timeout", fmt.Errorf("%v is below the minimum of %v", d, MinCheckTimeout)
+	}
+	return "", nil
+}
+
 // Machine is one instance of an app.
 type Machine struct {
 	// 14 lower-case hexadecimal characters, as Fly.io's machine IDs.
@@ -282,7 +315,20 @@ func (a *Application) checkInput(name string) error {
 		}
 		return fmt.Errorf("apps.%s.org: %q (want at most 63 letters, digits, '-', '_' or '.')", name, a.Org)
 	}
+	total, seen := 0, 0
+	for _, s := range a.Services {
+		total += len(s.Checks)
+	}
 	for si, s := range a.Services {
+		sf := fmt.Sprintf("apps.%s.services[%d]", name, si)
+		if seen += len(s.Checks); seen > MaxChecksPerApp {
+			return fmt.Errorf("%s.checks: %d checks in the app; at most %d per app", sf, total, MaxChecksPerApp)
+		}
+		for ci, c := range s.Checks {
+			if key, err := c.Floors(); err != nil {
+				return fmt.Errorf("%s.checks[%d].%s: %w", sf, ci, key, err)
+			}
+		}
 		for pi, p := range s.Ports {
 			pf := fmt.Sprintf("apps.%s.services[%d].ports[%d]", name, si, pi)
 			if p.TLSOptions != nil && !p.handlers.Has(HandlerTLS) {

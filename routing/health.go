@@ -38,6 +38,62 @@ func (*checkResult) Destruct() error { return nil }
 
 var healthStates = caddy.NewUsagePool()
 
+// The rate of the probes (one run of one check on one machine), bounded
+// per app and for the whole edge, so that many checks (or many machines)
+// cannot take the edge's CPU: a probe waits for its turn, and a check
+// whose turn comes late runs less often than its interval asks, keeping
+// its latest result meanwhile. The per-app bound keeps one app from
+// taking the whole edge's budget from the others.
+var (
+	// probesPerApp is how many probes per second the checks of one app
+	// may run, with bursts of as many.
+	probesPerApp = 50
+	// probesPerEdge paces the probes of the checks of all the apps
+	// together: 500 a second, with bursts of as many. It lives across
+	// reloads: the budget is the process's.
+	probesPerEdge = newPacer(500)
+)
+
+// pacer spaces events to at most rate a second, allowing bursts of rate
+// after a quiet second (the generic cell rate algorithm).
+type pacer struct {
+	every time.Duration
+	burst time.Duration
+
+	mu  sync.Mutex
+	tat time.Time // the theoretical arrival time of the next event
+}
+
+func newPacer(rate int) *pacer {
+	every := time.Second / time.Duration(max(rate, 1))
+	return &pacer{every: every, burst: time.Duration(max(rate, 1)) * every}
+}
+
+// wait takes a turn, waiting for it; false when ctx ended first (the
+// turn is spent).
+func (p *pacer) wait(ctx context.Context) bool {
+	p.mu.Lock()
+	now := time.Now()
+	start := now.Add(-p.burst + p.every)
+	if p.tat.After(start) {
+		start = p.tat
+	}
+	p.tat = start.Add(p.every)
+	p.mu.Unlock()
+	d := start.Sub(now)
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
 // healthChecker runs the active health checks of the services of one
 // config. Each app's checks run under their own context, so registering
 // machines live restarts the checks of that app only.
@@ -48,11 +104,12 @@ type healthChecker struct {
 	ctx    context.Context // nil until start
 	cancel context.CancelFunc
 	perApp map[string]context.CancelFunc
+	pacers map[string]*pacer // each app's probe budget, kept while the config lasts
 	wg     sync.WaitGroup
 }
 
 func newHealthChecker(logger *zap.Logger) *healthChecker {
-	return &healthChecker{logger: logger, perApp: make(map[string]context.CancelFunc)}
+	return &healthChecker{logger: logger, perApp: make(map[string]context.CancelFunc), pacers: make(map[string]*pacer)}
 }
 
 // healthRefs are the references of one app entry into healthStates.
@@ -122,6 +179,11 @@ func (hc *healthChecker) restart(e *appEntry) {
 		cancel()
 		delete(hc.perApp, e.name)
 	}
+	pace := hc.pacers[e.name]
+	if pace == nil {
+		pace = newPacer(probesPerApp)
+		hc.pacers[e.name] = pace
+	}
 	var ctx context.Context
 	for _, se := range e.services {
 		for ci, c := range se.config.Checks {
@@ -132,7 +194,7 @@ func (hc *healthChecker) restart(e *appEntry) {
 					hc.perApp[e.name] = cancel
 				}
 				hc.wg.Add(1)
-				go hc.run(ctx, se.app, m, c, m.checks[ci])
+				go hc.run(ctx, pace, se.app, m, c, m.checks[ci])
 			}
 		}
 	}
@@ -146,6 +208,7 @@ func (hc *healthChecker) forget(app string) {
 		cancel()
 		delete(hc.perApp, app)
 	}
+	delete(hc.pacers, app)
 }
 
 // stop ends the checks and waits for them.
@@ -158,21 +221,24 @@ func (hc *healthChecker) stop() {
 	hc.wg.Wait()
 }
 
-func (hc *healthChecker) run(ctx context.Context, app string, m *machine, c *Check, res *checkResult) {
+func (hc *healthChecker) run(ctx context.Context, pace *pacer, app string, m *machine, c *Check, res *checkResult) {
 	defer hc.wg.Done()
 	defer func() {
 		if err := recover(); err != nil {
 			hc.logger.Error("health check panicked", zap.String("app", app), zap.String("machine", m.id), zap.Any("error", err))
 		}
 	}()
+	// an app stored before the floors may have less: it gets the floor
 	interval := time.Duration(c.Interval)
 	if interval <= 0 {
 		interval = 10 * time.Second
 	}
+	interval = max(interval, MinCheckInterval)
 	timeout := time.Duration(c.Timeout)
 	if timeout <= 0 {
 		timeout = 2 * time.Second
 	}
+	timeout = max(timeout, MinCheckTimeout)
 	var client *http.Client
 	if c.Type == "http" {
 		client = &http.Client{
@@ -193,6 +259,9 @@ func (hc *healthChecker) run(ctx context.Context, app string, m *machine, c *Che
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
+		if !pace.wait(ctx) || !probesPerEdge.wait(ctx) {
+			return
+		}
 		err := check(ctx, client, m.dial, c, timeout)
 		if was := res.ok.Swap(err == nil); was != (err == nil) {
 			if err != nil {
