@@ -185,16 +185,25 @@ func waitAdmin(addr string, limit time.Duration) error {
 // config must not get the same one.
 var handedOut sync.Map
 
-// freeAddr returns a loopback address with a port nothing listens on and
-// that no earlier call returned.
+// freeAddr returns a loopback address with a port nothing listens on
+// (TCP or UDP, on any address) and that no earlier call returned. The
+// port is below the kernel's ephemeral range (32768-60999), where a
+// test's own outgoing connections (hundreds, in the limits tests) could
+// take it before the edge binds it.
 func freeAddr() string {
 	for {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		port := strconv.Itoa(10000 + rand.IntN(32768-10000))
+		ln, err := net.Listen("tcp", ":"+port)
 		if err != nil {
-			panic(err)
+			continue
 		}
-		addr := ln.Addr().String()
+		pc, err := net.ListenPacket("udp", ":"+port)
 		ln.Close()
+		if err != nil {
+			continue
+		}
+		pc.Close()
+		addr := "127.0.0.1:" + port
 		if _, seen := handedOut.LoadOrStore(addr, true); !seen {
 			return addr
 		}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -463,4 +464,201 @@ func drain(ch chan struct{}) {
 			return
 		}
 	}
+}
+
+// tenantEdge is an edge routing by port: the victim's HTTP on one port
+// (answered by the site), the attacker's TCP pass-through on another,
+// to a machine that holds what it is given. %[4]s: more fly_edge
+// options.
+const tenantEdge = `{
+	admin %[1]s
+	persist_config off
+	skip_install_trust
+	fly {
+		app victim {
+			service 3000 {
+				port %[2]s http
+			}
+			machine 148ed193b95189 iad 127.0.1.1
+		}
+		app attacker {
+			service %[5]s {
+				port %[3]s
+			}
+			machine 2a6c5e8f0b1d94 iad 127.0.0.1
+		}
+	}
+	fly_ips {
+		auto_allocate off
+	}
+	fly_edge {
+		ports %[2]s %[3]s
+		issuer internal
+		%[4]s
+	}
+}
+
+http:// {
+	bind fly/edge
+	respond "victim"
+}
+`
+
+// holdingMachine accepts connections, echoes what they send and holds
+// them until the client closes; it returns its port.
+func holdingMachine(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return portOf("http://" + ln.Addr().String())
+}
+
+// idleConns opens n connections to addr from local address from and
+// keeps them open until the test ends or closeAll is called; it returns
+// how many the edge still holds after a moment (the others it closed).
+func idleConns(t *testing.T, from, addr string, n int) (held int, closeAll func()) {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 2 * time.Second}
+	var conns []net.Conn
+	for range n {
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			continue // the backlog is full: the edge is at its limit
+		}
+		conns = append(conns, c)
+	}
+	closeAll = func() {
+		for _, c := range conns {
+			c.Close()
+		}
+		conns = nil
+	}
+	t.Cleanup(closeAll)
+	// a connection the edge closed reads EOF; one it holds, nothing
+	// until the deadline (each read waits on its own: past a deadline, Go
+	// does not look at the socket)
+	var wg sync.WaitGroup
+	var open atomic.Int64
+	for _, c := range conns {
+		wg.Go(func() {
+			c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			if _, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+				open.Add(1)
+			}
+			c.SetReadDeadline(time.Time{})
+		})
+	}
+	wg.Wait()
+	return int(open.Load()), closeAll
+}
+
+// echoes tells whether a connection to addr reaches the echoing machine
+// (a connection the kernel completed but no one accepts does not).
+func echoes(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return false
+	}
+	b := make([]byte, 4)
+	_, err = io.ReadFull(c, b)
+	return err == nil && string(b) == "ping"
+}
+
+// victimServes tells how many of n requests to the victim's port, each
+// on a new connection, were answered.
+func victimServes(url string, n int) int {
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	ok := 0
+	for range n {
+		resp, err := c.Get(url)
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) == "victim" {
+			ok++
+		}
+	}
+	return ok
+}
+
+// TestTenantCannotStopAPort: one tenant's idle connections to its
+// pass-through port neither stop the edge's ports nor take the victim's
+// requests. With its descriptors run out on purpose (limits set above
+// the open-file limit), the edge's ports serve again as soon as the
+// connections close: a failed accept is retried, where the port used to
+// stop accepting for good. With the default limits, derived from the
+// open-file limit, one client's connections stop at its share and the
+// victim keeps every request.
+func TestTenantCannotStopAPort(t *testing.T) {
+	requireCaddy(t)
+	prlimit := requireTool(t, "prlimit")
+	machine := holdingMachine(t)
+	const nofile = 400
+	wrapper := []string{prlimit, fmt.Sprintf("--nofile=%d:%d", nofile, nofile), "--"}
+
+	t.Run("descriptors run out", func(t *testing.T) {
+		admin, web, tcp := freeAddr(), freePort(), freePort()
+		p := startEdgeProcVia(t, "shortage", fmt.Sprintf(tenantEdge, admin, web, tcp, "max_connections 100000\n\t\tmax_connections_per_client 100000", machine), wrapper...)
+		if !p.started(t) {
+			t.Fatalf("the edge did not start:\n%s", p.log)
+		}
+		checkOwnListeners(t, portNumber(t, web), portNumber(t, tcp))
+		_, closeAll := idleConns(t, "127.0.0.2", "127.0.0.1:"+tcp, nofile)
+		waitUntil(t, "the edge to run out of descriptors", 10*time.Second, func() bool {
+			return strings.Contains(p.log.String(), "too many open files")
+		})
+		closeAll()
+		start := time.Now()
+		waitUntil(t, "the victim's port to serve after the attack", 5*time.Second, func() bool {
+			return victimServes("http://127.0.0.1:"+web+"/", 1) == 1
+		})
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("the edge's log:\n%s", p.log)
+			}
+		})
+		waitUntil(t, "the attacker's port to serve after the attack", 5*time.Second, func() bool {
+			return echoes("127.0.0.1:" + tcp)
+		})
+		t.Logf("ports served again %v after the connections closed", time.Since(start).Round(time.Millisecond))
+	})
+
+	t.Run("default limits", func(t *testing.T) {
+		admin, web, tcp := freeAddr(), freePort(), freePort()
+		p := startEdgeProcVia(t, "limits", fmt.Sprintf(tenantEdge, admin, web, tcp, "", machine), wrapper...)
+		if !p.started(t) {
+			t.Fatalf("the edge did not start:\n%s", p.log)
+		}
+		held, _ := idleConns(t, "127.0.0.2", "127.0.0.1:"+tcp, nofile)
+		// 400 descriptors: 256 kept free, 2 listeners; 71 connections,
+		// 64 per client
+		if held != 64 {
+			t.Errorf("the edge holds %d of one client's connections, want its share, 64\n%s", held, p.log)
+		}
+		if ok := victimServes("http://127.0.0.1:"+web+"/", 50); ok != 50 {
+			t.Errorf("the victim got %d of 50 answers while one client held its share", ok)
+		}
+		if strings.Contains(p.log.String(), "too many open files") {
+			t.Errorf("the edge ran out of descriptors:\n%s", p.log)
+		}
+	})
 }

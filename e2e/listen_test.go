@@ -366,13 +366,21 @@ type startupProc struct {
 // startEdgeProc starts a Caddy named name on config, with a home of its own.
 func startEdgeProc(t *testing.T, name, config string) *startupProc {
 	t.Helper()
+	return startEdgeProcVia(t, name, config)
+}
+
+// startEdgeProcVia is startEdgeProc, the command run through wrapper
+// (prlimit --nofile=…, say).
+func startEdgeProcVia(t *testing.T, name, config string, wrapper ...string) *startupProc {
+	t.Helper()
 	dir := t.TempDir()
 	file := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p := &startupProc{log: new(logBuf), exited: make(chan struct{})}
-	p.cmd = exec.Command(caddyBin, "run", "--config", file, "--adapter", "caddyfile")
+	args := append(wrapper, caddyBin, "run", "--config", file, "--adapter", "caddyfile")
+	p.cmd = exec.Command(args[0], args[1:]...)
 	p.cmd.Env = append(caddyEnv(dir), "EDGE_NAME="+name)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	p.cmd.SysProcAttr = dieWithTests()

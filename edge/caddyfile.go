@@ -1,6 +1,8 @@
 package edge
 
 import (
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -16,6 +18,9 @@ import (
 //		issuer <name> [...]
 //		http_listener <name>
 //		share_ports
+//		max_connections <n>
+//		max_connections_per_client <n>
+//		max_udp_flows <n>
 //	}
 //
 // issuer takes a tls.issuance module and its Caddyfile syntax, as the
@@ -93,6 +98,21 @@ func (e *Edge) UnmarshalOption(d *caddyfile.Dispenser) (ok bool, err error) {
 			return true, d.Err("http_listener already specified")
 		}
 		e.HTTP = v
+	case "max_connections", "max_connections_per_client", "max_udp_flows":
+		name := d.Val()
+		var v string
+		if !d.AllArgs(&v) {
+			return true, d.ArgErr()
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return true, d.Errf("%s: %q is not a positive number", name, v)
+		}
+		dst := map[string]*int{"max_connections": &e.MaxConnections, "max_connections_per_client": &e.MaxConnectionsPerClient, "max_udp_flows": &e.MaxUDPFlows}[name]
+		if *dst != 0 {
+			return true, d.Errf("%s already specified", name)
+		}
+		*dst = n
 	default:
 		return false, nil
 	}

@@ -102,6 +102,27 @@ type Edge struct {
 	// Default: false
 	SharePorts bool `json:"share_ports,omitempty"`
 
+	// The most TCP connections the edge holds at once, over all its
+	// ports; beyond it a new connection is closed as soon as it is
+	// accepted. Default: from the process's open-file limit: what is
+	// left after an eighth of it (at least 256 descriptors, for the
+	// admin endpoint, health checks, storage and logs), the listening
+	// sockets and the UDP flows' share, two descriptors a connection
+	// (the client's and the machine's).
+	MaxConnections int `json:"max_connections,omitempty"`
+
+	// The most TCP connections one client address (IPv6: its /64)
+	// holds at once. Default: a sixteenth of max_connections, at least
+	// 64.
+	MaxConnectionsPerClient int `json:"max_connections_per_client,omitempty"`
+
+	// The most UDP flows the edge holds at once, over all its UDP ports
+	// and apps (each has its socket towards a machine); beyond it a new
+	// flow's datagrams are dropped. Default: a quarter of what the
+	// open-file limit leaves (see max_connections).
+	MaxUDPFlows int `json:"max_udp_flows,omitempty"`
+
+	conns     *connLimits
 	addrs     []caddy.NetworkAddress
 	ports     map[int]bool
 	udpAddrs  []caddy.NetworkAddress
@@ -158,6 +179,14 @@ func (e *Edge) setPorts() error {
 	}
 	if e.MatchingTimeout < 0 || e.HandOffTimeout < 0 {
 		return errors.New("matching_timeout and hand_off_timeout must not be negative")
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"max_connections", e.MaxConnections}, {"max_connections_per_client", e.MaxConnectionsPerClient}, {"max_udp_flows", e.MaxUDPFlows}} {
+		if f.v < 0 {
+			return fmt.Errorf("%s: %d must not be negative", f.name, f.v)
+		}
 	}
 	return nil
 }
@@ -227,6 +256,8 @@ func (e *Edge) Provision(ctx caddy.Context) error {
 	if err := e.setPorts(); err != nil {
 		return err
 	}
+	e.setLimits(fileLimit())
+	e.conns = newConnLimits(e.MaxConnections, e.MaxConnectionsPerClient)
 	fly, err := routing.FromContext(ctx)
 	if err != nil {
 		return err
@@ -405,17 +436,30 @@ func keepTrustStore(ctx caddy.Context, issuer any) error {
 	return nil
 }
 
+// accept serves ln's connections until ln is closed. A failed accept
+// (no descriptor left, say) is tried again after a backoff, so a brief
+// shortage does not end the port; a connection over the edge's or its
+// client's limit is closed at once.
 func (e *Edge) accept(ln net.Listener, handler layer4.Handler) {
+	var delay time.Duration
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if acceptRetry(err, &delay, false, e.logger) {
 				continue
 			}
 			return
 		}
-		go serveConn(conn, handler, e, e.logger)
+		delay = 0
+		counted := e.conns.admit(conn)
+		if counted == nil {
+			_ = conn.Close()
+			if c := e.logger.Check(zapcore.DebugLevel, "connection refused: too many connections"); c != nil {
+				c.Write(zap.String("remote", conn.RemoteAddr().String()), zap.Int("max_connections", e.MaxConnections), zap.Int("max_connections_per_client", e.MaxConnectionsPerClient))
+			}
+			continue
+		}
+		go serveConn(counted, handler, e, e.logger)
 	}
 }
 
@@ -468,7 +512,7 @@ func (e *Edge) startUDP() error {
 	if err != nil {
 		return err
 	}
-	e.udp, err = flyhandlers.ListenUDP(fly, e.udpPorts, time.Duration(e.UDPIdleTimeout), e.logger)
+	e.udp, err = flyhandlers.ListenUDP(fly, e.udpPorts, time.Duration(e.UDPIdleTimeout), e.MaxUDPFlows, e.logger)
 	return err
 }
 

@@ -176,17 +176,18 @@ type wrappedListener struct {
 }
 
 func (l *wrappedListener) loop() {
+	var delay time.Duration
 	for {
 		conn, err := l.Listener.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() && !l.closed.Load() {
+			if acceptRetry(err, &delay, l.closed.Load(), l.lw.logger) {
 				continue
 			}
 			l.err = err
 			close(l.done)
 			return
 		}
+		delay = 0
 		l.wg.Add(1)
 		go l.handle(conn)
 	}

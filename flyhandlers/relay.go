@@ -48,7 +48,7 @@ func Relay(cx *layer4.Connection, up net.Conn, idle time.Duration) (in, out int6
 		}
 	}
 	var down net.Conn = cx
-	if tc, ok := cx.Conn.(*net.TCPConn); ok {
+	if tc := tcpConn(cx.Conn); tc != nil {
 		down = tc
 	}
 	r := &relay{down: down, up: up, idle: idle}
@@ -200,6 +200,26 @@ func (r *relay) copyHalf(dst, src net.Conn, copied *int64) error {
 		err = nil // ended because the other direction broke
 	}
 	return err
+}
+
+// TCPWrapper is a TCP connection with only its Close changed (the
+// edge's counted connections): its bytes are the TCP connection's.
+type TCPWrapper interface {
+	TCPConn() *net.TCPConn
+}
+
+// tcpConn returns the TCP connection c is, or wraps without changing its
+// bytes (TCPWrapper), nil when there is none (a TLS connection's bytes
+// are not its TCP connection's): the relay copies to and from it
+// directly, so the kernel splices.
+func tcpConn(c net.Conn) *net.TCPConn {
+	switch v := c.(type) {
+	case *net.TCPConn:
+		return v
+	case TCPWrapper:
+		return v.TCPConn()
+	}
+	return nil
 }
 
 type closeWriter interface{ CloseWrite() error }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"strconv"
@@ -72,7 +73,9 @@ type udpKey struct {
 // udpQuota counts flows per app and per client address over all of an
 // edge's UDP ports.
 type udpQuota struct {
+	max     int // flows in all
 	mu      sync.Mutex
+	total   int
 	apps    map[string]int
 	clients map[netip.Addr]int
 }
@@ -82,9 +85,10 @@ type udpQuota struct {
 func (q *udpQuota) take(app string, client netip.Addr) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.apps[app] >= maxUDPFlowsPerApp || q.clients[client] >= maxUDPFlowsPerClient {
+	if q.total >= q.max || q.apps[app] >= maxUDPFlowsPerApp || q.clients[client] >= maxUDPFlowsPerClient {
 		return false
 	}
+	q.total++
 	q.apps[app]++
 	q.clients[client]++
 	return true
@@ -94,6 +98,7 @@ func (q *udpQuota) take(app string, client netip.Addr) bool {
 func (q *udpQuota) give(app string, client netip.Addr) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.total--
 	if q.apps[app]--; q.apps[app] <= 0 {
 		delete(q.apps, app)
 	}
@@ -178,7 +183,7 @@ func (u *udpPort) flow(key udpKey) *udpFlow {
 	}
 	if !u.quota.take(rt.App, key.client.Addr()) {
 		if c := u.log.Check(zapcore.DebugLevel, "datagram dropped: too many flows"); c != nil {
-			c.Write(zap.String("app", rt.App), zap.String("client", key.client.String()), zap.Int("per_app", maxUDPFlowsPerApp), zap.Int("per_client", maxUDPFlowsPerClient))
+			c.Write(zap.String("app", rt.App), zap.String("client", key.client.String()), zap.Int("per_app", maxUDPFlowsPerApp), zap.Int("per_client", maxUDPFlowsPerClient), zap.Int("max_udp_flows", u.quota.max))
 		}
 		return nil
 	}
@@ -369,10 +374,14 @@ type UDP struct {
 }
 
 // ListenUDP listens on ports for fly's apps, a flow ending after idle
-// with no datagram either way.
-func ListenUDP(fly *routing.App, ports map[int]bool, idle time.Duration, log *zap.Logger) (*UDP, error) {
+// with no datagram either way, and at most maxFlows flows at once (0: no
+// bound of all, only the per-app and per-client ones).
+func ListenUDP(fly *routing.App, ports map[int]bool, idle time.Duration, maxFlows int, log *zap.Logger) (*UDP, error) {
 	s := new(UDP)
-	quota := &udpQuota{apps: make(map[string]int), clients: make(map[netip.Addr]int)}
+	if maxFlows <= 0 {
+		maxFlows = math.MaxInt
+	}
+	quota := &udpQuota{max: maxFlows, apps: make(map[string]int), clients: make(map[netip.Addr]int)}
 	for port := range ports {
 		conn, err := listenUDP(port)
 		if err != nil {

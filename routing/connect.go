@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -103,10 +104,12 @@ func (rt *Route) Connect(ctx context.Context, pref Preference, over Failover, di
 		}
 		rt.Release(i)
 		lastErr = fmt.Errorf("machine %s (%s): %w", rt.machines[i].id, rt.machines[i].dial, err)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || LocalShortage(err) {
 			// the client went away, or may not wait (UDP's reader, whose
-			// dial only opens a local socket): the failure says nothing of
-			// the machine, which stays in selection for every protocol
+			// dial only opens a local socket), or the edge itself ran
+			// short: the failure says nothing of the machine, which stays
+			// in selection for every protocol (and another would fail the
+			// same way)
 			outcome = Refused
 			rt.countSelection(outcome)
 			break
@@ -122,6 +125,18 @@ func (rt *Route) Connect(ctx context.Context, pref Preference, over Failover, di
 		return nil, -1, nil, fmt.Errorf("app %s: %w: %w", rt.App, ErrNoMachine, lastErr)
 	}
 	return nil, -1, nil, fmt.Errorf("app %s: %w", rt.App, ErrNoMachine)
+}
+
+// LocalShortage tells whether a dial failed for want of something on the
+// edge itself: descriptors (EMFILE, ENFILE), buffers or memory, local
+// ports (EADDRNOTAVAIL). Such a failure says nothing of the machine.
+func LocalShortage(err error) bool {
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EADDRNOTAVAIL} {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return false
 }
 
 // tries is one request's or connection's way through the route's

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"strconv"
 	"syscall"
 	"testing"
@@ -272,6 +273,26 @@ func TestFailoverConfig(t *testing.T) {
 // client went away; UDP's reader, which may not wait and whose dial only
 // opens a local socket) leaves the machine in selection for every
 // protocol: the failure says nothing of it.
+// TestConnectShortageKeepsMachine: a dial that fails because the edge
+// ran out of descriptors leaves the machine in selection (it used to be
+// left out for fail_duration, so a port whose tenant had exhausted the
+// edge's descriptors stayed dead after they were back) and tries no
+// other machine, which would fail the same way.
+func TestConnectShortageKeepsMachine(t *testing.T) {
+	rt := connectApp(t, nil, nil, "000000000000a1", "000000000000a2", "000000000000b1")
+	var tried []string
+	_, _, _, err := rt.Connect(context.Background(), Preference{}, Failover{}, func(i int) (net.Conn, error) {
+		tried = append(tried, rt.MachineID(i))
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", syscall.EMFILE)}
+	})
+	if !errors.Is(err, ErrNoMachine) || len(tried) != 1 {
+		t.Fatalf("Connect: %v after trying %v; want ErrNoMachine after one machine", err, tried)
+	}
+	if m := rt.machines[rt.MachineIndex(tried[0])]; !m.available() {
+		t.Errorf("%s is left out of selection after the edge ran out of descriptors", tried[0])
+	}
+}
+
 func TestConnectNoWaitKeepsMachine(t *testing.T) {
 	rt := connectApp(t, nil, nil, "000000000000a1", "000000000000a2", "000000000000b1")
 	done, cancel := context.WithCancel(context.Background())

@@ -102,7 +102,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		i = rt.MachineByDial(di.Address)
 	}
 	resp, err := tr.RoundTrip(req)
-	if err == nil || !isDialError(err) || i < 0 {
+	if err == nil || !isDialError(err) || i < 0 || LocalShortage(err) {
 		if err == nil && i >= 0 {
 			st.setMachine(&rt.machines[i].id)
 		}
