@@ -19,9 +19,10 @@ import (
 // db is a connection pool and its table, shared by the configs that use
 // them.
 type db struct {
-	pool   *pgxpool.Pool
-	table  string
-	logger *zap.Logger
+	pool    *pgxpool.Pool
+	table   string
+	logger  *zap.Logger
+	timeout time.Duration // the connection timeout
 
 	mu      sync.Mutex
 	created bool
@@ -133,11 +134,15 @@ func (d *db) fanOut(subs map[chan string]bool, key string) {
 	}
 }
 
-// ready creates the table if need be (once it worked).
+// ready creates the table if need be (once it worked). The statement
+// runs outside the mutex, so that a caller whose context ends gives up
+// at once instead of queueing behind another caller's statement on a
+// silent database: creating the table twice at once is harmless.
 func (d *db) ready(ctx context.Context) error {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.created {
+	created := d.created
+	d.mu.Unlock()
+	if created {
 		return nil
 	}
 	_, err := d.pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+d.table+` (
@@ -156,6 +161,8 @@ func (d *db) ready(ctx context.Context) error {
 			return fmt.Errorf("creating table %s: %w", d.table, err)
 		}
 	}
+	d.mu.Lock()
 	d.created = true
+	d.mu.Unlock()
 	return nil
 }
