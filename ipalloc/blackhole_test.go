@@ -1,6 +1,7 @@
 package ipalloc
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
 
 	"github.com/flyedge/caddy-flyedge/internal/testkit"
 )
@@ -112,5 +114,72 @@ func TestPostgresBlackhole(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("30 s after the outage: %d %s", status, body)
 		}
+	}
+	// no change answered 503 was stored later
+	time.Sleep(time.Second)
+	for app, want := range map[string]int{"app0": 1, "app1": 0, "app2": 1} {
+		if ips, _ := a.IPs(app); len(ips) != want {
+			t.Errorf("after the outage %s holds %v, want %d addresses", app, ips, want)
+		}
+	}
+	if certs, _ := a.Certs("app1"); len(certs) != 0 {
+		t.Errorf("after the outage app1 holds %v", certs)
+	}
+}
+
+// stuckStorage is a file storage that says its timeout, and whose Lock
+// waits, ignoring its context, while stuck is open: a storage that
+// answers late.
+type stuckStorage struct {
+	*certmagic.FileStorage
+	timeout time.Duration
+	stuck   chan struct{}
+	locking chan struct{} // told when a Lock is stuck
+}
+
+func (s *stuckStorage) Timeout() time.Duration { return s.timeout }
+
+func (s *stuckStorage) Lock(ctx context.Context, name string) error {
+	select {
+	case <-s.stuck:
+	default:
+		s.locking <- struct{}{}
+		<-s.stuck
+	}
+	return s.FileStorage.Lock(ctx, name)
+}
+
+// TestLateChangeNeverRuns: a change that waited the storage's timeout
+// behind a commit the storage holds up is answered 503 at its deadline
+// and never runs, even when the storage answers later; the change under
+// way is answered when the storage is done with it. The storage's
+// Timeout is the store's.
+func TestLateChangeNeverRuns(t *testing.T) {
+	st := &stuckStorage{FileStorage: &certmagic.FileStorage{Path: t.TempDir()}, timeout: time.Second, stuck: make(chan struct{}), locking: make(chan struct{}, 1)}
+	a := nodeOn(t, newFly(t, 2), st, testPools)
+	if a.store.timeout != time.Second {
+		t.Fatalf("the store's timeout is %v, want the storage's (1s)", a.store.timeout)
+	}
+	ctx := context.Background()
+	first := make(chan error, 1)
+	go func() { _, _, err := a.Allocate(ctx, "app0", TypeV6); first <- err }()
+	<-st.locking // the first change's commit is held up
+	began := time.Now()
+	_, _, err := a.Allocate(ctx, "app1", TypeV6)
+	took := time.Since(began)
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "nothing changed") {
+		t.Errorf("the change behind it: %v, want 503", err)
+	}
+	if took > 2*time.Second {
+		t.Errorf("the change behind it answered after %v, want about 1s", took.Round(time.Millisecond))
+	}
+	close(st.stuck)
+	<-first // its outcome depends on the late storage; it is answered
+	time.Sleep(200 * time.Millisecond)
+	if ips, _ := a.IPs("app1"); len(ips) != 0 {
+		t.Errorf("the change answered 503 was stored: %v", ips)
+	}
+	if _, _, err := a.Allocate(ctx, "app1", TypeV6); err != nil {
+		t.Errorf("once the storage answers: %v", err)
 	}
 }

@@ -302,8 +302,18 @@ func (s *store) do(ctx context.Context, fn func(*txn) error) error {
 			return s.late()
 		}
 	}
-	// taken: the commit answers by the request's deadline
-	return <-r.done
+	// taken: the commit answers by the request's deadline; a commit that
+	// does not (a panic outside the change) leaves the outcome unknown
+	grace := time.NewTimer(s.timeout)
+	defer grace.Stop()
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-grace.C:
+		return errors.New("the IP store took the change and did not answer; whether it was stored is unknown")
+	}
 }
 
 // late is the refusal of a change the committer did not take within the
