@@ -480,3 +480,57 @@ func TestSilentDatabase(t *testing.T) {
 	bounded("Lock", func(ctx context.Context) error { return st.Lock(ctx, "job") })
 	bounded("List", func(ctx context.Context) error { _, err := st.List(ctx, "", true); return err })
 }
+
+// TestListenerAfterForgottenConnection: after an outage in which the
+// database forgot the listening connection (it stays open and silent),
+// the listener finds out by itself, reconnects, and tells of keys stored
+// again.
+func TestListenerAfterForgottenConnection(t *testing.T) {
+	old := listenCheck
+	listenCheck = 500 * time.Millisecond
+	t.Cleanup(func() { listenCheck = old })
+	direct := testkit.ScratchDB(t)
+	proxy := testkit.NewCuttableProxy(t, testkit.PostgresAddr)
+	dsn := strings.Replace(direct, testkit.PostgresAddr, proxy.Addr(), 1) + "&connect_timeout=2"
+	s := &Storage{DSN: dsn}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := s.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Cleanup()
+	st, _ := s.CertMagicStorage()
+	other := newStorage(t, direct, 10*time.Second)
+	if err := other.Store(context.Background(), "k", []byte("v")); err != nil { // creates the table
+		t.Fatal(err)
+	}
+	ch, stop := st.(interface {
+		SubscribeChanges() (<-chan string, func())
+	}).SubscribeChanges()
+	defer stop()
+	select {
+	case <-ch: // the listener listens
+	case <-time.After(5 * time.Second):
+		t.Fatal("the listener did not start")
+	}
+	proxy.Blackhole()
+	time.Sleep(300 * time.Millisecond)
+	proxy.RestoreForgetting()
+	defer proxy.Restore() // closes the forgotten connections before the pool closes
+	restored := time.Now()
+	for deadline := time.After(15 * time.Second); ; {
+		if err := other.Store(context.Background(), "fly/state/log/1", []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case k := <-ch:
+			if k == "fly/state/log/1" {
+				t.Logf("notified again %v after the outage", time.Since(restored).Round(time.Millisecond))
+				return
+			}
+		case <-time.After(200 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("no notification 15 s after the outage: the listener still waits on the forgotten connection")
+		}
+	}
+}

@@ -18,6 +18,7 @@ type CuttableProxy struct {
 	hole  bool
 	conns map[net.Conn]bool
 	held  map[net.Conn]bool // accepted during a blackhole, never relayed
+	dead  map[net.Conn]bool // relayed connections left silent for good
 }
 
 // NewCuttableProxy listens on a free loopback port and relays to target
@@ -28,7 +29,7 @@ func NewCuttableProxy(t testing.TB, target string) *CuttableProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &CuttableProxy{ln: ln, conns: map[net.Conn]bool{}, held: map[net.Conn]bool{}}
+	p := &CuttableProxy{ln: ln, conns: map[net.Conn]bool{}, held: map[net.Conn]bool{}, dead: map[net.Conn]bool{}}
 	t.Cleanup(func() { ln.Close(); p.Cut(); p.Restore() })
 	go func() {
 		for {
@@ -69,7 +70,7 @@ func (p *CuttableProxy) relay(dst, src net.Conn) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
-			hole := p.hole
+			hole := p.hole || p.dead[src]
 			p.mu.Unlock()
 			if !hole {
 				if _, werr := dst.Write(buf[:n]); werr != nil {
@@ -104,17 +105,31 @@ func (p *CuttableProxy) Blackhole() {
 	p.hole = true
 }
 
-// Restore relays new connections again. After a blackhole it first
-// closes the connections that were open during it (their bytes were
-// lost, as a peer that gave up on them would), so the clients open new
-// ones.
+// Restore relays new connections again. After a blackhole (or
+// RestoreForgetting) it first closes the connections that were open
+// during it (their bytes were lost, as a peer that gave up on them
+// would), so the clients open new ones.
 func (p *CuttableProxy) Restore() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.hole {
+	if p.hole || len(p.dead) > 0 {
 		p.closeAll()
 	}
 	p.down, p.hole = false, false
+}
+
+// RestoreForgetting relays new connections again after a blackhole, and
+// leaves the connections that were open during it open and silent for
+// good, as connections the server forgot meanwhile (it restarted, or a
+// middlebox dropped their state): their client learns of it only by
+// sending and getting no answer.
+func (p *CuttableProxy) RestoreForgetting() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		p.dead[c] = true
+	}
+	p.hole = false
 }
 
 func (p *CuttableProxy) closeAll() {
@@ -124,5 +139,5 @@ func (p *CuttableProxy) closeAll() {
 	for c := range p.held {
 		c.Close()
 	}
-	p.conns, p.held = map[net.Conn]bool{}, map[net.Conn]bool{}
+	p.conns, p.held, p.dead = map[net.Conn]bool{}, map[net.Conn]bool{}, map[net.Conn]bool{}
 }
