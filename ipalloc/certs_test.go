@@ -31,9 +31,11 @@ func TestCertAddressLikeNames(t *testing.T) {
 		{"*.localhost", "under localhost"},
 		{"a.b.localhost.", "under localhost"},
 	} {
-		if _, _, err := a.AddCert(ctx, "app0", tc.host); statusOf(err) != 400 || !strings.Contains(err.Error(), tc.why) || !strings.HasPrefix(err.Error(), "hostname: ") {
-			t.Errorf("AddCert(%s): %v (status %d), want 400 saying %q", tc.host, err, statusOf(err), tc.why)
-		}
+		t.Run(tc.host, func(t *testing.T) {
+			if _, _, err := a.AddCert(ctx, "app0", tc.host); statusOf(err) != 400 || !strings.Contains(err.Error(), tc.why) || !strings.HasPrefix(err.Error(), "hostname: ") {
+				t.Errorf("AddCert(%s): %v (status %d), want 400 saying %q", tc.host, err, statusOf(err), tc.why)
+			}
+		})
 	}
 	for _, host := range []string{"1password.example.com", "x.0xg", "123.example.com", "localhost.example.com", "0x7f.example.net"} {
 		if _, created, err := a.AddCert(ctx, "app0", host); err != nil || !created {
@@ -106,16 +108,18 @@ func TestCertClaimsAcrossOrgs(t *testing.T) {
 		// and once one of them is in it, the others' claims keep out
 		{"attacker", "*.login.victim-wild.com", 409, "overlaps *.victim-wild.com"},
 	} {
-		_, created, err := a.AddCert(ctx, tc.app, tc.host)
-		if tc.status == 201 {
-			if err != nil || !created {
-				t.Errorf("%s adds %s: %v, created %t", tc.app, tc.host, err, created)
+		t.Run(tc.app+" adds "+tc.host, func(t *testing.T) { // in order: each sees the claims before it
+			_, created, err := a.AddCert(ctx, tc.app, tc.host)
+			if tc.status == 201 {
+				if err != nil || !created {
+					t.Errorf("%s adds %s: %v, created %t", tc.app, tc.host, err, created)
+				}
+				return
 			}
-			continue
-		}
-		if statusOf(err) != tc.status || !strings.Contains(err.Error(), tc.why) {
-			t.Errorf("%s adds %s: %v (status %d), want %d saying %q", tc.app, tc.host, err, statusOf(err), tc.status, tc.why)
-		}
+			if statusOf(err) != tc.status || !strings.Contains(err.Error(), tc.why) {
+				t.Errorf("%s adds %s: %v (status %d), want %d saying %q", tc.app, tc.host, err, statusOf(err), tc.status, tc.why)
+			}
+		})
 	}
 	// the operator's override: the other claims go, the name is free
 	for _, c := range []struct{ app, host string }{{"victim", "*.victim-wild.com"}, {"sister", "login.victim-wild.com"}} {
