@@ -80,8 +80,9 @@ type snapshot struct {
 type store struct {
 	storage certmagic.Storage
 	logger  *zap.Logger
-	// timeout bounds a change from its request to its answer, and each
-	// read of other edges' changes (storageTimeout)
+	// timeout bounds a change from its request to its answer
+	// (storageTimeout), and each read of other edges' changes (with 10 s
+	// at most)
 	timeout time.Duration
 
 	mu      sync.RWMutex // guards st
@@ -358,7 +359,7 @@ func (s *store) loop() {
 
 // follow applies what other edges stored since this one last looked.
 func (s *store) follow() {
-	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), min(s.timeout, 10*time.Second))
 	defer cancel()
 	changed, err := s.catchUp(ctx)
 	if err != nil {
