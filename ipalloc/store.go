@@ -39,7 +39,27 @@ const (
 var (
 	compactEvery = uint64(1024)
 	pollInterval = 500 * time.Millisecond
+	// defaultTimeout is how long a change may wait for a storage that
+	// does not say how long (see storageTimeout).
+	defaultTimeout = 60 * time.Second
 )
+
+// timeoutStorage is a storage that says how long an operation may wait
+// for it before it is taken as unreachable: caddy.storage.postgres, its
+// connection timeout.
+type timeoutStorage interface {
+	Timeout() time.Duration
+}
+
+// storageTimeout is how long a change may take on storage, from its
+// request to its answer: the storage's own timeout when it has one, else
+// defaultTimeout.
+func storageTimeout(storage certmagic.Storage) time.Duration {
+	if ts, ok := storage.(timeoutStorage); ok && ts.Timeout() > 0 {
+		return ts.Timeout()
+	}
+	return defaultTimeout
+}
 
 func logKey(seq uint64) string { return fmt.Sprintf("%s/%016d", logPrefix, seq) }
 
@@ -60,6 +80,10 @@ type snapshot struct {
 type store struct {
 	storage certmagic.Storage
 	logger  *zap.Logger
+	// timeout bounds a change from its request to its answer
+	// (storageTimeout), and each read of other edges' changes (with 10 s
+	// at most)
+	timeout time.Duration
 
 	mu      sync.RWMutex // guards st
 	st      *state
@@ -92,9 +116,21 @@ type changeNotifier interface {
 
 // request is a change waiting for the committer.
 type request struct {
-	fn   func(*txn) error
-	done chan error
+	fn       func(*txn) error
+	done     chan error
+	deadline time.Time    // when its caller is answered at the latest
+	state    atomic.Int32 // queued, taken or abandoned
 }
+
+// A request is queued until the committer takes it or its caller gives
+// up on it (its deadline passed, or the caller left), whichever comes
+// first: a request given up on is never run, so the 503 its caller got
+// ("nothing changed") is true.
+const (
+	queued int32 = iota
+	taken
+	abandoned
+)
 
 // txn is one change as it is being made: reads see the state before the
 // change (and what the change applied to it early, see applyPuts),
@@ -189,6 +225,7 @@ func openStore(ctx context.Context, storage certmagic.Storage, logger *zap.Logge
 	s := &store{
 		storage: storage,
 		logger:  logger,
+		timeout: storageTimeout(storage),
 		st:      newState(),
 		reqs:    make(chan *request, 1024),
 		quit:    make(chan struct{}),
@@ -232,22 +269,58 @@ func (s *store) read(fn func(*state)) {
 
 // do makes a change: fn runs under the storage lock, on the state as all
 // edges sharing the storage left it; when do returns nil the change is
-// durable.
+// durable. It returns within the store's timeout: a change the committer
+// has not taken by then (the storage is silent, or busy with earlier
+// changes) is given up, never run, and answered Unavailable; one it has
+// taken is committed by then or fails (the commit's deadline is the
+// earliest of its requests').
 func (s *store) do(ctx context.Context, fn func(*txn) error) error {
-	r := &request{fn: fn, done: make(chan error, 1)}
+	r := &request{fn: fn, done: make(chan error, 1), deadline: time.Now().Add(s.timeout)}
+	timer := time.NewTimer(s.timeout)
+	defer timer.Stop()
 	select {
 	case s.reqs <- r:
 	case <-s.quit:
 		return errors.New("the IP store is shutting down")
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-timer.C:
+		return s.late()
 	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-s.quit:
+		if r.state.CompareAndSwap(queued, abandoned) {
+			return errors.New("the IP store is shutting down")
+		}
+	case <-ctx.Done():
+		if r.state.CompareAndSwap(queued, abandoned) {
+			return ctx.Err()
+		}
+	case <-timer.C:
+		if r.state.CompareAndSwap(queued, abandoned) {
+			return s.late()
+		}
+	}
+	// taken: the commit answers by the request's deadline; a commit that
+	// does not (a panic outside the change) leaves the outcome unknown
+	grace := time.NewTimer(s.timeout)
+	defer grace.Stop()
 	select {
 	case err := <-r.done:
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-grace.C:
+		return errors.New("the IP store took the change and did not answer; whether it was stored is unknown")
 	}
+}
+
+// late is the refusal of a change the committer did not take within the
+// store's timeout.
+func (s *store) late() error {
+	return unavailable("no answer from the storage within %v (it is unreachable, or busy with earlier changes)", s.timeout)
 }
 
 // loop commits requests in batches (one lock and one storage write for
@@ -286,7 +359,7 @@ func (s *store) loop() {
 
 // follow applies what other edges stored since this one last looked.
 func (s *store) follow() {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), min(s.timeout, 10*time.Second))
 	defer cancel()
 	changed, err := s.catchUp(ctx)
 	if err != nil {
@@ -316,9 +389,24 @@ func (s *store) notify(changed map[string]bool) {
 	}
 }
 
-// commit runs a batch of requests as one change.
-func (s *store) commit(batch []*request) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+// commit runs a batch of requests as one change, by the earliest
+// deadline of its requests; requests whose callers gave up are left out.
+func (s *store) commit(all []*request) {
+	var batch []*request
+	var deadline time.Time
+	for _, r := range all {
+		if !r.state.CompareAndSwap(queued, taken) {
+			continue
+		}
+		batch = append(batch, r)
+		if deadline.IsZero() || r.deadline.Before(deadline) {
+			deadline = r.deadline
+		}
+	}
+	if len(batch) == 0 {
+		return
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	fail := func(err error) {
 		for _, r := range batch {
@@ -330,7 +418,11 @@ func (s *store) commit(batch []*request) {
 		return
 	}
 	defer func() {
-		if err := s.storage.Unlock(context.WithoutCancel(ctx), lockName); err != nil {
+		// after the answers; bounded, as a silent storage would hold the
+		// loop forever (the lock's lease, or its staleness, frees it)
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		defer cancel()
+		if err := s.storage.Unlock(ctx, lockName); err != nil {
 			s.logger.Error("releasing the storage lock", zap.Error(err))
 		}
 	}()
@@ -401,6 +493,10 @@ func (s *store) commit(batch []*request) {
 		r.done <- errs[i]
 	}
 	if s.seq-s.snapSeq >= compactEvery {
+		// after the answers, on a deadline of its own: the snapshot may be
+		// large
+		ctx, cancel := context.WithTimeout(context.Background(), defaultTimeout)
+		defer cancel()
 		if err := s.compact(ctx); err != nil {
 			s.logger.Error("compacting the IP state", zap.Error(err))
 		}

@@ -19,9 +19,10 @@ import (
 // db is a connection pool and its table, shared by the configs that use
 // them.
 type db struct {
-	pool   *pgxpool.Pool
-	table  string
-	logger *zap.Logger
+	pool    *pgxpool.Pool
+	table   string
+	logger  *zap.Logger
+	timeout time.Duration // the connection timeout
 
 	mu      sync.Mutex
 	created bool
@@ -76,6 +77,10 @@ func (d *db) subscribeTo(subs *map[chan string]bool) (<-chan string, func()) {
 	}
 }
 
+// listenCheck is how long the listening connection may stay quiet
+// before the listener checks that the database still answers on it.
+var listenCheck = 10 * time.Second
+
 // listen holds a connection that LISTENs on the table's channel and fans
 // the notifications out, reconnecting after a failure.
 func (d *db) listen(ctx context.Context) {
@@ -109,9 +114,28 @@ func (d *db) listenOnce(ctx context.Context) error {
 	d.fanOut(d.subs, "")
 	d.fanOut(d.lockSubs, "")
 	for {
-		n, err := conn.Conn().WaitForNotification(ctx)
+		wait, cancel := context.WithTimeout(ctx, listenCheck)
+		n, err := conn.Conn().WaitForNotification(wait)
+		cancel()
+		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			// quiet for a while: is the database still there? A connection
+			// it forgot (it restarted, or the network dropped its state
+			// during an outage) would otherwise wait for ever
+			timeout := d.timeout
+			if timeout <= 0 {
+				timeout = 5 * time.Second
+			}
+			ping, cancel := context.WithTimeout(ctx, timeout)
+			err = conn.Ping(ping)
+			cancel()
+			if err == nil {
+				continue
+			}
+		}
 		if err != nil {
-			conn.Conn().Close(context.Background()) // do not return a listening connection to the pool
+			closing, cancel := context.WithTimeout(context.Background(), time.Second)
+			conn.Conn().Close(closing) // do not return a listening connection to the pool
+			cancel()
 			return err
 		}
 		if n.Channel == d.table+"_l" {
@@ -133,11 +157,15 @@ func (d *db) fanOut(subs map[chan string]bool, key string) {
 	}
 }
 
-// ready creates the table if need be (once it worked).
+// ready creates the table if need be (once it worked). The statement
+// runs outside the mutex, so that a caller whose context ends gives up
+// at once instead of queueing behind another caller's statement on a
+// silent database: creating the table twice at once is harmless.
 func (d *db) ready(ctx context.Context) error {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.created {
+	created := d.created
+	d.mu.Unlock()
+	if created {
 		return nil
 	}
 	_, err := d.pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+d.table+` (
@@ -156,6 +184,8 @@ func (d *db) ready(ctx context.Context) error {
 			return fmt.Errorf("creating table %s: %w", d.table, err)
 		}
 	}
+	d.mu.Lock()
 	d.created = true
+	d.mu.Unlock()
 	return nil
 }

@@ -124,7 +124,7 @@ func (s *Storage) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return nil, err
 		}
-		return &db{pool: pool, table: s.Table, logger: s.logger}, nil
+		return &db{pool: pool, table: s.Table, logger: s.logger, timeout: cfg.ConnConfig.ConnectTimeout}, nil
 	})
 	if err != nil {
 		return fmt.Errorf("dsn: %v", redact(err, dsn))

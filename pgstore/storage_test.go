@@ -419,3 +419,118 @@ func TestLockWokenByRelease(t *testing.T) {
 	}
 	b.Unlock(ctx, "job")
 }
+
+// TestSilentDatabase: with PostgreSQL silent (no answer, no refusal),
+// every call returns by its context's deadline, even while another call
+// with no deadline waits for the database to create the table (which
+// held a mutex for the whole connection timeout), and on a connection
+// the pool held before; Timeout is the DSN's connect_timeout.
+func TestSilentDatabase(t *testing.T) {
+	dsn := testkit.ScratchDB(t)
+	proxy := testkit.NewCuttableProxy(t, testkit.PostgresAddr)
+	dsn = strings.Replace(dsn, testkit.PostgresAddr, proxy.Addr(), 1) + "&connect_timeout=10"
+	s := &Storage{DSN: dsn}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := s.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Cleanup()
+	st, _ := s.CertMagicStorage()
+	if ts, ok := st.(interface{ Timeout() time.Duration }); !ok || ts.Timeout() != 10*time.Second {
+		t.Errorf("Timeout(): %t, want the DSN's connect_timeout, 10s", ok)
+	}
+	bounded := func(what string, call func(context.Context) error) {
+		t.Helper()
+		const limit = time.Second
+		ctx, cancel := context.WithTimeout(context.Background(), limit)
+		defer cancel()
+		began := time.Now()
+		err := call(ctx)
+		took := time.Since(began)
+		if err == nil {
+			t.Errorf("%s: no error from a silent database", what)
+		}
+		if took > limit+time.Second {
+			t.Errorf("%s: returned after %v, want about its deadline (%v)", what, took.Round(time.Millisecond), limit)
+		} else {
+			t.Logf("%s: %v after %v", what, err, took.Round(time.Millisecond))
+		}
+	}
+
+	proxy.Blackhole()
+	defer proxy.Restore() // before the pool closes
+	waiting := make(chan struct{})
+	go func() { // no deadline: the connection timeout ends it
+		defer close(waiting)
+		st.Load(context.Background(), "k")
+	}()
+	time.Sleep(200 * time.Millisecond)
+	bounded("Store before the table exists", func(ctx context.Context) error { return st.Store(ctx, "k", []byte("v")) })
+	bounded("Lock before the table exists", func(ctx context.Context) error { return st.Lock(ctx, "job") })
+	<-waiting
+
+	proxy.Restore()
+	if err := st.Store(context.Background(), "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Blackhole()
+	bounded("Store", func(ctx context.Context) error { return st.Store(ctx, "k", []byte("w")) })
+	bounded("Load", func(ctx context.Context) error { _, err := st.Load(ctx, "k"); return err })
+	bounded("Lock", func(ctx context.Context) error { return st.Lock(ctx, "job") })
+	bounded("List", func(ctx context.Context) error { _, err := st.List(ctx, "", true); return err })
+}
+
+// TestListenerAfterForgottenConnection: after an outage in which the
+// database forgot the listening connection (it stays open and silent),
+// the listener finds out by itself, reconnects, and tells of keys stored
+// again.
+func TestListenerAfterForgottenConnection(t *testing.T) {
+	old := listenCheck
+	listenCheck = 500 * time.Millisecond
+	t.Cleanup(func() { listenCheck = old })
+	direct := testkit.ScratchDB(t)
+	proxy := testkit.NewCuttableProxy(t, testkit.PostgresAddr)
+	dsn := strings.Replace(direct, testkit.PostgresAddr, proxy.Addr(), 1) + "&connect_timeout=2"
+	s := &Storage{DSN: dsn}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := s.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Cleanup()
+	st, _ := s.CertMagicStorage()
+	other := newStorage(t, direct, 10*time.Second)
+	if err := other.Store(context.Background(), "k", []byte("v")); err != nil { // creates the table
+		t.Fatal(err)
+	}
+	ch, stop := st.(interface {
+		SubscribeChanges() (<-chan string, func())
+	}).SubscribeChanges()
+	defer stop()
+	select {
+	case <-ch: // the listener listens
+	case <-time.After(5 * time.Second):
+		t.Fatal("the listener did not start")
+	}
+	proxy.Blackhole()
+	time.Sleep(300 * time.Millisecond)
+	proxy.RestoreForgetting()
+	defer proxy.Restore() // closes the forgotten connections before the pool closes
+	restored := time.Now()
+	for deadline := time.After(15 * time.Second); ; {
+		if err := other.Store(context.Background(), "fly/state/log/1", []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case k := <-ch:
+			if k == "fly/state/log/1" {
+				t.Logf("notified again %v after the outage", time.Since(restored).Round(time.Millisecond))
+				return
+			}
+		case <-time.After(200 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("no notification 15 s after the outage: the listener still waits on the forgotten connection")
+		}
+	}
+}

@@ -33,6 +33,12 @@ type store struct {
 // flyedge key shared state by it.
 func (s *store) String() string { return "postgres:" + s.key }
 
+// Timeout is how long an operation may wait for the database before it
+// is taken as unreachable: the connection timeout (the DSN's
+// connect_timeout, 5 s if it sets none). flyedge's state gives a change
+// this long, from its request to its answer.
+func (s *store) Timeout() time.Duration { return s.db.timeout }
+
 func (s *store) exec(ctx context.Context, sql string, args ...any) error {
 	if err := s.db.ready(ctx); err != nil {
 		return err
