@@ -152,9 +152,26 @@ func testCrashDuringStorm(t *testing.T, storage string) {
 			t.Errorf("acknowledged assignment %s -> %s is lost", a.address, a.app)
 		}
 	}
-	// the state takes new changes (after the dead process's lock goes stale)
-	if addr := allocate(t, n2.admin, "app99", "shared_v4"); addr != sharedV4 {
-		t.Errorf("allocation after the restart gave %s", addr)
+	// the state takes new changes once the dead process's lock goes
+	// stale (its lease, 10 s); until then a change answers 503 after the
+	// storage's timeout, and nothing changed
+	var a assignment
+	waitUntil(t, "the dead edge's storage lock to go stale", 30*time.Second, func() bool {
+		status, body := call(t, n2.admin, http.MethodPost, "/fly/apps/app99/ips", `{"type":"shared_v4"}`, &a)
+		switch status {
+		case http.StatusCreated, http.StatusOK:
+			return true
+		case http.StatusServiceUnavailable:
+			if !strings.Contains(body, "nothing changed") {
+				t.Fatalf("a change refused while the lock is held: %d %s; want it to say nothing changed", status, body)
+			}
+			return false
+		}
+		t.Fatalf("allocating shared_v4 for app99: %d %s", status, body)
+		return false
+	})
+	if a.Address != sharedV4 {
+		t.Errorf("allocation after the restart gave %s", a.Address)
 	}
 	if addr := allocate(t, n2.admin, "app98", "v4"); addr == "" {
 		t.Error("no v4 after the restart")

@@ -76,11 +76,16 @@ func TestEdgeMatchesOnce(t *testing.T) {
 		},
 	}
 	raw, _ := json.Marshal(cfg)
-	if err := caddy.Load(raw, true); err != nil {
+	var config caddy.Config
+	if err := json.Unmarshal(raw, &config); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = caddy.Stop() })
-	ctx := caddy.ActiveContext()
+	// provisioned, not started: the edge adds its policy to the tls app
+	// before the tls app starts, as in a config Caddy runs
+	ctx, err := caddy.ProvisionContext(&config)
+	if err != nil {
+		t.Fatal(err)
+	}
 	fly, err := routing.FromContext(ctx)
 	if err != nil {
 		t.Fatal(err)
