@@ -39,7 +39,10 @@ func init() {
 // X-Forwarded-SSL, Fly-Forwarded-Port and Fly-Region: client values are
 // overwritten. Any other incoming Fly-* header from an untrusted peer is
 // removed, except the routing requests Fly-Prefer-Region,
-// Fly-Prefer-Instance-Id and Fly-Force-Instance-Id.
+// Fly-Force-Region, Fly-Prefer-Instance-Id and Fly-Force-Instance-Id;
+// so are the other headers that name a client or the way it came
+// (Forwarded, X-Real-IP, X-Forwarded-Host), which only a trusted proxy
+// may pass on.
 //
 // A request for a host no app answers to, or for a port the app has no
 // service on, is answered 404 and never reaches an app (default deny).
@@ -85,6 +88,8 @@ var (
 	hdrXFSSL            = http.CanonicalHeaderKey("X-Forwarded-SSL")
 	hdrXFPort           = http.CanonicalHeaderKey("X-Forwarded-Port")
 	hdrXFHost           = http.CanonicalHeaderKey("X-Forwarded-Host")
+	hdrForwarded        = http.CanonicalHeaderKey("Forwarded")
+	hdrXRealIP          = http.CanonicalHeaderKey("X-Real-IP")
 	hdrPreferredUnavail = http.CanonicalHeaderKey(routing.HeaderPreferredUnavailable)
 	hdrFlyRequestID     = http.CanonicalHeaderKey("Fly-Request-Id")
 	clientFlyHeaders    = map[string]bool{
@@ -144,6 +149,8 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		delete(hdr, hdrXFF)
 		delete(hdr, hdrXFHost)
+		delete(hdr, hdrForwarded)
+		delete(hdr, hdrXRealIP)
 	}
 	delete(hdr, hdrPreferredUnavail)
 

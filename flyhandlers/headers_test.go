@@ -305,3 +305,18 @@ func TestReplayLeavesNoHeader(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardedFromUntrusted: Forwarded and X-Real-IP from a client that
+// is no trusted proxy never reach the machine, as X-Forwarded-For does
+// not: the machine reads the client address the edge saw, not one the
+// client made up.
+func TestForwardedFromUntrusted(t *testing.T) {
+	e := newTestEdge(t, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "forwarded=%q real-ip=%q xff=%q", r.Header.Values("Forwarded"), r.Header.Values("X-Real-Ip"), r.Header.Values("X-Forwarded-For"))
+	}, nil)
+	status, body, _ := e.do(t, "GET", "/", nil, map[string]string{
+		"Forwarded": "for=198.51.100.1;proto=https", "X-Real-IP": "198.51.100.1", "X-Forwarded-For": "198.51.100.1"})
+	if want := `forwarded=[] real-ip=[] xff=["127.0.0.1"]`; status != http.StatusOK || body != want {
+		t.Errorf("%d %s; want 200 %s", status, body, want)
+	}
+}
