@@ -159,7 +159,39 @@ func (rp *replay) check() error {
 	if len(rp.State) > 1024 {
 		return errors.New("fly-replay: state longer than 1024 bytes")
 	}
+	for i := 0; i < len(rp.State); i++ {
+		if c := rp.State[i]; c < ' ' && c != '\t' || c == 0x7f {
+			return fmt.Errorf("fly-replay: state holds a control character (%#02x at %d)", c, i)
+		}
+	}
 	return nil
+}
+
+// srcValue writes a value of fly-replay-src: as it is when it is one
+// token of visible characters without a separator, else as an HTTP
+// quoted-string (RFC 9110, section 5.6.4), so what an app put in a
+// state stays one field ("x;instance=y" is not a second instance). The
+// value holds no control character but tab (check refuses others).
+func srcValue(v string) string {
+	bare := v != ""
+	for i := 0; i < len(v) && bare; i++ {
+		c := v[i]
+		bare = c > ' ' && c < 0x7f && c != ';' && c != ',' && c != '"' && c != '\\'
+	}
+	if bare {
+		return v
+	}
+	var b strings.Builder
+	b.Grow(len(v) + 8)
+	b.WriteByte('"')
+	for i := 0; i < len(v); i++ {
+		if v[i] == '"' || v[i] == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(v[i])
+	}
+	b.WriteByte('"')
+	return b.String()
 }
 
 func validHeaderName(name string) bool {
@@ -374,7 +406,7 @@ func (h *Headers) replay(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	self, selfRegion := answeredBy(r, from)
 	src := "instance=" + self + ";region=" + selfRegion + ";t=" + strconv.FormatInt(time.Now().UnixMicro(), 10)
 	if rp.State != "" {
-		src += ";state=" + rp.State
+		src += ";state=" + srcValue(rp.State)
 	}
 	r.Header.Set(hdrFlyReplaySrc, src)
 	if t := rp.Transform; t != nil {

@@ -2,7 +2,9 @@ package flyhandlers
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -140,4 +142,58 @@ type readStarted struct {
 func (r *readStarted) Read(p []byte) (int, error) {
 	r.once.Do(func() { close(r.started) })
 	return r.ReadCloser.Read(p)
+}
+
+// TestReplayTooLargeUnread: a body over the replay limit, with its
+// Content-Length, to a machine that answers fly-replay without reading
+// it, is 413 PY03 every time, never a 502 blaming the machine.
+func TestReplayTooLargeUnread(t *testing.T) {
+	e := newTestEdge(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Fly-Replay", "elsewhere=true")
+		w.WriteHeader(http.StatusConflict)
+	}, nil)
+	big := bytes.Repeat([]byte("x"), 2<<20)
+	for i := range 50 {
+		status, body, _ := e.do(t, "POST", "/upload", big, nil)
+		if status != http.StatusRequestEntityTooLarge || !strings.HasPrefix(body, "PY03: ") {
+			t.Fatalf("run %d: %d %q, want 413 PY03", i, status, body)
+		}
+	}
+}
+
+// TestReplayState: an instruction's state reaches the target as one
+// field of fly-replay-src, whatever it holds (quoted when it holds a
+// separator), and a state with control characters is an instruction the
+// edge cannot read, PY05, not a failure of the target.
+func TestReplayState(t *testing.T) {
+	e := newTestEdge(t, func(w http.ResponseWriter, r *http.Request) {
+		if src := r.Header.Get("Fly-Replay-Src"); src != "" {
+			io.WriteString(w, src)
+			return
+		}
+		instr, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", replayContentType)
+		w.Write(instr)
+	}, nil)
+	for _, tc := range []struct {
+		state, want string
+	}{
+		{"writes", ";state=writes"},
+		{"a=b/c", ";state=a=b/c"},
+		{"x;instance=evil;region=evil", `;state="x;instance=evil;region=evil"`},
+		{`q"uote\ and, comma`, `;state="q\"uote\\ and, comma"`},
+	} {
+		instr, _ := json.Marshal(map[string]string{"state": tc.state})
+		status, body, _ := e.do(t, "POST", "/", instr, nil)
+		if status != http.StatusOK || !strings.HasSuffix(body, tc.want) || strings.Count(body, "instance=") != 1+strings.Count(tc.state, "instance=") {
+			t.Errorf("state %q: %d %q, want 200 ending %q", tc.state, status, body, tc.want)
+		}
+	}
+	for _, state := range []string{"a\nb", "a\rb", "nul\x00", "del\x7f"} {
+		instr, _ := json.Marshal(map[string]string{"state": state})
+		status, body, _ := e.do(t, "POST", "/", instr, nil)
+		if status != http.StatusBadGateway || !strings.HasPrefix(body, "PY05: ") {
+			t.Errorf("state %q: %d %q, want 502 PY05", state, status, body)
+		}
+	}
 }
