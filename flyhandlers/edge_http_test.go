@@ -44,7 +44,8 @@ func newTestEdge(t *testing.T, machine http.HandlerFunc, setup func(*Headers)) *
 		"web": {Services: []*routing.Service{{InternalPort: mport, Ports: []*routing.Port{{Port: portOf(ln), Handlers: []string{"http"}}}}},
 			Machines: []*routing.Machine{{ID: "00000000000b01", Region: "iad", Address: "127.0.0.1"}}},
 	})
-	h := &Headers{app: fly, region: fly.EdgeRegion(), logger: zap.NewNop()}
+	h := &Headers{app: fly, region: fly.EdgeRegion(), logger: zap.NewNop(),
+		ReplayBuffers: defaultReplayBuffers, ReplayBuffersPerApp: defaultReplayBuffersPerApp} // as Provision sets them
 	if setup != nil {
 		setup(h)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -52,7 +53,23 @@ func init() {
 // machine of the app, 503 for a machine that cannot take requests.
 //
 // The app's name is available as {http.vars.fly.app}.
+//
+// A request body is kept for fly-replay (up to 1 MiB a request) within
+// a budget: ReplayBuffers in all, ReplayBuffersPerApp for the requests of
+// one app. A body the budget has no room for streams through to the
+// machine as any other; only a fly-replay answer to its request fails,
+// with 503 PY06.
 type Headers struct {
+	// The most request body bytes kept for fly-replay at once by the
+	// edge, the requests of every app together (the count is the
+	// process's, shared by every fly_headers handler; each holds it to
+	// its own limit). Default: 128 MiB.
+	ReplayBuffers int64 `json:"replay_buffers,omitempty"`
+
+	// The most request body bytes kept for fly-replay at once for the
+	// requests of one app. Default: 32 MiB.
+	ReplayBuffersPerApp int64 `json:"replay_buffers_per_app,omitempty"`
+
 	app    *routing.App
 	region string
 	logger *zap.Logger
@@ -75,6 +92,20 @@ func (h *Headers) Provision(ctx caddy.Context) error {
 	}
 	h.app = app
 	h.region = h.app.EdgeRegion()
+	if h.ReplayBuffers == 0 {
+		h.ReplayBuffers = defaultReplayBuffers
+	}
+	if h.ReplayBuffersPerApp == 0 {
+		h.ReplayBuffersPerApp = defaultReplayBuffersPerApp
+	}
+	return nil
+}
+
+// Validate refuses negative budgets.
+func (h *Headers) Validate() error {
+	if h.ReplayBuffers < 0 || h.ReplayBuffersPerApp < 0 {
+		return fmt.Errorf("fly_headers: replay_buffers %d, replay_buffers_per_app %d: want sizes of 0 or more (0: the default)", h.ReplayBuffers, h.ReplayBuffersPerApp)
+	}
 	return nil
 }
 
@@ -181,13 +212,14 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	defer func() {
 		if body != nil {
 			st.in = body.bytesRead()
+			body.release()
 		}
 		rt.ObserveRequest(st.status, time.Since(st.start), st.in, st.out)
 		st.release()
 	}()
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 && r.Method != http.MethodConnect && r.Header.Get("Upgrade") == "" {
 		// a body over the limit streams through and cannot be replayed
-		body = newReplayBody(r.Body, r.ContentLength > replayBodyLimit)
+		body = newReplayBody(r.Body, r.ContentLength, bodyBudget{replayBuffers, rt.App, h.ReplayBuffers, h.ReplayBuffersPerApp})
 		st.body = body
 		r.Body = body.reader()
 	}
@@ -231,14 +263,39 @@ const RequestIDVarKey = "fly.request_id"
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
-//	fly_headers
+//	fly_headers {
+//		replay_buffers         <size>
+//		replay_buffers_per_app <size>
+//	}
+//
+// Sizes in bytes or with a unit (128MiB, 64MB).
 func (h *Headers) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	if d.NextBlock(0) {
-		return d.Errf("unrecognized fly_headers option '%s'", d.Val())
+	for d.NextBlock(0) {
+		var dst *int64
+		switch d.Val() {
+		case "replay_buffers":
+			dst = &h.ReplayBuffers
+		case "replay_buffers_per_app":
+			dst = &h.ReplayBuffersPerApp
+		default:
+			return d.Errf("unrecognized fly_headers option '%s'", d.Val())
+		}
+		name := d.Val()
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		size, err := humanize.ParseBytes(d.Val())
+		if err != nil || size == 0 || size > 1<<50 {
+			return d.Errf("%s %q: want a size, such as 64MiB", name, d.Val())
+		}
+		*dst = int64(size)
+		if d.NextArg() {
+			return d.ArgErr()
+		}
 	}
 	return nil
 }
@@ -246,6 +303,7 @@ func (h *Headers) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Headers)(nil)
+	_ caddy.Validator             = (*Headers)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Headers)(nil)
 	_ caddyfile.Unmarshaler       = (*Headers)(nil)
 )

@@ -3,11 +3,14 @@ package flyhandlers
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestParseReplayHeader(t *testing.T) {
@@ -74,11 +77,11 @@ func FuzzParseReplay(f *testing.F) {
 func TestReplayBody(t *testing.T) {
 	payload := bytes.Repeat([]byte("abcdefgh"), 1000)
 	for _, readFirst := range []int{0, 100, len(payload)} {
-		b := newReplayBody(io.NopCloser(bytes.NewReader(payload)), false)
+		b := newReplayBody(io.NopCloser(bytes.NewReader(payload)), -1, bodyBudget{})
 		first := b.reader()
 		io.ReadFull(first, make([]byte, readFirst))
 		for pass := range 3 {
-			if !b.canReplay() {
+			if ok, _ := b.canReplay(); !ok {
 				t.Fatalf("read %d first, pass %d: cannot replay", readFirst, pass)
 			}
 			r := b.reader()
@@ -99,7 +102,7 @@ func TestReplayBody(t *testing.T) {
 	// goes to the new pass
 	pr, pw := io.Pipe()
 	src := &readStarted{ReadCloser: pr, started: make(chan struct{})}
-	b := newReplayBody(src, false)
+	b := newReplayBody(src, -1, bodyBudget{})
 	old := b.reader()
 	got := make(chan error, 1)
 	go func() { _, err := old.Read(make([]byte, 64)); got <- err }()
@@ -114,15 +117,15 @@ func TestReplayBody(t *testing.T) {
 	}
 
 	big := bytes.Repeat([]byte("x"), replayBodyLimit+1)
-	b = newReplayBody(io.NopCloser(bytes.NewReader(big)), false)
+	b = newReplayBody(io.NopCloser(bytes.NewReader(big)), -1, bodyBudget{})
 	if got, _ := io.ReadAll(b.reader()); len(got) != len(big) {
 		t.Fatalf("a large body streamed %d of %d bytes", len(got), len(big))
 	}
-	if b.canReplay() || len(b.buf) != 0 {
-		t.Errorf("a body over the limit: replayable %t, %d bytes kept", b.canReplay(), len(b.buf))
+	if ok, _ := b.canReplay(); ok || len(b.buf) != 0 {
+		t.Errorf("a body over the limit: replayable %t, %d bytes kept", ok, len(b.buf))
 	}
 	// once the final answer started, nothing is kept
-	b = newReplayBody(io.NopCloser(bytes.NewReader(payload)), false)
+	b = newReplayBody(io.NopCloser(bytes.NewReader(payload)), -1, bodyBudget{})
 	r = b.reader()
 	io.ReadFull(r, make([]byte, 100))
 	b.noReplays()
@@ -195,5 +198,71 @@ func TestReplayState(t *testing.T) {
 		if status != http.StatusBadGateway || !strings.HasPrefix(body, "PY05: ") {
 			t.Errorf("state %q: %d %q, want 502 PY05", state, status, body)
 		}
+	}
+}
+
+// TestReplayBudget: request bodies kept for fly-replay stay within the
+// edge's budget and the app's: with room for two 32 KiB bodies, five
+// held at once by the machine keep two; the other three reach the
+// machine whole, and their fly-replay answers are 503 PY06. Once the
+// requests are done, nothing is counted any more.
+func TestReplayBudget(t *testing.T) {
+	const n, size = 5, 32 << 10
+	for _, tc := range []struct {
+		name          string
+		total, perApp int64
+	}{
+		{"edge", 2 * size, defaultReplayBuffersPerApp},
+		{"app", defaultReplayBuffers, 2 * size},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			arrived, gate := 0, make(chan struct{})
+			var held, heldApp int64
+			e := newTestEdge(t, func(w http.ResponseWriter, r *http.Request) {
+				body, _ := io.ReadAll(r.Body)
+				if r.Header.Get("Fly-Replay-Src") != "" {
+					fmt.Fprintf(w, "%d", len(body))
+					return
+				}
+				// every request's body is read before any is answered
+				mu.Lock()
+				if arrived++; arrived == n {
+					held, heldApp = replayBuffers.usage("web")
+					close(gate)
+				}
+				mu.Unlock()
+				<-gate
+				w.Header().Set("Fly-Replay", "elsewhere=false")
+				w.WriteHeader(http.StatusConflict)
+			}, func(h *Headers) { h.ReplayBuffers, h.ReplayBuffersPerApp = tc.total, tc.perApp })
+			results := make(chan string, n)
+			for range n {
+				go func() {
+					status, body, _ := e.do(t, "POST", "/", bytes.Repeat([]byte("b"), size), nil)
+					code, _, _ := strings.Cut(body, ":")
+					results <- fmt.Sprintf("%d %s", status, code)
+				}()
+			}
+			count := map[string]int{}
+			for range n {
+				count[<-results]++
+			}
+			if want := map[string]int{"200 32768": 2, "503 PY06": n - 2}; !maps.Equal(count, want) {
+				t.Errorf("answers %v, want %v", count, want)
+			}
+			if held != 2*size || heldApp != 2*size {
+				t.Errorf("kept while the machine held them: %d in all, %d for the app; want %d", held, heldApp, 2*size)
+			}
+			for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				all, app := replayBuffers.usage("web")
+				if all == 0 && app == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("after the requests: %d bytes counted in all, %d for the app", all, app)
+				}
+			}
+		})
 	}
 }
