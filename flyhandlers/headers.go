@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptrace"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -224,7 +226,13 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		r.Body = body.reader()
 	}
 	fw := newFlyResponse(w, rt, id, true, st)
-	err = next.ServeHTTP(fw, r)
+	pass, early := r, (*earlyAnswer)(nil)
+	if body != nil && r.ContentLength > replayBodyLimit {
+		// a body that can never be replayed: see earlyAnswer
+		early = new(earlyAnswer)
+		pass = r.WithContext(httptrace.WithClientTrace(r.Context(), early.trace()))
+	}
+	err = next.ServeHTTP(fw, pass)
 	fw.finish()
 	replayed, fellBack := 0, false
 	for err == nil && fw.replay != nil {
@@ -250,11 +258,55 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !ok {
 		return err
 	}
+	if early != nil && replayed == 0 && code == CodeIncomplete && early.lost(body) {
+		code, msg = CodeReplayTooLarge, fmt.Sprintf("the request body is over %d bytes, the most a replay can resend; the machine stopped reading it and closed the connection before the edge had sent it (its answer, most likely a fly-replay, was lost with it)", replayBodyLimit)
+	}
 	if replayed > 0 && !fellBack {
 		rt.CountReplay("failed")
 		code, msg = CodeReplayFailed, fmt.Sprintf("fly-replay to app %s failed: %s", fw.rt.App, msg)
 	}
 	return h.fail(fw, r, fw.rt, code, msg, id, err)
+}
+
+// earlyAnswer watches the first pass of a request whose body is over the
+// replay limit by its Content-Length, so cannot be replayed: did the
+// machine begin its answer, or stop taking the body, before the edge had
+// written the whole request? A machine that answers such a request with
+// fly-replay without reading the body, then closes the connection (many
+// servers do with an unread body), makes the edge's write of the body
+// fail while the answer is on its way; which of the two Go's HTTP client
+// reports first is a race, and when the write error wins the answer is
+// lost. Either way the edge answers as it does when the answer wins, 413
+// PY03, not 502 PU02, which would blame the machine for the body the
+// client sent.
+type earlyAnswer struct {
+	wrote    atomic.Bool // the whole request was written
+	answered atomic.Bool // the machine's answer began before that
+	cut      atomic.Bool // the request's write failed
+}
+
+func (e *earlyAnswer) trace() *httptrace.ClientTrace {
+	return &httptrace.ClientTrace{
+		WroteRequest: func(info httptrace.WroteRequestInfo) {
+			if info.Err == nil {
+				e.wrote.Store(true)
+			} else {
+				e.cut.Store(true)
+			}
+		},
+		GotFirstResponseByte: func() {
+			if !e.wrote.Load() {
+				e.answered.Store(true)
+			}
+		},
+	}
+}
+
+// lost tells whether the machine's answer may have been lost to the
+// race: it began before the request was written, or the write failed
+// on the machine's side (not a read of the client's body: body).
+func (e *earlyAnswer) lost(body *replayBody) bool {
+	return e.answered.Load() || e.cut.Load() && body.clientErr() == nil
 }
 
 // RequestIDVarKey is the request variable ({http.vars.fly.request_id})

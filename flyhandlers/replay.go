@@ -366,6 +366,17 @@ func (b *replayBody) bytesRead() int64 {
 	return b.read
 }
 
+// clientErr returns the error reading the client's body failed with, or
+// nil (none yet, or the body's end).
+func (b *replayBody) clientErr() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.eof == io.EOF {
+		return nil
+	}
+	return b.eof
+}
+
 // bodyReader is one pass's view of a replayBody.
 type bodyReader struct {
 	b      *replayBody

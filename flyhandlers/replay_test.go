@@ -1,12 +1,15 @@
 package flyhandlers
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -149,19 +152,77 @@ func (r *readStarted) Read(p []byte) (int, error) {
 
 // TestReplayTooLargeUnread: a body over the replay limit, with its
 // Content-Length, to a machine that answers fly-replay without reading
-// it, is 413 PY03 every time, never a 502 blaming the machine.
+// it, is 413 PY03 every time, never a 502 blaming the machine: whether
+// the machine keeps the connection open a while (Go's server) or closes
+// it at once, unread body and all, so that the edge's write of the body
+// fails while the answer is on its way.
 func TestReplayTooLargeUnread(t *testing.T) {
 	e := newTestEdge(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Fly-Replay", "elsewhere=true")
 		w.WriteHeader(http.StatusConflict)
 	}, nil)
 	big := bytes.Repeat([]byte("x"), 2<<20)
-	for i := range 50 {
-		status, body, _ := e.do(t, "POST", "/upload", big, nil)
-		if status != http.StatusRequestEntityTooLarge || !strings.HasPrefix(body, "PY03: ") {
-			t.Fatalf("run %d: %d %q, want 413 PY03", i, status, body)
+	run := func(t *testing.T) {
+		bad := 0
+		for i := range 50 {
+			status, body, _ := e.do(t, "POST", "/upload", big, nil)
+			if status != http.StatusRequestEntityTooLarge || !strings.HasPrefix(body, "PY03: ") {
+				bad++
+				t.Errorf("run %d: %d %q, want 413 PY03", i, status, body)
+			}
+		}
+		if bad > 0 {
+			t.Errorf("%d of 50 runs failed", bad)
 		}
 	}
+	t.Run("go server", run)
+	t.Run("closes at once", func(t *testing.T) {
+		answerAndClose(t, e.machine, "HTTP/1.1 409 Conflict\r\nFly-Replay: elsewhere=true\r\nContent-Length: 0\r\n\r\n")
+		run(t)
+	})
+	// a machine that took the whole body and failed is still the
+	// machine's failure
+	e = newTestEdge(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		panic(http.ErrAbortHandler)
+	}, nil)
+	for i := range 5 {
+		if status, body, _ := e.do(t, "POST", "/upload", big, nil); status != http.StatusBadGateway || !strings.HasPrefix(body, "PU02: ") {
+			t.Errorf("a machine that read the body and failed, run %d: %d %q, want 502 PU02", i, status, body)
+		}
+	}
+}
+
+// answerAndClose replaces machine m by one on the same address that
+// reads a request's header, writes answer and closes the connection,
+// whatever of the request it did not read.
+func answerAndClose(t *testing.T, m *httptest.Server, answer string) {
+	t.Helper()
+	addr := m.Listener.Addr().String()
+	m.Close()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					if l, err := br.ReadString('\n'); err != nil || l == "\r\n" {
+						break
+					}
+				}
+				io.WriteString(c, answer)
+			}()
+		}
+	}()
 }
 
 // TestReplayState: an instruction's state reaches the target as one
