@@ -42,6 +42,7 @@ var (
 	CodeReplayTooLarge    = Code{"PY03", http.StatusRequestEntityTooLarge} // the body is too large to replay
 	CodeReplayLoop        = Code{"PY04", http.StatusLoopDetected}          // replayed too often, or again after a fallback
 	CodeReplayInvalid     = Code{"PY05", http.StatusBadGateway}            // the app's fly-replay instruction cannot be read
+	CodeReplayNoBuffer    = Code{"PY06", http.StatusServiceUnavailable}    // the replay budget had no room to keep the body
 )
 
 // writeError answers the client with code's status and a short body, in

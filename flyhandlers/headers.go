@@ -4,11 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptrace"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -39,7 +42,10 @@ func init() {
 // X-Forwarded-SSL, Fly-Forwarded-Port and Fly-Region: client values are
 // overwritten. Any other incoming Fly-* header from an untrusted peer is
 // removed, except the routing requests Fly-Prefer-Region,
-// Fly-Prefer-Instance-Id and Fly-Force-Instance-Id.
+// Fly-Force-Region, Fly-Prefer-Instance-Id and Fly-Force-Instance-Id;
+// so are the other headers that name a client or the way it came
+// (Forwarded, X-Real-IP, X-Forwarded-Host), which only a trusted proxy
+// may pass on.
 //
 // A request for a host no app answers to, or for a port the app has no
 // service on, is answered 404 and never reaches an app (default deny).
@@ -49,7 +55,23 @@ func init() {
 // machine of the app, 503 for a machine that cannot take requests.
 //
 // The app's name is available as {http.vars.fly.app}.
+//
+// A request body is kept for fly-replay (up to 1 MiB a request) within
+// a budget: ReplayBuffers in all, ReplayBuffersPerApp for the requests of
+// one app. A body the budget has no room for streams through to the
+// machine as any other; only a fly-replay answer to its request fails,
+// with 503 PY06.
 type Headers struct {
+	// The most request body bytes kept for fly-replay at once by the
+	// edge, the requests of every app together (the count is the
+	// process's, shared by every fly_headers handler; each holds it to
+	// its own limit). Default: 128 MiB.
+	ReplayBuffers int64 `json:"replay_buffers,omitempty"`
+
+	// The most request body bytes kept for fly-replay at once for the
+	// requests of one app. Default: 32 MiB.
+	ReplayBuffersPerApp int64 `json:"replay_buffers_per_app,omitempty"`
+
 	app    *routing.App
 	region string
 	logger *zap.Logger
@@ -72,6 +94,20 @@ func (h *Headers) Provision(ctx caddy.Context) error {
 	}
 	h.app = app
 	h.region = h.app.EdgeRegion()
+	if h.ReplayBuffers == 0 {
+		h.ReplayBuffers = defaultReplayBuffers
+	}
+	if h.ReplayBuffersPerApp == 0 {
+		h.ReplayBuffersPerApp = defaultReplayBuffersPerApp
+	}
+	return nil
+}
+
+// Validate refuses negative budgets.
+func (h *Headers) Validate() error {
+	if h.ReplayBuffers < 0 || h.ReplayBuffersPerApp < 0 {
+		return fmt.Errorf("fly_headers: replay_buffers %d, replay_buffers_per_app %d: want sizes of 0 or more (0: the default)", h.ReplayBuffers, h.ReplayBuffersPerApp)
+	}
 	return nil
 }
 
@@ -85,6 +121,8 @@ var (
 	hdrXFSSL            = http.CanonicalHeaderKey("X-Forwarded-SSL")
 	hdrXFPort           = http.CanonicalHeaderKey("X-Forwarded-Port")
 	hdrXFHost           = http.CanonicalHeaderKey("X-Forwarded-Host")
+	hdrForwarded        = http.CanonicalHeaderKey("Forwarded")
+	hdrXRealIP          = http.CanonicalHeaderKey("X-Real-IP")
 	hdrPreferredUnavail = http.CanonicalHeaderKey(routing.HeaderPreferredUnavailable)
 	hdrFlyRequestID     = http.CanonicalHeaderKey("Fly-Request-Id")
 	clientFlyHeaders    = map[string]bool{
@@ -144,6 +182,8 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		delete(hdr, hdrXFF)
 		delete(hdr, hdrXFHost)
+		delete(hdr, hdrForwarded)
+		delete(hdr, hdrXRealIP)
 	}
 	delete(hdr, hdrPreferredUnavail)
 
@@ -174,18 +214,25 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	defer func() {
 		if body != nil {
 			st.in = body.bytesRead()
+			body.release()
 		}
 		rt.ObserveRequest(st.status, time.Since(st.start), st.in, st.out)
 		st.release()
 	}()
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 && r.Method != http.MethodConnect && r.Header.Get("Upgrade") == "" {
 		// a body over the limit streams through and cannot be replayed
-		body = newReplayBody(r.Body, r.ContentLength > replayBodyLimit)
+		body = newReplayBody(r.Body, r.ContentLength, bodyBudget{replayBuffers, rt.App, h.ReplayBuffers, h.ReplayBuffersPerApp})
 		st.body = body
 		r.Body = body.reader()
 	}
 	fw := newFlyResponse(w, rt, id, true, st)
-	err = next.ServeHTTP(fw, r)
+	pass, early := r, (*earlyAnswer)(nil)
+	if body != nil && r.ContentLength > replayBodyLimit {
+		// a body that can never be replayed: see earlyAnswer
+		early = new(earlyAnswer)
+		pass = r.WithContext(httptrace.WithClientTrace(r.Context(), early.trace()))
+	}
+	err = next.ServeHTTP(fw, pass)
 	fw.finish()
 	replayed, fellBack := 0, false
 	for err == nil && fw.replay != nil {
@@ -211,11 +258,55 @@ func (h *Headers) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !ok {
 		return err
 	}
+	if early != nil && replayed == 0 && code == CodeIncomplete && early.lost(body) {
+		code, msg = CodeReplayTooLarge, fmt.Sprintf("the request body is over %d bytes, the most a replay can resend; the machine stopped reading it and closed the connection before the edge had sent it (its answer, most likely a fly-replay, was lost with it)", replayBodyLimit)
+	}
 	if replayed > 0 && !fellBack {
 		rt.CountReplay("failed")
 		code, msg = CodeReplayFailed, fmt.Sprintf("fly-replay to app %s failed: %s", fw.rt.App, msg)
 	}
 	return h.fail(fw, r, fw.rt, code, msg, id, err)
+}
+
+// earlyAnswer watches the first pass of a request whose body is over the
+// replay limit by its Content-Length, so cannot be replayed: did the
+// machine begin its answer, or stop taking the body, before the edge had
+// written the whole request? A machine that answers such a request with
+// fly-replay without reading the body, then closes the connection (many
+// servers do with an unread body), makes the edge's write of the body
+// fail while the answer is on its way; which of the two Go's HTTP client
+// reports first is a race, and when the write error wins the answer is
+// lost. Either way the edge answers as it does when the answer wins, 413
+// PY03, not 502 PU02, which would blame the machine for the body the
+// client sent.
+type earlyAnswer struct {
+	wrote    atomic.Bool // the whole request was written
+	answered atomic.Bool // the machine's answer began before that
+	cut      atomic.Bool // the request's write failed
+}
+
+func (e *earlyAnswer) trace() *httptrace.ClientTrace {
+	return &httptrace.ClientTrace{
+		WroteRequest: func(info httptrace.WroteRequestInfo) {
+			if info.Err == nil {
+				e.wrote.Store(true)
+			} else {
+				e.cut.Store(true)
+			}
+		},
+		GotFirstResponseByte: func() {
+			if !e.wrote.Load() {
+				e.answered.Store(true)
+			}
+		},
+	}
+}
+
+// lost tells whether the machine's answer may have been lost to the
+// race: it began before the request was written, or the write failed
+// on the machine's side (not a read of the client's body: body).
+func (e *earlyAnswer) lost(body *replayBody) bool {
+	return e.answered.Load() || e.cut.Load() && body.clientErr() == nil
 }
 
 // RequestIDVarKey is the request variable ({http.vars.fly.request_id})
@@ -224,14 +315,39 @@ const RequestIDVarKey = "fly.request_id"
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
-//	fly_headers
+//	fly_headers {
+//		replay_buffers         <size>
+//		replay_buffers_per_app <size>
+//	}
+//
+// Sizes in bytes or with a unit (128MiB, 64MB).
 func (h *Headers) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	if d.NextBlock(0) {
-		return d.Errf("unrecognized fly_headers option '%s'", d.Val())
+	for d.NextBlock(0) {
+		var dst *int64
+		switch d.Val() {
+		case "replay_buffers":
+			dst = &h.ReplayBuffers
+		case "replay_buffers_per_app":
+			dst = &h.ReplayBuffersPerApp
+		default:
+			return d.Errf("unrecognized fly_headers option '%s'", d.Val())
+		}
+		name := d.Val()
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		size, err := humanize.ParseBytes(d.Val())
+		if err != nil || size == 0 || size > 1<<50 {
+			return d.Errf("%s %q: want a size, such as 64MiB", name, d.Val())
+		}
+		*dst = int64(size)
+		if d.NextArg() {
+			return d.ArgErr()
+		}
 	}
 	return nil
 }
@@ -239,6 +355,7 @@ func (h *Headers) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Headers)(nil)
+	_ caddy.Validator             = (*Headers)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Headers)(nil)
 	_ caddyfile.Unmarshaler       = (*Headers)(nil)
 )

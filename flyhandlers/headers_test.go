@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
@@ -302,6 +303,42 @@ func TestReplayLeavesNoHeader(t *testing.T) {
 	for k, want := range map[string]string{"X-Replayed-Pass": "", "Fly-Replay": "", "X-After-Intercept": "", "Server": "Caddy", "X-Answer": "yes"} {
 		if got := strings.Join(res.Header[k], ","); got != want {
 			t.Errorf("%s: %q, want %q", k, got, want)
+		}
+	}
+}
+
+// TestForwardedFromUntrusted: Forwarded and X-Real-IP from a client that
+// is no trusted proxy never reach the machine, as X-Forwarded-For does
+// not: the machine reads the client address the edge saw, not one the
+// client made up.
+func TestForwardedFromUntrusted(t *testing.T) {
+	e := newTestEdge(t, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "forwarded=%q real-ip=%q xff=%q", r.Header.Values("Forwarded"), r.Header.Values("X-Real-Ip"), r.Header.Values("X-Forwarded-For"))
+	}, nil)
+	status, body, _ := e.do(t, "GET", "/", nil, map[string]string{
+		"Forwarded": "for=198.51.100.1;proto=https", "X-Real-IP": "198.51.100.1", "X-Forwarded-For": "198.51.100.1"})
+	if want := `forwarded=[] real-ip=[] xff=["127.0.0.1"]`; status != http.StatusOK || body != want {
+		t.Errorf("%d %s; want 200 %s", status, body, want)
+	}
+}
+
+func TestHeadersCaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		in            string
+		total, perApp int64
+		err           bool
+	}{
+		{"fly_headers", 0, 0, false},
+		{"fly_headers {\n replay_buffers 64MiB\n replay_buffers_per_app 1000000\n}", 64 << 20, 1000000, false},
+		{"fly_headers {\n replay_buffers\n}", 0, 0, true},
+		{"fly_headers {\n replay_buffers lots\n}", 0, 0, true},
+		{"fly_headers {\n replay_buffers 0\n}", 0, 0, true},
+		{"fly_headers {\n other 1\n}", 0, 0, true},
+	} {
+		h := new(Headers)
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.in))
+		if (err != nil) != tc.err || h.ReplayBuffers != tc.total || h.ReplayBuffersPerApp != tc.perApp {
+			t.Errorf("%q: %d, %d, %v", tc.in, h.ReplayBuffers, h.ReplayBuffersPerApp, err)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package flyhandlers
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -159,7 +160,39 @@ func (rp *replay) check() error {
 	if len(rp.State) > 1024 {
 		return errors.New("fly-replay: state longer than 1024 bytes")
 	}
+	for i := 0; i < len(rp.State); i++ {
+		if c := rp.State[i]; c < ' ' && c != '\t' || c == 0x7f {
+			return fmt.Errorf("fly-replay: state holds a control character (%#02x at %d)", c, i)
+		}
+	}
 	return nil
+}
+
+// srcValue writes a value of fly-replay-src: as it is when it is one
+// token of visible characters without a separator, else as an HTTP
+// quoted-string (RFC 9110, section 5.6.4), so what an app put in a
+// state stays one field ("x;instance=y" is not a second instance). The
+// value holds no control character but tab (check refuses others).
+func srcValue(v string) string {
+	bare := v != ""
+	for i := 0; i < len(v) && bare; i++ {
+		c := v[i]
+		bare = c > ' ' && c < 0x7f && c != ';' && c != ',' && c != '"' && c != '\\'
+	}
+	if bare {
+		return v
+	}
+	var b strings.Builder
+	b.Grow(len(v) + 8)
+	b.WriteByte('"')
+	for i := 0; i < len(v); i++ {
+		if v[i] == '"' || v[i] == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(v[i])
+	}
+	b.WriteByte('"')
+	return b.String()
 }
 
 func validHeaderName(name string) bool {
@@ -179,9 +212,14 @@ func validHeaderName(name string) bool {
 // of the request reads it through a reader of its own (reader), from the
 // start; what any pass reads from the client is kept, up to
 // replayBodyLimit, so the next pass gets the same bytes, then the rest.
-// A body over the limit, or one whose request got its final answer
+// A body over the limit, one the edge's or the app's replay budget
+// (bud) has no room for, or one whose request got its final answer
 // (noReplays), is kept no longer: it streams through, and only the bytes
 // the current pass has not read yet are held.
+//
+// What is kept is counted in bud by the capacity of buf, reserved
+// before buf grows, and given back as soon as nothing is kept any more,
+// or when the request is done (release).
 //
 // The HTTP client may go on reading a pass's body after that pass is over
 // (a machine that answers before reading it all): such a reader is
@@ -191,29 +229,41 @@ func validHeaderName(name string) bool {
 type replayBody struct {
 	src   io.ReadCloser
 	srcMu sync.Mutex // one read of src at a time
+	size  int64      // the body's Content-Length, or -1
+	bud   bodyBudget // where what is kept is counted
 
-	mu    sync.Mutex // guards what follows
-	buf   []byte     // the bytes from start to read
-	start int64      // position of buf[0] in the body
-	read  int64      // bytes read from src
-	keep  bool       // keep what is read for a replay
-	over  bool       // a replay can no longer have the whole body
-	eof   error      // src's final error
-	cur   *bodyReader
+	mu       sync.Mutex // guards what follows
+	buf      []byte     // the bytes from start to read
+	start    int64      // position of buf[0] in the body
+	read     int64      // bytes read from src
+	keep     bool       // keep what is read for a replay
+	over     bool       // a replay can no longer have the whole body
+	short    bool       // ... because the replay budget had no room for it
+	reserved int64      // bytes of bud this body holds (cap(buf) while keep)
+	eof      error      // src's final error
+	cur      *bodyReader
 }
 
 // errPassOver is what the reader of a pass that is over gets.
 var errPassOver = errors.New("request body: this pass of the request is over")
 
-func newReplayBody(src io.ReadCloser, tooLarge bool) *replayBody {
-	return &replayBody{src: src, keep: !tooLarge, over: tooLarge}
+// newReplayBody keeps src for replays, within bud (the zero bodyBudget:
+// no budget); size is its Content-Length, or -1, and a body over
+// replayBodyLimit is never kept.
+func newReplayBody(src io.ReadCloser, size int64, bud bodyBudget) *replayBody {
+	tooLarge := size > replayBodyLimit
+	return &replayBody{src: src, size: size, bud: bud, keep: !tooLarge, over: tooLarge}
 }
 
-// canReplay tells whether a replay can send the whole body again.
-func (b *replayBody) canReplay() bool {
+// canReplay tells whether a replay can send the whole body again, and if
+// not, whether because the replay budget had no room for it.
+func (b *replayBody) canReplay() (ok, short bool) {
+	if b == nil { // no body
+		return true, false
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return !b.over
+	return !b.over, b.short
 }
 
 // reader returns the body for a new pass, from the start; the previous
@@ -237,17 +287,76 @@ func (b *replayBody) noReplays() {
 	b.trim()
 }
 
+// release ends the body's use when its request is done: the last pass's
+// reader reads nothing more (an HTTP client still writing it to a
+// machine stops), the buffer is dropped and its budget given back.
+func (b *replayBody) release() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.keep, b.over = false, true
+	if b.cur != nil {
+		b.cur.closed = true
+	}
+	b.buf, b.start = nil, b.read
+	b.giveBack()
+}
+
+// giveBack returns the body's budget. The caller holds mu.
+func (b *replayBody) giveBack() {
+	if b.reserved > 0 {
+		b.bud.release(b.reserved)
+		b.reserved = 0
+	}
+}
+
 // trim drops the bytes the current pass has read, once nothing is kept
-// for a replay. The caller holds mu.
+// for a replay, and gives the buffer kept until then back: what is left
+// (what the current pass has not read yet) moves to one of its size.
+// The caller holds mu.
 func (b *replayBody) trim() {
-	if b.keep || b.cur == nil || b.cur.pos <= b.start {
+	if b.keep {
 		return
 	}
-	b.buf = b.buf[b.cur.pos-b.start:]
-	b.start = b.cur.pos
+	if b.cur != nil && b.cur.pos > b.start {
+		b.buf = b.buf[b.cur.pos-b.start:]
+		b.start = b.cur.pos
+	}
+	if b.reserved > 0 {
+		if len(b.buf) > 0 {
+			b.buf = bytes.Clone(b.buf)
+		}
+		b.giveBack()
+	}
 	if len(b.buf) == 0 {
 		b.buf = nil
 	}
+}
+
+// grow makes room in buf for n more bytes to keep, within the budget. The
+// caller holds mu.
+func (b *replayBody) grow(n int) bool {
+	need := len(b.buf) + n
+	if need <= cap(b.buf) {
+		return true
+	}
+	// the Content-Length at once; else doubling, from 4 KiB; never over
+	// the limit (what is kept is not)
+	want := max(2*cap(b.buf), need, 4<<10)
+	if b.size > 0 {
+		want = max(need, int(b.size))
+	}
+	want = max(min(want, replayBodyLimit), need)
+	if !b.bud.reserve(int64(want - cap(b.buf))) {
+		want = need // the least that does, when there is no room for more
+		if !b.bud.reserve(int64(want - cap(b.buf))) {
+			return false
+		}
+	}
+	nb := make([]byte, len(b.buf), want)
+	copy(nb, b.buf)
+	b.buf = nb
+	b.reserved = int64(want)
+	return true
 }
 
 // bytesRead returns how many bytes were read from the client.
@@ -255,6 +364,17 @@ func (b *replayBody) bytesRead() int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.read
+}
+
+// clientErr returns the error reading the client's body failed with, or
+// nil (none yet, or the body's end).
+func (b *replayBody) clientErr() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.eof == io.EOF {
+		return nil
+	}
+	return b.eof
 }
 
 // bodyReader is one pass's view of a replayBody.
@@ -323,14 +443,89 @@ func (b *replayBody) add(p []byte, r *bodyReader) {
 		return
 	}
 	b.read += int64(len(p))
+	if b.keep && b.read-b.start > replayBodyLimit {
+		b.keep, b.over = false, true
+	}
+	if b.keep && !b.grow(len(p)) {
+		b.keep, b.over, b.short = false, true, true
+	}
+	if !b.keep && !r.closed && len(b.buf) == 0 { // streaming through: nothing to hold
+		r.pos += int64(len(p))
+		b.buf, b.start = nil, b.read
+		b.giveBack()
+		return
+	}
 	b.buf = append(b.buf, p...)
 	if !r.closed {
 		r.pos += int64(len(p))
 	}
-	if b.keep && b.read-b.start > replayBodyLimit {
-		b.keep, b.over = false, true
-	}
 	b.trim()
+}
+
+// Defaults of the replay budget (Headers' ReplayBuffers and
+// ReplayBuffersPerApp).
+const (
+	defaultReplayBuffers       = 128 << 20
+	defaultReplayBuffersPerApp = 32 << 20
+)
+
+// bufferBudget counts the request body bytes this process keeps for
+// fly-replay, in all and by the app of the request.
+type bufferBudget struct {
+	mu   sync.Mutex
+	held int64
+	apps map[string]int64
+}
+
+// replayBuffers is the edge's count, shared by every fly_headers handler
+// (of every server and config) of the process.
+var replayBuffers = &bufferBudget{apps: make(map[string]int64)}
+
+// usage returns the bytes kept in all, and for app.
+func (a *bufferBudget) usage(app string) (all, ofApp int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.held, a.apps[app]
+}
+
+// bodyBudget is where one request's body is counted: the edge's count,
+// the request's app, and its handler's limits. The zero bodyBudget
+// counts nothing and has room for everything.
+type bodyBudget struct {
+	all           *bufferBudget
+	app           string
+	total, perApp int64
+}
+
+// reserve counts n more bytes, if the edge and the app have room for
+// them.
+func (bb bodyBudget) reserve(n int64) bool {
+	a := bb.all
+	if a == nil {
+		return true
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.held+n > bb.total || a.apps[bb.app]+n > bb.perApp {
+		return false
+	}
+	a.held += n
+	a.apps[bb.app] += n
+	return true
+}
+
+// release gives back n bytes reserve counted.
+func (bb bodyBudget) release(n int64) {
+	a := bb.all
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.held -= n
+	if a.apps[bb.app] -= n; a.apps[bb.app] <= 0 {
+		delete(a.apps, bb.app)
+	}
 }
 
 // Close does not close the client's body: the next pass may need the
@@ -354,7 +549,10 @@ func (h *Headers) replay(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	if replayed >= maxReplays {
 		return CodeReplayLoop, fmt.Sprintf("fly-replay: replayed %d times, the most a request may be", maxReplays), fw, nil
 	}
-	if body != nil && !body.canReplay() {
+	if ok, short := body.canReplay(); !ok {
+		if short {
+			return CodeReplayNoBuffer, "fly-replay: the edge holds as many request bodies for replays as it may now; this one went through without being kept", fw, nil
+		}
 		return CodeReplayTooLarge, fmt.Sprintf("fly-replay: the request body is over %d bytes, the most a replay can resend", replayBodyLimit), fw, nil
 	}
 	target := from.App
@@ -374,7 +572,7 @@ func (h *Headers) replay(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	self, selfRegion := answeredBy(r, from)
 	src := "instance=" + self + ";region=" + selfRegion + ";t=" + strconv.FormatInt(time.Now().UnixMicro(), 10)
 	if rp.State != "" {
-		src += ";state=" + rp.State
+		src += ";state=" + srcValue(rp.State)
 	}
 	r.Header.Set(hdrFlyReplaySrc, src)
 	if t := rp.Transform; t != nil {

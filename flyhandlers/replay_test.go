@@ -1,11 +1,19 @@
 package flyhandlers
 
 import (
+	"bufio"
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"io"
+	"maps"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestParseReplayHeader(t *testing.T) {
@@ -72,11 +80,11 @@ func FuzzParseReplay(f *testing.F) {
 func TestReplayBody(t *testing.T) {
 	payload := bytes.Repeat([]byte("abcdefgh"), 1000)
 	for _, readFirst := range []int{0, 100, len(payload)} {
-		b := newReplayBody(io.NopCloser(bytes.NewReader(payload)), false)
+		b := newReplayBody(io.NopCloser(bytes.NewReader(payload)), -1, bodyBudget{})
 		first := b.reader()
 		io.ReadFull(first, make([]byte, readFirst))
 		for pass := range 3 {
-			if !b.canReplay() {
+			if ok, _ := b.canReplay(); !ok {
 				t.Fatalf("read %d first, pass %d: cannot replay", readFirst, pass)
 			}
 			r := b.reader()
@@ -97,7 +105,7 @@ func TestReplayBody(t *testing.T) {
 	// goes to the new pass
 	pr, pw := io.Pipe()
 	src := &readStarted{ReadCloser: pr, started: make(chan struct{})}
-	b := newReplayBody(src, false)
+	b := newReplayBody(src, -1, bodyBudget{})
 	old := b.reader()
 	got := make(chan error, 1)
 	go func() { _, err := old.Read(make([]byte, 64)); got <- err }()
@@ -112,15 +120,15 @@ func TestReplayBody(t *testing.T) {
 	}
 
 	big := bytes.Repeat([]byte("x"), replayBodyLimit+1)
-	b = newReplayBody(io.NopCloser(bytes.NewReader(big)), false)
+	b = newReplayBody(io.NopCloser(bytes.NewReader(big)), -1, bodyBudget{})
 	if got, _ := io.ReadAll(b.reader()); len(got) != len(big) {
 		t.Fatalf("a large body streamed %d of %d bytes", len(got), len(big))
 	}
-	if b.canReplay() || len(b.buf) != 0 {
-		t.Errorf("a body over the limit: replayable %t, %d bytes kept", b.canReplay(), len(b.buf))
+	if ok, _ := b.canReplay(); ok || len(b.buf) != 0 {
+		t.Errorf("a body over the limit: replayable %t, %d bytes kept", ok, len(b.buf))
 	}
 	// once the final answer started, nothing is kept
-	b = newReplayBody(io.NopCloser(bytes.NewReader(payload)), false)
+	b = newReplayBody(io.NopCloser(bytes.NewReader(payload)), -1, bodyBudget{})
 	r = b.reader()
 	io.ReadFull(r, make([]byte, 100))
 	b.noReplays()
@@ -140,4 +148,182 @@ type readStarted struct {
 func (r *readStarted) Read(p []byte) (int, error) {
 	r.once.Do(func() { close(r.started) })
 	return r.ReadCloser.Read(p)
+}
+
+// TestReplayTooLargeUnread: a body over the replay limit, with its
+// Content-Length, to a machine that answers fly-replay without reading
+// it, is 413 PY03 every time, never a 502 blaming the machine: whether
+// the machine keeps the connection open a while (Go's server) or closes
+// it at once, unread body and all, so that the edge's write of the body
+// fails while the answer is on its way.
+func TestReplayTooLargeUnread(t *testing.T) {
+	e := newTestEdge(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Fly-Replay", "elsewhere=true")
+		w.WriteHeader(http.StatusConflict)
+	}, nil)
+	big := bytes.Repeat([]byte("x"), 2<<20)
+	run := func(t *testing.T) {
+		bad := 0
+		for i := range 50 {
+			status, body, _ := e.do(t, "POST", "/upload", big, nil)
+			if status != http.StatusRequestEntityTooLarge || !strings.HasPrefix(body, "PY03: ") {
+				bad++
+				t.Errorf("run %d: %d %q, want 413 PY03", i, status, body)
+			}
+		}
+		if bad > 0 {
+			t.Errorf("%d of 50 runs failed", bad)
+		}
+	}
+	t.Run("go server", run)
+	t.Run("closes at once", func(t *testing.T) {
+		answerAndClose(t, e.machine, "HTTP/1.1 409 Conflict\r\nFly-Replay: elsewhere=true\r\nContent-Length: 0\r\n\r\n")
+		run(t)
+	})
+	// a machine that took the whole body and failed is still the
+	// machine's failure
+	e = newTestEdge(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		panic(http.ErrAbortHandler)
+	}, nil)
+	for i := range 5 {
+		if status, body, _ := e.do(t, "POST", "/upload", big, nil); status != http.StatusBadGateway || !strings.HasPrefix(body, "PU02: ") {
+			t.Errorf("a machine that read the body and failed, run %d: %d %q, want 502 PU02", i, status, body)
+		}
+	}
+}
+
+// answerAndClose replaces machine m by one on the same address that
+// reads a request's header, writes answer and closes the connection,
+// whatever of the request it did not read.
+func answerAndClose(t *testing.T, m *httptest.Server, answer string) {
+	t.Helper()
+	addr := m.Listener.Addr().String()
+	m.Close()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					if l, err := br.ReadString('\n'); err != nil || l == "\r\n" {
+						break
+					}
+				}
+				io.WriteString(c, answer)
+			}()
+		}
+	}()
+}
+
+// TestReplayState: an instruction's state reaches the target as one
+// field of fly-replay-src, whatever it holds (quoted when it holds a
+// separator), and a state with control characters is an instruction the
+// edge cannot read, PY05, not a failure of the target.
+func TestReplayState(t *testing.T) {
+	e := newTestEdge(t, func(w http.ResponseWriter, r *http.Request) {
+		if src := r.Header.Get("Fly-Replay-Src"); src != "" {
+			io.WriteString(w, src)
+			return
+		}
+		instr, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", replayContentType)
+		w.Write(instr)
+	}, nil)
+	for _, tc := range []struct {
+		state, want string
+	}{
+		{"writes", ";state=writes"},
+		{"a=b/c", ";state=a=b/c"},
+		{"x;instance=evil;region=evil", `;state="x;instance=evil;region=evil"`},
+		{`q"uote\ and, comma`, `;state="q\"uote\\ and, comma"`},
+	} {
+		instr, _ := json.Marshal(map[string]string{"state": tc.state})
+		status, body, _ := e.do(t, "POST", "/", instr, nil)
+		if status != http.StatusOK || !strings.HasSuffix(body, tc.want) || strings.Count(body, "instance=") != 1+strings.Count(tc.state, "instance=") {
+			t.Errorf("state %q: %d %q, want 200 ending %q", tc.state, status, body, tc.want)
+		}
+	}
+	for _, state := range []string{"a\nb", "a\rb", "nul\x00", "del\x7f"} {
+		instr, _ := json.Marshal(map[string]string{"state": state})
+		status, body, _ := e.do(t, "POST", "/", instr, nil)
+		if status != http.StatusBadGateway || !strings.HasPrefix(body, "PY05: ") {
+			t.Errorf("state %q: %d %q, want 502 PY05", state, status, body)
+		}
+	}
+}
+
+// TestReplayBudget: request bodies kept for fly-replay stay within the
+// edge's budget and the app's: with room for two 32 KiB bodies, five
+// held at once by the machine keep two; the other three reach the
+// machine whole, and their fly-replay answers are 503 PY06. Once the
+// requests are done, nothing is counted any more.
+func TestReplayBudget(t *testing.T) {
+	const n, size = 5, 32 << 10
+	for _, tc := range []struct {
+		name          string
+		total, perApp int64
+	}{
+		{"edge", 2 * size, defaultReplayBuffersPerApp},
+		{"app", defaultReplayBuffers, 2 * size},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			arrived, gate := 0, make(chan struct{})
+			var held, heldApp int64
+			e := newTestEdge(t, func(w http.ResponseWriter, r *http.Request) {
+				body, _ := io.ReadAll(r.Body)
+				if r.Header.Get("Fly-Replay-Src") != "" {
+					fmt.Fprintf(w, "%d", len(body))
+					return
+				}
+				// every request's body is read before any is answered
+				mu.Lock()
+				if arrived++; arrived == n {
+					held, heldApp = replayBuffers.usage("web")
+					close(gate)
+				}
+				mu.Unlock()
+				<-gate
+				w.Header().Set("Fly-Replay", "elsewhere=false")
+				w.WriteHeader(http.StatusConflict)
+			}, func(h *Headers) { h.ReplayBuffers, h.ReplayBuffersPerApp = tc.total, tc.perApp })
+			results := make(chan string, n)
+			for range n {
+				go func() {
+					status, body, _ := e.do(t, "POST", "/", bytes.Repeat([]byte("b"), size), nil)
+					code, _, _ := strings.Cut(body, ":")
+					results <- fmt.Sprintf("%d %s", status, code)
+				}()
+			}
+			count := map[string]int{}
+			for range n {
+				count[<-results]++
+			}
+			if want := map[string]int{"200 32768": 2, "503 PY06": n - 2}; !maps.Equal(count, want) {
+				t.Errorf("answers %v, want %v", count, want)
+			}
+			if held != 2*size || heldApp != 2*size {
+				t.Errorf("kept while the machine held them: %d in all, %d for the app; want %d", held, heldApp, 2*size)
+			}
+			for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				all, app := replayBuffers.usage("web")
+				if all == 0 && app == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("after the requests: %d bytes counted in all, %d for the app", all, app)
+				}
+			}
+		})
+	}
 }

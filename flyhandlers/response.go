@@ -90,11 +90,17 @@ func newFlyResponse(w http.ResponseWriter, rt *routing.Route, id string, replaya
 	return fw
 }
 
-// release returns the request's writers to the pool.
+// release returns the request's writers to the pool, holding nothing of
+// the request: a header map grown large is dropped, not kept in the pool.
 func (st *reqStats) release() {
 	for i, fw := range st.writers {
 		fw.ResponseWriterWrapper.ResponseWriter = nil
-		fw.rt, fw.resp, fw.stats, fw.replay, fw.jsonBody = nil, nil, nil, nil, nil
+		fw.rt, fw.resp, fw.stats, fw.replay, fw.jsonBody, fw.replayErr = nil, nil, nil, nil, nil, nil
+		if len(fw.hdr) > 32 {
+			fw.hdr = make(http.Header, 8)
+		} else {
+			clear(fw.hdr)
+		}
 		flyResponses.Put(fw)
 		st.writers[i] = nil
 	}
