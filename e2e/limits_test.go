@@ -3,9 +3,12 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"io"
 	"net"
 	"net/http"
@@ -612,17 +615,18 @@ func TestTenantCannotStopAPort(t *testing.T) {
 	requireCaddy(t)
 	prlimit := requireTool(t, "prlimit")
 	machine := holdingMachine(t)
-	const nofile = 400
-	wrapper := []string{prlimit, fmt.Sprintf("--nofile=%d:%d", nofile, nofile), "--"}
+	limited := func(nofile int) []string {
+		return []string{prlimit, fmt.Sprintf("--nofile=%d:%d", nofile, nofile), "--"}
+	}
 
 	t.Run("descriptors run out", func(t *testing.T) {
 		admin, web, tcp := freeAddr(), freePort(), freePort()
-		p := startEdgeProcVia(t, "shortage", fmt.Sprintf(tenantEdge, admin, web, tcp, "max_connections 100000\n\t\tmax_connections_per_client 100000", machine), wrapper...)
+		p := startEdgeProcVia(t, "shortage", fmt.Sprintf(tenantEdge, admin, web, tcp, "max_connections 100000\n\t\tmax_connections_per_client 100000", machine), limited(400)...)
 		if !p.started(t) {
 			t.Fatalf("the edge did not start:\n%s", p.log)
 		}
 		checkOwnListeners(t, portNumber(t, web), portNumber(t, tcp))
-		_, closeAll := idleConns(t, "127.0.0.2", "127.0.0.1:"+tcp, nofile)
+		_, closeAll := idleConns(t, "127.0.0.2", "127.0.0.1:"+tcp, 400)
 		waitUntil(t, "the edge to run out of descriptors", 10*time.Second, func() bool {
 			return strings.Contains(p.log.String(), "too many open files")
 		})
@@ -644,13 +648,13 @@ func TestTenantCannotStopAPort(t *testing.T) {
 
 	t.Run("default limits", func(t *testing.T) {
 		admin, web, tcp := freeAddr(), freePort(), freePort()
-		p := startEdgeProcVia(t, "limits", fmt.Sprintf(tenantEdge, admin, web, tcp, "", machine), wrapper...)
+		p := startEdgeProcVia(t, "limits", fmt.Sprintf(tenantEdge, admin, web, tcp, "", machine), limited(1000)...)
 		if !p.started(t) {
 			t.Fatalf("the edge did not start:\n%s", p.log)
 		}
-		held, _ := idleConns(t, "127.0.0.2", "127.0.0.1:"+tcp, nofile)
-		// 400 descriptors: 256 kept free, 2 listeners; 71 connections,
-		// 64 per client
+		held, _ := idleConns(t, "127.0.0.2", "127.0.0.1:"+tcp, 400)
+		// 1,000 descriptors: 256 kept free, 2 listeners; 247
+		// connections (three descriptors each), 64 per client
 		if held != 64 {
 			t.Errorf("the edge holds %d of one client's connections, want its share, 64\n%s", held, p.log)
 		}
@@ -661,4 +665,111 @@ func TestTenantCannotStopAPort(t *testing.T) {
 			t.Errorf("the edge ran out of descriptors:\n%s", p.log)
 		}
 	})
+}
+
+// h2Edge serves one app over TLS and HTTP on port %[2]s, its machine on
+// %[3]s, with max_connections 3.
+const h2Edge = `{
+	admin off
+	persist_config off
+	skip_install_trust
+	storage file_system %[1]s
+	fly {
+		base_domain h2.test
+		app web {
+			service %[3]s {
+				port %[2]s tls http
+			}
+			machine 148ed193b95189 iad 127.0.0.1
+		}
+	}
+	fly_ips {
+		shared_v4 127.0.0.1
+		https_port %[2]s
+	}
+	fly_edge {
+		ports %[2]s
+		issuer internal
+		max_connections 3
+	}
+}
+
+http:// {
+	bind fly/edge
+	@app fly_app
+	handle @app {
+		reverse_proxy {
+			dynamic fly
+			lb_policy fly
+			transport fly
+		}
+	}
+	handle {
+		abort
+	}
+}
+`
+
+// TestHTTPMachineConnsBounded: one HTTP/2 connection carries many
+// requests at once, each of which may need a connection to the machine;
+// the edge holds no more of those than max_connections (they took one
+// descriptor each without bound: one client connection could hold
+// thousands), and the requests beyond it fail at once.
+func TestHTTPMachineConnsBounded(t *testing.T) {
+	requireCaddy(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go func() { io.Copy(io.Discard, c); c.Close() }() // never answers
+		}
+	}()
+	port := freePort()
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(fmt.Sprintf(h2Edge, t.TempDir(), port, portOf("http://"+ln.Addr().String()))), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	defer caddy.Stop()
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, ServerName: "web.h2.test"}, ForceAttemptHTTP2: true, MaxConnsPerHost: 1}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 3 * time.Second}
+	var wg sync.WaitGroup
+	var h2, failedFast atomic.Int64
+	for range 60 {
+		wg.Go(func() {
+			req, _ := http.NewRequest(http.MethodGet, "https://127.0.0.1:"+port+"/", nil)
+			req.Host = "web.h2.test"
+			start := time.Now()
+			resp, err := c.Do(req)
+			if err != nil {
+				return // held by the machine until the client's timeout
+			}
+			resp.Body.Close()
+			if resp.ProtoMajor == 2 {
+				h2.Add(1)
+			}
+			if resp.StatusCode == http.StatusBadGateway && time.Since(start) < 2*time.Second {
+				failedFast.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := accepted.Load(); n > 3 {
+		t.Errorf("one client connection made the edge hold %d connections to the machine, want at most 3 (max_connections)", n)
+	}
+	if h2.Load() == 0 || failedFast.Load() < 50 {
+		t.Errorf("%d answers over HTTP/2, %d failed at once with 502; want the requests beyond the bound to fail at once over the one HTTP/2 connection", h2.Load(), failedFast.Load())
+	}
 }

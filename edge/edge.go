@@ -258,6 +258,7 @@ func (e *Edge) Provision(ctx caddy.Context) error {
 	}
 	e.setLimits(fileLimit())
 	e.conns = newConnLimits(e.MaxConnections, e.MaxConnectionsPerClient)
+	routing.SetMachineConnLimit(e.MaxConnections)
 	fly, err := routing.FromContext(ctx)
 	if err != nil {
 		return err
@@ -451,7 +452,7 @@ func (e *Edge) accept(ln net.Listener, handler layer4.Handler) {
 			return
 		}
 		delay = 0
-		counted := e.conns.admit(conn)
+		counted := e.conns.admit(conns, conn)
 		if counted == nil {
 			_ = conn.Close()
 			if c := e.logger.Check(zapcore.DebugLevel, "connection refused: too many connections"); c != nil {

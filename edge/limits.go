@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -27,6 +28,12 @@ const (
 	// udpShare: the part of the rest UDP flows may hold (a quarter), so
 	// that datagrams alone cannot refuse TCP connections.
 	udpShare = 4
+
+	// machineShare: a connection's share of the descriptors is three:
+	// the client's, a machine's for layer 4, and one of the HTTP
+	// transport's connections to machines (routing.SetMachineConnLimit),
+	// which are not tied to one client connection.
+	machineShare = 3
 
 	// perClientShare: one client address (IPv6: its /64) holds at most
 	// this part of the edge's connections (a sixteenth), and at least
@@ -66,25 +73,33 @@ func (e *Edge) setLimits(limit int) {
 		e.MaxUDPFlows = max(avail/udpShare, 1)
 	}
 	if e.MaxConnections == 0 {
-		e.MaxConnections = max((avail-e.MaxUDPFlows)/2, perClientMin)
+		e.MaxConnections = max((avail-e.MaxUDPFlows)/machineShare, perClientMin)
 	}
 	if e.MaxConnectionsPerClient == 0 {
 		e.MaxConnectionsPerClient = min(max(e.MaxConnections/perClientShare, perClientMin), e.MaxConnections)
 	}
 }
 
-// connLimits counts the edge's TCP connections, in all and per client
-// address.
+// connLimits are a config's bounds on the edge's TCP connections, in all
+// and per client address. The counts are the process's (conns), not the
+// config's: connections outlive the config that accepted them (a reload
+// leaves them open), and each config's bounds apply to all of them.
 type connLimits struct {
 	max, perClient int
+}
 
+// connCounts counts the TCP connections the edge holds, in all and per
+// client address, over every config.
+type connCounts struct {
 	mu      sync.Mutex
 	total   int
 	clients map[netip.Addr]int
 }
 
+var conns = &connCounts{clients: make(map[netip.Addr]int)}
+
 func newConnLimits(max, perClient int) *connLimits {
-	return &connLimits{max: max, perClient: perClient, clients: make(map[netip.Addr]int)}
+	return &connLimits{max: max, perClient: perClient}
 }
 
 // clientKey is what one client is counted by: its IPv4 address, or the
@@ -102,26 +117,26 @@ func clientKey(addr net.Addr) netip.Addr {
 	return ip
 }
 
-// take counts a connection of client, unless the edge or the client is
-// at its limit.
-func (l *connLimits) take(client netip.Addr) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.total >= l.max || l.clients[client] >= l.perClient {
+// take counts a connection of client in c, unless that takes the edge
+// or the client over l.
+func (c *connCounts) take(l *connLimits, client netip.Addr) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.total >= l.max || c.clients[client] >= l.perClient {
 		return false
 	}
-	l.total++
-	l.clients[client]++
+	c.total++
+	c.clients[client]++
 	return true
 }
 
 // give forgets a connection take counted.
-func (l *connLimits) give(client netip.Addr) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.total--
-	if l.clients[client]--; l.clients[client] <= 0 {
-		delete(l.clients, client)
+func (c *connCounts) give(client netip.Addr) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.total--
+	if c.clients[client]--; c.clients[client] <= 0 {
+		delete(c.clients, client)
 	}
 }
 
@@ -132,14 +147,14 @@ func (l *connLimits) give(client netip.Addr) {
 type countedConn struct {
 	*tcp
 	once   sync.Once
-	limits *connLimits
+	counts *connCounts
 	client netip.Addr
 }
 
 // Close closes the connection and gives its place back, once.
 func (c *countedConn) Close() error {
 	err := c.tcp.Close()
-	c.once.Do(func() { c.limits.give(c.client) })
+	c.once.Do(func() { c.counts.give(c.client) })
 	return err
 }
 
@@ -150,18 +165,18 @@ func (c *countedConn) TCPConn() *net.TCPConn { return c.tcp }
 // keeps but Close.
 type tcp = net.TCPConn
 
-// admit returns conn counted against the limits, or nil when it is over
-// them (the caller closes it).
-func (l *connLimits) admit(conn net.Conn) net.Conn {
+// admit returns conn counted in counts, or nil when that takes it over
+// l (the caller closes it).
+func (l *connLimits) admit(counts *connCounts, conn net.Conn) net.Conn {
 	tc, ok := conn.(*net.TCPConn)
 	if !ok {
 		return conn
 	}
 	client := clientKey(conn.RemoteAddr())
-	if !l.take(client) {
+	if !counts.take(l, client) {
 		return nil
 	}
-	return &countedConn{tcp: tc, limits: l, client: client}
+	return &countedConn{tcp: tc, counts: counts, client: client}
 }
 
 // acceptRetry tells whether an accept that failed with err should be
@@ -172,8 +187,10 @@ func (l *connLimits) admit(conn net.Conn) net.Conn {
 // accepted. A closed listener, Caddy's too (whose error is neither
 // temporary nor net.ErrClosed), ends the loop.
 func acceptRetry(err error, delay *time.Duration, closed bool, logger *zap.Logger) bool {
-	var ne interface{ Temporary() bool } // net.Error's, deprecated but what it takes to tell
-	if closed || !errors.As(err, &ne) || !ne.Temporary() {
+	if closed || !acceptRetriable(err) {
+		if !closed && !errors.Is(err, net.ErrClosed) && !fakeClosed(err) {
+			logger.Error("accepting connections stopped", zap.Error(err))
+		}
 		return false
 	}
 	if *delay == 0 {
@@ -184,4 +201,29 @@ func acceptRetry(err error, delay *time.Duration, closed bool, logger *zap.Logge
 	}
 	time.Sleep(*delay)
 	return true
+}
+
+// acceptRetriable tells whether an accept error is one to try again
+// after: one that says it is temporary (EMFILE, ENFILE, EINTR, aborted
+// connections), and the network errors Linux's accept(2) says to treat
+// like EAGAIN, with the shortages of buffers and memory.
+func acceptRetriable(err error) bool {
+	var ne interface{ Temporary() bool } // net.Error's, deprecated but what tells EMFILE
+	if errors.As(err, &ne) && ne.Temporary() {
+		return true
+	}
+	for _, errno := range []syscall.Errno{syscall.ENOBUFS, syscall.ENOMEM, syscall.EPROTO, syscall.ENETDOWN,
+		syscall.ENOPROTOOPT, syscall.EHOSTDOWN, syscall.ENONET, syscall.EHOSTUNREACH, syscall.EOPNOTSUPP, syscall.ENETUNREACH, syscall.ECONNABORTED} {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return false
+}
+
+// fakeClosed tells whether err is the accept error of a listener Caddy
+// closed for this config while the socket stays open for the next one
+// (neither temporary nor net.ErrClosed).
+func fakeClosed(err error) bool {
+	return strings.Contains(err.Error(), "'closed'")
 }

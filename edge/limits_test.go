@@ -1,7 +1,11 @@
 package edge
 
 import (
+	"errors"
 	"net"
+	"net/netip"
+	"os"
+	"syscall"
 	"testing"
 )
 
@@ -17,8 +21,8 @@ func TestSetLimits(t *testing.T) {
 		conns, perClient                    int // the config's max_connections, max_connections_per_client
 		wantConns, wantPerClient, wantFlows int
 	}{
-		{"small", 400, []string{"80", "443"}, nil, 0, 0, 71, 64, 0},
-		{"large", 1 << 20, []string{"80", "443", "10000-10999"}, []string{"53"}, 0, 0, 343688, 21480, 229125},
+		{"small", 1000, []string{"80", "443"}, nil, 0, 0, 247, 64, 0},
+		{"large", 1 << 20, []string{"80", "443", "10000-10999"}, []string{"53"}, 0, 0, 229125, 14320, 229125},
 		{"set", 1 << 20, []string{"80"}, nil, 1000, 10, 1000, 10, 0},
 		{"per client above all", 400, []string{"80"}, nil, 10, 0, 10, 10, 0},
 	} {
@@ -37,9 +41,12 @@ func TestSetLimits(t *testing.T) {
 }
 
 // TestConnLimits: a client is counted by its IPv4 address or its IPv6
-// /64, holds at most its share, and gives its places back.
+// /64, holds at most its share, and gives its places back; the counts
+// outlive a config (a reload leaves its connections open), and the new
+// config's bounds apply to them.
 func TestConnLimits(t *testing.T) {
-	l := newConnLimits(5, 2)
+	counts := &connCounts{clients: make(map[netip.Addr]int)}
+	l := &takeWith{counts, newConnLimits(5, 2)}
 	a := clientKey(&net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 1})
 	b := clientKey(&net.TCPAddr{IP: net.ParseIP("2001:db8::ffff"), Port: 2})
 	if a != b {
@@ -53,8 +60,41 @@ func TestConnLimits(t *testing.T) {
 	if !l.take(c) || !l.take(c) || !l.take(d) || l.take(d) {
 		t.Fatal("the edge holds other than its 5 connections")
 	}
-	l.give(a)
+	counts.give(a)
 	if !l.take(d) {
 		t.Fatal("a connection that closed did not give its place back")
+	}
+	reloaded := &takeWith{counts, newConnLimits(5, 2)}
+	if reloaded.take(netip.MustParseAddr("198.51.100.1")) {
+		t.Fatal("a reload gave the edge room its old connections still hold")
+	}
+	counts.give(c)
+	if !reloaded.take(netip.MustParseAddr("198.51.100.1")) {
+		t.Fatal("an old config's connection that closed did not give its place back")
+	}
+}
+
+// takeWith takes from counts under limits.
+type takeWith struct {
+	counts *connCounts
+	limits *connLimits
+}
+
+func (tw *takeWith) take(client netip.Addr) bool { return tw.counts.take(tw.limits, client) }
+
+// TestAcceptRetriable: the accept errors a port goes on after are the
+// shortages (descriptors, buffers, memory) and the network errors
+// accept(2) says to retry; a closed listener's is not one.
+func TestAcceptRetriable(t *testing.T) {
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EPROTO, syscall.ENETDOWN, syscall.ECONNABORTED} {
+		err := &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", errno)}
+		if !acceptRetriable(err) {
+			t.Errorf("%v: not retried", err)
+		}
+	}
+	for _, err := range []error{net.ErrClosed, &net.OpError{Op: "accept", Net: "tcp", Err: errors.New("QUIC listener 'closed' 😉")}} {
+		if acceptRetriable(err) {
+			t.Errorf("%v: retried", err)
+		}
 	}
 }

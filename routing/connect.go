@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"syscall"
 	"time"
 
@@ -128,16 +129,36 @@ func (rt *Route) Connect(ctx context.Context, pref Preference, over Failover, di
 }
 
 // LocalShortage tells whether a dial failed for want of something on the
-// edge itself: descriptors (EMFILE, ENFILE), buffers or memory, local
-// ports (EADDRNOTAVAIL). Such a failure says nothing of the machine.
+// edge itself: descriptors (EMFILE, ENFILE, or ErrDescriptors: the
+// edge's own bound), buffers or memory, local ports (EADDRNOTAVAIL).
+// Such a failure says nothing of the machine. Caddy's reverse proxy
+// wraps a dial's error in a DialError that does not unwrap, so its text
+// is read too (an errno's text is fixed).
 func LocalShortage(err error) bool {
-	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EADDRNOTAVAIL} {
+	if errors.Is(err, ErrDescriptors) {
+		return true
+	}
+	for _, errno := range localShortages {
 		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	if !isDialError(err) {
+		return false
+	}
+	msg := err.Error()
+	if strings.Contains(msg, ErrDescriptors.Error()) {
+		return true
+	}
+	for _, errno := range localShortages {
+		if strings.Contains(msg, errno.Error()) {
 			return true
 		}
 	}
 	return false
 }
+
+var localShortages = []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EADDRNOTAVAIL}
 
 // tries is one request's or connection's way through the route's
 // machines after a failure: the machines it tried (a Pool without them),

@@ -3,6 +3,8 @@ package routing
 import (
 	"context"
 	"errors"
+	"fmt"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"net"
 	"os"
 	"strconv"
@@ -290,6 +292,23 @@ func TestConnectShortageKeepsMachine(t *testing.T) {
 	}
 	if m := rt.machines[rt.MachineIndex(tried[0])]; !m.available() {
 		t.Errorf("%s is left out of selection after the edge ran out of descriptors", tried[0])
+	}
+}
+
+// TestLocalShortageThroughDialError: Caddy's reverse proxy wraps a dial
+// error in a DialError that does not unwrap; a shortage inside one is
+// still a shortage, and the edge's own bound on machine connections is
+// one.
+func TestLocalShortageThroughDialError(t *testing.T) {
+	emfile := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", syscall.EMFILE)}
+	for _, err := range []error{emfile, reverseproxy.NewDialError(emfile), ErrDescriptors, fmt.Errorf("dial: %w", ErrDescriptors)} {
+		if !LocalShortage(err) {
+			t.Errorf("%v: not a local shortage", err)
+		}
+	}
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	if LocalShortage(reverseproxy.NewDialError(refused)) {
+		t.Errorf("a refused connection is a local shortage")
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -76,6 +78,8 @@ func (t *FlyTransport) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("h2c transport: %w", err)
 	}
 	t.h2c = &h2c
+	countMachineConns(t.HTTPTransport.Transport)
+	countMachineConns(t.h2c.Transport)
 	return nil
 }
 
@@ -130,7 +134,7 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		next2.Network, next2.Address, next2.Host, next2.Port = "tcp", m.dial, host, port
 		r2 := req.WithContext(context.WithValue(req.Context(), dialInfoCtxKey, next2))
 		r2.URL.Host = m.dial
-		if resp, err = tr.RoundTrip(r2); err == nil || !isDialError(err) {
+		if resp, err = tr.RoundTrip(r2); err == nil || !isDialError(err) || LocalShortage(err) {
 			if err == nil {
 				st.setMachine(&m.id)
 				watchApp(rt, resp)
@@ -146,6 +150,60 @@ func (t *FlyTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 func isDialError(err error) bool {
 	var de reverseproxy.DialError
 	return errors.As(err, &de)
+}
+
+// machineConns counts the connections the fly transports hold to
+// machines, over the process (every config's, as connections outlive
+// their config), bounded by SetMachineConnLimit. A layer 4 connection's
+// machine connection is its client connection's business; an HTTP
+// client connection can carry many requests at once (HTTP/2 streams),
+// each of which may need a connection of its own, so these are bounded
+// apart.
+var machineConns struct {
+	n, max atomic.Int64
+}
+
+// SetMachineConnLimit bounds the connections the fly transports hold to
+// machines at once, over the process (the edge's max_connections); 0
+// leaves them unbounded. A dial over the bound fails at once, with
+// ErrDescriptors.
+func SetMachineConnLimit(n int) { machineConns.max.Store(int64(n)) }
+
+// ErrDescriptors means that the edge holds as many connections as it
+// allows itself; a dial that fails with it says nothing of the machine.
+var ErrDescriptors = errors.New("the edge holds the most connections to machines it allows itself (fly_edge max_connections)")
+
+// countMachineConns makes tr's dials count in machineConns.
+func countMachineConns(tr *http.Transport) {
+	if tr == nil || tr.DialContext == nil {
+		return
+	}
+	dial := tr.DialContext
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if n := machineConns.n.Add(1); n > machineConns.max.Load() && machineConns.max.Load() > 0 {
+			machineConns.n.Add(-1)
+			return nil, ErrDescriptors
+		}
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			machineConns.n.Add(-1)
+			return nil, err
+		}
+		return &machineConn{Conn: c}, nil
+	}
+}
+
+// machineConn is a connection to a machine counted in machineConns until
+// it is closed.
+type machineConn struct {
+	net.Conn
+	once sync.Once
+}
+
+func (c *machineConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { machineConns.n.Add(-1) })
+	return err
 }
 
 // watchApp makes a response that may last (a protocol switch, such as a
