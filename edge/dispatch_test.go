@@ -39,7 +39,9 @@ func (*stubIPs) Stop() error  { return nil }
 
 // stubPGTLS stands in for pgtls's pg_tls, which this package does not
 // import.
-type stubPGTLS struct{}
+type stubPGTLS struct {
+	HandshakeTimeout caddy.Duration `json:"handshake_timeout,omitempty"`
+}
 
 // pgTLSRuns counts the connections stubPGTLS handled.
 var pgTLSRuns atomic.Int32
