@@ -51,10 +51,13 @@ func init() {
 //     or HTTP/2 over it.
 //
 // On a shared address a PostgreSQL SSLRequest goes to pg_tls, which
-// reads the server name in the TLS handshake that follows. A connection
-// to a shared address that is neither goes to the HTTP server, which
-// finds the app by the Host header (TLS for a name no app answers to
-// gets an unrecognized_name alert instead). Certificates come from
+// reads the server name in the TLS handshake that follows. An HTTP
+// request to a shared address goes to the HTTP server, which finds the
+// app by the Host header (TLS for a name no app answers to gets an
+// unrecognized_name alert instead); anything else there is closed, as a
+// connection to an address no app holds is, at once and unread (default
+// deny). TLS handshakes the edge terminates take at most
+// handshake_timeout. Certificates come from
 // Caddy's tls app: the edge adds an on-demand automation policy with its
 // issuers, so the certificate of a name is obtained at its first
 // handshake (only names the resolver routes get that far).

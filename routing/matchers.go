@@ -137,7 +137,8 @@ type MatchL4 struct {
 	// shared address also a PostgreSQL SSLRequest (for pg_tls, which
 	// reads the name in the handshake that follows). The ClientHello is
 	// read and the route resolved once; the handler set to run is then in
-	// the connection's variables (MatchedHandlers).
+	// the connection's variables (MatchedHandlers), and so is the denial
+	// of a connection the edge closes unserved (Denied).
 	Edge bool `json:"edge,omitempty"`
 
 	fly      *App
@@ -347,8 +348,8 @@ const matchedVarKey = "fly.matched_handlers"
 
 // MatchedHandlers returns the handler set the edge's fly_app matcher
 // found for cx, and whether it matched: the set of the port cx's route
-// is for, or pg_tls for an SSLRequest on a shared address, whose route
-// pg_tls resolves.
+// is for, or pg_tls for an SSLRequest (or GSSENCRequest) on a shared
+// address, whose route pg_tls resolves.
 func MatchedHandlers(cx *layer4.Connection) (Handlers, bool) {
 	h, ok := cx.GetVar(matchedVarKey).(Handlers)
 	return h, ok

@@ -205,3 +205,38 @@ func TestMatchEdgeDenies(t *testing.T) {
 		})
 	}
 }
+
+// TestMatchEdgeDeniesPort: without IP pools the port plays the part of
+// the address: a connection to a port no app serves is denied before
+// anything is read.
+func TestMatchEdgeDeniesPort(t *testing.T) {
+	fly := &App{BaseDomain: "edge.test", Apps: map[string]*Application{
+		"app0": {Services: []*Service{{InternalPort: 8080, Ports: []*Port{{Port: 443, Handlers: []string{"tls", "http"}}}}}},
+	}}
+	if err := provision(t, fly); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // a port no app serves
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	m := &MatchL4{fly: fly, Edge: true}
+	cx := layer4.WrapConnection(sc, make([]byte, 0, 4096), zap.NewNop())
+	if ok, err := m.Match(cx); ok || err != nil {
+		t.Fatalf("Match: %v, %v; want false, nil (nothing read)", ok, err)
+	}
+	if err := Denied(cx); !errors.Is(err, ErrDenied) {
+		t.Errorf("Denied: %v; want ErrDenied", err)
+	}
+}
