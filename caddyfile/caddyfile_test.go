@@ -72,6 +72,8 @@ func TestAdaptErrors(t *testing.T) {
 		{"fly_edge share_ports twice", "{\n fly_edge {\n ports 80\n share_ports\n share_ports\n }\n}", "share_ports already specified"},
 		{"fly_edge share_ports across blocks", "{\n fly_edge {\n share_ports\n }\n fly_edge {\n share_ports\n }\n}", "share_ports already specified"},
 		{"fly_edge udp_idle_timeout", "{\n fly_edge {\n udp_ports 53\n udp_idle_timeout soon\n }\n}", `udp_idle_timeout "soon"`},
+		{"fly_edge handshake_timeout twice", "{\n fly_edge {\n ports 80\n handshake_timeout 5s\n handshake_timeout 6s\n }\n}", "handshake_timeout already specified"},
+		{"fly_edge matching_timeout", "{\n fly_edge {\n ports 80\n matching_timeout soon\n }\n}", `matching_timeout "soon"`},
 		{"fly_edge http_listener twice", "{\n fly_edge {\n http_listener a\n http_listener b\n }\n}", "http_listener already specified"},
 		{"fly_edge argument", "{\n fly_edge web {\n ports 80\n }\n}", "wrong argument count"},
 		{"fly_app http block", ":80 {\n @a fly_app {\n handlers tls\n }\n respond @a 200\n}", "fly_app takes no block"},

@@ -11,8 +11,9 @@ package e2e
 // (the handlers), select and limits (the machine), egress (the
 // machines' way out), state, store_pg and admin (apps, addresses and
 // machines as live data, their storage, the admin API and CLI), flytoml
-// (fly.toml in), metrics, and start, examples and readme (Caddy started
-// as users start it). Helpers that other packages' tests use too are in
+// (fly.toml in), metrics, bounds (how long a client that says nothing,
+// too little or slowly is held), and start, examples and readme (Caddy
+// started as users start it). Helpers that other packages' tests use too are in
 // internal/testkit.
 
 import (

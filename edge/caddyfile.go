@@ -15,6 +15,8 @@ import (
 //		ports <port|first-last...>
 //		udp_ports <port|first-last...>
 //		udp_idle_timeout <duration>
+//		matching_timeout <duration>
+//		handshake_timeout <duration>
 //		issuer <name> [...]
 //		http_listener <name>
 //		share_ports
@@ -58,19 +60,21 @@ func (e *Edge) UnmarshalOption(d *caddyfile.Dispenser) (ok bool, err error) {
 		} else {
 			e.Ports = append(e.Ports, args...)
 		}
-	case "udp_idle_timeout":
+	case "udp_idle_timeout", "matching_timeout", "handshake_timeout":
+		name := d.Val()
+		field := map[string]*caddy.Duration{"udp_idle_timeout": &e.UDPIdleTimeout, "matching_timeout": &e.MatchingTimeout, "handshake_timeout": &e.HandshakeTimeout}[name]
 		var v string
 		if !d.AllArgs(&v) {
 			return true, d.ArgErr()
 		}
-		if e.UDPIdleTimeout != 0 {
-			return true, d.Err("udp_idle_timeout already specified")
+		if *field != 0 {
+			return true, d.Errf("%s already specified", name)
 		}
 		dur, err := caddy.ParseDuration(v)
 		if err != nil {
-			return true, d.Errf("udp_idle_timeout %q: %v", v, err)
+			return true, d.Errf("%s %q: %v", name, v, err)
 		}
-		e.UDPIdleTimeout = caddy.Duration(dur)
+		*field = caddy.Duration(dur)
 	case "issuer":
 		if !d.NextArg() {
 			return true, d.ArgErr()

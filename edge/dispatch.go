@@ -3,6 +3,7 @@ package edge
 import (
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/mholt/caddy-l4/layer4"
@@ -24,8 +25,10 @@ type dispatch struct {
 // newDispatch provisions the steps and chains them for every handler
 // set served at layer 4 first. The steps are loaded by module ID
 // (layer4.handlers.<step>), as a route's handlers are: pg_tls lives in
-// package pgtls, which this one does not import.
-func newDispatch(ctx caddy.Context) (*dispatch, error) {
+// package pgtls, which this one does not import. The steps that
+// terminate TLS (fly_tls, pg_tls) get handshake as their
+// handshake_timeout.
+func newDispatch(ctx caddy.Context, handshake time.Duration) (*dispatch, error) {
 	steps := make(map[string]layer4.NextHandler)
 	d := &dispatch{chains: make(map[routing.Handlers]layer4.Handler)}
 	for _, hs := range routing.HandlerSets() {
@@ -37,7 +40,11 @@ func newDispatch(ctx caddy.Context) (*dispatch, error) {
 		for i := len(names) - 1; i >= 0; i-- {
 			step, ok := steps[names[i]]
 			if !ok {
-				mod, err := ctx.LoadModuleByID("layer4.handlers."+names[i], json.RawMessage("{}"))
+				cfg := json.RawMessage("{}")
+				if names[i] == "fly_tls" || names[i] == "pg_tls" {
+					cfg = json.RawMessage(fmt.Sprintf(`{"handshake_timeout": %d}`, handshake))
+				}
+				mod, err := ctx.LoadModuleByID("layer4.handlers."+names[i], cfg)
 				if err != nil {
 					return nil, fmt.Errorf("edge handler %s: %w", names[i], err)
 				}
@@ -55,8 +62,13 @@ func newDispatch(ctx caddy.Context) (*dispatch, error) {
 }
 
 // Handle runs the steps of cx's handler set, or hands cx to the HTTP
-// server when the matcher did not take it.
+// server when the matcher did not take it, or, when the matcher denied
+// it (routing.Denied: an address no app holds, say), returns the
+// denial: the connection is closed at once, with no answer.
 func (d *dispatch) Handle(cx *layer4.Connection) error {
+	if err := routing.Denied(cx); err != nil {
+		return err
+	}
 	hs, ok := routing.MatchedHandlers(cx)
 	if !ok {
 		return handOff(cx)

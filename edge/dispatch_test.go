@@ -39,7 +39,9 @@ func (*stubIPs) Stop() error  { return nil }
 
 // stubPGTLS stands in for pgtls's pg_tls, which this package does not
 // import.
-type stubPGTLS struct{}
+type stubPGTLS struct {
+	HandshakeTimeout caddy.Duration `json:"handshake_timeout,omitempty"`
+}
 
 // pgTLSRuns counts the connections stubPGTLS handled.
 var pgTLSRuns atomic.Int32
@@ -69,7 +71,9 @@ func TestEdgeMatchesOnce(t *testing.T) {
 		"admin":   map[string]any{"disabled": true, "config": map[string]any{"persist": false}},
 		"storage": map[string]any{"module": "file_system", "root": t.TempDir()},
 		"apps": map[string]any{
-			"tls": map[string]any{"automation": map[string]any{"on_demand": map[string]any{"permission": map[string]any{"module": "fly"}}}},
+			// the edge adds its policy to the running tls app below, which
+			// its storage cleaner (started with it) would read meanwhile
+			"tls": map[string]any{"disable_storage_clean": true, "automation": map[string]any{"on_demand": map[string]any{"permission": map[string]any{"module": "fly"}}}},
 			"fly": map[string]any{"region": "iad", "base_domain": "edge.test", "apps": map[string]*routing.Application{
 				"web": tcpApp(portOf(ln), 8080, []string{"tls", "http"}),
 			}},

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddypki"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/caddyserver/certmagic"
@@ -50,10 +51,13 @@ func init() {
 //     or HTTP/2 over it.
 //
 // On a shared address a PostgreSQL SSLRequest goes to pg_tls, which
-// reads the server name in the TLS handshake that follows. A connection
-// to a shared address that is neither goes to the HTTP server, which
-// finds the app by the Host header (TLS for a name no app answers to
-// gets an unrecognized_name alert instead). Certificates come from
+// reads the server name in the TLS handshake that follows. An HTTP
+// request to a shared address goes to the HTTP server, which finds the
+// app by the Host header (TLS for a name no app answers to gets an
+// unrecognized_name alert instead); anything else there is closed, as a
+// connection to an address no app holds is, at once and unread (default
+// deny). TLS handshakes the edge terminates take at most
+// handshake_timeout. Certificates come from
 // Caddy's tls app: the edge adds an on-demand automation policy with its
 // issuers, so the certificate of a name is obtained at its first
 // handshake (only names the resolver routes get that far).
@@ -82,6 +86,16 @@ type Edge struct {
 	// connection's app (a TLS ClientHello on a shared address).
 	// Default: 3s
 	MatchingTimeout caddy.Duration `json:"matching_timeout,omitempty"`
+
+	// How long a client may take over a TLS handshake the edge
+	// terminates (fly_tls, for tls and tls http ports; pg_tls, from the
+	// SSLRequest), counted once the connection's app is known (so on a
+	// shared address after the matching timeout's ClientHello): a client
+	// that has not completed it by then is closed. The HTTP site bound to
+	// fly/<http> should bound the reading of a request's header the same
+	// way (its server's read_header timeout; see the README's site).
+	// Default: 10s
+	HandshakeTimeout caddy.Duration `json:"handshake_timeout,omitempty"`
 
 	// How long the edge waits for an HTTP server on fly/<http> before it
 	// closes an HTTP connection (a config whose site block is missing).
@@ -177,8 +191,11 @@ func (e *Edge) setPorts() error {
 	if e.HandOffTimeout == 0 {
 		e.HandOffTimeout = caddy.Duration(5 * time.Second)
 	}
-	if e.MatchingTimeout < 0 || e.HandOffTimeout < 0 {
-		return errors.New("matching_timeout and hand_off_timeout must not be negative")
+	if e.HandshakeTimeout == 0 {
+		e.HandshakeTimeout = caddy.Duration(DefaultHandshakeTimeout)
+	}
+	if e.MatchingTimeout < 0 || e.HandOffTimeout < 0 || e.HandshakeTimeout < 0 {
+		return errors.New("matching_timeout, handshake_timeout and hand_off_timeout must not be negative")
 	}
 	for _, f := range []struct {
 		name string
@@ -190,6 +207,10 @@ func (e *Edge) setPorts() error {
 	}
 	return nil
 }
+
+// DefaultHandshakeTimeout is how long a client may take over a TLS
+// handshake the edge terminates, unless handshake_timeout says otherwise.
+const DefaultHandshakeTimeout = 10 * time.Second
 
 // parsePorts parses a list of ports and ranges (field names it in errors).
 func parsePorts(field string, ports []string) ([]caddy.NetworkAddress, map[int]bool, error) {
@@ -289,7 +310,7 @@ func (e *Edge) Provision(ctx caddy.Context) error {
 	if err := routes.Provision(ctx); err != nil {
 		return fmt.Errorf("edge route: %w", err)
 	}
-	d, err := newDispatch(ctx)
+	d, err := newDispatch(ctx, time.Duration(e.HandshakeTimeout))
 	if err != nil {
 		return err
 	}
@@ -331,7 +352,37 @@ func (e *Edge) Start() error {
 		return err
 	}
 	e.logger.Info("edge listening", zap.String("ports", e.PortList()), zap.String("http", edgeNetwork+"/"+e.HTTP))
+	e.warnHeaderTimeout()
 	return nil
+}
+
+// warnHeaderTimeout warns when the HTTP server on fly/<http> gives a
+// request's header longer than the edge gives a TLS handshake: a client
+// that trickles its header in holds its connection that long (Caddy's
+// default is a minute). The edge does not change another app's server;
+// the site's server says it (read_header_timeout; in a Caddyfile, the
+// servers global option's timeouts { read_header }).
+func (e *Edge) warnHeaderTimeout() {
+	app, err := e.ctx.AppIfConfigured("http")
+	if err != nil {
+		return
+	}
+	httpApp, ok := app.(*caddyhttp.App)
+	if !ok {
+		return
+	}
+	for name, srv := range httpApp.Servers {
+		for _, l := range srv.Listen {
+			na, err := caddy.ParseNetworkAddress(l)
+			if err != nil || na.Network != edgeNetwork || na.Host != e.HTTP {
+				continue
+			}
+			if d := time.Duration(srv.ReadHeaderTimeout); d > time.Duration(e.HandshakeTimeout) {
+				e.logger.Warn("the edge's HTTP server reads a request's header for longer than the edge gives a TLS handshake: a slow client holds its connection that long; set its read_header timeout (Caddyfile: servers "+l+" { timeouts { read_header "+time.Duration(e.HandshakeTimeout).String()+" } })",
+					zap.String("server", name), zap.Duration("read_header_timeout", d), zap.Duration("handshake_timeout", time.Duration(e.HandshakeTimeout)))
+			}
+		}
+	}
 }
 
 // checkPortsFree fails when another process listens on one of the edge's

@@ -167,9 +167,12 @@ func (adapter) Adapt(body []byte, options map[string]any) ([]byte, []caddyconfig
 }
 
 // edgeHTTPServer is the HTTP site of an edge the adapter makes: every
-// app, default deny.
+// app, default deny; a request's header is read within the edge's TLS
+// handshake bound (fly_edge's default handshake_timeout, 10s), as the
+// README's site does.
 var edgeHTTPServer = json.RawMessage(`{
 	"listen": ["fly/edge:80"],
+	"read_header_timeout": "10s",
 	"routes": [
 		{"match": [{"fly_app": {}}], "handle": [
 			{"handler": "force_https"},

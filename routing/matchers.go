@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -136,7 +137,8 @@ type MatchL4 struct {
 	// shared address also a PostgreSQL SSLRequest (for pg_tls, which
 	// reads the name in the handshake that follows). The ClientHello is
 	// read and the route resolved once; the handler set to run is then in
-	// the connection's variables (MatchedHandlers).
+	// the connection's variables (MatchedHandlers), and so is the denial
+	// of a connection the edge closes unserved (Denied).
 	Edge bool `json:"edge,omitempty"`
 
 	fly      *App
@@ -219,25 +221,47 @@ func (m *MatchL4) Match(cx *layer4.Connection) (bool, error) {
 }
 
 // matchEdge matches for the edge's one route (Edge): on a shared
-// address, a ClientHello naming an app's layer 4 port, or an SSLRequest
-// (told apart by the first byte, as neither matcher may rewind); on
-// other addresses, a port served at layer 4.
+// address, a ClientHello naming an app's layer 4 port, or a PostgreSQL
+// SSLRequest (told apart by the first byte, as neither matcher may
+// rewind); on other addresses, a port served at layer 4.
+//
+// It also marks the connections the edge closes unserved (Denied): on an
+// address that decides alone (not a shared one), one the resolver denies
+// (no app holds the address), before anything is read; on a shared
+// address, one that starts as neither TLS, an HTTP/1 request line nor an
+// SSLRequest. Until the bytes decide, it asks for more, so a client that
+// sends too little is closed at the matching timeout. Anything else it
+// does not match goes to the HTTP server: an HTTP request, whose Host
+// decides, or a ClientHello naming no app here, which the edge answers
+// with an unrecognized_name alert.
 func (m *MatchL4) matchEdge(cx *layer4.Connection, nameDecides bool) (bool, error) {
 	if nameDecides {
 		b := cx.MatchingBytes()
 		if len(b) == 0 {
 			return false, layer4.ErrConsumedAllPrefetchedBytes
 		}
-		if b[0] != recordTypeHandshake {
+		switch {
+		case b[0] == recordTypeHandshake: // TLS, below
+		case b[0] == sslRequest[0]:
 			var msg [8]byte
 			if _, err := io.ReadFull(cx, msg[:]); err != nil {
 				return false, err
 			}
-			if msg != sslRequest {
+			if msg != sslRequest && msg != gssencRequest {
+				deny(cx, fmt.Errorf("%w: %s: neither a TLS ClientHello, an HTTP request nor a PostgreSQL SSLRequest", ErrDenied, AddrOf(cx.LocalAddr())))
 				return false, nil
 			}
 			cx.SetVar(matchedVarKey, HandlerPGTLS)
 			return true, nil
+		default:
+			isHTTP, err := httpRequestLine(b)
+			if err != nil {
+				return false, err // more bytes, within the matching timeout
+			}
+			if !isHTTP {
+				deny(cx, fmt.Errorf("%w: %s: neither a TLS ClientHello, an HTTP request nor a PostgreSQL SSLRequest", ErrDenied, AddrOf(cx.LocalAddr())))
+			}
+			return false, nil // HTTP: the HTTP server, by Host
 		}
 		if ok, err := m.hello.Match(cx); !ok || err != nil {
 			return false, err
@@ -249,11 +273,70 @@ func (m *MatchL4) matchEdge(cx *layer4.Connection, nameDecides bool) (bool, erro
 		setServerName(cx, name)
 	}
 	rt, err := m.fly.RouteForConn(cx)
-	if err != nil || !rt.Handlers.AtLayer4() {
+	if err != nil {
+		if !nameDecides && errors.Is(err, ErrDenied) {
+			deny(cx, err) // the address alone decides: nothing to read
+		}
+		return false, nil
+	}
+	if !rt.Handlers.AtLayer4() {
 		return false, nil
 	}
 	cx.SetVar(matchedVarKey, rt.Handlers)
 	return true, nil
+}
+
+// deniedVarKey is the connection variable with the reason the edge's
+// fly_app matcher denied a connection.
+const deniedVarKey = "fly.denied"
+
+func deny(cx *layer4.Connection, err error) { cx.SetVar(deniedVarKey, err) }
+
+// Denied returns why the edge's fly_app matcher (Edge) denied cx, which
+// the edge then closes without an answer, or nil: the resolver denied
+// its address (no app holds it, or no app serves its port, without IP
+// pools), or, on a shared address, its first bytes are neither TLS, an
+// HTTP request line nor a PostgreSQL SSLRequest.
+func Denied(cx *layer4.Connection) error {
+	err, _ := cx.GetVar(deniedVarKey).(error)
+	return err
+}
+
+// maxRequestLine is how much of an HTTP request line the edge's matcher
+// reads before it hands the connection to the HTTP server (which then
+// answers a longer one itself); less than caddy-l4's matching buffer.
+const maxRequestLine = 8 << 10
+
+// httpRequestLine tells whether b starts with an HTTP/1 request line
+// (method, target, HTTP/ version, end of line; the HTTP/2 preface is one
+// too). ErrConsumedAllPrefetchedBytes means that b is the start of one,
+// so far, and the line has not ended yet.
+func httpRequestLine(b []byte) (bool, error) {
+	method := 0
+	for method < len(b) && isTokenChar(b[method]) {
+		method++
+	}
+	switch {
+	case method == len(b) && method <= 32:
+		return false, layer4.ErrConsumedAllPrefetchedBytes
+	case method == 0 || method > 32 || b[method] != ' ':
+		return false, nil
+	}
+	end := bytes.IndexByte(b, '\n')
+	if end < 0 {
+		if len(b) >= maxRequestLine {
+			return true, nil // the HTTP server answers a line that long
+		}
+		return false, layer4.ErrConsumedAllPrefetchedBytes
+	}
+	line := bytes.TrimSuffix(b[:end], []byte{'\r'})
+	sp := bytes.LastIndexByte(line, ' ')
+	return sp > method+1 && bytes.HasPrefix(line[sp+1:], []byte("HTTP/")), nil
+}
+
+// isTokenChar tells whether c may be in an HTTP method (RFC 9110 tchar).
+func isTokenChar(c byte) bool {
+	return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
 // recordTypeHandshake is the first byte of a TLS handshake record.
@@ -265,8 +348,8 @@ const matchedVarKey = "fly.matched_handlers"
 
 // MatchedHandlers returns the handler set the edge's fly_app matcher
 // found for cx, and whether it matched: the set of the port cx's route
-// is for, or pg_tls for an SSLRequest on a shared address, whose route
-// pg_tls resolves.
+// is for, or pg_tls for an SSLRequest (or GSSENCRequest) on a shared
+// address, whose route pg_tls resolves.
 func MatchedHandlers(cx *layer4.Connection) (Handlers, bool) {
 	h, ok := cx.GetVar(matchedVarKey).(Handlers)
 	return h, ok
@@ -274,6 +357,10 @@ func MatchedHandlers(cx *layer4.Connection) (Handlers, bool) {
 
 // sslRequest is a PostgreSQL SSLRequest message: length 8, code 80877103.
 var sslRequest = [8]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
+
+// gssencRequest is a PostgreSQL GSSENCRequest message (code 80877104),
+// which a client may send before its SSLRequest; pg_tls declines it.
+var gssencRequest = [8]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30}
 
 // UnmarshalCaddyfile sets up the matcher from Caddyfile tokens:
 //
