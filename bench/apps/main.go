@@ -131,7 +131,7 @@ func (e *edge) config(n int) []byte {
 		fmt.Fprintf(&b, `"app%d":%s,"machines":[%s,%s]}`, i, def, machineJSON(i, 0), machineJSON(i, 1))
 	}
 	fmt.Fprintf(&b, `}},"fly_ips":{"http_port":%s,"https_port":%s},"fly_edge":{"ports":[%q,%q],"issuers":[{"module":"internal"}]},`, e.httpPort, e.httpsPort, e.httpPort, e.httpsPort)
-	fmt.Fprintf(&b, `"http":{"servers":{"edge":{"listen":["fly/edge:80"],"routes":[{"match":[{"fly_app":{}}],"handle":[{"handler":"fly_headers"},{"handler":"reverse_proxy","dynamic_upstreams":{"source":"fly"},"load_balancing":{"selection_policy":{"policy":"fly"}},"transport":{"protocol":"fly"}}],"terminal":true},{"handle":[{"handler":"static_response","abort":true}]}]}}}`)
+	fmt.Fprintf(&b, `"http":{"servers":{"edge":{"listen":["fly/edge:80"],"read_header_timeout":"10s","routes":[{"match":[{"fly_app":{}}],"handle":[{"handler":"fly_headers"},{"handler":"reverse_proxy","dynamic_upstreams":{"source":"fly"},"load_balancing":{"selection_policy":{"policy":"fly"}},"transport":{"protocol":"fly"}}],"terminal":true},{"handle":[{"handler":"static_response","abort":true}]}]}}}`)
 	b.WriteString(`}}`)
 	return b.Bytes()
 }
