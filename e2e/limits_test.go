@@ -664,6 +664,9 @@ func TestTenantCannotStopAPort(t *testing.T) {
 		if strings.Contains(p.log.String(), "too many open files") {
 			t.Errorf("the edge ran out of descriptors:\n%s", p.log)
 		}
+		if !strings.Contains(p.log.String(), "connections refused: the edge holds max_connections, or a client its share") {
+			t.Errorf("the operator is not told of the refusals:\n%s", p.log)
+		}
 	})
 }
 

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -136,17 +137,19 @@ type Edge struct {
 	// open-file limit leaves (see max_connections).
 	MaxUDPFlows int `json:"max_udp_flows,omitempty"`
 
-	conns     *connLimits
-	addrs     []caddy.NetworkAddress
-	ports     map[int]bool
-	udpAddrs  []caddy.NetworkAddress
-	udpPorts  map[int]bool
-	udp       *flyhandlers.UDP
-	ctx       caddy.Context
-	handler   layer4.Handler
-	listeners []net.Listener
-	wg        sync.WaitGroup
-	logger    *zap.Logger
+	conns      *connLimits
+	refusals   atomic.Int64 // connections refused since the last warning
+	lastWarned atomic.Int64 // when that was, in Unix nanoseconds
+	addrs      []caddy.NetworkAddress
+	ports      map[int]bool
+	udpAddrs   []caddy.NetworkAddress
+	udpPorts   map[int]bool
+	udp        *flyhandlers.UDP
+	ctx        caddy.Context
+	handler    layer4.Handler
+	listeners  []net.Listener
+	wg         sync.WaitGroup
+	logger     *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -506,13 +509,29 @@ func (e *Edge) accept(ln net.Listener, handler layer4.Handler) {
 		counted := e.conns.admit(conns, conn)
 		if counted == nil {
 			_ = conn.Close()
-			if c := e.logger.Check(zapcore.DebugLevel, "connection refused: too many connections"); c != nil {
-				c.Write(zap.String("remote", conn.RemoteAddr().String()), zap.Int("max_connections", e.MaxConnections), zap.Int("max_connections_per_client", e.MaxConnectionsPerClient))
-			}
+			e.refused(conn)
 			continue
 		}
 		go serveConn(counted, handler, e, e.logger)
 	}
+}
+
+// refused logs a connection closed over the edge's or its client's
+// bound: each at debug level, and at most once a minute a warning with
+// how many since the last one, so an operator sees the bound being hit
+// without a line per connection of an attack.
+func (e *Edge) refused(conn net.Conn) {
+	e.refusals.Add(1)
+	if c := e.logger.Check(zapcore.DebugLevel, "connection refused: too many connections"); c != nil {
+		c.Write(zap.String("remote", conn.RemoteAddr().String()), zap.Int("max_connections", e.MaxConnections), zap.Int("max_connections_per_client", e.MaxConnectionsPerClient))
+	}
+	now, last := time.Now().UnixNano(), e.lastWarned.Load()
+	if now-last < int64(time.Minute) || !e.lastWarned.CompareAndSwap(last, now) {
+		return
+	}
+	e.logger.Warn("connections refused: the edge holds max_connections, or a client its share",
+		zap.Int64("refused", e.refusals.Swap(0)), zap.Int("max_connections", e.MaxConnections), zap.Int("max_connections_per_client", e.MaxConnectionsPerClient),
+		zap.String("last_remote", conn.RemoteAddr().String()))
 }
 
 // deliver hands a connection to the HTTP server on fly/<http>. A TLS

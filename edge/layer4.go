@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -158,7 +157,7 @@ func (lw *ListenerWrapper) WrapListener(ln net.Listener) net.Listener {
 	l := &wrappedListener{
 		Listener: ln,
 		lw:       lw,
-		conns:    make(chan net.Conn, runtime.GOMAXPROCS(0)),
+		conns:    make(chan net.Conn), // taken only by an Accept: none is left behind when it closes
 		done:     make(chan struct{}),
 	}
 	go l.loop()
