@@ -139,6 +139,7 @@ type udpFlow struct {
 func (u *udpPort) serve() {
 	buf := make([]byte, udpBufSize)
 	oob := make([]byte, 128)
+	var delay time.Duration
 	for {
 		n, oobn, _, src, err := u.conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
@@ -146,8 +147,24 @@ func (u *udpPort) serve() {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			return
+			u.mu.Lock()
+			closed := u.closed
+			u.mu.Unlock()
+			if closed || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// anything else (a shortage of buffers, say) passes: the port
+			// goes on after a backoff, as the edge's accept loops do
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+				u.log.Error("reading datagrams; retrying", zap.Int("port", u.port), zap.Error(err))
+			} else {
+				delay = min(2*delay, time.Second)
+			}
+			time.Sleep(delay)
+			continue
 		}
+		delay = 0
 		dst, ok := pktinfoDst(oob[:oobn])
 		if !ok {
 			continue
