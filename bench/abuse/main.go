@@ -65,6 +65,7 @@ var (
 	slowEvery  = flag.Duration("slow-every", 5*time.Second, "slowloris: one byte of the ClientHello per connection this often")
 	checks     = flag.Int("checks", 10000, "toml: http_checks in the deployed fly.toml")
 	logLevel   = flag.String("log-level", "ERROR", "the edge's log level (its log is in the run's folder, kept when the bench fails)")
+	keep       = flag.Bool("keep", false, "keep the edges' folders (config, log, storage)")
 	posts      = flag.Int("posts", 256, "posts: concurrent 1 MiB POSTs held by the attacker's machine")
 )
 
@@ -86,7 +87,11 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
-	defer os.RemoveAll(tmp)
+	if *keep {
+		fmt.Printf("the edges' configs and logs are kept in %s\n", tmp)
+	} else {
+		defer os.RemoveAll(tmp)
+	}
 
 	var rows []summary
 	for _, name := range strings.Split(*attackList, ",") {
@@ -125,6 +130,7 @@ type phaseStats struct {
 	n, errs  int
 	p50, p99 time.Duration
 	rss      int64 // before, during: the peak; after: the last
+	fds      int   // the edge's open descriptors, as rss
 	firstErr string
 }
 
@@ -159,15 +165,15 @@ func run(name string, a attack, m *machines, dir string) summary {
 	cancel()
 	pr.next() // the attack has ended: its resources are released
 	ended := time.Now()
-	ports := e.portsAfter(ended)
-	if rest := time.Until(ended.Add(*phase)); rest > 0 {
-		time.Sleep(rest)
-	}
+	portsc := make(chan []portResult, 1)
+	go func() { portsc <- e.portsAfter(ended) }()
+	time.Sleep(*phase)
 	phases := pr.stop()
+	ports := <-portsc
 	fmt.Printf("attacker: %s\n", note)
-	fmt.Printf("%-7s %8s %7s %9s %9s %8s\n", "phase", "requests", "errors", "p50_ms", "p99_ms", "rss_MiB")
+	fmt.Printf("%-7s %8s %7s %9s %9s %8s %9s\n", "phase", "requests", "errors", "p50_ms", "p99_ms", "rss_MiB", "edge_fds")
 	for i, p := range phases {
-		fmt.Printf("%-7s %8d %7d %9.1f %9.1f %8d\n", []string{"before", "during", "after"}[i], p.n, p.errs, ms(p.p50), ms(p.p99), p.rss>>20)
+		fmt.Printf("%-7s %8d %7d %9.1f %9.1f %8d %9d\n", []string{"before", "during", "after"}[i], p.n, p.errs, ms(p.p50), ms(p.p99), p.rss>>20, p.fds)
 	}
 	for i, p := range phases {
 		if p.firstErr != "" {
@@ -209,6 +215,7 @@ type probe struct {
 	errs  [3]int
 	first [3]string
 	rss   [3]int64
+	fds   [3]int
 	stopc chan struct{}
 	wg    sync.WaitGroup
 }
@@ -250,11 +257,14 @@ func startProbe(pid int) *probe {
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			rss := vmRSS(p.pid)
+			rss, fds := vmRSS(p.pid), openFiles(p.pid)
 			ph := p.phase.Load()
 			p.mu.Lock()
 			if ph == 2 || rss > p.rss[ph] {
 				p.rss[ph] = rss
+			}
+			if ph == 2 || fds > p.fds[ph] {
+				p.fds[ph] = fds
 			}
 			p.mu.Unlock()
 			select {
@@ -276,7 +286,7 @@ func (p *probe) stop() [3]phaseStats {
 	for i := range 3 {
 		l := p.lat[i]
 		slices.Sort(l)
-		out[i] = phaseStats{n: len(l) + p.errs[i], errs: p.errs[i], rss: p.rss[i], firstErr: p.first[i]}
+		out[i] = phaseStats{n: len(l) + p.errs[i], errs: p.errs[i], rss: p.rss[i], fds: p.fds[i], firstErr: p.first[i]}
 		if len(l) > 0 {
 			out[i].p50, out[i].p99 = l[len(l)/2], l[len(l)*99/100]
 		}
@@ -301,6 +311,17 @@ func victimGet(limit time.Duration) error {
 		return fmt.Errorf("%d %q", resp.StatusCode, b)
 	}
 	return nil
+}
+
+// openFiles counts the process's open descriptors.
+func openFiles(pid int) int {
+	d, err := os.Open(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return 0
+	}
+	defer d.Close()
+	names, _ := d.Readdirnames(-1)
+	return len(names)
 }
 
 func vmRSS(pid int) int64 {
