@@ -8,15 +8,18 @@
 # edge must serve again within 1 s. Each attack gets an edge of its own,
 # run under a descriptor limit of EDGE_NOFILE. See bench/README.md.
 #
-#   bench/abuse.sh                                       # 6 attacks of 10 s, ~3.5 min
-#   DURATION=5s PHASE=2s bench/abuse.sh                  # short, ~2 min
+#   bench/abuse.sh                                       # 6 attacks of 10 s, ~2 min
+#   DURATION=5s PHASE=3s bench/abuse.sh                  # short, ~75 s
 #   ATTACKS=idle,slowloris DURATION=5s bench/abuse.sh    # some of them
-#   CADDY=./caddy bench/abuse.sh                         # a Caddy already built
+#   CADDY=/path/to/caddy bench/abuse.sh                  # a Caddy already built
 set -euo pipefail
+caddy=${CADDY:-}
+if [ -n "$caddy" ]; then
+	caddy=$(realpath "$caddy")
+fi
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-caddy=${CADDY:-}
 if [ -z "$caddy" ]; then
 	go build -o "$tmp/caddy" ./cmd/caddy
 	caddy=$tmp/caddy
@@ -27,4 +30,4 @@ go build -o "$tmp/abuse" ./bench/abuse
 	-duration "${DURATION:-10s}" -phase "${PHASE:-5s}" -settle "${SETTLE:-5s}" \
 	-rate "${RATE:-20}" -timeout "${TIMEOUT:-2s}" -edge-nofile "${EDGE_NOFILE:-4096}" \
 	-conns "${CONNS:-10000}" -udp-pairs "${UDP_PAIRS:-20480}" -slow-conns "${SLOW_CONNS:-200}" \
-	-checks "${CHECKS:-10000}" -posts "${POSTS:-256}"
+	-checks "${CHECKS:-10000}" -posts "${POSTS:-256}" -read-header "${READ_HEADER:-0}"

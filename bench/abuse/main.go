@@ -65,6 +65,7 @@ var (
 	slowEvery  = flag.Duration("slow-every", 5*time.Second, "slowloris: one byte of the ClientHello per connection this often")
 	checks     = flag.Int("checks", 10000, "toml: http_checks in the deployed fly.toml")
 	logLevel   = flag.String("log-level", "ERROR", "the edge's log level (its log is in the run's folder, kept when the bench fails)")
+	readHeader = flag.Duration("read-header", 0, "if set, the edge's HTTP server reads a request's header within this (servers fly/edge:80 { timeouts { read_header … } }); 0: Caddy's default, 1 min")
 	keep       = flag.Bool("keep", false, "keep the edges' folders (config, log, storage)")
 	posts      = flag.Int("posts", 256, "posts: concurrent 1 MiB POSTs held by the attacker's machine")
 )
@@ -397,7 +398,7 @@ const edgeConfig = `{
 		udp_ports ` + udpPort + `
 		issuer internal
 	}
-}
+%s}
 
 http:// {
 	bind fly/edge
@@ -426,7 +427,7 @@ func startEdge(dir string) *edge {
 	e := &edge{dir: dir, log: filepath.Join(dir, "caddy.log")}
 	storage := filepath.Join(dir, "storage")
 	cfg := filepath.Join(dir, "Caddyfile")
-	os.WriteFile(cfg, fmt.Appendf(nil, edgeConfig, storage, *logLevel), 0o600)
+	os.WriteFile(cfg, fmt.Appendf(nil, edgeConfig, storage, *logLevel, serversOption()), 0o600)
 	logf, err := os.Create(e.log)
 	if err != nil {
 		fatal(err)
@@ -480,6 +481,14 @@ func startEdge(dir string) *edge {
 	}
 	e.attackerV4 = a.Address
 	return e
+}
+
+// serversOption is the servers global option for -read-header.
+func serversOption() string {
+	if *readHeader <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("\tservers fly/edge:80 {\n\t\ttimeouts {\n\t\t\tread_header %s\n\t\t}\n\t}\n", *readHeader)
 }
 
 func tail(file string) string {
