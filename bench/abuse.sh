@@ -30,4 +30,4 @@ go build -o "$tmp/abuse" ./bench/abuse
 	-duration "${DURATION:-10s}" -phase "${PHASE:-5s}" -settle "${SETTLE:-5s}" \
 	-rate "${RATE:-20}" -timeout "${TIMEOUT:-2s}" -edge-nofile "${EDGE_NOFILE:-4096}" \
 	-conns "${CONNS:-10000}" -udp-pairs "${UDP_PAIRS:-20480}" -slow-conns "${SLOW_CONNS:-200}" \
-	-checks "${CHECKS:-10000}" -posts "${POSTS:-256}" -read-header "${READ_HEADER:-0}"
+	-checks "${CHECKS:-10000}" -posts "${POSTS:-256}" -read-header "${READ_HEADER:-10s}"
