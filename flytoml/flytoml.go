@@ -790,7 +790,7 @@ func (w *tomlWalker) httpService(path string, t map[string]any) walked {
 
 // service reads one [[services]]. internal_port 0 (or none) and no
 // ports are taken, as flyctl takes them (it writes such a block with
-// protocol = ''): takePorts leaves the service out, as it serves nothing.
+// an empty protocol): takePorts leaves the service out, as it serves nothing.
 func (w *tomlWalker) service(path string, t map[string]any) walked {
 	s := &routing.Service{Protocol: "tcp"}
 	var sc *Scale
