@@ -185,9 +185,12 @@ func TestFlyTOMLErrors(t *testing.T) {
 }
 
 // FuzzParse: any bytes give an app the edge takes, or an error;
-// never a panic.
+// never a panic. Seeded with testdata and the real fly.toml files of
+// ../shared/flytoml (corpusDir), read at test time.
 func FuzzParse(f *testing.F) {
 	files, _ := filepath.Glob(filepath.Join("testdata", "*.toml"))
+	real, _ := filepath.Glob(filepath.Join(corpusDir, "*.toml"))
+	files = append(files, real...)
 	for _, name := range files {
 		data, err := os.ReadFile(name)
 		if err != nil {
@@ -207,7 +210,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, _ = routing.ParseApp("fuzz", def) // may refuse (a port listed twice), must not panic
+		_, _ = routing.ParseApp("fuzz", def) // may refuse (a udp service with checks), must not panic
 	})
 }
 
