@@ -53,10 +53,10 @@ var corpus = map[string]struct {
 		"050-Xe-x-cmd_hdrwtch_fly.toml:32: http_service.processes"}},
 	"052-fly-apps-rails-machine-workers.toml": {1, []string{"052-fly-apps-rails-machine-workers.toml:7: processes",
 		"052-fly-apps-rails-machine-workers.toml:29: services[0].processes", "052-fly-apps-rails-machine-workers.toml:52: statics"}},
-	"053-superfly-tokenizer.toml":             {1, []string{"053-superfly-tokenizer.toml:8: processes", "053-superfly-tokenizer.toml:18: services[0].processes"}},
-	"057-nerves-hub-nerves_hub_web.toml":      {1, []string{"057-nerves-hub-nerves_hub_web.toml:32: http_service.processes"}},
-	"062-mittel-labs-bibleit-server_fly.toml": {2, nil},
-	"065-tkneeland-pickfight-relay_fly.toml":  {1, nil},
+	"053-superfly-tokenizer.toml":                                {1, []string{"053-superfly-tokenizer.toml:8: processes", "053-superfly-tokenizer.toml:18: services[0].processes"}},
+	"057-nerves-hub-nerves_hub_web.toml":                         {1, []string{"057-nerves-hub-nerves_hub_web.toml:32: http_service.processes"}},
+	"062-mittel-labs-bibleit-server_fly.toml":                    {2, nil},
+	"065-tkneeland-pickfight-relay_fly.toml":                     {1, nil},
 	"066-tkneeland-pickfight-relay_fly-proxy_proto-variant.toml": {1, nil},
 }
 
