@@ -831,7 +831,37 @@ func (w *tomlWalker) service(path string, t map[string]any) walked {
 			w.ignore(key, serviceKeys)
 		}
 	}
+	if s.Protocol == "udp" {
+		w.udpOnly(path, t, s)
+	}
 	return walked{path: path, svc: s, scale: sc, table: t}
+}
+
+// udpOnly leaves out of a udp service what only a tcp service does:
+// handlers and port options, checks, http_options. Datagrams go to the
+// machines as they came, and the edge checks no udp service; flyctl
+// takes the file, so it is taken, with a warning for each key.
+func (w *tomlWalker) udpOnly(path string, t map[string]any, s *routing.Service) {
+	options := false
+	for _, p := range s.Ports {
+		if len(p.Handlers) > 0 || p.ForceHTTPS || p.TLSOptions != nil || p.ProxyProtoOptions != nil {
+			options = true
+			p.Handlers, p.ForceHTTPS, p.TLSOptions, p.ProxyProtoOptions = nil, false, nil, nil
+		}
+	}
+	if options {
+		w.dropIn(path+".ports", nil, "the ports of a udp service take no handlers and no options (datagrams go to the machines as they came)")
+	}
+	for _, k := range []string{"tcp_checks", "http_checks"} {
+		if _, ok := t[k]; ok && len(s.Checks) > 0 {
+			w.drop(path+"."+k, "the edge checks no udp service")
+		}
+	}
+	s.Checks = nil
+	if s.HTTPOptions != nil {
+		w.dropIn(path+".ports", nil, "http_options: a udp service takes none")
+		s.HTTPOptions = nil
+	}
 }
 
 // ports reads one [[services.ports]]: one port, or a range of them.

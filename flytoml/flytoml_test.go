@@ -526,3 +526,23 @@ func TestFlyTOMLScale(t *testing.T) {
 		t.Errorf("auto_stop_machines = 'later': %v", err)
 	}
 }
+
+// TestFlyTOMLUDPOptions: what only a tcp service does (handlers, port
+// options, checks) is left out of a udp service with a warning, not
+// refused (flyctl takes it), and the app is one the edge takes.
+func TestFlyTOMLUDPOptions(t *testing.T) {
+	doc := "[[services]]\n  internal_port = 5060\n  protocol = 'udp'\n  [[services.ports]]\n    port = 5060\n    handlers = ['tls']\n" +
+		"  [[services.tcp_checks]]\n    interval = '15s'\n"
+	ft, err := Parse("fly.toml", []byte(doc), [2]int{80, 443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkWarnings(t, ft.Warnings, []string{
+		"fly.toml:4: services[0].ports: the ports of a udp service take no handlers and no options",
+		"fly.toml:7: services[0].tcp_checks: the edge checks no udp service;",
+	})
+	raw, _ := json.Marshal(ft.Definition)
+	if _, err := routing.ParseApp("sip", raw); err != nil {
+		t.Errorf("the app the file makes is refused: %v", err)
+	}
+}
