@@ -282,12 +282,12 @@ func (w *tomlWalker) takePorts(svcs []walked) []walked {
 		}
 		s.svc.Ports = kept
 		if len(lost) > 0 {
-			why := fmt.Sprintf("port %s already served by an earlier service; Fly's proxy routes a port to one service, the first ([http_service] before [[services]])", strings.Join(lost, ", "))
+			why := fmt.Sprintf("already served by an earlier service (Fly's proxy routes a port to one service: the first, [http_service] before [[services]])")
 			if len(kept) == 0 {
-				w.dropIn(s.path, s.table, why+": the service has no port left and serves nothing")
+				w.dropIn(s.path, s.table, fmt.Sprintf("its ports %s are %s: it has none left and serves nothing", strings.Join(lost, ", "), why))
 				continue
 			}
-			w.dropIn(s.path, s.table, why+": left out of this one")
+			w.dropIn(s.path+".ports", nil, fmt.Sprintf("%s %s", strings.Join(lost, ", "), why))
 		}
 		out = append(out, s)
 	}

@@ -434,10 +434,10 @@ func TestFlyTOMLAsFlyctlTakes(t *testing.T) {
 			"app = 'web'\n[http_service]\n  internal_port = 8080\n[[services]]\n  internal_port = 8080\n  [[services.ports]]\n    port = 80\n    handlers = ['http']\n" +
 				"  [[services.ports]]\n    port = 443\n    handlers = ['tls', 'http']\n  [[services.ports]]\n    port = 8443\n    handlers = ['tls']\n",
 			[][]port{{{80, "http"}, {443, "tls http"}}, {{8443, "tls"}}},
-			[]string{"fly.toml:4: services[0]: port 80 (http_service), 443 (http_service) already served by an earlier service;"}},
+			[]string{"fly.toml:6: services[0].ports: 80 (http_service), 443 (http_service) already served by an earlier service (Fly's proxy routes a port to one service: the first, [http_service] before [[services]]);"}},
 		{"[[services]] with no port left", "[http_service]\n  internal_port = 8080\n[[services]]\n  internal_port = 8080\n  [[services.ports]]\n    port = 443\n    handlers = ['tls', 'http']\n",
 			[][]port{{{80, "http"}, {443, "tls http"}}},
-			[]string{"fly.toml:3: services[0]: port 443 (http_service) already served by an earlier service; Fly's proxy routes a port to one service, the first ([http_service] before [[services]]): the service has no port left and serves nothing;"}},
+			[]string{"fly.toml:3: services[0]: its ports 443 (http_service) are already served by an earlier service (Fly's proxy routes a port to one service: the first, [http_service] before [[services]]): it has none left and serves nothing;"}},
 		{"[services] as a single table", "[services]\n  internal_port = 53\n  protocol = 'udp'\n  [services.ports]\n    port = 53\n",
 			[][]port{{{53, ""}}}, nil},
 		{"a stray [services.concurrency] beside [http_service]", "[http_service]\n  internal_port = 8080\n\n[services.concurrency]\n  type = 'connections'\n  hard_limit = 10\n",
@@ -451,7 +451,7 @@ func TestFlyTOMLAsFlyctlTakes(t *testing.T) {
 			[][]port{{{443, "tls http"}}}, nil},
 		{"a port listed twice in a range", "[[services]]\n  internal_port = 7000\n  [[services.ports]]\n    port = 7001\n  [[services.ports]]\n    start_port = 7000\n    end_port = 7002\n",
 			[][]port{{{7001, ""}, {7000, ""}, {7002, ""}}},
-			[]string{"fly.toml:1: services[0]: port 7001 (services[0]) already served by an earlier service;"}},
+			[]string{"fly.toml:3: services[0].ports: 7001 (services[0]) already served by an earlier service"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ft, err := Parse("fly.toml", []byte(tc.doc), [2]int{80, 443})
