@@ -9,6 +9,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -518,7 +519,7 @@ var machineKeys = map[string]bool{
 // The keys flyedge takes in each table of a fly.toml (the cases of the
 // walker's switches), for ignore's guesses.
 var (
-	topKeys         = []string{"app", "primary_region", "http_service", "services"}
+	topKeys         = append([]string{"app", "primary_region", "http_service", "services", "processes", "statics"}, slices.Sorted(maps.Keys(machineKeys))...)
 	httpServiceKeys = append([]string{"internal_port", "force_https", "concurrency", "tls_options", "http_options", "checks"}, scaleKeys...)
 	serviceKeys     = append([]string{"internal_port", "protocol", "ports", "concurrency", "tcp_checks", "http_checks"}, scaleKeys...)
 	scaleKeys       = []string{"auto_stop_machines", "auto_start_machines", "min_machines_running", "max_machines_running"}

@@ -289,6 +289,19 @@ primary_regin = 'iad'
 		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 
+	// the keys of the machines get guesses too, and no warning when right
+	ft, err = Parse("fly.toml", []byte("kill_signall = 'SIGINT'\nstatic = []\nkill_signal = 'SIGINT'\n"), [2]int{80, 443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkWarnings(t, ft.Warnings, []string{`fly.toml:1: kill_signall is not a key flyedge knows; ignored: did you mean`,
+		`fly.toml:2: static is not a key flyedge knows; ignored: did you mean`})
+	for _, w := range ft.Warnings {
+		if w.Suggestion != strings.TrimSuffix(w.Key, "l") && w.Suggestion != w.Key+"s" {
+			t.Errorf("%s: guess %q", w, w.Suggestion)
+		}
+	}
+
 	files, _ := filepath.Glob(filepath.Join("testdata", "*.toml"))
 	for _, name := range files {
 		ft := readTOML(t, filepath.Base(name))
