@@ -134,10 +134,17 @@ func (e *Error) Error() string {
 // or, as older files have them, milliseconds. Edge ports 80 and 443 become
 // webPorts[0] and webPorts[1] (the edge's http_port and https_port).
 //
-// A key flyedge does not implement (env, build, mounts, processes,
-// auto_stop_machines, restart_limit, ...) is left out with a warning that
-// names it; a value Fly.io would refuse is a *Error with the file,
-// the key and its line.
+// It takes what flyctl takes: a single [services] table (and the
+// single tables of ports and checks), concurrency = "soft,hard",
+// handlers = ["http", "tls"] (as [tls http]), a service without
+// internal_port or ports (left out: it serves nothing), a port two
+// services give (the first keeps it), an app with no services. The
+// scale-to-zero keys are read into Scales; the keys only the machines or
+// the builder read (env, build, mounts, [[vm]], kill_signal, ...) into
+// MachineKeys, for one note (Notes). A key the edge should act on and
+// does not (processes, statics, a check's headers, ...), or one Fly.io
+// does not have, is left out with a warning that names it; a value
+// Fly.io would refuse is a *Error with the file, the key and its line.
 //
 // Parse takes time linear in the file's size, and bounds what one file
 // may hold: MaxKeys keys and tables, MaxServices services, and
