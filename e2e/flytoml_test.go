@@ -145,14 +145,22 @@ issuer = "internal"
 admin = "`+admin+`"
 `), 0o600)
 
-	// adapt shows the warnings with file and line
+	// adapt shows the warnings with file and line, and the keys of the
+	// machines and the builder in one info line a file
 	out, err := exec.Command(caddyBin, "adapt", "--adapter", "flytoml", "--config", edgeFile).CombinedOutput()
 	if err != nil {
 		t.Fatalf("adapt: %v\n%s", err, out)
 	}
-	for _, want := range []string{`"msg":"build is not implemented by flyedge; ignored","file":"` + filepath.Join(apps, "web.toml") + `","line":5`, `"msg":"kill_signal is not implemented`, `"msg":"services[0].tcp_checks[0].restart_limit is not implemented`} {
+	for _, want := range []string{`"msg":"http_service.processes is not implemented by flyedge; ignored","file":"` + filepath.Join(apps, "web.toml") + `","line":14`,
+		`"msg":"` + filepath.Join(apps, "web.toml") + `: build, vm: read by the machines or the builder, not the edge; left to them"`,
+		`"msg":"` + filepath.Join(apps, "legacy.toml") + `: env, experimental, kill_signal, kill_timeout, services.script_checks, services.tcp_checks.restart_limit: read by the machines`} {
 		if !strings.Contains(string(out), want) {
-			t.Errorf("adapt output lacks %s", want)
+			t.Errorf("adapt output lacks %s\n%s", want, out)
+		}
+	}
+	for _, notWarned := range []string{`build is not implemented`, `kill_signal is not implemented`, `restart_limit is not implemented`, `auto_stop_machines is not implemented`} {
+		if strings.Contains(string(out), notWarned) {
+			t.Errorf("adapt output warns %q", notWarned)
 		}
 	}
 
@@ -274,10 +282,16 @@ primary_region = 'iad'
 	if err != nil || !strings.Contains(string(out), "Deployed shop from "+file) {
 		t.Fatalf("deploy: %v\n%s%s", err, out, stderr.String())
 	}
-	for _, want := range []string{"fly.toml:5: build is not implemented", "fly.toml:11: http_service.auto_stop_machines is not implemented", "fly.toml:12: http_service.processes",
+	for _, want := range []string{"fly.toml:12: http_service.processes",
 		`fly.toml:13: http_service.force_http is not a key flyedge knows; ignored: did you mean "force_https"?`} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("deploy warnings lack %q:\n%s", want, stderr.String())
+		}
+	}
+	// build is the builder's, auto_stop_machines is handed through for scale-to-zero: no warnings
+	for _, notWarned := range []string{"build", "auto_stop_machines"} {
+		if strings.Contains(stderr.String(), notWarned) {
+			t.Errorf("deploy warns of %s:\n%s", notWarned, stderr.String())
 		}
 	}
 	// no machines yet: the first request would get PR01, so deploy says how to add one
@@ -362,4 +376,51 @@ primary_region = 'iad'
 	if want := "apps.shop.services[0].checks: 21 checks in the app; at most 20 per app"; status != http.StatusBadRequest || !strings.Contains(body, want) {
 		t.Errorf("21 checks: %d %s, want 400 with %q", status, body, want)
 	}
+}
+
+// TestFlyTOMLCorpusValidate: `caddy validate --adapter flytoml` takes each
+// real fly.toml of ../shared/flytoml through a built Caddy, each on an
+// edge of its own (named by its edge file entry: some have no app) and
+// all on one edge: a private database and a worker (no public ports: no
+// fly_edge app), udp services (on the edge's udp_ports), a stray
+// [services.concurrency], a service of internal_port 0.
+func TestFlyTOMLCorpusValidate(t *testing.T) {
+	requireCaddy(t)
+	corpus, _ := filepath.Abs(filepath.Join(moduleRoot, "..", "shared", "flytoml"))
+	files, _ := filepath.Glob(filepath.Join(corpus, "*.toml"))
+	if len(files) == 0 {
+		t.Skipf("no fly.toml files in %s", corpus)
+	}
+	dir := t.TempDir()
+	validate := func(t *testing.T, edge string) string {
+		t.Helper()
+		file := filepath.Join(dir, t.Name()[strings.LastIndexByte(t.Name(), '/')+1:]+".edge.toml")
+		if err := os.WriteFile(file, []byte(edge), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(caddyBin, "validate", "--adapter", "flytoml", "--config", file)
+		cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "Valid configuration") {
+			t.Errorf("caddy validate: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	for i, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			out := validate(t, fmt.Sprintf("[edge]\nissuer = 'internal'\napps = [{path = %q, app = 'corpus-%d'}]\n", f, i))
+			switch {
+			case strings.HasPrefix(filepath.Base(f), "008-"):
+				if !strings.Contains(out, "no public services") || !strings.Contains(out, "no fly_edge app") {
+					t.Errorf("a private database: no note that the edge serves nothing\n%s", out)
+				}
+			case strings.Contains(out, "no fly_edge app"):
+				t.Errorf("an app with ports got no fly_edge app\n%s", out)
+			}
+		})
+	}
+	t.Run("all", func(t *testing.T) {
+		validate(t, fmt.Sprintf("[edge]\nissuer = 'internal'\napps = [%q, {path = %q, app = 'grpc-service'}, {path = %q, app = 'pickfight-relay-pp'}]\n",
+			corpus, filepath.Join(corpus, "019-fly-apps-grpc-service.toml"), filepath.Join(corpus, "066-tkneeland-pickfight-relay_fly-proxy_proto-variant.toml")))
+	})
 }

@@ -6,8 +6,10 @@ package flytoml
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -29,9 +31,47 @@ type File struct {
 	PrimaryRegion string
 	// Definition is the app's services, in the config's shape.
 	Definition *routing.Application
+	// Scales are what each service of Definition.Services (same index)
+	// asks of scale-to-zero: auto_stop_machines, auto_start_machines,
+	// min_machines_running, max_machines_running; nil for a service that
+	// sets none. Read and handed through: flyedge does not act on them yet.
+	Scales []*Scale
+	// MachineKeys are the keys of the file that only the machines or the
+	// builder read (env, build, mounts, [[vm]], kill_signal, ...), dotted
+	// and without array indexes, each once: not the edge's business, so
+	// they get no warning each but one note (Notes).
+	MachineKeys []string
 	// Warnings name the keys of the file that flyedge does not implement
 	// and left out, with their lines.
 	Warnings []Warning
+
+	file string
+}
+
+// Scale is what a service of a fly.toml asks of scale-to-zero, as
+// written; nil fields were not set.
+type Scale struct {
+	// AutoStopMachines is "off", "stop" or "suspend" (true is "stop",
+	// false "off", as flyctl reads them); "" when not set.
+	AutoStopMachines   string
+	AutoStartMachines  *bool
+	MinMachinesRunning *int
+	MaxMachinesRunning *int
+}
+
+// Notes are what the file asks that is not the edge's to do, for a
+// person at info level: the keys left to the machines and the builder
+// (one line), and an app with no public services, which the edge
+// serves nothing for.
+func (f *File) Notes() []string {
+	var out []string
+	if len(f.MachineKeys) > 0 {
+		out = append(out, fmt.Sprintf("%s: %s: read by the machines or the builder, not the edge; left to them", f.file, strings.Join(f.MachineKeys, ", ")))
+	}
+	if len(f.Definition.Services) == 0 {
+		out = append(out, fmt.Sprintf("%s: no public services (as a worker or a private database has none): the edge serves nothing for this app", f.file))
+	}
+	return out
 }
 
 // Warning is a key of a fly.toml that flyedge left out.
@@ -94,10 +134,17 @@ func (e *Error) Error() string {
 // or, as older files have them, milliseconds. Edge ports 80 and 443 become
 // webPorts[0] and webPorts[1] (the edge's http_port and https_port).
 //
-// A key flyedge does not implement (env, build, mounts, processes,
-// auto_stop_machines, restart_limit, ...) is left out with a warning that
-// names it; a value Fly.io would refuse is a *Error with the file,
-// the key and its line.
+// It takes what flyctl takes: a single [services] table (and the
+// single tables of ports and checks), concurrency = "soft,hard",
+// handlers = ["http", "tls"] (as [tls http]), a service without
+// internal_port or ports (left out: it serves nothing), a port two
+// services give (the first keeps it), an app with no services. The
+// scale-to-zero keys are read into Scales; the keys only the machines or
+// the builder read (env, build, mounts, [[vm]], kill_signal, ...) into
+// MachineKeys, for one note (Notes). A key the edge should act on and
+// does not (processes, statics, a check's headers, ...), or one Fly.io
+// does not have, is left out with a warning that names it; a value
+// Fly.io would refuse is a *Error with the file, the key and its line.
 //
 // Parse takes time linear in the file's size, and bounds what one file
 // may hold: MaxKeys keys and tables, MaxServices services, and
@@ -145,7 +192,14 @@ func parse(file string, data []byte, webPorts [2]int, lim limits) (*File, error)
 		return nil, tomlSyntaxError(file, err)
 	}
 	w := &tomlWalker{file: file, lines: lines, web: webPorts, lim: lim}
-	out := &File{Definition: new(routing.Application)}
+	out := &File{Definition: new(routing.Application), file: file}
+	// [http_service] first, then [[services]]: flyctl's order
+	// (Config.AllServices), which decides who keeps a port two services
+	// give (see takePorts)
+	var svcs []walked
+	if v, ok := doc["http_service"]; ok {
+		svcs = append(svcs, w.httpService("http_service", w.table("http_service", v)))
+	}
 	for _, key := range sortedKeys(doc) {
 		v := doc[key]
 		switch key {
@@ -154,25 +208,98 @@ func parse(file string, data []byte, webPorts [2]int, lim limits) (*File, error)
 		case "primary_region":
 			out.PrimaryRegion = w.str(key, v)
 		case "http_service":
-			out.Definition.Services = append(out.Definition.Services, w.httpService(key, w.table(key, v)))
 		case "services":
-			list := w.tables(key, v)
-			if n := len(list) + len(out.Definition.Services); w.lim.services > 0 && n > w.lim.services {
+			// flyctl reads a single [services] table as one service
+			list, single := w.tablesOrOne(key, v)
+			if n := len(list) + len(svcs); w.lim.services > 0 && n > w.lim.services {
 				w.fail(key, "%d services; at most %d in one fly.toml", n, w.lim.services)
 				break
 			}
 			for i, s := range list {
-				out.Definition.Services = append(out.Definition.Services, w.service(fmt.Sprintf("services[%d]", i), s))
+				path := fmt.Sprintf("services[%d]", i)
+				if single {
+					path = "services"
+				}
+				svcs = append(svcs, w.service(path, s))
 			}
 		default:
-			w.ignore(key, topKeys)
+			if machineKeys[key] {
+				w.machine(key)
+			} else {
+				w.ignore(key, topKeys)
+			}
 		}
 	}
 	if w.err != nil {
 		return nil, w.err
 	}
+	for _, s := range w.takePorts(svcs) {
+		out.Definition.Services = append(out.Definition.Services, s.svc)
+		out.Scales = append(out.Scales, s.scale)
+	}
+	out.MachineKeys = w.machineKeys
+	slices.SortStableFunc(w.warnings, func(a, b Warning) int { return cmp.Compare(a.Line, b.Line) })
 	out.Warnings = w.warnings
 	return out, nil
+}
+
+// walked is a service as read, before takePorts.
+type walked struct {
+	path  string
+	svc   *routing.Service
+	scale *Scale
+	table map[string]any
+}
+
+// takePorts returns the services that serve something: a service
+// without internal_port or without ports serves nothing (flyctl takes
+// it, and warns of the missing ports), and is left out with a warning.
+// A port (of a protocol) goes to one service, as Fly's proxy routes a
+// port to one: the first that gives it, [http_service] before
+// [[services]] and in the file's order; a later service that gives it
+// too (an [http_service] beside [[services]] on 80 and 443) loses it,
+// with a warning, and is left out when it has no port left.
+func (w *tomlWalker) takePorts(svcs []walked) []walked {
+	taken := map[int]string{} // the port (plus 1<<16 for udp) -> the service that has it
+	out := svcs[:0]
+	for _, s := range svcs {
+		switch {
+		case s.svc.InternalPort == 0 && len(s.svc.Ports) == 0:
+			w.dropIn(s.path, s.table, "no internal_port and no ports: the service serves nothing")
+			continue
+		case s.svc.InternalPort == 0:
+			w.dropIn(s.path, s.table, "no internal_port: the service serves nothing")
+			continue
+		case len(s.svc.Ports) == 0:
+			w.dropIn(s.path, s.table, "no ports: the service serves nothing")
+			continue
+		}
+		var lost []string
+		kept := s.svc.Ports[:0]
+		for _, p := range s.svc.Ports {
+			key := p.Port
+			if s.svc.Protocol == "udp" {
+				key += 1 << 16
+			}
+			if by, ok := taken[key]; ok {
+				lost = append(lost, fmt.Sprintf("%d (%s)", p.Port, by))
+				continue
+			}
+			taken[key] = s.path
+			kept = append(kept, p)
+		}
+		s.svc.Ports = kept
+		if len(lost) > 0 {
+			why := fmt.Sprintf("already served by an earlier service (Fly's proxy routes a port to one service: the first, [http_service] before [[services]])")
+			if len(kept) == 0 {
+				w.dropIn(s.path, s.table, fmt.Sprintf("its ports %s are %s: it has none left and serves nothing", strings.Join(lost, ", "), why))
+				continue
+			}
+			w.dropIn(s.path+".ports", nil, fmt.Sprintf("%s %s", strings.Join(lost, ", "), why))
+		}
+		out = append(out, s)
+	}
+	return out
 }
 
 func tomlSyntaxError(file string, err error) error {
@@ -312,6 +439,8 @@ type tomlWalker struct {
 	checks   int // checks read so far
 	err      error
 	warnings []Warning
+	// keys only the machines or the builder read (machine)
+	machineKeys []string
 }
 
 // line returns the line of key, or of the nearest enclosing key written
@@ -348,12 +477,59 @@ func (w *tomlWalker) drop(key, reason string) {
 	w.warnings = append(w.warnings, Warning{File: w.file, Line: w.line(key), Key: key, Reason: reason})
 }
 
+// dropIn is drop for a table t at key, which may have no line of its
+// own (a single [services] written only as [services.concurrency]): the
+// line is then its first key's.
+func (w *tomlWalker) dropIn(key string, t map[string]any, reason string) {
+	line := w.line(key)
+	for _, k := range sortedKeys(t) {
+		if n := w.line(key + "." + k); line == 0 || (n > 0 && n < line) {
+			line = n
+		}
+	}
+	w.warnings = append(w.warnings, Warning{File: w.file, Line: line, Key: key, Reason: reason})
+}
+
+// machine notes a key that only the machines or the builder read: no
+// warning, one note for all of them (File.Notes).
+func (w *tomlWalker) machine(key string) {
+	var b strings.Builder
+	for i := 0; i < len(key); i++ { // services[0].script_checks -> services.script_checks
+		if key[i] == '[' {
+			for i < len(key) && key[i] != ']' {
+				i++
+			}
+			continue
+		}
+		b.WriteByte(key[i])
+	}
+	if k := b.String(); !slices.Contains(w.machineKeys, k) {
+		w.machineKeys = append(w.machineKeys, k)
+	}
+}
+
+// machineKeys are the top-level keys of a fly.toml that only the
+// machines or the builder read (Fly's configuration reference):
+// build, deploy and its release_command, env, files, mounts, the VM's
+// size, the kill signal and timeout, swap, the console command, metrics,
+// restart policies, the top-level machine checks ([checks], run against
+// the machine, not routed through the proxy), experimental (cmd,
+// entrypoint, auto_rollback, private_network, allowed_public_ports).
+// With their old spellings (mount, metric, compute), as flyctl reads them.
+var machineKeys = map[string]bool{
+	"build": true, "deploy": true, "env": true, "files": true, "mounts": true, "mount": true,
+	"vm": true, "compute": true, "computes": true, "kill_signal": true, "kill_timeout": true,
+	"swap_size_mb": true, "console_command": true, "metrics": true, "metric": true,
+	"restart": true, "checks": true, "experimental": true, "host_dedication_id": true,
+}
+
 // The keys flyedge takes in each table of a fly.toml (the cases of the
 // walker's switches), for ignore's guesses.
 var (
-	topKeys         = []string{"app", "primary_region", "http_service", "services"}
-	httpServiceKeys = []string{"internal_port", "force_https", "concurrency", "tls_options", "http_options", "checks"}
-	serviceKeys     = []string{"internal_port", "protocol", "ports", "concurrency", "tcp_checks", "http_checks"}
+	topKeys         = append([]string{"app", "primary_region", "http_service", "services", "processes", "statics"}, slices.Sorted(maps.Keys(machineKeys))...)
+	httpServiceKeys = append([]string{"internal_port", "force_https", "concurrency", "tls_options", "http_options", "checks"}, scaleKeys...)
+	serviceKeys     = append([]string{"internal_port", "protocol", "ports", "concurrency", "tcp_checks", "http_checks"}, scaleKeys...)
+	scaleKeys       = []string{"auto_stop_machines", "auto_start_machines", "min_machines_running", "max_machines_running"}
 	portKeys        = []string{"port", "start_port", "end_port", "handlers", "force_https", "tls_options", "http_options", "proxy_proto_options"}
 	concurrencyKeys = []string{"type", "soft_limit", "hard_limit"}
 	tlsOptionKeys   = []string{"alpn", "versions", "default_self_signed"}
@@ -509,6 +685,57 @@ func (w *tomlWalker) table(key string, v any) map[string]any {
 	return t
 }
 
+// tablesOrOne is tables, and takes a single table as a list of one
+// (single is then true), as flyctl reads services, ports and checks.
+func (w *tomlWalker) tablesOrOne(key string, v any) (list []map[string]any, single bool) {
+	if t, ok := v.(map[string]any); ok {
+		return []map[string]any{t}, true
+	}
+	return w.tables(key, v), false
+}
+
+// each calls f with the path and table of each of key's tables, a single
+// table included (its path is key, without an index).
+func (w *tomlWalker) each(key string, v any, f func(path string, t map[string]any)) {
+	list, single := w.tablesOrOne(key, v)
+	for i, t := range list {
+		path := fmt.Sprintf("%s[%d]", key, i)
+		if single {
+			path = key
+		}
+		f(path, t)
+	}
+}
+
+// scale reads one of scaleKeys into sc.
+func (w *tomlWalker) scale(key, name string, v any, sc *Scale) {
+	switch name {
+	case "auto_stop_machines":
+		switch a := v.(type) {
+		case bool:
+			sc.AutoStopMachines = map[bool]string{true: "stop", false: "off"}[a]
+		case string:
+			switch a {
+			case "off", "stop", "suspend":
+				sc.AutoStopMachines = a
+			default:
+				w.fail(key, "%q: want off, stop, suspend, true or false", a)
+			}
+		default:
+			w.fail(key, "%v: want off, stop, suspend, true or false", v)
+		}
+	case "auto_start_machines":
+		b := w.boolean(key, v)
+		sc.AutoStartMachines = &b
+	case "min_machines_running":
+		n := w.integer(key, v)
+		sc.MinMachinesRunning = &n
+	case "max_machines_running":
+		n := w.integer(key, v)
+		sc.MaxMachinesRunning = &n
+	}
+}
+
 func (w *tomlWalker) tables(key string, v any) []map[string]any {
 	list, ok := v.([]any)
 	if !ok {
@@ -533,11 +760,13 @@ func (w *tomlWalker) edgePort(p int) int {
 	return p
 }
 
-func (w *tomlWalker) httpService(path string, t map[string]any) *routing.Service {
+func (w *tomlWalker) httpService(path string, t map[string]any) walked {
 	s := &routing.Service{Protocol: "tcp"}
+	// flyctl writes [http tls] for 443 (HTTPService.ToService): the set [tls http]
 	http := &routing.Port{Port: w.edgePort(80), Handlers: []string{"http"}}
 	https := &routing.Port{Port: w.edgePort(443), Handlers: []string{"tls", "http"}}
 	s.Ports = []*routing.Port{http, https}
+	var sc *Scale
 	for _, k := range sortedKeys(t) {
 		key, v := path+"."+k, t[k]
 		switch k {
@@ -546,7 +775,7 @@ func (w *tomlWalker) httpService(path string, t map[string]any) *routing.Service
 		case "force_https":
 			http.ForceHTTPS = w.boolean(key, v)
 		case "concurrency":
-			s.Concurrency = w.concurrency(key, w.table(key, v))
+			s.Concurrency = w.concurrencyValue(key, v)
 		case "tls_options":
 			https.TLSOptions = w.tlsOptions(key, w.table(key, v))
 		case "http_options":
@@ -555,54 +784,92 @@ func (w *tomlWalker) httpService(path string, t map[string]any) *routing.Service
 			for i, c := range w.tables(key, v) {
 				s.Checks = append(s.Checks, w.check(fmt.Sprintf("%s[%d]", key, i), "http", c))
 			}
+		case "auto_stop_machines", "auto_start_machines", "min_machines_running", "max_machines_running":
+			sc = cmp.Or(sc, new(Scale))
+			w.scale(key, k, v, sc)
+		case "machine_checks":
+			w.machine(key)
 		default:
 			w.ignore(key, httpServiceKeys)
 		}
 	}
-	if s.InternalPort == 0 {
-		w.fail(path+".internal_port", "missing: the port the app listens on in its machines")
-	}
-	return s
+	return walked{path: path, svc: s, scale: sc, table: t}
 }
 
-func (w *tomlWalker) service(path string, t map[string]any) *routing.Service {
+// service reads one [[services]]. internal_port 0 (or none) and no
+// ports are taken, as flyctl takes them (it writes such a block with
+// an empty protocol): takePorts leaves the service out, as it serves nothing.
+func (w *tomlWalker) service(path string, t map[string]any) walked {
 	s := &routing.Service{Protocol: "tcp"}
+	var sc *Scale
 	for _, k := range sortedKeys(t) {
 		key, v := path+"."+k, t[k]
 		switch k {
 		case "internal_port":
-			s.InternalPort = w.port(key, v)
+			if s.InternalPort = w.integer(key, v); s.InternalPort != 0 {
+				s.InternalPort = w.port(key, v)
+			}
 		case "protocol":
 			switch p := w.str(key, v); p {
 			case "tcp", "udp":
 				s.Protocol = p
+			case "": // as flyctl writes a service it has no protocol for: tcp, the default
 			default:
 				if w.err == nil {
 					w.fail(key, "%q (want tcp or udp)", p)
 				}
 			}
 		case "ports":
-			for i, p := range w.tables(key, v) {
-				s.Ports = append(s.Ports, w.ports(fmt.Sprintf("%s[%d]", key, i), p, s)...)
-			}
+			w.each(key, v, func(pp string, p map[string]any) {
+				s.Ports = append(s.Ports, w.ports(pp, p, s)...)
+			})
 		case "concurrency":
-			s.Concurrency = w.concurrency(key, w.table(key, v))
+			s.Concurrency = w.concurrencyValue(key, v)
 		case "tcp_checks", "http_checks":
 			typ := strings.TrimSuffix(k, "_checks")
-			for i, c := range w.tables(key, v) {
-				s.Checks = append(s.Checks, w.check(fmt.Sprintf("%s[%d]", key, i), typ, c))
-			}
+			w.each(key, v, func(cp string, c map[string]any) {
+				s.Checks = append(s.Checks, w.check(cp, typ, c))
+			})
+		case "auto_stop_machines", "auto_start_machines", "min_machines_running", "max_machines_running":
+			sc = cmp.Or(sc, new(Scale))
+			w.scale(key, k, v, sc)
+		case "machine_checks", "script_checks": // the machines' (script_checks: Nomad's, of apps v1)
+			w.machine(key)
 		default:
 			w.ignore(key, serviceKeys)
 		}
 	}
-	if s.InternalPort == 0 {
-		w.fail(path+".internal_port", "missing: the port the app listens on in its machines")
+	if s.Protocol == "udp" {
+		w.udpOnly(path, t, s)
 	}
-	if len(s.Ports) == 0 {
-		w.fail(path+".ports", "missing: a service needs at least one [[services.ports]]")
+	return walked{path: path, svc: s, scale: sc, table: t}
+}
+
+// udpOnly leaves out of a udp service what only a tcp service does:
+// handlers and port options, checks, http_options. Datagrams go to the
+// machines as they came, and the edge checks no udp service; flyctl
+// takes the file, so it is taken, with a warning for each key.
+func (w *tomlWalker) udpOnly(path string, t map[string]any, s *routing.Service) {
+	options := false
+	for _, p := range s.Ports {
+		if len(p.Handlers) > 0 || p.ForceHTTPS || p.TLSOptions != nil || p.ProxyProtoOptions != nil {
+			options = true
+			p.Handlers, p.ForceHTTPS, p.TLSOptions, p.ProxyProtoOptions = nil, false, nil, nil
+		}
 	}
-	return s
+	if options {
+		w.dropIn(path+".ports", nil, "the ports of a udp service take no handlers and no options (datagrams go to the machines as they came)")
+	}
+	for _, k := range []string{"tcp_checks", "http_checks"} {
+		if _, ok := t[k]; ok && len(s.Checks) > 0 {
+			w.drop(path+"."+k, "the edge checks no udp service")
+		}
+	}
+	s.Checks = nil
+	if s.HTTPOptions != nil {
+		w.dropIn(path+".ports", nil, "http_options: a udp service takes none")
+		s.HTTPOptions = nil
+	}
 }
 
 // ports reads one [[services.ports]]: one port, or a range of them.
@@ -620,8 +887,10 @@ func (w *tomlWalker) ports(path string, t map[string]any, s *routing.Service) []
 			end = w.port(key, v)
 		case "handlers":
 			tmpl.Handlers = w.strings(key, v)
-			if _, err := routing.ParseHandlers(tmpl.Handlers); err != nil {
+			if hs, err := routing.ParseHandlers(tmpl.Handlers); err != nil {
 				w.fail(key, "%v", err)
+			} else if len(tmpl.Handlers) > 0 {
+				tmpl.Handlers = hs.List() // in the accepted order: [http tls] is [tls http]
 			}
 		case "force_https":
 			tmpl.ForceHTTPS = w.boolean(key, v)
@@ -678,6 +947,23 @@ func (w *tomlWalker) ports(path string, t map[string]any, s *routing.Service) []
 		return out
 	}
 	return nil
+}
+
+// concurrencyValue reads a concurrency table, or the string "soft,hard"
+// of older files, which flyctl still converts to requests limits.
+func (w *tomlWalker) concurrencyValue(key string, v any) *routing.Concurrency {
+	str, ok := v.(string)
+	if !ok {
+		return w.concurrency(key, w.table(key, v))
+	}
+	soft, hard, ok := strings.Cut(str, ",")
+	s, err1 := strconv.Atoi(strings.TrimSpace(soft))
+	h, err2 := strconv.Atoi(strings.TrimSpace(hard))
+	if !ok || err1 != nil || err2 != nil {
+		w.fail(key, "%q: want a table, or \"<soft_limit>,<hard_limit>\" as older files have it", str)
+		return nil
+	}
+	return w.concurrency(key, map[string]any{"type": "requests", "soft_limit": int64(s), "hard_limit": int64(h)})
 }
 
 func (w *tomlWalker) concurrency(path string, t map[string]any) *routing.Concurrency {
@@ -815,6 +1101,8 @@ func (w *tomlWalker) check(path, typ string, t map[string]any) *routing.Check {
 			if p, ok := v.(string); !ok || p != "http" {
 				w.ignore(key, checkKeys) // the edge checks over plain HTTP
 			}
+		case "restart_limit": // Nomad's (apps v1): restarting a VM is the machines'
+			w.machine(key)
 		default:
 			w.ignore(key, checkKeys)
 		}

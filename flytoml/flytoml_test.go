@@ -66,9 +66,22 @@ func TestFlyTOMLHTTPService(t *testing.T) {
 		s.Checks[0].Interval != caddy.Duration(30*time.Second) || s.Checks[0].GracePeriod != caddy.Duration(10*time.Second) {
 		t.Errorf("checks %+v", s.Checks)
 	}
-	want := []string{"web.toml:9: build", "web.toml:14: http_service.auto_stop_machines", "web.toml:15: http_service.auto_start_machines",
-		"web.toml:16: http_service.min_machines_running", "web.toml:17: http_service.processes", "web.toml:46: vm"}
-	checkWarnings(t, ft.Warnings, want)
+	// the keys of the machines and the builder are one note, not
+	// warnings; the scale-to-zero keys are handed through, typed
+	checkWarnings(t, ft.Warnings, []string{"web.toml:17: http_service.processes"})
+	if !slices.Equal(ft.MachineKeys, []string{"build", "vm"}) {
+		t.Errorf("machine keys %v", ft.MachineKeys)
+	}
+	if n := ft.Notes(); len(n) != 1 || n[0] != "web.toml: build, vm: read by the machines or the builder, not the edge; left to them" {
+		t.Errorf("notes %q", n)
+	}
+	if len(ft.Scales) != 1 || ft.Scales[0] == nil {
+		t.Fatalf("scales %v", ft.Scales)
+	}
+	if sc := ft.Scales[0]; sc.AutoStopMachines != "stop" || sc.AutoStartMachines == nil || !*sc.AutoStartMachines ||
+		sc.MinMachinesRunning == nil || *sc.MinMachinesRunning != 0 || sc.MaxMachinesRunning != nil {
+		t.Errorf("scale %+v", *sc)
+	}
 }
 
 // checkWarnings wants exactly one warning starting with each of want.
@@ -103,7 +116,13 @@ func TestFlyTOMLServices(t *testing.T) {
 	if len(s.Checks) != 1 || s.Checks[0].Type != "tcp" || s.Checks[0].Timeout != caddy.Duration(2*time.Second) {
 		t.Errorf("postgres checks: %+v", s.Checks)
 	}
-	checkWarnings(t, pg.Warnings, []string{"postgres.toml:4: env", "postgres.toml:10: services[0].auto_start_machines", "postgres.toml:25: services[0].tcp_checks[0].restart_limit"})
+	checkWarnings(t, pg.Warnings, nil)
+	if !slices.Equal(pg.MachineKeys, []string{"env", "services.tcp_checks.restart_limit"}) {
+		t.Errorf("machine keys %v", pg.MachineKeys)
+	}
+	if sc := pg.Scales[0]; sc == nil || sc.AutoStartMachines == nil || *sc.AutoStartMachines || sc.AutoStopMachines != "" {
+		t.Errorf("scale %+v", sc)
+	}
 
 	mail := readTOML(t, "proxyproto.toml")
 	ps := mail.Definition.Services[0].Ports
@@ -128,10 +147,10 @@ func TestFlyTOMLServices(t *testing.T) {
 	if len(ps) != 2 || ps[0].Port != 8080 || !ps[0].ForceHTTPS || ps[1].Port != 8443 {
 		t.Errorf("quoted ports: %+v %+v", ps[0], ps[1])
 	}
-	checkWarnings(t, legacy.Warnings, []string{"ignored.toml:2: kill_signal", "ignored.toml:3: kill_timeout", "ignored.toml:4: processes",
-		"ignored.toml:6: env", "ignored.toml:9: experimental", "ignored.toml:13: mounts", "ignored.toml:17: statics",
-		"ignored.toml:24: services[0].processes", "ignored.toml:26: services[0].script_checks",
-		"ignored.toml:45: services[0].tcp_checks[0].restart_limit"})
+	checkWarnings(t, legacy.Warnings, []string{"ignored.toml:4: processes", "ignored.toml:17: statics", "ignored.toml:24: services[0].processes"})
+	if want := []string{"env", "experimental", "kill_signal", "kill_timeout", "mounts", "services.script_checks", "services.tcp_checks.restart_limit"}; !slices.Equal(legacy.MachineKeys, want) {
+		t.Errorf("machine keys %v, want %v", legacy.MachineKeys, want)
+	}
 }
 
 // TestFlyTOMLErrors: what Fly.io refuses is an error with the file, the
@@ -147,7 +166,6 @@ func TestFlyTOMLErrors(t *testing.T) {
 		{"port 0 in a second port", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\n[[services.ports]]\nport = 0\n",
 			"fly.toml:6: services[0].ports[1].port: 0 is not a port number"},
 		{"internal port", "[http_service]\ninternal_port = 99999\n", "fly.toml:2: http_service.internal_port: 99999 is not a port number"},
-		{"missing internal port", "[http_service]\nforce_https = true\n", "fly.toml:1: http_service.internal_port: missing"},
 		{"unknown handler", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\nhandlers = ['gopher']\n", "fly.toml:5: services[0].ports[0].handlers: "},
 		{"sctp", "[[services]]\ninternal_port = 53\nprotocol = 'sctp'\n[[services.ports]]\nport = 53\n", "fly.toml:3: services[0].protocol: \"sctp\" (want tcp or udp)"},
 		{"bad duration", "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\n[[services.tcp_checks]]\ninterval = 'soon'\n", "fly.toml:6: services[0].tcp_checks[0].interval: soon"},
@@ -167,9 +185,12 @@ func TestFlyTOMLErrors(t *testing.T) {
 }
 
 // FuzzParse: any bytes give an app the edge takes, or an error;
-// never a panic.
+// never a panic. Seeded with testdata and the real fly.toml files of
+// ../shared/flytoml (corpusDir), read at test time.
 func FuzzParse(f *testing.F) {
 	files, _ := filepath.Glob(filepath.Join("testdata", "*.toml"))
+	real, _ := filepath.Glob(filepath.Join(corpusDir, "*.toml"))
+	files = append(files, real...)
 	for _, name := range files {
 		data, err := os.ReadFile(name)
 		if err != nil {
@@ -189,7 +210,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, _ = routing.ParseApp("fuzz", def) // may refuse (a port listed twice), must not panic
+		_, _ = routing.ParseApp("fuzz", def) // may refuse (a udp service with checks), must not panic
 	})
 }
 
@@ -266,6 +287,19 @@ primary_regin = 'iad'
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+
+	// the keys of the machines get guesses too, and no warning when right
+	ft, err = Parse("fly.toml", []byte("kill_signall = 'SIGINT'\nstatic = []\nkill_signal = 'SIGINT'\n"), [2]int{80, 443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkWarnings(t, ft.Warnings, []string{`fly.toml:1: kill_signall is not a key flyedge knows; ignored: did you mean`,
+		`fly.toml:2: static is not a key flyedge knows; ignored: did you mean`})
+	for _, w := range ft.Warnings {
+		if w.Suggestion != strings.TrimSuffix(w.Key, "l") && w.Suggestion != w.Key+"s" {
+			t.Errorf("%s: guess %q", w, w.Suggestion)
+		}
 	}
 
 	files, _ := filepath.Glob(filepath.Join("testdata", "*.toml"))
@@ -393,4 +427,135 @@ func BenchmarkParse(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestFlyTOMLAsFlyctlTakes: what flyctl takes is taken, each as Fly.io
+// runs it; a service that serves nothing is left out with a warning.
+func TestFlyTOMLAsFlyctlTakes(t *testing.T) {
+	type port struct {
+		port     int
+		handlers string
+	}
+	for _, tc := range []struct {
+		name, doc string
+		ports     [][]port // each service's ports, in order
+		warnings  []string
+	}{
+		{"no public services (a worker)", "app = 'worker'\n[env]\n  QUEUE = 'jobs'\n[processes]\n  worker = 'bin/work'\n", nil,
+			[]string{"fly.toml:4: processes"}},
+		{"[http_service] and [[services]] on 80 and 443: the [http_service] keeps them",
+			"app = 'web'\n[http_service]\n  internal_port = 8080\n[[services]]\n  internal_port = 8080\n  [[services.ports]]\n    port = 80\n    handlers = ['http']\n" +
+				"  [[services.ports]]\n    port = 443\n    handlers = ['tls', 'http']\n  [[services.ports]]\n    port = 8443\n    handlers = ['tls']\n",
+			[][]port{{{80, "http"}, {443, "tls http"}}, {{8443, "tls"}}},
+			[]string{"fly.toml:6: services[0].ports: 80 (http_service), 443 (http_service) already served by an earlier service (Fly's proxy routes a port to one service: the first, [http_service] before [[services]]);"}},
+		{"[[services]] with no port left", "[http_service]\n  internal_port = 8080\n[[services]]\n  internal_port = 8080\n  [[services.ports]]\n    port = 443\n    handlers = ['tls', 'http']\n",
+			[][]port{{{80, "http"}, {443, "tls http"}}},
+			[]string{"fly.toml:3: services[0]: its ports 443 (http_service) are already served by an earlier service (Fly's proxy routes a port to one service: the first, [http_service] before [[services]]): it has none left and serves nothing;"}},
+		{"[services] as a single table", "[services]\n  internal_port = 53\n  protocol = 'udp'\n  [services.ports]\n    port = 53\n",
+			[][]port{{{53, ""}}}, nil},
+		{"a stray [services.concurrency] beside [http_service]", "[http_service]\n  internal_port = 8080\n\n[services.concurrency]\n  type = 'connections'\n  hard_limit = 10\n",
+			[][]port{{{80, "http"}, {443, "tls http"}}},
+			[]string{"fly.toml:4: services: no internal_port and no ports: the service serves nothing;"}},
+		{"internal_port = 0, protocol = '', no ports (as flyctl writes them)", "app = 'x'\n[[services]]\n  internal_port = 0\n  protocol = ''\n",
+			nil, []string{"fly.toml:2: services[0]: no internal_port and no ports: the service serves nothing;"}},
+		{"[http_service] without internal_port", "[http_service]\n  force_https = true\n", nil,
+			[]string{"fly.toml:1: http_service: no internal_port: the service serves nothing;"}},
+		{"handlers in flyctl's order", "[[services]]\n  internal_port = 8080\n  [[services.ports]]\n    port = 443\n    handlers = ['http', 'tls']\n",
+			[][]port{{{443, "tls http"}}}, nil},
+		{"a port listed twice in a range", "[[services]]\n  internal_port = 7000\n  [[services.ports]]\n    port = 7001\n  [[services.ports]]\n    start_port = 7000\n    end_port = 7002\n",
+			[][]port{{{7001, ""}, {7000, ""}, {7002, ""}}},
+			[]string{"fly.toml:3: services[0].ports: 7001 (services[0]) already served by an earlier service"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ft, err := Parse("fly.toml", []byte(tc.doc), [2]int{80, 443})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got [][]port
+			for _, s := range ft.Definition.Services {
+				var ps []port
+				for _, p := range s.Ports {
+					ps = append(ps, port{p.Port, strings.Join(p.Handlers, " ")})
+				}
+				got = append(got, ps)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.ports) {
+				t.Errorf("ports %v, want %v", got, tc.ports)
+			}
+			if len(ft.Scales) != len(ft.Definition.Services) {
+				t.Errorf("%d scales for %d services", len(ft.Scales), len(ft.Definition.Services))
+			}
+			checkWarnings(t, ft.Warnings, tc.warnings)
+			raw, _ := json.Marshal(ft.Definition)
+			if _, err := routing.ParseApp("x", raw); err != nil {
+				t.Errorf("the app the file makes is refused: %v", err)
+			}
+			if len(ft.Definition.Services) == 0 && !slices.ContainsFunc(ft.Notes(), func(n string) bool { return strings.Contains(n, "no public services") }) {
+				t.Errorf("no note of an app that serves nothing: %q", ft.Notes())
+			}
+		})
+	}
+}
+
+// TestFlyTOMLLegacyConcurrency: concurrency = "soft,hard", as older files
+// have it, is requests limits, as flyctl converts it.
+func TestFlyTOMLLegacyConcurrency(t *testing.T) {
+	ft, err := Parse("fly.toml", []byte("[[services]]\n  internal_port = 8080\n  concurrency = \"12,23\"\n  [[services.ports]]\n    port = 80\n    handlers = ['http']\n"), [2]int{80, 443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := ft.Definition.Services[0].Concurrency; c == nil || c.Type != "requests" || c.SoftLimit != 12 || c.HardLimit != 23 {
+		t.Errorf("concurrency %+v", c)
+	}
+	_, err = Parse("fly.toml", []byte("[[services]]\n  internal_port = 8080\n  concurrency = \"many\"\n"), [2]int{80, 443})
+	if err == nil || !strings.Contains(err.Error(), `fly.toml:3: services[0].concurrency: "many": want a table, or "<soft_limit>,<hard_limit>"`) {
+		t.Errorf("concurrency = \"many\": %v", err)
+	}
+}
+
+// TestFlyTOMLScale: the scale-to-zero keys are handed through typed, as
+// flyctl reads them (true is stop, false off); a value flyctl cannot
+// read is refused.
+func TestFlyTOMLScale(t *testing.T) {
+	doc := "[[services]]\n  internal_port = 25565\n  auto_stop_machines = false\n  auto_start_machines = true\n  min_machines_running = 0\n  max_machines_running = 1\n" +
+		"  [[services.ports]]\n    port = 25565\n[[services]]\n  internal_port = 8080\n  auto_stop_machines = 'suspend'\n  [[services.ports]]\n    port = 8080\n[[services]]\n  internal_port = 9\n  [[services.ports]]\n    port = 9\n"
+	ft, err := Parse("fly.toml", []byte(doc), [2]int{80, 443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkWarnings(t, ft.Warnings, nil)
+	if len(ft.Scales) != 3 || ft.Scales[2] != nil {
+		t.Fatalf("scales %v", ft.Scales)
+	}
+	a, b := ft.Scales[0], ft.Scales[1]
+	if a.AutoStopMachines != "off" || !*a.AutoStartMachines || *a.MinMachinesRunning != 0 || *a.MaxMachinesRunning != 1 {
+		t.Errorf("first service %+v", *a)
+	}
+	if b.AutoStopMachines != "suspend" || b.AutoStartMachines != nil || b.MinMachinesRunning != nil {
+		t.Errorf("second service %+v", *b)
+	}
+	if _, err := Parse("fly.toml", []byte("[http_service]\n  internal_port = 80\n  auto_stop_machines = 'later'\n"), [2]int{80, 443}); err == nil ||
+		!strings.HasPrefix(err.Error(), `fly.toml:3: http_service.auto_stop_machines: "later": want off, stop, suspend`) {
+		t.Errorf("auto_stop_machines = 'later': %v", err)
+	}
+}
+
+// TestFlyTOMLUDPOptions: what only a tcp service does (handlers, port
+// options, checks) is left out of a udp service with a warning, not
+// refused (flyctl takes it), and the app is one the edge takes.
+func TestFlyTOMLUDPOptions(t *testing.T) {
+	doc := "[[services]]\n  internal_port = 5060\n  protocol = 'udp'\n  [[services.ports]]\n    port = 5060\n    handlers = ['tls']\n" +
+		"  [[services.tcp_checks]]\n    interval = '15s'\n"
+	ft, err := Parse("fly.toml", []byte(doc), [2]int{80, 443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkWarnings(t, ft.Warnings, []string{
+		"fly.toml:4: services[0].ports: the ports of a udp service take no handlers and no options",
+		"fly.toml:7: services[0].tcp_checks: the edge checks no udp service;",
+	})
+	raw, _ := json.Marshal(ft.Definition)
+	if _, err := routing.ParseApp("sip", raw); err != nil {
+		t.Errorf("the app the file makes is refused: %v", err)
+	}
 }

@@ -44,9 +44,17 @@ var acceptedLists = [][]Handlers{
 	{HandlerHTTP},
 }
 
+// otherOrders are lists Fly accepts in another order than its accepted
+// list of the same set: flyctl writes [http tls] for the 443 port of
+// every [http_service] (HTTPService.ToService), and the set is
+// [tls http]'s: TLS is terminated first whatever the order.
+var otherOrders = [][]Handlers{{HandlerHTTP, HandlerTLS}}
+
 // ParseHandlers parses a handler list as fly.toml writes it; it refuses
 // an unknown handler, one listed twice, and a list Fly does not accept
 // (naming the first handler no accepted list allows at its place).
+// [http tls], as flyctl writes it, is [tls http]; the set's List gives
+// the list in the accepted order.
 func ParseHandlers(names []string) (Handlers, error) {
 	list := make([]Handlers, 0, len(names))
 	var set Handlers
@@ -62,7 +70,7 @@ func ParseHandlers(names []string) (Handlers, error) {
 		list = append(list, h)
 	}
 	longest := 0
-	for _, l := range acceptedLists {
+	for _, l := range append(acceptedLists[:len(acceptedLists):len(acceptedLists)], otherOrders...) {
 		n := 0
 		for n < len(l) && n < len(list) && l[n] == list[n] {
 			n++
@@ -76,7 +84,7 @@ func ParseHandlers(names []string) (Handlers, error) {
 	if longest > 0 {
 		where = fmt.Sprintf("after %q", names[longest-1])
 	}
-	return 0, fmt.Errorf("handler %q is not allowed %s (accepted lists: none, [http], [tls], [tls http], [pg_tls], [proxy_proto], [tls proxy_proto])", names[min(longest, len(names)-1)], where)
+	return 0, fmt.Errorf("handler %q is not allowed %s (accepted lists: none, [http], [tls], [tls http] or [http tls], [pg_tls], [proxy_proto], [tls proxy_proto])", names[min(longest, len(names)-1)], where)
 }
 
 func handlerByName(name string) Handlers {

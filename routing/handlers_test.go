@@ -45,3 +45,18 @@ func TestHandlerSets(t *testing.T) {
 		t.Errorf("[tls http] is tried at %d: the sets the HTTP server serves come last", i)
 	}
 }
+
+// TestHandlersFlyctlOrder: [http tls], the list flyctl writes for the 443
+// port of every [http_service] (HTTPService.ToService), is the set
+// [tls http]; no other order of an accepted list is taken.
+func TestHandlersFlyctlOrder(t *testing.T) {
+	hs, err := ParseHandlers([]string{"http", "tls"})
+	if err != nil || hs != HandlerTLS|HandlerHTTP || !slices.Equal(hs.List(), []string{"tls", "http"}) {
+		t.Errorf("[http tls]: %v (list %v), %v; want the set [tls http]", hs, hs.List(), err)
+	}
+	for _, l := range [][]string{{"proxy_proto", "tls"}, {"http", "tls", "proxy_proto"}, {"http", "pg_tls"}} {
+		if _, err := ParseHandlers(l); err == nil {
+			t.Errorf("%v is taken", l)
+		}
+	}
+}
