@@ -32,6 +32,9 @@ func (c *client) deployCommand() *cobra.Command {
 			for _, w := range ft.Warnings {
 				fmt.Fprintln(cc.ErrOrStderr(), "warning:", w)
 			}
+			for _, n := range ft.Notes() {
+				fmt.Fprintln(cc.ErrOrStderr(), "note:", n)
+			}
 			if c.app == "" {
 				c.app = ft.App
 			}

@@ -73,25 +73,60 @@ type udpKey struct {
 // udpQuota counts flows per app and per client address over all of an
 // edge's UDP ports.
 type udpQuota struct {
-	max     int // flows in all
-	mu      sync.Mutex
-	total   int
-	apps    map[string]int
-	clients map[netip.Addr]int
+	max       int          // flows in all
+	ports     []*udpPort   // whose flows sweep may end
+	lastSweep atomic.Int64 // when sweep last ran, in Unix nanoseconds
+	mu        sync.Mutex
+	total     int
+	apps      map[string]int
+	clients   map[netip.Addr]int
 }
 
 // take counts a new flow of app from client, unless either is at its
-// limit.
-func (q *udpQuota) take(app string, client netip.Addr) bool {
+// limit, or the edge; full then says which bound is full ("app",
+// "client" or "edge").
+func (q *udpQuota) take(app string, client netip.Addr) (full string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.total >= q.max || q.apps[app] >= maxUDPFlowsPerApp || q.clients[client] >= maxUDPFlowsPerClient {
-		return false
+	switch {
+	case q.total >= q.max:
+		return "edge"
+	case q.apps[app] >= maxUDPFlowsPerApp:
+		return "app"
+	case q.clients[client] >= maxUDPFlowsPerClient:
+		return "client"
 	}
 	q.total++
 	q.apps[app]++
 	q.clients[client]++
-	return true
+	return ""
+}
+
+// udpSweepIdle: when an app (or the edge) is at its bound of flows, the
+// flows idle this long or more give their places to new ones: the
+// datagrams of a flood, one from each of many source ports, would
+// otherwise hold the app's flows for udp_idle_timeout after it ends. A
+// client of an ended flow that sends again gets a new flow.
+const udpSweepIdle = time.Second
+
+// sweep ends the flows of app (of every app when app is "") idle
+// udpSweepIdle or more, at most once every udpSweepIdle/4; their places
+// are given back as their relays end.
+func (q *udpQuota) sweep(app string) {
+	now := time.Now().UnixNano()
+	last := q.lastSweep.Load()
+	if now-last < int64(udpSweepIdle/4) || !q.lastSweep.CompareAndSwap(last, now) {
+		return
+	}
+	for _, u := range q.ports {
+		u.mu.Lock()
+		for _, f := range u.flows {
+			if (app == "" || f.rt.App == app) && now-f.lastSeen.Load() >= int64(udpSweepIdle) {
+				f.close()
+			}
+		}
+		u.mu.Unlock()
+	}
 }
 
 // give forgets a flow take counted.
@@ -198,7 +233,13 @@ func (u *udpPort) flow(key udpKey) *udpFlow {
 		}
 		return nil
 	}
-	if !u.quota.take(rt.App, key.client.Addr()) {
+	if full := u.quota.take(rt.App, key.client.Addr()); full != "" {
+		switch full {
+		case "app":
+			u.quota.sweep(rt.App)
+		case "edge":
+			u.quota.sweep("")
+		}
 		if c := u.log.Check(zapcore.DebugLevel, "datagram dropped: too many flows"); c != nil {
 			c.Write(zap.String("app", rt.App), zap.String("client", key.client.String()), zap.Int("per_app", maxUDPFlowsPerApp), zap.Int("per_client", maxUDPFlowsPerClient), zap.Int("max_udp_flows", u.quota.max))
 		}
@@ -407,6 +448,9 @@ func ListenUDP(fly *routing.App, ports map[int]bool, idle time.Duration, maxFlow
 		}
 		u := &udpPort{port: port, conn: conn, fly: fly, idle: idle, log: log, flows: make(map[udpKey]*udpFlow), quota: quota}
 		s.ports = append(s.ports, u)
+	}
+	quota.ports = s.ports // before any port reads: sweep reads it
+	for _, u := range s.ports {
 		s.wg.Go(u.serve)
 	}
 	return s, nil

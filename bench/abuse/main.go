@@ -38,6 +38,7 @@ const (
 	nowhereAddr = "127.0.70.99" // an address no app holds
 	victimIP    = "127.0.70.1"  // the victim's machine
 	attackerIP  = "127.0.70.2"  // the attacker's machine
+	attackerSrc = "127.0.71.1"  // the attacker's TCP clients: one host (the victim's client is 127.0.0.1)
 	passPort    = "17000"       // edge port: the attacker's pass-through service
 	httpPort    = "17080"       // edge port: Fly's 80
 	httpsPort   = "17443"       // edge port: Fly's 443
@@ -222,6 +223,14 @@ type probe struct {
 }
 
 var victimClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
+// attackerDialer dials from the attacker's own client address, as a
+// hostile tenant's load comes from hosts of its own: the edge bounds what
+// one client address holds, and a victim that shared it would share the
+// bound.
+func attackerDialer() *net.Dialer {
+	return &net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(attackerSrc)}}
+}
 
 func startProbe(pid int) *probe {
 	p := &probe{pid: pid, stopc: make(chan struct{})}
@@ -722,7 +731,7 @@ func holdConns(ctx context.Context, addr string, n int) string {
 	for range 8 {
 		wg.Go(func() {
 			for ctx.Err() == nil && next.Add(1) <= int64(n) {
-				d := net.Dialer{Timeout: time.Second}
+				d := attackerDialer()
 				c, err := d.DialContext(ctx, "tcp", addr)
 				if err != nil {
 					if ctx.Err() == nil {
@@ -856,7 +865,7 @@ func attackSlowloris(ctx context.Context, _ *edge, _ *machines) string {
 	for range *slowConns {
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				d := net.Dialer{Timeout: time.Second}
+				d := attackerDialer()
 				c, err := d.DialContext(ctx, "tcp", addr)
 				if err != nil {
 					if ctx.Err() == nil {
@@ -959,7 +968,7 @@ func attackPosts(ctx context.Context, _ *edge, m *machines) string {
 	m.releaseMu.Unlock()
 	m.held.Store(0)
 	body := bytes.Repeat([]byte("x"), 1<<20)
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: attackerDialer().DialContext}}
 	var answered, failed atomic.Int64
 	var firstErr atomic.Value
 	rctx, rcancel := context.WithCancel(context.Background())
