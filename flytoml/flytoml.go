@@ -94,9 +94,10 @@ func (e *Error) Error() string {
 // or, as older files have them, milliseconds. Edge ports 80 and 443 become
 // webPorts[0] and webPorts[1] (the edge's http_port and https_port).
 //
-// A key flyedge does not implement (env, build, mounts, processes,
-// auto_stop_machines, restart_limit, ...) is left out with a warning that
-// names it; a value Fly.io would refuse is a *Error with the file,
+// [processes] and a service's processes say which machines serve the
+// service (processes.go). A key flyedge does not implement (env, build,
+// mounts, auto_stop_machines, restart_limit, ...) is left out with a
+// warning that names it; a value Fly.io would refuse is a *Error with the file,
 // the key and its line.
 //
 // Parse takes time linear in the file's size, and bounds what one file
@@ -146,9 +147,11 @@ func parse(file string, data []byte, webPorts [2]int, lim limits) (*File, error)
 	}
 	w := &tomlWalker{file: file, lines: lines, web: webPorts, lim: lim}
 	out := &File{Definition: new(routing.Application)}
+	w.processGroups(doc) // before the services, which take their default group from it
 	for _, key := range sortedKeys(doc) {
 		v := doc[key]
 		switch key {
+		case "processes": // read above
 		case "app":
 			out.App = w.str(key, v)
 		case "primary_region":
@@ -309,7 +312,8 @@ type tomlWalker struct {
 	lines    map[string]int
 	web      [2]int
 	lim      limits
-	checks   int // checks read so far
+	checks   int      // checks read so far
+	groups   []string // [processes]' group names, sorted (processes.go)
 	err      error
 	warnings []Warning
 }
@@ -351,9 +355,9 @@ func (w *tomlWalker) drop(key, reason string) {
 // The keys flyedge takes in each table of a fly.toml (the cases of the
 // walker's switches), for ignore's guesses.
 var (
-	topKeys         = []string{"app", "primary_region", "http_service", "services"}
-	httpServiceKeys = []string{"internal_port", "force_https", "concurrency", "tls_options", "http_options", "checks"}
-	serviceKeys     = []string{"internal_port", "protocol", "ports", "concurrency", "tcp_checks", "http_checks"}
+	topKeys         = []string{"app", "primary_region", "http_service", "services", "processes"}
+	httpServiceKeys = []string{"internal_port", "force_https", "concurrency", "tls_options", "http_options", "checks", "processes"}
+	serviceKeys     = []string{"internal_port", "protocol", "ports", "concurrency", "tcp_checks", "http_checks", "processes"}
 	portKeys        = []string{"port", "start_port", "end_port", "handlers", "force_https", "tls_options", "http_options", "proxy_proto_options"}
 	concurrencyKeys = []string{"type", "soft_limit", "hard_limit"}
 	tlsOptionKeys   = []string{"alpn", "versions", "default_self_signed"}
@@ -555,10 +559,13 @@ func (w *tomlWalker) httpService(path string, t map[string]any) *routing.Service
 			for i, c := range w.tables(key, v) {
 				s.Checks = append(s.Checks, w.check(fmt.Sprintf("%s[%d]", key, i), "http", c))
 			}
+		case "processes":
+			s.Processes = w.serviceProcesses(key, v)
 		default:
 			w.ignore(key, httpServiceKeys)
 		}
 	}
+	s.Processes = w.orDefaultGroup(s.Processes)
 	if s.InternalPort == 0 {
 		w.fail(path+".internal_port", "missing: the port the app listens on in its machines")
 	}
@@ -592,10 +599,13 @@ func (w *tomlWalker) service(path string, t map[string]any) *routing.Service {
 			for i, c := range w.tables(key, v) {
 				s.Checks = append(s.Checks, w.check(fmt.Sprintf("%s[%d]", key, i), typ, c))
 			}
+		case "processes":
+			s.Processes = w.serviceProcesses(key, v)
 		default:
 			w.ignore(key, serviceKeys)
 		}
 	}
+	s.Processes = w.orDefaultGroup(s.Processes)
 	if s.InternalPort == 0 {
 		w.fail(path+".internal_port", "missing: the port the app listens on in its machines")
 	}

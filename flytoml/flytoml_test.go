@@ -66,8 +66,11 @@ func TestFlyTOMLHTTPService(t *testing.T) {
 		s.Checks[0].Interval != caddy.Duration(30*time.Second) || s.Checks[0].GracePeriod != caddy.Duration(10*time.Second) {
 		t.Errorf("checks %+v", s.Checks)
 	}
+	if !slices.Equal(s.Processes, []string{"app"}) {
+		t.Errorf("processes %v, want [app]", s.Processes)
+	}
 	want := []string{"web.toml:9: build", "web.toml:14: http_service.auto_stop_machines", "web.toml:15: http_service.auto_start_machines",
-		"web.toml:16: http_service.min_machines_running", "web.toml:17: http_service.processes", "web.toml:46: vm"}
+		"web.toml:16: http_service.min_machines_running", "web.toml:46: vm"}
 	checkWarnings(t, ft.Warnings, want)
 }
 
@@ -128,9 +131,12 @@ func TestFlyTOMLServices(t *testing.T) {
 	if len(ps) != 2 || ps[0].Port != 8080 || !ps[0].ForceHTTPS || ps[1].Port != 8443 {
 		t.Errorf("quoted ports: %+v %+v", ps[0], ps[1])
 	}
-	checkWarnings(t, legacy.Warnings, []string{"ignored.toml:2: kill_signal", "ignored.toml:3: kill_timeout", "ignored.toml:4: processes",
+	if got := legacy.Definition.Services[0].Processes; !slices.Equal(got, []string{"app"}) { // processes = [] is no groups
+		t.Errorf("processes: %v, want [app]", got)
+	}
+	checkWarnings(t, legacy.Warnings, []string{"ignored.toml:2: kill_signal", "ignored.toml:3: kill_timeout",
 		"ignored.toml:6: env", "ignored.toml:9: experimental", "ignored.toml:13: mounts", "ignored.toml:17: statics",
-		"ignored.toml:24: services[0].processes", "ignored.toml:26: services[0].script_checks",
+		"ignored.toml:26: services[0].script_checks",
 		"ignored.toml:45: services[0].tcp_checks[0].restart_limit"})
 }
 

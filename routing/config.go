@@ -331,6 +331,10 @@ var (
 	hostnameRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 )
 
+// ValidProcessGroup tells whether name is a process group name: letters,
+// digits, '-' and '_', at most 63.
+func ValidProcessGroup(name string) bool { return processRE.MatchString(name) }
+
 // ValidHostname tells whether name is a lower-case host name of at most
 // 253 characters; with wildcard, "*." and a host name (a wildcard for
 // the first label, the only form the lookups know) is valid too.
