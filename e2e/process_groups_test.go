@@ -35,8 +35,13 @@ primary_region = 'iad'
 	if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := fly(t, adminAddr, "deploy", "-c", file); err != nil || strings.Contains(out, "warning") {
+	out, err := fly(t, adminAddr, "deploy", "-c", file)
+	if err != nil || strings.Contains(out, "warning") {
 		t.Fatalf("deploy: %v\n%s", err, out)
+	}
+	// the web service has no machine: deploy says which group needs one
+	if want := "App jobs has no machines in process groups [web] yet"; !strings.Contains(out, want) || !strings.Contains(out, "--process-group web") {
+		t.Errorf("deploy does not say %q with --process-group web:\n%s", want, out)
 	}
 	allocate(t, adminAddr, "jobs", "shared_v4")
 	for group, ms := range map[string][]testMachine{"web": web, "worker": worker} {
@@ -47,7 +52,7 @@ primary_region = 'iad'
 			}
 		}
 	}
-	out, err := fly(t, adminAddr, "machine", "list", "-a", "jobs")
+	out, err = fly(t, adminAddr, "machine", "list", "-a", "jobs")
 	if err != nil || !strings.Contains(out, "PROCESS GROUP") || strings.Count(out, "worker") != 2 || strings.Count(out, "web") != 2 {
 		t.Fatalf("machine list: %v\n%s", err, out)
 	}
