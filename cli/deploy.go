@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 
 	"github.com/spf13/cobra"
 
@@ -48,8 +49,8 @@ func (c *client) deployCommand() *cobra.Command {
 			// an app without machines answers PR01: say so, and how to add one
 			var ms []routing.Machine
 			var note string
-			if err := c.call(http.MethodGet, c.appPath("machines"), nil, &ms); err == nil && len(ms) == 0 {
-				note = c.noMachinesNote(ft.PrimaryRegion)
+			if err := c.call(http.MethodGet, c.appPath("machines"), nil, &ms); err == nil {
+				note = c.noMachinesNote(ft.PrimaryRegion, unservedGroups(ft.Definition.Services, ms))
 			}
 			if c.jsonOut && note != "" {
 				fmt.Fprintln(cc.ErrOrStderr(), note)
@@ -63,12 +64,48 @@ func (c *client) deployCommand() *cobra.Command {
 		}}
 }
 
-// noMachinesNote tells that the app has no machines, so that its
-// requests get PR01, and gives the command that registers one.
-func (c *client) noMachinesNote(region string) string {
+// noMachinesNote tells that the app has no machines in the process
+// groups its services are served by (groups, from unservedGroups), so
+// that their requests get PR01, and gives the command that registers
+// one; "" when every group has one.
+func (c *client) noMachinesNote(region string, groups []string) string {
+	if len(groups) == 0 {
+		return ""
+	}
 	cmd := "caddy fly machine add -a " + c.app + " --region " + cmp.Or(region, "<region>") + " --machine-address <host or IP>"
+	if groups[0] != routing.DefaultProcessGroup {
+		cmd += " --process-group " + groups[0]
+	}
 	if c.address != "" {
 		cmd += " --address " + c.address
 	}
-	return fmt.Sprintf("App %s has no machines yet: its requests get PR01 (no machine can take the request) until one is registered with\n  %s", c.app, cmd)
+	if len(groups) == 1 && groups[0] == routing.DefaultProcessGroup {
+		return fmt.Sprintf("App %s has no machines yet: its requests get PR01 (no machine can take the request) until one is registered with\n  %s", c.app, cmd)
+	}
+	return fmt.Sprintf("App %s has no machines in process groups %v yet: the requests of their services get PR01 (no machine can take the request) until one is registered with\n  %s", c.app, groups, cmd)
+}
+
+// unservedGroups returns the process groups of the services that none
+// of machines serves, in the order the services name them; an app
+// without services or machines is the app group's.
+func unservedGroups(services []*routing.Service, machines []routing.Machine) []string {
+	if len(services) == 0 && len(machines) == 0 {
+		return []string{routing.DefaultProcessGroup}
+	}
+	var out []string
+	for _, s := range services {
+		if slices.ContainsFunc(machines, func(m routing.Machine) bool { return s.Serves(m.Group()) }) {
+			continue
+		}
+		groups := s.Processes
+		if len(groups) == 0 {
+			groups = []string{routing.DefaultProcessGroup}
+		}
+		for _, g := range groups {
+			if !slices.Contains(out, g) {
+				out = append(out, g)
+			}
+		}
+	}
+	return out
 }

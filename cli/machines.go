@@ -23,13 +23,13 @@ func (c *client) machineCommand() *cobra.Command {
 					return err
 				}
 				return c.print(out, func(w io.Writer) {
-					fmt.Fprintln(w, "ID\tREGION\tADDRESS\tSTATE")
+					fmt.Fprintln(w, "ID\tREGION\tADDRESS\tSTATE\tPROCESS GROUP")
 					for _, m := range out {
 						state := m.State
 						if state == "" {
 							state = "started"
 						}
-						fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", m.ID, m.Region, m.Address, state)
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", m.ID, m.Region, m.Address, state, m.Group())
 					}
 				})
 			}},
@@ -63,7 +63,7 @@ func (c *client) machineAdd() *cobra.Command {
 				return err
 			}
 			return c.print(out, func(w io.Writer) {
-				fmt.Fprintf(w, "Machine %s added to %s (region %s, address %s)\n", out.ID, c.app, out.Region, out.Address)
+				fmt.Fprintf(w, "Machine %s added to %s (region %s, address %s, process group %s)\n", out.ID, c.app, out.Region, out.Address, out.Group())
 			})
 		}}
 	f := cmd.Flags()
@@ -71,5 +71,6 @@ func (c *client) machineAdd() *cobra.Command {
 	f.StringVarP(&m.Region, "region", "r", "", "Region code of the machine (required)")
 	f.StringVar(&m.Address, "machine-address", "", "Host or IP address the machine is reachable on (required)")
 	f.StringVar(&m.State, "state", "", "started or stopped (default started)")
+	f.StringVar(&m.ProcessGroup, "process-group", "", "Process group the machine runs: it serves the services that list it in processes (default app)")
 	return cmd
 }

@@ -282,7 +282,7 @@ primary_region = 'iad'
 	if err != nil || !strings.Contains(string(out), "Deployed shop from "+file) {
 		t.Fatalf("deploy: %v\n%s%s", err, out, stderr.String())
 	}
-	for _, want := range []string{"fly.toml:12: http_service.processes",
+	for _, want := range []string{
 		`fly.toml:13: http_service.force_http is not a key flyedge knows; ignored: did you mean "force_https"?`} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("deploy warnings lack %q:\n%s", want, stderr.String())

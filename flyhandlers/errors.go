@@ -116,6 +116,9 @@ func failure(r *http.Request, rt *routing.Route, err error) (Code, string, bool)
 		pref := routing.RequestPreference(r) // the client's, or a fly-replay's
 		switch outcome {
 		case routing.ForcedUnknown:
+			if len(rt.Service.Processes) > 0 { // a machine of another process group is none of the service's
+				return CodeForcedUnknown, fmt.Sprintf("%s: %q is not a machine of app %s in process groups %v", routing.HeaderForceInstance, pref.ForceInstance, rt.App, rt.Service.Processes), true
+			}
 			return CodeForcedUnknown, fmt.Sprintf("%s: %q is not a machine of app %s", routing.HeaderForceInstance, pref.ForceInstance, rt.App), true
 		case routing.ForcedUnavailable:
 			return CodeForcedUnavailable, fmt.Sprintf("%s: machine %s of app %s cannot take requests now", routing.HeaderForceInstance, pref.ForceInstance, rt.App), true

@@ -20,7 +20,7 @@ var corpusDir = filepath.Join("..", "..", "shared", "flytoml")
 // corpus is what flyedge makes of each real fly.toml: flyctl takes every
 // one, and so does flyedge. services are the services that serve
 // something; warnings, as checkWarnings wants them, are the keys the
-// edge should act on and does not (processes, statics), a key in a place
+// edge should act on and does not (statics), a key in a place
 // Fly has none, and a service that serves nothing. The keys of the
 // machines and the builder are one note, not warnings.
 var corpus = map[string]struct {
@@ -28,33 +28,29 @@ var corpus = map[string]struct {
 	warnings []string
 }{
 	"001-0abir-amardns.toml":     {2, nil},
-	"004-0jg-sgpe-rs.toml":       {1, []string{"004-0jg-sgpe-rs.toml:16: http_service.processes"}},
+	"004-0jg-sgpe-rs.toml":       {1, nil},
 	"005-agrinman-tunnelto.toml": {2, nil},
 	// udp, on the edge's udp_ports
-	"006-SentryPeer-SentryPeer.toml": {1, []string{"006-SentryPeer-SentryPeer.toml:33: services[0].processes"}},
+	"006-SentryPeer-SentryPeer.toml": {1, nil},
 	// services = []: a private database, no public services
-	"008-fly-apps-postgres-ha.toml": {0, nil},
-	"010-fly-apps-live_beats.toml":  {1, []string{"010-fly-apps-live_beats.toml:26: services[0].processes"}},
-	"012-00BUKU-Ration_Django_Web_App.toml": {1, []string{"012-00BUKU-Ration_Django_Web_App.toml:7: processes",
-		"012-00BUKU-Ration_Django_Web_App.toml:15: statics", "012-00BUKU-Ration_Django_Web_App.toml:26: services[0].processes"}},
+	"008-fly-apps-postgres-ha.toml":         {0, nil},
+	"010-fly-apps-live_beats.toml":          {1, nil},
+	"012-00BUKU-Ration_Django_Web_App.toml": {1, []string{"012-00BUKU-Ration_Django_Web_App.toml:15: statics"}},
 	// no app: named in the edge file
-	"019-fly-apps-grpc-service.toml": {1, nil},
-	"021-fly-apps-cockroachdb.toml":  {1, nil},
-	"024-fly-apps-hello_elixir.toml": {1, []string{"024-fly-apps-hello_elixir.toml:8: processes", "024-fly-apps-hello_elixir.toml:22: services[0].processes"}},
-	"031-supabase-supavisor.toml": {2, []string{"031-supabase-supavisor.toml:5: processes", "031-supabase-supavisor.toml:22: services[0].processes",
-		"031-supabase-supavisor.toml:55: services[1].ports[0].protocol"}},
+	"019-fly-apps-grpc-service.toml":   {1, nil},
+	"021-fly-apps-cockroachdb.toml":    {1, nil},
+	"024-fly-apps-hello_elixir.toml":   {1, nil},
+	"031-supabase-supavisor.toml":      {2, []string{"031-supabase-supavisor.toml:55: services[1].ports[0].protocol"}},
 	"040-calcom-docker-db_fly.toml":    {2, nil},
 	"042-ckreiling-fly-minecraft.toml": {1, nil},
 	// a udp service with internal_port = 0 serves nothing
 	"044-Nyefan-infra-matrix_coturn_fly.toml": {1, []string{"044-Nyefan-infra-matrix_coturn_fly.toml:48: services[1]: no internal_port: the service serves nothing;"}},
 	"047-tmm1-flyapp-mastodon.toml":           {1, []string{"047-tmm1-flyapp-mastodon.toml:37: statics"}},
 	// [services.concurrency] beside [http_service]: a service of no port
-	"050-Xe-x-cmd_hdrwtch_fly.toml": {1, []string{"050-Xe-x-cmd_hdrwtch_fly.toml:24: services: no internal_port and no ports: the service serves nothing;",
-		"050-Xe-x-cmd_hdrwtch_fly.toml:32: http_service.processes"}},
-	"052-fly-apps-rails-machine-workers.toml": {1, []string{"052-fly-apps-rails-machine-workers.toml:7: processes",
-		"052-fly-apps-rails-machine-workers.toml:29: services[0].processes", "052-fly-apps-rails-machine-workers.toml:52: statics"}},
-	"053-superfly-tokenizer.toml":                                {1, []string{"053-superfly-tokenizer.toml:8: processes", "053-superfly-tokenizer.toml:18: services[0].processes"}},
-	"057-nerves-hub-nerves_hub_web.toml":                         {1, []string{"057-nerves-hub-nerves_hub_web.toml:32: http_service.processes"}},
+	"050-Xe-x-cmd_hdrwtch_fly.toml":                              {1, []string{"050-Xe-x-cmd_hdrwtch_fly.toml:24: services: no internal_port and no ports: the service serves nothing;"}},
+	"052-fly-apps-rails-machine-workers.toml":                    {1, []string{"052-fly-apps-rails-machine-workers.toml:52: statics"}},
+	"053-superfly-tokenizer.toml":                                {1, nil},
+	"057-nerves-hub-nerves_hub_web.toml":                         {1, nil},
 	"062-mittel-labs-bibleit-server_fly.toml":                    {2, nil},
 	"065-tkneeland-pickfight-relay_fly.toml":                     {1, nil},
 	"066-tkneeland-pickfight-relay_fly-proxy_proto-variant.toml": {1, nil},

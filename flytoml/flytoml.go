@@ -141,8 +141,10 @@ func (e *Error) Error() string {
 // services give (the first keeps it), an app with no services. The
 // scale-to-zero keys are read into Scales; the keys only the machines or
 // the builder read (env, build, mounts, [[vm]], kill_signal, ...) into
-// MachineKeys, for one note (Notes). A key the edge should act on and
-// does not (processes, statics, a check's headers, ...), or one Fly.io
+// MachineKeys, for one note (Notes). [processes] and a service's
+// processes say which machines serve the service (processes.go). A key
+// the edge should act on and does not (statics, a check's headers, ...),
+// or one Fly.io
 // does not have, is left out with a warning that names it; a value
 // Fly.io would refuse is a *Error with the file, the key and its line.
 //
@@ -193,6 +195,7 @@ func parse(file string, data []byte, webPorts [2]int, lim limits) (*File, error)
 	}
 	w := &tomlWalker{file: file, lines: lines, web: webPorts, lim: lim}
 	out := &File{Definition: new(routing.Application), file: file}
+	w.processGroups(doc) // before the services, which take their default group from it
 	// [http_service] first, then [[services]]: flyctl's order
 	// (Config.AllServices), which decides who keeps a port two services
 	// give (see takePorts)
@@ -203,6 +206,7 @@ func parse(file string, data []byte, webPorts [2]int, lim limits) (*File, error)
 	for _, key := range sortedKeys(doc) {
 		v := doc[key]
 		switch key {
+		case "processes": // read above
 		case "app":
 			out.App = w.str(key, v)
 		case "primary_region":
@@ -436,7 +440,8 @@ type tomlWalker struct {
 	lines    map[string]int
 	web      [2]int
 	lim      limits
-	checks   int // checks read so far
+	checks   int      // checks read so far
+	groups   []string // [processes]' group names, sorted (processes.go)
 	err      error
 	warnings []Warning
 	// keys only the machines or the builder read (machine)
@@ -527,8 +532,8 @@ var machineKeys = map[string]bool{
 // walker's switches), for ignore's guesses.
 var (
 	topKeys         = append([]string{"app", "primary_region", "http_service", "services", "processes", "statics"}, slices.Sorted(maps.Keys(machineKeys))...)
-	httpServiceKeys = append([]string{"internal_port", "force_https", "concurrency", "tls_options", "http_options", "checks"}, scaleKeys...)
-	serviceKeys     = append([]string{"internal_port", "protocol", "ports", "concurrency", "tcp_checks", "http_checks"}, scaleKeys...)
+	httpServiceKeys = append([]string{"internal_port", "force_https", "concurrency", "tls_options", "http_options", "checks", "processes"}, scaleKeys...)
+	serviceKeys     = append([]string{"internal_port", "protocol", "ports", "concurrency", "tcp_checks", "http_checks", "processes"}, scaleKeys...)
 	scaleKeys       = []string{"auto_stop_machines", "auto_start_machines", "min_machines_running", "max_machines_running"}
 	portKeys        = []string{"port", "start_port", "end_port", "handlers", "force_https", "tls_options", "http_options", "proxy_proto_options"}
 	concurrencyKeys = []string{"type", "soft_limit", "hard_limit"}
@@ -789,10 +794,13 @@ func (w *tomlWalker) httpService(path string, t map[string]any) walked {
 			w.scale(key, k, v, sc)
 		case "machine_checks":
 			w.machine(key)
+		case "processes":
+			s.Processes = w.serviceProcesses(key, v)
 		default:
 			w.ignore(key, httpServiceKeys)
 		}
 	}
+	s.Processes = w.orDefaultGroup(s.Processes)
 	return walked{path: path, svc: s, scale: sc, table: t}
 }
 
@@ -835,10 +843,13 @@ func (w *tomlWalker) service(path string, t map[string]any) walked {
 			w.scale(key, k, v, sc)
 		case "machine_checks", "script_checks": // the machines' (script_checks: Nomad's, of apps v1)
 			w.machine(key)
+		case "processes":
+			s.Processes = w.serviceProcesses(key, v)
 		default:
 			w.ignore(key, serviceKeys)
 		}
 	}
+	s.Processes = w.orDefaultGroup(s.Processes)
 	if s.Protocol == "udp" {
 		w.udpOnly(path, t, s)
 	}

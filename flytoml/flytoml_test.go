@@ -66,9 +66,12 @@ func TestFlyTOMLHTTPService(t *testing.T) {
 		s.Checks[0].Interval != caddy.Duration(30*time.Second) || s.Checks[0].GracePeriod != caddy.Duration(10*time.Second) {
 		t.Errorf("checks %+v", s.Checks)
 	}
+	if !slices.Equal(s.Processes, []string{"app"}) {
+		t.Errorf("processes %v, want [app]", s.Processes)
+	}
 	// the keys of the machines and the builder are one note, not
 	// warnings; the scale-to-zero keys are handed through, typed
-	checkWarnings(t, ft.Warnings, []string{"web.toml:17: http_service.processes"})
+	checkWarnings(t, ft.Warnings, nil)
 	if !slices.Equal(ft.MachineKeys, []string{"build", "vm"}) {
 		t.Errorf("machine keys %v", ft.MachineKeys)
 	}
@@ -147,7 +150,10 @@ func TestFlyTOMLServices(t *testing.T) {
 	if len(ps) != 2 || ps[0].Port != 8080 || !ps[0].ForceHTTPS || ps[1].Port != 8443 {
 		t.Errorf("quoted ports: %+v %+v", ps[0], ps[1])
 	}
-	checkWarnings(t, legacy.Warnings, []string{"ignored.toml:4: processes", "ignored.toml:17: statics", "ignored.toml:24: services[0].processes"})
+	if got := legacy.Definition.Services[0].Processes; !slices.Equal(got, []string{"app"}) { // processes = [] is no groups
+		t.Errorf("processes: %v, want [app]", got)
+	}
+	checkWarnings(t, legacy.Warnings, []string{"ignored.toml:17: statics"})
 	if want := []string{"env", "experimental", "kill_signal", "kill_timeout", "mounts", "services.script_checks", "services.tcp_checks.restart_limit"}; !slices.Equal(legacy.MachineKeys, want) {
 		t.Errorf("machine keys %v, want %v", legacy.MachineKeys, want)
 	}
@@ -442,7 +448,7 @@ func TestFlyTOMLAsFlyctlTakes(t *testing.T) {
 		warnings  []string
 	}{
 		{"no public services (a worker)", "app = 'worker'\n[env]\n  QUEUE = 'jobs'\n[processes]\n  worker = 'bin/work'\n", nil,
-			[]string{"fly.toml:4: processes"}},
+			nil},
 		{"[http_service] and [[services]] on 80 and 443: the [http_service] keeps them",
 			"app = 'web'\n[http_service]\n  internal_port = 8080\n[[services]]\n  internal_port = 8080\n  [[services.ports]]\n    port = 80\n    handlers = ['http']\n" +
 				"  [[services.ports]]\n    port = 443\n    handlers = ['tls', 'http']\n  [[services.ports]]\n    port = 8443\n    handlers = ['tls']\n",

@@ -12,9 +12,18 @@ import (
 
 // Machines returns the machines of app: the config's and those
 // registered at run time.
+// Each has its process group: a machine without one (the config's, or
+// one stored before process groups) is listed in the default group, app.
 func (a *App) Machines(app string) ([]*routing.Machine, error) {
 	ms, err := a.fly.Machines(app)
 	if !errors.Is(err, routing.ErrUnknownApp) {
+		for i, m := range ms {
+			if m.ProcessGroup == "" {
+				c := *m // the config's: not changed
+				c.ProcessGroup = routing.DefaultProcessGroup
+				ms[i] = &c
+			}
+		}
 		return ms, err
 	}
 	if err := a.checkHeld(app); err != nil { // an app that left the config
@@ -32,7 +41,11 @@ func (a *App) Machines(app string) ([]*routing.Machine, error) {
 
 // PutMachine registers machine m of app, or updates it; with onlyNew, a
 // machine the app already has is refused (ErrConflict) and left as it is.
+// A machine without a process group is stored in the default one, app.
 func (a *App) PutMachine(ctx context.Context, app string, m *routing.Machine, onlyNew bool) (created bool, err error) {
+	if m.ProcessGroup == "" {
+		m.ProcessGroup = routing.DefaultProcessGroup
+	}
 	err = a.store.do(ctx, func(t *txn) error {
 		if err := a.known(t.st, app); err != nil {
 			return err
@@ -52,7 +65,7 @@ func (a *App) PutMachine(ctx context.Context, app string, m *routing.Machine, on
 		if created {
 			msg = "machine registered"
 		}
-		a.logger.Info(msg, zap.String("app", app), zap.String("machine", m.ID), zap.String("region", m.Region), zap.String("address", m.Address))
+		a.logger.Info(msg, zap.String("app", app), zap.String("machine", m.ID), zap.String("region", m.Region), zap.String("address", m.Address), zap.String("process_group", m.ProcessGroup))
 	}
 	return created, err
 }

@@ -200,6 +200,9 @@ func (s *state) index(key string, raw json.RawMessage, add bool, changed map[str
 			}
 			return nil
 		}
+		if v.ProcessGroup == "" { // stored before process groups
+			v.ProcessGroup = routing.DefaultProcessGroup
+		}
 		s.app(app).machines[v.ID] = &v
 		s.owners[v.ID] = app
 	case "egress":

@@ -203,6 +203,9 @@ func (m *machine) available() bool {
 func (a *App) newServiceEntry(app string, s *Service, machines []*Machine, refs *healthRefs) *serviceEntry {
 	se := &serviceEntry{app: app, config: s, metrics: newRouteMetrics(a.metrics, app, s), queueTimeout: time.Duration(a.QueueTimeout), failover: a.failover}
 	for _, m := range machines {
+		if !s.Serves(m.ProcessGroup) {
+			continue // a machine of another process group never gets the service's traffic
+		}
 		mm := &machine{
 			id:      m.ID,
 			region:  m.Region,

@@ -24,8 +24,11 @@ import (
 //		app <name> {
 //			hostnames <hostname...>
 //			org <name>
-//			machine <id> <region> <address> [started|stopped]
+//			machine <id> <region> <address> [started|stopped] [{
+//				process_group <name>
+//			}]
 //			service <internal_port> [tcp|udp] {
+//				processes <group...>
 //				port <port> [<handler...>] [{
 //					force_https
 //					alpn <protocol...>
@@ -168,6 +171,19 @@ func (app *Application) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) == 4 {
 				m.State = args[3]
 			}
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				switch d.Val() {
+				case "process_group":
+					if m.ProcessGroup != "" {
+						return d.Err("process_group already specified")
+					}
+					if !d.AllArgs(&m.ProcessGroup) {
+						return d.ArgErr()
+					}
+				default:
+					return d.Errf("unrecognized machine option '%s'", d.Val())
+				}
+			}
 			app.Machines = append(app.Machines, m)
 		case "org":
 			if app.Org != "" {
@@ -210,6 +226,12 @@ func (app *Application) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 func (s *Service) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch d.Val() {
+		case "processes":
+			groups := d.RemainingArgs()
+			if len(groups) == 0 {
+				return d.ArgErr()
+			}
+			s.Processes = append(s.Processes, groups...)
 		case "port":
 			args := d.RemainingArgs()
 			if len(args) == 0 {

@@ -62,6 +62,28 @@ type Service struct {
 	// A machine that fails one receives no new traffic for the service
 	// until it passes again.
 	Checks []*Check `json:"checks,omitempty"`
+
+	// The process groups whose machines serve the service, as fly.toml's
+	// processes list: only a machine whose process_group is listed gets
+	// its traffic. None means the default group, "app" (flyctl gives a
+	// service without processes to the app's default group only).
+	Processes []string `json:"processes,omitempty"`
+}
+
+// DefaultProcessGroup is the process group of a machine without one, and
+// the group a service without processes is served by, as on Fly.io.
+const DefaultProcessGroup = "app"
+
+// Serves tells whether the service's traffic may go to a machine of the
+// process group group ("" is DefaultProcessGroup).
+func (s *Service) Serves(group string) bool {
+	if group == "" {
+		group = DefaultProcessGroup
+	}
+	if len(s.Processes) == 0 {
+		return group == DefaultProcessGroup
+	}
+	return slices.Contains(s.Processes, group)
 }
 
 // Port is one edge port of a service.
@@ -282,6 +304,21 @@ type Machine struct {
 	// "started" machines receive traffic; "stopped" ones do not.
 	// Default: started
 	State string `json:"state,omitempty"`
+
+	// The process group the machine runs, as Fly.io's
+	// fly_process_group: it serves the services that list the group in
+	// their processes. Letters, digits, '-' and '_', at most 63.
+	// Default: app
+	ProcessGroup string `json:"process_group,omitempty"`
+}
+
+// Group returns the machine's process group, DefaultProcessGroup when
+// it has none (a machine stored before process groups has none).
+func (m *Machine) Group() string {
+	if m.ProcessGroup == "" {
+		return DefaultProcessGroup
+	}
+	return m.ProcessGroup
 }
 
 var (
@@ -290,8 +327,13 @@ var (
 	machineIDRE  = regexp.MustCompile(`^[0-9a-f]{14}$`)
 	viaRE        = regexp.MustCompile(`^[A-Za-z0-9._~-]{1,64}$`)
 	headerNameRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+	processRE    = regexp.MustCompile(`^[A-Za-z0-9_-]{1,63}$`)
 	hostnameRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 )
+
+// ValidProcessGroup tells whether name is a process group name: letters,
+// digits, '-' and '_', at most 63.
+func ValidProcessGroup(name string) bool { return processRE.MatchString(name) }
 
 // ValidHostname tells whether name is a lower-case host name of at most
 // 253 characters; with wildcard, "*." and a host name (a wildcard for
@@ -443,6 +485,11 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 			return fmt.Errorf("%s.concurrency.soft_limit: %d is above hard_limit %d", field, c.SoftLimit, c.HardLimit)
 		}
 	}
+	for i, g := range s.Processes {
+		if !processRE.MatchString(g) {
+			return fmt.Errorf("%s.processes[%d]: %q is not a process group name (at most 63 letters, digits, '-' or '_')", field, i, g)
+		}
+	}
 	if udp && len(s.Checks) > 0 {
 		return fmt.Errorf("%s.checks: a udp service takes no checks", field)
 	}
@@ -487,6 +534,9 @@ func (m *Machine) validate(field string, catalog map[string]Region) error {
 	case "", "started", "stopped":
 	default:
 		return fmt.Errorf("%s.state: %q (machine %s) must be started or stopped", field, m.State, m.ID)
+	}
+	if m.ProcessGroup != "" && !processRE.MatchString(m.ProcessGroup) {
+		return fmt.Errorf("%s.process_group: %q (machine %s) is not a process group name (at most 63 letters, digits, '-' or '_')", field, m.ProcessGroup, m.ID)
 	}
 	return nil
 }
