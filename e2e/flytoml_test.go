@@ -151,14 +151,13 @@ admin = "`+admin+`"
 	if err != nil {
 		t.Fatalf("adapt: %v\n%s", err, out)
 	}
-	for _, want := range []string{`"msg":"http_service.processes is not implemented by flyedge; ignored","file":"` + filepath.Join(apps, "web.toml") + `","line":14`,
-		`"msg":"` + filepath.Join(apps, "web.toml") + `: build, vm: read by the machines or the builder, not the edge; left to them"`,
+	for _, want := range []string{`"msg":"` + filepath.Join(apps, "web.toml") + `: build, vm: read by the machines or the builder, not the edge; left to them"`,
 		`"msg":"` + filepath.Join(apps, "legacy.toml") + `: env, experimental, kill_signal, kill_timeout, services.script_checks, services.tcp_checks.restart_limit: read by the machines`} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("adapt output lacks %s\n%s", want, out)
 		}
 	}
-	for _, notWarned := range []string{`build is not implemented`, `kill_signal is not implemented`, `restart_limit is not implemented`, `auto_stop_machines is not implemented`} {
+	for _, notWarned := range []string{`processes is not implemented`, `build is not implemented`, `kill_signal is not implemented`, `restart_limit is not implemented`, `auto_stop_machines is not implemented`} {
 		if strings.Contains(string(out), notWarned) {
 			t.Errorf("adapt output warns %q", notWarned)
 		}
