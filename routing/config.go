@@ -256,6 +256,84 @@ type Check struct {
 	// Path of an http check.
 	// Default: /
 	Path string `json:"path,omitempty"`
+
+	// Headers an http check sends, by name: a Host header sets the
+	// request's host (the URL is the machine's address). At most
+	// MaxCheckHeaders, of MaxCheckHeaderBytes together.
+	Headers map[string]string `json:"headers,omitempty"`
+
+	// "http" or "https": an https check speaks TLS to the machine and
+	// verifies its certificate (for tls_server_name, else for the
+	// machine's address) unless tls_skip_verify.
+	// Default: http
+	Protocol string `json:"protocol,omitempty"`
+
+	// An https check accepts any certificate.
+	TLSSkipVerify bool `json:"tls_skip_verify,omitempty"`
+
+	// The name an https check sends in SNI and verifies the certificate
+	// for.
+	TLSServerName string `json:"tls_server_name,omitempty"`
+}
+
+// The bounds of one http check's headers.
+const (
+	// MaxCheckHeaders is how many headers one check may send.
+	MaxCheckHeaders = 16
+
+	// MaxCheckHeaderBytes is how many bytes the names and values of one
+	// check's headers may have together.
+	MaxCheckHeaderBytes = 4 << 10
+)
+
+// validateHTTP checks an http check's headers, protocol and TLS options;
+// cf names the check.
+func (c *Check) validateHTTP(cf string) error {
+	if c.Type != "http" {
+		switch {
+		case len(c.Headers) > 0:
+			return fmt.Errorf("%s.headers: only http checks send headers", cf)
+		case c.Protocol != "":
+			return fmt.Errorf("%s.protocol: %q: only http checks take a protocol", cf, c.Protocol)
+		case c.TLSSkipVerify:
+			return fmt.Errorf("%s.tls_skip_verify: only https checks take TLS options", cf)
+		case c.TLSServerName != "":
+			return fmt.Errorf("%s.tls_server_name: only https checks take TLS options", cf)
+		}
+		return nil
+	}
+	if len(c.Headers) > MaxCheckHeaders {
+		return fmt.Errorf("%s.headers: %d headers; at most %d", cf, len(c.Headers), MaxCheckHeaders)
+	}
+	size := 0
+	for _, name := range slices.Sorted(maps.Keys(c.Headers)) {
+		val := c.Headers[name]
+		if !headerNameRE.MatchString(name) {
+			return fmt.Errorf("%s.headers: %q is not a header name", cf, name)
+		}
+		if strings.ContainsAny(val, "\r\n\x00") {
+			return fmt.Errorf("%s.headers.%s: a value with a line break or NUL", cf, name)
+		}
+		if size += len(name) + len(val); size > MaxCheckHeaderBytes {
+			return fmt.Errorf("%s.headers: more than %d bytes of names and values", cf, MaxCheckHeaderBytes)
+		}
+	}
+	switch c.Protocol {
+	case "", "http":
+		if c.TLSSkipVerify {
+			return fmt.Errorf("%s.tls_skip_verify: only https checks take TLS options (protocol %q)", cf, c.Protocol)
+		}
+		if c.TLSServerName != "" {
+			return fmt.Errorf("%s.tls_server_name: only https checks take TLS options (protocol %q)", cf, c.Protocol)
+		}
+	case "https":
+		if n := c.TLSServerName; n != "" && !ValidHostname(n, false) {
+			return fmt.Errorf("%s.tls_server_name: %q is not a lower-case host name", cf, n)
+		}
+	default:
+		return fmt.Errorf("%s.protocol: %q (want http or https)", cf, c.Protocol)
+	}
+	return nil
 }
 
 // The bounds of the active health checks one app may ask for, so that
@@ -509,6 +587,9 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 		}
 		if c.Path != "" && (c.Type != "http" || !strings.HasPrefix(c.Path, "/")) {
 			return fmt.Errorf("%s.path: %q: only http checks take a path, and it must start with /", cf, c.Path)
+		}
+		if err := c.validateHTTP(cf); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -2,9 +2,13 @@ package routing
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -126,12 +130,26 @@ func (r *healthRefs) state(id, dial string) *machineHealth {
 // check returns the shared result of check c on a machine's service,
 // passing until the check says otherwise.
 func (r *healthRefs) check(id, dial string, c *Check) *checkResult {
-	key := id + "|" + dial + "|" + c.Type + " " + c.Path
+	key := id + "|" + dial + "|" + c.key()
 	return r.load(key, func() caddy.Destructor {
 		res := new(checkResult)
 		res.ok.Store(true)
 		return res
 	}).(*checkResult)
+}
+
+// key tells checks apart: two checks of a service that probe the same
+// way share their result.
+func (c *Check) key() string {
+	var b strings.Builder
+	b.WriteString(c.Type + " " + c.Path) // the key of a check before headers and https
+	if c.Protocol == "https" {
+		fmt.Fprintf(&b, " https skip=%t sni=%s", c.TLSSkipVerify, c.TLSServerName)
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Headers)) {
+		fmt.Fprintf(&b, " %q:%q", name, c.Headers[name])
+	}
+	return b.String()
 }
 
 func (r *healthRefs) load(key string, newState func() caddy.Destructor) caddy.Destructor {
@@ -241,11 +259,7 @@ func (hc *healthChecker) run(ctx context.Context, pace *pacer, app string, m *ma
 	timeout = max(timeout, MinCheckTimeout)
 	var client *http.Client
 	if c.Type == "http" {
-		client = &http.Client{
-			Timeout:       timeout,
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-			Transport:     &http.Transport{DisableKeepAlives: true},
-		}
+		client = probeClient(c, timeout)
 	}
 	grace := time.Duration(c.GracePeriod)
 	if grace <= 0 {
@@ -280,6 +294,26 @@ func (hc *healthChecker) run(ctx context.Context, pace *pacer, app string, m *ma
 	}
 }
 
+// probeClient is the client of an http check: one connection a probe,
+// no redirects followed, bounded by timeout; an https check verifies the
+// machine's certificate for tls_server_name (else for its address)
+// unless tls_skip_verify.
+func probeClient(c *Check, timeout time.Duration) *http.Client {
+	tr := &http.Transport{DisableKeepAlives: true, TLSHandshakeTimeout: timeout}
+	if c.Protocol == "https" {
+		tr.TLSClientConfig = &tls.Config{
+			ServerName:         c.TLSServerName,
+			InsecureSkipVerify: c.TLSSkipVerify, //nolint:gosec // the check's own choice, as Fly's tls_skip_verify
+			MinVersion:         tls.VersionTLS12,
+		}
+	}
+	return &http.Client{
+		Timeout:       timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		Transport:     tr,
+	}
+}
+
 // check runs one check against dial.
 func check(ctx context.Context, client *http.Client, dial string, c *Check, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -295,9 +329,20 @@ func check(ctx context.Context, client *http.Client, dial string, c *Check, time
 	if path == "" {
 		path = "/"
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+dial+path, nil)
+	scheme := "http://"
+	if c.Protocol == "https" {
+		scheme = "https://"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+dial+path, nil)
 	if err != nil {
 		return err
+	}
+	for name, val := range c.Headers {
+		if strings.EqualFold(name, "Host") {
+			req.Host = val
+			continue
+		}
+		req.Header.Set(name, val)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
