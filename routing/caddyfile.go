@@ -47,6 +47,10 @@ import (
 //					interval <duration>
 //					timeout <duration>
 //					grace_period <duration>
+//					header <name> <value>
+//					protocol <http|https>
+//					tls_skip_verify
+//					tls_server_name <name>
 //				}]
 //			}
 //		}
@@ -302,6 +306,37 @@ func (s *Service) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				opt := d.Val()
 				var dst *caddy.Duration
 				switch opt {
+				case "header":
+					var name, val string
+					if !d.AllArgs(&name, &val) {
+						return d.ArgErr()
+					}
+					if _, dup := c.Headers[name]; dup {
+						return d.Errf("header %s already specified", name)
+					}
+					if c.Headers == nil {
+						c.Headers = make(map[string]string)
+					}
+					c.Headers[name] = val
+					continue
+				case "protocol", "tls_server_name":
+					dst := &c.Protocol
+					if opt == "tls_server_name" {
+						dst = &c.TLSServerName
+					}
+					if *dst != "" {
+						return d.Errf("%s already specified", opt)
+					}
+					if !d.AllArgs(dst) {
+						return d.ArgErr()
+					}
+					continue
+				case "tls_skip_verify":
+					if d.NextArg() {
+						return d.ArgErr()
+					}
+					c.TLSSkipVerify = true
+					continue
 				case "interval":
 					dst = &c.Interval
 				case "timeout":
