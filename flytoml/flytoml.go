@@ -541,7 +541,7 @@ var (
 	httpOptionKeys  = []string{"h2_backend", "response"}
 	responseKeys    = []string{"headers", "pristine"}
 	proxyProtoKeys  = []string{"version"}
-	checkKeys       = []string{"interval", "timeout", "grace_period", "path", "method", "protocol"}
+	checkKeys       = []string{"interval", "timeout", "grace_period", "path", "method", "protocol", "headers", "tls_skip_verify", "tls_server_name"}
 )
 
 // nearest returns the key of known that name is a near miss of: at an
@@ -1078,6 +1078,17 @@ func (w *tomlWalker) check(path, typ string, t map[string]any) *routing.Check {
 		return c
 	}
 	defer func() {
+		if c.Protocol != "https" { // flyctl writes tls_skip_verify = false on http checks
+			for k, set := range [2]bool{c.TLSSkipVerify, c.TLSServerName != ""} {
+				if set {
+					w.drop(path+"."+[2]string{"tls_skip_verify", "tls_server_name"}[k], "a check over plain http uses no TLS (protocol = \"https\" does)")
+				}
+			}
+			c.TLSSkipVerify, c.TLSServerName = false, ""
+		}
+		if key, err := c.Request(); err != nil && w.err == nil {
+			w.fail(path+"."+key, "%v", err)
+		}
 		if key, err := c.Floors(); err != nil && w.err == nil {
 			hint := ""
 			if _, ms := t[key].(int64); ms {
@@ -1109,8 +1120,32 @@ func (w *tomlWalker) check(path, typ string, t map[string]any) *routing.Check {
 				w.ignore(key, checkKeys) // the edge checks with GET
 			}
 		case "protocol":
-			if p, ok := v.(string); !ok || p != "http" {
-				w.ignore(key, checkKeys) // the edge checks over plain HTTP
+			switch p, _ := v.(string); {
+			case typ != "http":
+				w.ignore(key, checkKeys)
+			case strings.EqualFold(p, "https"):
+				c.Protocol = "https"
+			case !strings.EqualFold(p, "http"):
+				w.ignore(key, checkKeys) // the edge checks over http or https
+			}
+		case "headers", "tls_skip_verify", "tls_server_name":
+			if typ != "http" {
+				w.ignore(key, checkKeys)
+				continue
+			}
+			switch k {
+			case "headers":
+				h := w.table(key, v)
+				for _, name := range sortedKeys(h) {
+					if c.Headers == nil {
+						c.Headers = make(map[string]string)
+					}
+					c.Headers[name] = w.str(key+"."+name, h[name])
+				}
+			case "tls_skip_verify":
+				c.TLSSkipVerify = w.boolean(key, v)
+			default:
+				c.TLSServerName = w.str(key, v)
 			}
 		case "restart_limit": // Nomad's (apps v1): restarting a VM is the machines'
 			w.machine(key)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -143,7 +144,7 @@ func TestFlyTOMLServices(t *testing.T) {
 	if len(c) != 1 || c[0].Interval != caddy.Duration(10*time.Second) || c[0].Timeout != caddy.Duration(2*time.Second) {
 		t.Errorf("milliseconds: %+v", c)
 	}
-	checkWarnings(t, game.Warnings, []string{"range.toml:19: services[0].http_checks[0].tls_skip_verify", "range.toml:20: services[0].http_checks[0].headers"})
+	checkWarnings(t, game.Warnings, nil) // tls_skip_verify = false and empty headers, as flyctl writes them
 
 	legacy := readTOML(t, "ignored.toml")
 	ps = legacy.Definition.Services[0].Ports
@@ -563,5 +564,61 @@ func TestFlyTOMLUDPOptions(t *testing.T) {
 	raw, _ := json.Marshal(ft.Definition)
 	if _, err := routing.ParseApp("sip", raw); err != nil {
 		t.Errorf("the app the file makes is refused: %v", err)
+	}
+}
+
+// TestFlyTOMLCheckRequest: an http check's headers, protocol = "https",
+// tls_skip_verify and tls_server_name are the edge's; TLS options on a
+// check over plain http are left out with a warning (false and empty, as
+// flyctl writes them, silently); a header with a line break is an error;
+// restart_limit stays the machines'.
+func TestFlyTOMLCheckRequest(t *testing.T) {
+	doc := `app = "a"
+[[services]]
+  internal_port = 8443
+  [[services.ports]]
+    port = 443
+  [[services.http_checks]]
+    path = "/healthz"
+    protocol = "https"
+    tls_skip_verify = true
+    tls_server_name = "a.example.com"
+    restart_limit = 0
+    headers = { Host = "a.example.com", Authorization = "Bearer s3cret" }
+  [[services.http_checks]]
+    path = "/plain"
+    protocol = "http"
+    tls_skip_verify = true
+    tls_server_name = ""
+    [services.http_checks.headers]
+`
+	ft, err := Parse("fly.toml", []byte(doc), [2]int{80, 443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := ft.Definition.Services[0].Checks
+	want := &routing.Check{Type: "http", Path: "/healthz", Protocol: "https", TLSSkipVerify: true, TLSServerName: "a.example.com",
+		Headers: map[string]string{"Host": "a.example.com", "Authorization": "Bearer s3cret"}}
+	if len(cs) != 2 || !reflect.DeepEqual(cs[0], want) {
+		t.Fatalf("checks %+v, want first %+v", cs, want)
+	}
+	if c := cs[1]; c.Protocol != "" || c.TLSSkipVerify || c.TLSServerName != "" || len(c.Headers) != 0 {
+		t.Errorf("plain http check %+v", c)
+	}
+	checkWarnings(t, ft.Warnings, []string{"fly.toml:16: services[0].http_checks[1].tls_skip_verify"})
+	if !slices.Contains(ft.MachineKeys, "services.http_checks.restart_limit") {
+		t.Errorf("machine keys %v", ft.MachineKeys)
+	}
+	for _, tc := range []struct{ name, check, want string }{
+		{"line break", "headers = { X-A = \"a\\r\\nX-B: b\" }", "fly.toml:7: services[0].http_checks[0].headers.X-A: a value with a line break or NUL"},
+		{"header name", "headers = { 'X A' = 'a' }", `fly.toml:7: services[0].http_checks[0].headers: "X A" is not a header name`},
+		{"header not a string", "headers = { X-A = 1 }", "fly.toml:7: services[0].http_checks[0].headers.X-A: 1: want a string"},
+		{"tls_server_name", "protocol = 'https'\ntls_server_name = 'A_B'", `fly.toml:8: services[0].http_checks[0].tls_server_name: "A_B" is not a lower-case host name`},
+	} {
+		doc := "[[services]]\ninternal_port = 80\n[[services.ports]]\nport = 80\n[[services.http_checks]]\npath = '/'\n" + tc.check + "\n"
+		_, err := Parse("fly.toml", []byte(doc), [2]int{80, 443})
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want it to start with %q", tc.name, err, tc.want)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package routing
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -286,54 +287,57 @@ const (
 	MaxCheckHeaderBytes = 4 << 10
 )
 
-// validateHTTP checks an http check's headers, protocol and TLS options;
-// cf names the check.
-func (c *Check) validateHTTP(cf string) error {
+// Request tells whether the request of c is one the edge sends: headers,
+// protocol and TLS options only on http checks (TLS options only with
+// https), headers of valid names, values without line breaks, within
+// MaxCheckHeaders and MaxCheckHeaderBytes. It returns the key that is
+// not ("headers", "headers.<name>", "protocol", ...) and why.
+func (c *Check) Request() (key string, err error) {
 	if c.Type != "http" {
 		switch {
 		case len(c.Headers) > 0:
-			return fmt.Errorf("%s.headers: only http checks send headers", cf)
+			return "headers", errors.New("only http checks send headers")
 		case c.Protocol != "":
-			return fmt.Errorf("%s.protocol: %q: only http checks take a protocol", cf, c.Protocol)
+			return "protocol", fmt.Errorf("%q: only http checks take a protocol", c.Protocol)
 		case c.TLSSkipVerify:
-			return fmt.Errorf("%s.tls_skip_verify: only https checks take TLS options", cf)
+			return "tls_skip_verify", errors.New("only https checks take TLS options")
 		case c.TLSServerName != "":
-			return fmt.Errorf("%s.tls_server_name: only https checks take TLS options", cf)
+			return "tls_server_name", errors.New("only https checks take TLS options")
 		}
-		return nil
+		return "", nil
 	}
 	if len(c.Headers) > MaxCheckHeaders {
-		return fmt.Errorf("%s.headers: %d headers; at most %d", cf, len(c.Headers), MaxCheckHeaders)
+		return "headers", fmt.Errorf("%d headers; at most %d", len(c.Headers), MaxCheckHeaders)
 	}
 	size := 0
 	for _, name := range slices.Sorted(maps.Keys(c.Headers)) {
 		val := c.Headers[name]
 		if !headerNameRE.MatchString(name) {
-			return fmt.Errorf("%s.headers: %q is not a header name", cf, name)
+			return "headers", fmt.Errorf("%q is not a header name", name)
 		}
 		if strings.ContainsAny(val, "\r\n\x00") {
-			return fmt.Errorf("%s.headers.%s: a value with a line break or NUL", cf, name)
+			return "headers." + name, errors.New("a value with a line break or NUL")
 		}
 		if size += len(name) + len(val); size > MaxCheckHeaderBytes {
-			return fmt.Errorf("%s.headers: more than %d bytes of names and values", cf, MaxCheckHeaderBytes)
+			return "headers", fmt.Errorf("more than %d bytes of names and values", MaxCheckHeaderBytes)
 		}
 	}
 	switch c.Protocol {
 	case "", "http":
 		if c.TLSSkipVerify {
-			return fmt.Errorf("%s.tls_skip_verify: only https checks take TLS options (protocol %q)", cf, c.Protocol)
+			return "tls_skip_verify", fmt.Errorf("only https checks take TLS options (protocol %q)", c.Protocol)
 		}
 		if c.TLSServerName != "" {
-			return fmt.Errorf("%s.tls_server_name: only https checks take TLS options (protocol %q)", cf, c.Protocol)
+			return "tls_server_name", fmt.Errorf("only https checks take TLS options (protocol %q)", c.Protocol)
 		}
 	case "https":
 		if n := c.TLSServerName; n != "" && !ValidHostname(n, false) {
-			return fmt.Errorf("%s.tls_server_name: %q is not a lower-case host name", cf, n)
+			return "tls_server_name", fmt.Errorf("%q is not a lower-case host name", n)
 		}
 	default:
-		return fmt.Errorf("%s.protocol: %q (want http or https)", cf, c.Protocol)
+		return "protocol", fmt.Errorf("%q (want http or https)", c.Protocol)
 	}
-	return nil
+	return "", nil
 }
 
 // The bounds of the active health checks one app may ask for, so that
@@ -588,8 +592,8 @@ func (s *Service) validate(field string, edgePorts map[int]bool) error {
 		if c.Path != "" && (c.Type != "http" || !strings.HasPrefix(c.Path, "/")) {
 			return fmt.Errorf("%s.path: %q: only http checks take a path, and it must start with /", cf, c.Path)
 		}
-		if err := c.validateHTTP(cf); err != nil {
-			return err
+		if key, err := c.Request(); err != nil {
+			return fmt.Errorf("%s.%s: %w", cf, key, err)
 		}
 	}
 	return nil

@@ -95,8 +95,8 @@ func TestHealthCheckHTTPS(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &tc.c
-			if err := c.validateHTTP("check"); err != nil {
-				t.Fatal(err)
+			if key, err := c.Request(); err != nil {
+				t.Fatal(key, err)
 			}
 			err := check(context.Background(), probeClient(c, time.Second), dial, c, time.Second)
 			if tc.want == "" {
@@ -147,7 +147,7 @@ func TestCheckHTTPOptionsInput(t *testing.T) {
 		}
 	}
 	c := &Check{Type: "http", Headers: many}
-	if err := c.validateHTTP("c"); err == nil || !strings.Contains(err.Error(), "17 headers; at most 16") {
+	if _, err := c.Request(); err == nil || !strings.Contains(err.Error(), "17 headers; at most 16") {
 		t.Errorf("17 headers: got %v", err)
 	}
 }
