@@ -605,7 +605,7 @@ func TestFlyTOMLCheckRequest(t *testing.T) {
 	if c := cs[1]; c.Protocol != "" || c.TLSSkipVerify || c.TLSServerName != "" || len(c.Headers) != 0 {
 		t.Errorf("plain http check %+v", c)
 	}
-	checkWarnings(t, ft.Warnings, []string{"fly.toml:16: services[0].http_checks[1].tls_skip_verify"})
+	checkWarnings(t, ft.Warnings, []string{"fly.toml:16: services[0].http_checks[1].tls_skip_verify:"})
 	if !slices.Contains(ft.MachineKeys, "services.http_checks.restart_limit") {
 		t.Errorf("machine keys %v", ft.MachineKeys)
 	}
