@@ -1122,7 +1122,9 @@ func (w *tomlWalker) check(path, typ string, t map[string]any) *routing.Check {
 		case "protocol":
 			switch p, _ := v.(string); {
 			case typ != "http":
-				w.ignore(key, checkKeys)
+				if p != "http" {
+					w.ignore(key, checkKeys)
+				}
 			case strings.EqualFold(p, "https"):
 				c.Protocol = "https"
 			case !strings.EqualFold(p, "http"):
